@@ -1,0 +1,341 @@
+"""Typed, frozen run configuration: one dataclass per pipeline section, YAML + dotted overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct (see palign_ray.models)
+
+
+def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's word
+    """A dataclass field with a documented default (the doc becomes `--help` text)."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use tuples for sequence defaults so configs stay immutable")
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """vLLM engine settings shared by every stage that generates."""
+
+    max_model_len: int = _f(2048, "Context length of the engine (prompt + generation), tokens.")
+    dtype: str = _f("bfloat16", "Weight/activation dtype passed to vLLM (bfloat16, float16, float32).")
+    tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallelism); 1 on CPU.")
+    gpu_memory_utilization: float = _f(
+        0.5, "Share of accelerator memory for vLLM. On CPU it must stay <= 0.5 (vLLM reads the NUMA node size)."
+    )
+    cpu_kvcache_space_gib: int = _f(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes (the judge relies on it).")
+    enforce_eager: bool = _f(True, "Skip graph compilation (on CPU compilation costs ~100 s for ~15% speed).")
+    max_num_seqs: int = _f(64, "Most sequences vLLM schedules at once.")
+    seed: int = _f(0, "Engine seed; per-request seeds are derived from run.seed and problem_id.")
+    trust_remote_code: bool = _f(False, "Allow model repos to run their own Python code. Off unless you trust the source.")
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How stages are placed on the Ray cluster."""
+
+    address: str = _f("", "Ray address; empty = RAY_ADDRESS if set, else a local Ray on 127.0.0.1.")
+    num_cpus: int = _f(0, "Logical CPUs for a local Ray (0 = all cores). Ignored when joining a cluster.")
+    num_actors: int = _f(1, "vLLM actors per generation/judge stage (the actor pool size).")
+    num_cpus_per_actor: float = _f(
+        0.5, "CPUs reserved per vLLM actor. Fractional on small CPU boxes, or read tasks starve and Ray Data deadlocks."
+    )
+    num_gpus_per_actor: float = _f(0.0, "GPUs per vLLM actor (set to engine.tensor_parallel_size on GPU clusters).")
+    batch_size: int = _f(16, "Rows per map_batches call (one judge batch advances in rounds).")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run lives and what it does."""
+
+    run_dir: str = _f("runs/default", "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).")
+    seed: int = _f(0, "Root seed; per-problem seeds are derived from it and problem_id.")
+    method: Literal["palign", "full_cot", "fixed_ratio", "prefix_only", "continuation_only"] = _f(
+        "palign",
+        "Which SFT set to build: palign (prefix + continuation), full_cot (long-CoT SFT), "
+        "fixed_ratio (prefix of judge.fixed_ratio + continuation), prefix_only, continuation_only.",
+    )
+
+
+@dataclass(frozen=True)
+class ProblemsConfig:
+    """The problem set fed to the teacher (or the traces to ingest)."""
+
+    source: Literal["builtin", "file"] = _f("builtin", "builtin = the generated word problems; file = read `path`.")
+    path: str = _f("", "JSONL/Parquet file or HF datasets directory (source=file).")
+    num_problems: int = _f(32, "Problems to use (first N after loading; 0 = all).")
+    question_field: str = _f("", "Field holding the question; empty = first of problem/question/prompt.")
+    answer_field: str = _f("", "Field holding the gold answer; empty = answer, else extracted from solution.")
+    id_field: str = _f("", "Field holding a stable id; empty = id/unique_id if present, else a content hash.")
+    trace_field: str = _f("", "Ingest existing traces from this field (e.g. deepseek_thinking_trajectory); empty = generate.")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """Long-CoT generation by the teacher."""
+
+    model: str = _f(DEFAULT_MODEL, "Teacher model: 'default', a local HF directory, or an HF id already in the local cache.")
+    system_prompt: str = _f("", "Optional system message for the teacher.")
+    num_samples: int = _f(4, "Samples per problem; one correct trace is kept by `selection`.")
+    temperature: float = _f(0.7, "Sampling temperature.")
+    top_p: float = _f(0.95, "Nucleus sampling mass.")
+    max_tokens: int = _f(512, "Most new tokens per trace.")
+    selection: Literal["shortest_correct", "longest_correct", "first_correct"] = _f(
+        "shortest_correct", "Which correct sample becomes the problem's trace."
+    )
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    """Sentence segmentation and the student's sufficiency search."""
+
+    model: str = _f(DEFAULT_MODEL, "Judge model (the paper uses the student itself).")
+    segmentation: Literal["robust", "paper"] = _f("robust", "robust = span-based splitter; paper = the authors' split('. ').")
+    max_sentence_chars: int = _f(400, "Longest sentence before text without boundaries is cut into chunks.")
+    search: Literal["binary", "kary", "linear", "fixed_ratio"] = _f(
+        "binary", "binary = the paper's search; kary = k cuts per round; linear = oracle scan; fixed_ratio = no judging."
+    )
+    kary_k: int = _f(3, "Cut points probed per round in k-ary search.")
+    fixed_ratio: float = _f(0.25, "Share of sentences kept by fixed_ratio truncation (the paper's baseline).")
+    verdict: Literal["logprob", "generate"] = _f(
+        "logprob", "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse."
+    )
+    calibration: Literal["absolute", "contextual", "relative"] = _f(
+        "absolute", "How logprob scores become verdicts (absolute: p(ENOUGH) >= threshold)."
+    )
+    threshold: float = _f(0.5, "Decision threshold for the calibrated score.")
+    votes: int = _f(1, "Judgements per probe (majority); >1 samples at judge temperature.")
+    temperature: float = _f(0.0, "Judge sampling temperature (0 = greedy, reproducible).")
+    max_new_tokens: int = _f(256, "Decode budget per probe in generate mode (the paper's 256).")
+    unparseable: Literal["not_enough", "enough"] = _f("not_enough", "Verdict for judge output with no tag (the paper: not enough).")
+    prompt_version: str = _f("paper-v1", "Judge prompt template version.")
+    max_cot_tokens: int = _f(1536, "CoT tokens given to the judge; longer traces are cut at a sentence boundary first.")
+    paper_reference: bool = _f(False, "Serial, one probe at a time, generate verdicts: the authors' algorithm on our engine.")
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """Student continuation from the kept prefix and the Eq. 9 filter."""
+
+    model: str = _f(DEFAULT_MODEL, "Student model that continues the prefix.")
+    num_samples: int = _f(1, "Continuations per prefix; every correct one becomes an SFT record.")
+    temperature: float = _f(0.6, "The paper's continuation temperature.")
+    top_p: float = _f(0.9, "The paper's top_p.")
+    repetition_penalty: float = _f(1.05, "The paper's repetition penalty.")
+    max_tokens: int = _f(512, "Most new tokens per continuation.")
+    prefix_begin: str = _f("<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response.")
+    prefix_end: str = _f("<End_of_Prefix>", "Marker after the teacher prefix in the SFT response.")
+    max_seq_len: int = _f(2048, "Longest tokenized SFT example; longer ones are quarantined (never silently cut).")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Student fine-tuning under Ray Train + DeepSpeed ZeRO."""
+
+    model: str = _f(DEFAULT_MODEL, "Student model to fine-tune.")
+    zero_stage: int = _f(2, "DeepSpeed ZeRO stage (2 or 3).")
+    offload_optimizer: bool = _f(False, "Offload optimizer state to CPU (ZeRO-Offload).")
+    precision: Literal["bf16", "fp32"] = _f("bf16", "Training precision; bf16 on GPU, bf16 or fp32 on CPU.")
+    num_workers: int = _f(2, "Ray Train workers (ranks).")
+    use_gpu: bool = _f(False, "One GPU per worker.")
+    cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
+    micro_batch_size: int = _f(2, "Sequences per rank per micro-step.")
+    grad_accum_steps: int = _f(1, "Micro-steps per optimizer step.")
+    epochs: int = _f(1, "Passes over the SFT set.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps (0 = epochs decide).")
+    learning_rate: float = _f(5e-5, "Peak learning rate (the paper: 5e-5).")
+    weight_decay: float = _f(0.0, "AdamW weight decay.")
+    warmup_ratio: float = _f(0.1, "Share of steps with linear warmup before the cosine decay.")
+    grad_clip: float = _f(1.0, "Gradient norm clip.")
+    gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    packing: bool = _f(True, "Pack several examples per sequence (attention kept apart by position-id resets).")
+    max_seq_len: int = _f(1024, "Packed/padded sequence length.")
+    lora: bool = _f(False, "Train LoRA adapters (the paper's setting) instead of all weights; merged on export.")
+    lora_r: int = _f(16, "LoRA rank.")
+    lora_alpha: int = _f(16, "LoRA alpha.")
+    lora_dropout: float = _f(0.05, "LoRA dropout.")
+    checkpoint_every: int = _f(0, "Report a checkpoint every N optimizer steps (0 = only at the end).")
+    max_failures: int = _f(1, "Ray Train restarts from the last checkpoint on worker failure.")
+    resume: bool = _f(False, "Continue a stopped run from its last checkpoint.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """pass@k evaluation."""
+
+    benchmarks: tuple[str, ...] = _f(("builtin",), "Benchmarks: builtin, gsm8k, math500, aime24, aime25, amc23, amc12, or file paths.")
+    data_dir: str = _f("../shared/data", "Where benchmark files live.")
+    num_problems: int = _f(16, "Problems per benchmark (0 = all).")
+    num_samples: int = _f(3, "Samples per problem (the paper: 3).")
+    temperature: float = _f(0.6, "The paper's evaluation temperature.")
+    top_p: float = _f(0.9, "The paper's top_p.")
+    repetition_penalty: float = _f(1.05, "The paper's repetition penalty.")
+    max_tokens: int = _f(512, "Most new tokens per sample.")
+    grade_timeout_s: float = _f(10.0, "Time bound per graded answer (math-verify).")
+    bootstrap_samples: int = _f(1000, "Bootstrap resamples for confidence intervals.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    problems: ProblemsConfig = field(default_factory=ProblemsConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not match the schema (names the key)."""
+
+
+def _check_type(key: str, tp: Any, value: Any) -> Any:
+    """Return `value` coerced to `tp` where lossless (int → float, list → tuple), else raise."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arg in get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _check_type(key, arg, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}")
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return tuple(_check_type(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(prefix + name, tp, value)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["judge.threshold=0.3", "sft.lora=true"]` → nested dict; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. judge.threshold=0.3)")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    return _build(Config, _merge(data, parse_overrides(overrides or [])), "")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load YAML (or defaults when path is None), apply `key=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path or '<defaults>'}: {e}") from None
+
+
+def section_override(cfg: Any, overrides: list[str]) -> Any:
+    """Apply overrides to one section dataclass (used by subcommands that take only one section)."""
+    tree = _merge(to_dict(cfg), parse_overrides(overrides))
+    return _build(type(cfg), tree, "")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def conv(v: Any) -> Any:
+        return list(v) if isinstance(v, tuple) else v
+
+    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else conv(getattr(cfg, f.name)))
+            for f in dataclasses.fields(cfg)}
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def config_hash(*sections: Any) -> str:
+    """Stable short hash of config sections (stage invalidation keys)."""
+    blob = json.dumps([to_dict(s) for s in sections], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def help_lines(cls: type = Config, prefix: str = "") -> list[str]:
+    """`key (type, default): doc` for every field; the CLI's --help text."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"[{prefix}{f.name}] {tp.__doc__.strip()}")
+            lines += help_lines(tp, f"{prefix}{f.name}.")
+        else:
+            lines.append(f"  {prefix}{f.name}={f.default!r}  {f.metadata.get('help', '')}")
+    return lines
