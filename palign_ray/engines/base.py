@@ -19,6 +19,9 @@ class SamplingSpec:
     seed: int | None = None
     logprobs: int | None = None  # top-k logprobs per generated token
     allowed_token_ids: tuple[int, ...] | None = None  # restrict the vocabulary (verdict probes)
+    # Return logprobs of exactly these tokens at every generated step (raw model distribution),
+    # whatever their rank: what a verdict probe needs for p([ENOUGH]) vs p([NOT_ENOUGH]).
+    logprob_token_ids: tuple[int, ...] | None = None
     stop: tuple[str, ...] = ()
 
 

@@ -86,8 +86,10 @@ class VLLMEngine:
             top_p=sp.top_p,
             repetition_penalty=sp.repetition_penalty,
             seed=sp.seed,
-            logprobs=sp.logprobs,
+            # vLLM requires logprobs == len(logprob_token_ids) when both are set.
+            logprobs=len(sp.logprob_token_ids) if sp.logprob_token_ids else sp.logprobs,
             allowed_token_ids=list(sp.allowed_token_ids) if sp.allowed_token_ids else None,
+            logprob_token_ids=list(sp.logprob_token_ids) if sp.logprob_token_ids else None,
             stop=list(sp.stop) or None,
         )
 

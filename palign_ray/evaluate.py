@@ -1,0 +1,372 @@
+"""Evaluation: paper-prompt generation on the vLLM pool, per-sample grading, metrics, reports, CLI.
+
+Run as: palign eval --model default --benchmarks gsm8k,math500 --output runs/eval [eval.num_problems=25 ...]
+        palign grade outputs.jsonl [--question-field prompt_ori] [--answer-field answer] [--output-field output]
+        palign eval --compare a/metrics.json b/metrics.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from palign_ray import records as R
+from palign_ray.artifacts import quarantine_row, read_rows, write_json, write_jsonl
+from palign_ray.benchmarks import BENCHMARK, load_benchmark
+from palign_ray.config import Config, EvalConfig, to_dict
+from palign_ray.grading import grade, normalize_gold
+from palign_ray.metrics import ProblemResult, macro_average, summarize
+
+log = logging.getLogger(__name__)
+
+STAGE = "eval"
+# The authors' evaluation prompt, verbatim: no space between the instruction and the problem.
+INSTRUCTION = r"Please reason step by step, and put your final answer within \boxed{}."
+
+# Per-sample label columns (samples.jsonl / labels.jsonl).
+SAMPLE_INDEX = "sample_index"
+CORRECT = "correct"
+LABEL = "label"  # 0/1, the authors' name
+EXTRACTED = "extracted"
+GOLD = "gold"
+FINISH_REASON = "finish_reason"
+NUM_TOKENS = "num_generated_tokens"
+NUM_CHARS = "num_chars"
+GENERATION = "generation"
+REFERENCE_LABEL = "reference_label"  # a label that came with the input file (palign grade)
+
+
+def build_prompt(problem: str) -> str:
+    return INSTRUCTION + problem
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading of generations (pure apart from the grading child processes)
+
+
+def grade_samples(problems: list[dict[str, Any]], gen_rows: Iterable[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Join generation rows to problems on problem_id and grade every sample → (sample rows, quarantine)."""
+    by_id = {p[R.PROBLEM_ID]: p for p in problems}
+    jobs: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for row in gen_rows:
+        pid = str(row[R.PROBLEM_ID])
+        problem = by_id.get(pid)
+        if problem is None or pid in seen:
+            bad.append(quarantine_row(STAGE, pid, "unknown_problem_id", "generation row matches no (or an already graded) problem"))
+            continue
+        seen.add(pid)
+        if row.get("error") or not row.get(R.GENERATIONS):
+            bad.append(quarantine_row(STAGE, pid, "generation_failed", str(row.get("error") or "no generations")))
+            continue
+        jobs += _sample_jobs(problem, row)
+    for pid in sorted(set(by_id) - seen):
+        bad.append(quarantine_row(STAGE, pid, "no_generation", "the generation stage returned no row for this problem"))
+    return grade_jobs(jobs, cfg), bad
+
+
+def _sample_jobs(problem: dict[str, Any], row: dict[str, Any]) -> list[dict[str, Any]]:
+    gens = list(row[R.GENERATIONS])
+    finish = list(row.get(R.FINISH_REASONS) or [""] * len(gens))
+    tokens = list(row.get(R.NUM_GENERATED_TOKENS) or [None] * len(gens))
+    refs = list(row.get(REFERENCE_LABEL) or [None] * len(gens))
+    return [{BENCHMARK: problem[BENCHMARK], R.PROBLEM_ID: problem[R.PROBLEM_ID], SAMPLE_INDEX: i, GOLD: problem[R.ANSWER],
+             FINISH_REASON: finish[i] if i < len(finish) else "", NUM_TOKENS: tokens[i] if i < len(tokens) else None,
+             NUM_CHARS: len(text), REFERENCE_LABEL: refs[i] if i < len(refs) else None, GENERATION: text}
+            for i, text in enumerate(gens)]
+
+
+def grade_jobs(jobs: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Grade sample rows in a few threads (each grading thread owns its own math-verify child)."""
+    def one(job: dict[str, Any]) -> dict[str, Any]:
+        g = grade(job[GENERATION], job[GOLD], timeout_s=cfg.grade_timeout_s)
+        return {**job, CORRECT: g.correct, LABEL: int(g.correct), R.REASON: g.reason, EXTRACTED: g.extracted}
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.grade_workers)) as pool:
+        out = list(pool.map(one, jobs))
+    for r in out:  # drop empty optional columns so files stay readable
+        if r[REFERENCE_LABEL] is None:
+            del r[REFERENCE_LABEL]
+    return out
+
+
+def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResult]]:
+    """Sample rows → ProblemResults grouped by benchmark (samples ordered by sample_index)."""
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for s in samples:
+        grouped.setdefault(s[BENCHMARK], {}).setdefault(s[R.PROBLEM_ID], []).append(s)
+    out: dict[str, list[ProblemResult]] = {}
+    for bench, problems in grouped.items():
+        out[bench] = []
+        for pid, rows in problems.items():
+            rows = sorted(rows, key=lambda r: r[SAMPLE_INDEX])
+            tokens = tuple(r[NUM_TOKENS] for r in rows) if all(r.get(NUM_TOKENS) is not None for r in rows) else ()
+            out[bench].append(ProblemResult(
+                pid, tuple(bool(r[CORRECT]) for r in rows), num_tokens=tokens, num_chars=tuple(r[NUM_CHARS] for r in rows),
+                finish_reasons=tuple(r[FINISH_REASON] for r in rows if r.get(FINISH_REASON)), reasons=tuple(r[R.REASON] for r in rows)))
+    return out
+
+
+def compute_metrics(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
+    """Per-benchmark summaries plus their macro average (and agreement with reference labels if any)."""
+    per = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in sorted(problem_results(samples).items())}
+    out: dict[str, Any] = {"benchmarks": per, "average": macro_average(per)}
+    refs = [s for s in samples if s.get(REFERENCE_LABEL) is not None]
+    if refs:
+        out["reference_agreement"] = reference_agreement(refs, cfg, seed)
+    return out
+
+
+def reference_agreement(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int) -> dict[str, Any]:
+    """How our labels compare with labels shipped in the input (e.g. the authors' `label`)."""
+    ours = [int(bool(s[CORRECT])) for s in samples]
+    theirs = [int(bool(s[REFERENCE_LABEL])) for s in samples]
+    ref_samples = [{**s, CORRECT: bool(t)} for s, t in zip(samples, theirs, strict=True)]
+    ref_metrics = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in sorted(problem_results(ref_samples).items())}
+    return {
+        "num_samples": len(ours),
+        "agreement": sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours),
+        "ours_1_reference_0": sum(a > b for a, b in zip(ours, theirs, strict=True)),
+        "ours_0_reference_1": sum(a < b for a, b in zip(ours, theirs, strict=True)),
+        "reference_metrics": {b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")} for b, m in ref_metrics.items()},
+        "disagreements": [{R.PROBLEM_ID: s[R.PROBLEM_ID], SAMPLE_INDEX: s[SAMPLE_INDEX], "ours": a, "reference": b,
+                           EXTRACTED: s[EXTRACTED], GOLD: s[GOLD], R.REASON: s[R.REASON]}
+                          for s, a, b in zip(samples, ours, theirs, strict=True) if a != b],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None or x != x else f"{100 * float(x):.2f}"
+
+
+def markdown_table(metrics: dict[str, Any]) -> str:
+    """benchmark × pass@k (with 95% bootstrap intervals), the paper's conventions, lengths, truncation."""
+    per = metrics["benchmarks"]
+    ks = sorted({k for m in per.values() for k in m.get("pass@k", {})}, key=int)
+    head = ["benchmark", "problems", "n"] + [f"pass@{k}" for k in ks] + ["mean acc (paper Pass@1)", "any of n (paper Pass@n)",
+                                                                        "first sample", "truncated", "mean tokens"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in per.items():
+        cells = [name, str(m.get("num_problems", 0)), str(m.get("num_samples", 0))]
+        for k in ks:
+            v, ci = m.get("pass@k", {}).get(k), m.get("pass@k_ci95", {}).get(k)
+            cells.append(f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(v))
+        cells += [_pct(m.get("mean_accuracy")), _pct(m.get("pass@n_any_correct")), _pct(m.get("first_sample_accuracy")),
+                  _pct(m.get("truncation_rate")), _num(m.get("mean_generation_tokens"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    avg = metrics["average"]
+    if len(per) > 1 and avg.get("num_benchmarks"):
+        cells = ["**average**", str(avg["num_problems"]), ""] + [_pct(avg["pass@k"].get(k)) for k in ks]
+        cells += [_pct(avg.get("mean_accuracy")), _pct(avg.get("pass@n_any_correct")), _pct(avg.get("first_sample_accuracy")),
+                  _pct(avg.get("truncation_rate")), _num(avg.get("mean_generation_tokens"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: Any) -> str:
+    return "—" if x is None or x != x else f"{float(x):.1f}"
+
+
+def write_report(out_dir: Path, metrics: dict[str, Any], samples: list[dict[str, Any]], quarantined: list[dict[str, Any]]) -> None:
+    """metrics.json, report.md, samples.jsonl, quarantine.jsonl and the PNG plots in `out_dir`."""
+    from palign_ray.report_plots import plot_length_histogram, plot_pass_at_k
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out_dir / "samples.jsonl", samples)
+    write_jsonl(out_dir / "quarantine.jsonl", quarantined)
+    write_json(out_dir / "metrics.json", metrics)
+    plot_pass_at_k(metrics, out_dir / "pass_at_k.png")
+    plot_length_histogram(samples, out_dir / "generation_length.png")
+    md = [f"# Evaluation of `{metrics.get('model', '?')}`", "", markdown_table(metrics)]
+    timing = metrics.get("timing")
+    if timing:
+        md += [f"Generation: {timing['generated_tokens']} tokens in {timing['generation_wall_s']:.1f} s "
+               f"({timing['tokens_per_s']:.1f} tokens/s); total wall {timing['wall_s']:.1f} s.", ""]
+    md += [f"Quarantined problems: {len(quarantined)}.", "", "![pass@k](pass_at_k.png)", "", "![lengths](generation_length.png)", ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+
+
+def compare_table(paths: list[str]) -> str:
+    """One Markdown table of several runs' metrics.json: pass@1 and pass@n per benchmark, plus the average."""
+    runs = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
+    benches = sorted({b for _, m in runs for b in m["benchmarks"]})
+    head = ["model"] + [f"{b} pass@1 / pass@n" for b in benches] + ["average pass@1 / pass@n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for path, m in runs:
+        label = f"{m.get('model', '?')} ({path.parent.name})"
+        cells = [label]
+        for b in benches:
+            s = m["benchmarks"].get(b)
+            cells.append(f"{_pct(s['mean_accuracy'])} / {_pct(s['pass@n_any_correct'])}" if s and s.get("num_problems") else "—")
+        a = m.get("average", {})
+        cells.append(f"{_pct(a.get('mean_accuracy'))} / {_pct(a.get('pass@n_any_correct'))}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# The Ray shell: generate on the vLLM pool, then grade and report
+
+
+def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict[str, Any]:
+    """Run the paper's evaluation of `model` (default cfg.eval.model) on cfg.eval.benchmarks; returns metrics."""
+    from palign_ray.engines.base import SamplingSpec
+    from palign_ray.generation import generate_batches
+
+    e = cfg.eval
+    model = model or e.model
+    t0 = time.monotonic()
+    problems, quarantined = [], []
+    for name in e.benchmarks:
+        got, bad = load_benchmark(name, e.data_dir, e.num_problems, e.builtin_seed)
+        problems += got
+        quarantined += bad
+    sampling = SamplingSpec(max_tokens=e.max_tokens, temperature=e.temperature, top_p=e.top_p,
+                            repetition_penalty=e.repetition_penalty, n=e.num_samples)
+    items = [{R.PROBLEM_ID: p[R.PROBLEM_ID], R.PROMPT: build_prompt(p[R.QUESTION])} for p in problems]
+    t_gen = time.monotonic()
+    gen_rows = [r for batch in generate_batches(items, model=model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+                                                seed=cfg.run.seed, salt=STAGE) for r in batch]
+    gen_wall = time.monotonic() - t_gen
+    samples, bad = grade_samples(problems, gen_rows, e)
+    quarantined += bad
+    metrics = compute_metrics(samples, e, cfg.run.seed)
+    gen_tokens = sum(sum(r.get(R.NUM_GENERATED_TOKENS) or []) for r in gen_rows)
+    metrics.update(model=model, config={"eval": to_dict(e), "engine": to_dict(cfg.engine), "seed": cfg.run.seed},
+                   timing={"wall_s": time.monotonic() - t0, "generation_wall_s": gen_wall, "generated_tokens": gen_tokens,
+                           "tokens_per_s": gen_tokens / gen_wall if gen_wall > 0 else 0.0},
+                   quarantine=_reason_counts(quarantined))
+    write_report(Path(out_dir), metrics, samples, quarantined)
+    log.info("eval of %s: %d problems, %d samples, %d quarantined → %s", model, len(problems), len(samples), len(quarantined), out_dir)
+    return metrics
+
+
+def _reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r[R.REASON]] = counts.get(r[R.REASON], 0) + 1
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------
+# Grading a file of existing generations
+
+
+def generations_from_file(path: str, question_field: str, answer_field: str, output_field: str, id_field: str = "",
+                          label_field: str = "label") -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A file of generations → (problems, generation rows, quarantine); one benchmark named after the file."""
+    rows, bad = read_rows(path, "grade")
+    bench = Path(path).stem
+    problems, gens = [], []
+    for n, row in enumerate(rows):
+        pid = f"{bench}/{row[id_field] if id_field and row.get(id_field) not in (None, '') else n}"
+        where = f"{path}:{row.get('_source_line', n + 1)}"
+        outputs = row.get(output_field)
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+            bad.append(quarantine_row("grade", pid, "bad_output", f"{where}: field {output_field!r} must be a string or a list of strings"))
+            continue
+        try:
+            gold = normalize_gold(row.get(answer_field))
+        except ValueError as e:
+            bad.append(quarantine_row("grade", pid, "missing_answer", f"{where}: field {answer_field!r}: {e}"))
+            continue
+        refs = row.get(label_field)
+        problems.append({R.PROBLEM_ID: pid, R.QUESTION: str(row.get(question_field) or ""), R.ANSWER: gold, BENCHMARK: bench})
+        gens.append({R.PROBLEM_ID: pid, R.GENERATIONS: outputs,
+                     REFERENCE_LABEL: refs if isinstance(refs, list) and len(refs) == len(outputs) else None})
+    return problems, gens, bad
+
+
+def grade_file(path: str, cfg: EvalConfig, question_field: str = "prompt_ori", answer_field: str = "answer",
+               output_field: str = "output", id_field: str = "", seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Grade a file of generations without generating → (metrics, per-sample labels, quarantine)."""
+    problems, gens, bad = generations_from_file(path, question_field, answer_field, output_field, id_field)
+    samples, more_bad = grade_samples(problems, gens, cfg)
+    metrics = compute_metrics(samples, cfg, seed)
+    metrics.update(input=str(path), quarantine=_reason_counts(bad + more_bad))
+    return metrics, samples, bad + more_bad
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def grade_main(argv: list[str]) -> int:
+    """Run as: palign grade FILE.jsonl [--question-field prompt_ori] [--answer-field answer] [--output-field output] [--labels-out labels.jsonl]"""
+    from palign_ray.cli import config_parser
+
+    p = config_parser("grade", "Grade a file of generations (no generation); labels → JSONL, metrics JSON → stdout.")
+    p.usage = "palign grade FILE.jsonl [--question-field F] [--answer-field F] [--output-field F] [--labels-out PATH] [key=value ...]"
+    p.add_argument("--question-field", default="prompt_ori", help="column holding the question (kept for reference)")
+    p.add_argument("--answer-field", default="answer", help="column holding the gold answer")
+    p.add_argument("--output-field", default="output", help="column holding the generations (a list of samples or one string)")
+    p.add_argument("--id-field", default="", help="column holding a problem id (default: row number)")
+    p.add_argument("--labels-out", default="", help="per-sample labels JSONL (default: ./<file stem>.labels.jsonl)")
+    args, cfg = _parse_with_positional(p, argv)
+    metrics, samples, bad = grade_file(args.file, cfg.eval, args.question_field, args.answer_field, args.output_field,
+                                       args.id_field, cfg.run.seed)
+    labels_out = args.labels_out or f"{Path(args.file).stem}.labels.jsonl"
+    write_jsonl(labels_out, [{k: v for k, v in s.items() if k != GENERATION} for s in samples])
+    for b in bad:
+        sys.stderr.write(f"quarantined: {json.dumps(b)}\n")
+    agreement = metrics.get("reference_agreement")
+    if agreement:  # the full list is in the JSON; keep stdout to one object
+        agreement["disagreements"] = agreement["disagreements"][:50]
+    sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
+    log.info("graded %d samples from %s → %s (%d rows quarantined)", len(samples), args.file, labels_out, len(bad))
+    return 0
+
+
+def _parse_with_positional(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Config]:
+    """FILE shares the positional slot with `key=value` overrides: the one item without '=' is the file."""
+    from palign_ray.config import ConfigError, load_config
+
+    args = p.parse_args(argv)
+    files = [o for o in args.overrides if "=" not in o]
+    if len(files) != 1:
+        p.error(f"expected exactly one FILE (and key=value overrides), got {files or 'none'}")
+    args.file = files[0]
+    try:
+        cfg = load_config(args.config, [o for o in args.overrides if "=" in o])
+    except ConfigError as e:
+        p.error(str(e))
+    return args, cfg
+
+
+def eval_main(argv: list[str]) -> int:
+    """Run as: palign eval --model PATH --benchmarks gsm8k,math500 --output DIR [key=value ...] | --compare a.json b.json"""
+    from palign_ray.cli import config_parser, parse_config
+
+    p = config_parser("eval", "Generate with the paper's prompt and sampling, grade, and write metrics.json, report.md, plots.")
+    p.add_argument("--model", default="", help="model to evaluate: 'default' (embedded SmolLM2) or an HF directory (default: eval.model)")
+    p.add_argument("--benchmarks", default="", help="comma-separated names or files (default: eval.benchmarks)")
+    p.add_argument("--output", default="", help="output directory for metrics.json, report.md, samples.jsonl, *.png")
+    p.add_argument("--compare", nargs="+", default=None, metavar="METRICS_JSON", help="print one table comparing runs and exit")
+    args, cfg = parse_config(p, argv)
+    if args.compare:
+        sys.stdout.write(compare_table(args.compare))
+        return 0
+    if not args.output:
+        p.error("--output DIR is required (unless --compare)")
+    if args.benchmarks:
+        import dataclasses
+
+        names = tuple(b.strip() for b in args.benchmarks.split(",") if b.strip())
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, benchmarks=names))
+    metrics = evaluate(cfg, args.output, model=args.model or None)
+    sys.stdout.write(markdown_table(metrics))
+    return 0

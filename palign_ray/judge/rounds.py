@@ -1,0 +1,490 @@
+"""Batched sufficiency rounds: a Ray Data actor pool of vLLM judges, plus the paper-reference serial mode.
+
+Each actor owns one engine. For a batch of problems it builds one search state per problem and loops
+rounds: the next probes of every unresolved problem go to the engine in ONE generate call, the
+verdicts update the states, and the loop ends when all are resolved. All probes of a problem go to
+the same engine with token-id prompts that share the problem's prefix, so vLLM's prefix cache serves
+the template head, question and CoT tokens of later rounds (see palign_ray.judge.prompts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from palign_ray import records as R
+from palign_ray.artifacts import quarantine_row
+from palign_ray.config import Config, EngineConfig, JudgeConfig
+from palign_ray.engines.base import Engine, GenerationResult, SamplingSpec
+from palign_ray.generation import derive_seed
+from palign_ray.judge.prompts import (
+    JudgePromptBuilder,
+    ProblemPrompt,
+    VerdictTokens,
+    generated_verdict,
+    logprob_score,
+    verdict_tokens,
+)
+from palign_ray.judge.search import SearchState, majority
+
+log = logging.getLogger(__name__)
+
+STAGE = "truncate"
+# Extra columns the actor returns besides the output row (dropped by the driver).
+_Q_REASON, _Q_DETAIL, _TRACE_JSON, _BATCH_KEY, _BATCH_CALLS, _BATCH_S = (
+    "_quarantine_reason", "_quarantine_detail", "_probe_trace_json", "_batch_key", "_batch_engine_calls", "_batch_judge_s")
+RAW_CHARS = 200  # judge output kept per probe in generate mode
+
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    R.PROBLEM_ID, R.QUESTION, R.ANSWER, R.COT, "num_sentences", "num_judged_sentences", "prefix_sentences",
+    "prefix_char_end", "prefix_ratio_sentences", "prefix_ratio_chars", R.PREFIX, "is_sufficient", "non_monotone",
+    "search", "verdict_mode", "calibration", "threshold", "segmentation", "judge_model", "prompt_version",
+    "num_probes", "num_rounds", "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable",
+    "num_judge_errors", "cot_truncated", "probe_trace",
+)
+
+
+def output_schema() -> Any:
+    """Arrow schema of the output Parquet (the column names and types are a contract)."""
+    import pyarrow as pa
+
+    probe = pa.struct([("round", pa.int32()), ("k", pa.int32()), ("verdict", pa.bool_()), ("p_enough", pa.float64()),
+                       ("logprob_enough", pa.float64()), ("logprob_not_enough", pa.float64()), ("votes", pa.list_(pa.bool_())),
+                       ("parseable", pa.bool_()), ("error", pa.string()), ("prompt_tokens", pa.int32()),
+                       ("cached_tokens", pa.int32()), ("generated_tokens", pa.int32()), ("raw", pa.string())])
+    s, i, f, b = pa.string(), pa.int32(), pa.float64(), pa.bool_()
+    types = {"num_sentences": i, "num_judged_sentences": i, "prefix_sentences": i, "prefix_char_end": i,
+             "prefix_ratio_sentences": f, "prefix_ratio_chars": f, "is_sufficient": b, "non_monotone": b, "threshold": f,
+             "num_probes": i, "num_rounds": i, "prompt_tokens": pa.int64(), "cached_tokens": pa.int64(),
+             "generated_tokens": pa.int64(), "num_unparseable": i, "num_judge_errors": i, "cot_truncated": b,
+             "probe_trace": pa.list_(probe)}
+    return pa.schema([(c, types.get(c, s)) for c in OUTPUT_COLUMNS])
+
+
+def check_judge_config(jcfg: JudgeConfig) -> None:
+    """Fail before any engine starts on settings that cannot work (names the key and the fix)."""
+    if jcfg.calibration != "absolute":
+        raise ValueError(f"judge.calibration={jcfg.calibration!r} is not implemented yet (issue 10); use absolute")
+    if jcfg.votes < 1:
+        raise ValueError(f"judge.votes must be >= 1, got {jcfg.votes}")
+    if jcfg.votes > 1 and jcfg.temperature <= 0:
+        raise ValueError("judge.votes > 1 needs judge.temperature > 0 (greedy votes are identical)")
+    if not 0.0 <= jcfg.threshold <= 1.0:
+        raise ValueError(f"judge.threshold must be in [0, 1], got {jcfg.threshold}")
+    if jcfg.max_cot_tokens < 1 or jcfg.max_new_tokens < 1:
+        raise ValueError("judge.max_cot_tokens and judge.max_new_tokens must be >= 1")
+
+
+def reference_config(jcfg: JudgeConfig) -> JudgeConfig:
+    """Paper-reference mode: the paper's binary search with decode-and-parse verdicts."""
+    return dataclasses.replace(jcfg, search="binary", verdict="generate")
+
+
+# ---- per-problem preparation ------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """A problem being judged: its text, sentence ends, prompt pieces and search state."""
+
+    problem_id: str
+    question: str
+    answer: str
+    cot: str
+    ends: list[int]  # rstripped character end of each sentence (the judge sees cot[:ends[k-1]])
+    num_judged: int
+    prompt: ProblemPrompt | None
+    state: SearchState
+    probes: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cot_truncated(self) -> bool:
+        return self.num_judged < len(self.ends)
+
+
+def sentence_ends(cot: str, mode: str, max_chars: int) -> list[int]:
+    """End offsets of the sentences without trailing whitespace, so cot[:end] is what the judge sees."""
+    from palign_ray.sentences import split_sentences  # the segmentation helper's module
+
+    return [len(cot[:e].rstrip()) for _, e in split_sentences(cot, mode, max_chars)]  # type: ignore[arg-type]
+
+
+def reserved_tokens(jcfg: JudgeConfig) -> int:
+    """Tokens a probe generates: one in logprob mode, the decode budget in generate mode."""
+    return 1 if jcfg.verdict == "logprob" else jcfg.max_new_tokens
+
+
+def judged_sentences(prompt: ProblemPrompt, ends: list[int], budget: int) -> int:
+    """How many leading sentences fit `budget` CoT tokens (cut at a sentence boundary)."""
+    # token counts grow with k, so the fitting sentences are a leading run
+    n = 0
+    while n < len(ends) and prompt.num_cot_tokens(ends[n]) <= budget:
+        n += 1
+    return n
+
+
+def prepare_problem(row: dict[str, Any], builder: JudgePromptBuilder | None, jcfg: JudgeConfig,
+                    max_model_len: int) -> Problem | dict[str, Any]:
+    """A Problem, or a quarantine row naming why the row cannot be judged."""
+    pid = str(row[R.PROBLEM_ID])
+    question, cot = row.get(R.QUESTION), row.get(R.COT)
+    for name, value in ((R.QUESTION, question), (R.COT, cot)):
+        if not isinstance(value, str) or not value.strip():
+            return quarantine_row(STAGE, pid, f"empty_{name}", f"field {name!r} is missing, empty or whitespace-only")
+    ends = sentence_ends(cot, jcfg.segmentation, jcfg.max_sentence_chars)
+    if not ends:
+        return quarantine_row(STAGE, pid, "no_sentences", "segmentation found no sentence")
+    answer = "" if row.get(R.ANSWER) is None else str(row.get(R.ANSWER))
+    if jcfg.search == "fixed_ratio":  # no judging: no prompt, no token budget
+        state = SearchState(len(ends), "fixed_ratio", fixed_ratio=jcfg.fixed_ratio)
+        return Problem(pid, question, answer, cot, ends, len(ends), None, state)
+    assert builder is not None
+    prompt = builder.build(question, cot)
+    room = max_model_len - len(prompt.head) - len(prompt.tail) - reserved_tokens(jcfg)
+    n = judged_sentences(prompt, ends, min(jcfg.max_cot_tokens, room))
+    if n == 0:
+        shortest = prompt.num_tokens(ends[0]) + reserved_tokens(jcfg)
+        return quarantine_row(STAGE, pid, "prompt_too_long",
+                              f"{shortest} tokens with the shortest prefix > engine.max_model_len {max_model_len} "
+                              f"(or first sentence > judge.max_cot_tokens {jcfg.max_cot_tokens})")
+    state = SearchState(n, jcfg.search, kary_k=jcfg.kary_k)
+    return Problem(pid, question, answer, cot, ends, n, prompt, state)
+
+
+# ---- one round ---------------------------------------------------------------------------------
+
+
+def probe_spec(jcfg: JudgeConfig, vt: VerdictTokens, num_prompt_tokens: int, max_model_len: int, seed: int) -> SamplingSpec:
+    sampled = jcfg.votes > 1 or jcfg.temperature > 0
+    common = dict(n=jcfg.votes, temperature=jcfg.temperature if sampled else 0.0, seed=seed if sampled else None)
+    if jcfg.verdict == "logprob":
+        pair = (vt.enough_id, vt.not_enough_id)
+        # allowed_token_ids makes each vote one of the two verdicts; logprob_token_ids returns both raw logprobs.
+        return SamplingSpec(max_tokens=1, logprobs=2, allowed_token_ids=pair, logprob_token_ids=pair, **common)
+    return SamplingSpec(max_tokens=max(1, min(jcfg.max_new_tokens, max_model_len - num_prompt_tokens)), **common)
+
+
+def judge_result(res: GenerationResult, jcfg: JudgeConfig, vt: VerdictTokens) -> dict[str, Any]:
+    """Verdict, votes and scores of one probe's engine result (policy applied to unparseable outputs)."""
+    out: dict[str, Any] = {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "raw": "", "error": ""}
+    if jcfg.verdict == "logprob":
+        score = logprob_score(res.completions[0].logprobs[0] if res.completions[0].logprobs else None, vt)
+        if score is None:
+            votes, parseable = [jcfg.unparseable == "enough"], False
+            out["error"] = "no_verdict_logprobs"
+        else:
+            out.update(p_enough=score.p_enough, logprob_enough=score.logprob_enough, logprob_not_enough=score.logprob_not_enough)
+            if jcfg.votes > 1:
+                votes = [bool(c.token_ids) and c.token_ids[0] == vt.enough_id for c in res.completions]
+            else:
+                votes = [score.p_enough >= jcfg.threshold]
+            parseable = True
+    else:
+        parsed = [generated_verdict(c.text, jcfg.unparseable) for c in res.completions]
+        votes, parseable = [v for v, _ in parsed], all(ok for _, ok in parsed)
+        out["raw"] = res.completions[0].text[:RAW_CHARS] if res.completions else ""
+    out.update(verdict=majority(votes), votes=votes, parseable=parseable)
+    return out
+
+
+def error_outcome(jcfg: JudgeConfig, err: str) -> dict[str, Any]:
+    """A failed probe counts by the unparseable policy (the paper: an error is NOT_ENOUGH)."""
+    v = jcfg.unparseable == "enough"
+    return {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "raw": "", "error": err[:200],
+            "verdict": v, "votes": [v], "parseable": False}
+
+
+def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
+               max_model_len: int, seed: int = 0) -> int:
+    """Advance every problem's search to the end, one engine call per round; returns the calls made."""
+    calls = 0
+    while True:
+        todo = [(p, k) for p in problems if not p.state.done for k in p.state.next_probes()]
+        if not todo:
+            return calls
+        prompts = [p.prompt.ids(p.ends[k - 1]) for p, k in todo]  # type: ignore[union-attr]
+        specs = [probe_spec(jcfg, vt, len(ids), max_model_len, derive_seed(seed, p.problem_id, f"judge:{k}"))
+                 for ids, (p, k) in zip(prompts, todo, strict=True)]
+        calls += 1
+        try:
+            results: list[GenerationResult | None] = list(engine.generate(prompts, specs))
+            err = ""
+        except Exception as e:  # a failed call must not lose the batch; verdicts follow the stated policy
+            log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
+            results, err = [None] * len(prompts), f"engine_error: {e!r}"
+        for (p, k), ids, res in zip(todo, prompts, results, strict=True):
+            o = judge_result(res, jcfg, vt) if res is not None else error_outcome(jcfg, err)
+            o.update(round=p.state.round, k=k, prompt_tokens=res.num_prompt_tokens if res else len(ids),
+                     cached_tokens=res.num_cached_tokens if res else 0,
+                     generated_tokens=res.num_generated_tokens if res else 0)
+            p.probes.append(o)
+            p.state.record(k, o["verdict"], o["p_enough"], o["votes"])
+
+
+# ---- output rows -------------------------------------------------------------------------------
+
+
+def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, Any]:
+    """The output row of a finished problem (the fallback keeps the whole CoT, not just the judged part)."""
+    r = p.state.result()
+    n_all = len(p.ends)
+    k = r.k if (r.is_sufficient or jcfg.search == "fixed_ratio") else n_all
+    end = p.ends[k - 1]
+    tot = lambda key: int(sum(x[key] for x in p.probes))  # noqa: E731
+    return {
+        R.PROBLEM_ID: p.problem_id, R.QUESTION: p.question, R.ANSWER: p.answer, R.COT: p.cot,
+        "num_sentences": n_all, "num_judged_sentences": p.num_judged, "prefix_sentences": k, "prefix_char_end": end,
+        "prefix_ratio_sentences": k / n_all, "prefix_ratio_chars": end / len(p.cot), R.PREFIX: p.cot[:end],
+        "is_sufficient": r.is_sufficient, "non_monotone": r.non_monotone, "search": jcfg.search,
+        "verdict_mode": "none" if jcfg.search == "fixed_ratio" else jcfg.verdict, "calibration": jcfg.calibration,
+        "threshold": jcfg.threshold, "segmentation": jcfg.segmentation, "judge_model": judge_model,
+        "prompt_version": jcfg.prompt_version, "num_probes": r.num_probes, "num_rounds": r.num_rounds,
+        "prompt_tokens": tot("prompt_tokens"), "cached_tokens": tot("cached_tokens"), "generated_tokens": tot("generated_tokens"),
+        "num_unparseable": sum(not x["parseable"] and not x["error"] for x in p.probes),
+        "num_judge_errors": sum(bool(x["error"]) for x in p.probes), "cot_truncated": p.cot_truncated,
+        "probe_trace": [{key: x[key] for key in _PROBE_KEYS} for x in p.probes],
+    }
+
+
+_PROBE_KEYS = ("round", "k", "verdict", "p_enough", "logprob_enough", "logprob_not_enough", "votes", "parseable", "error",
+               "prompt_tokens", "cached_tokens", "generated_tokens", "raw")
+
+
+def judge_rows(engine: Engine | None, builder: JudgePromptBuilder | None, vt: VerdictTokens | None,
+               rows: Sequence[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig, judge_model: str,
+               seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Judge a batch of input rows together: (output rows, quarantine rows, engine calls)."""
+    problems: list[Problem] = []
+    quarantined: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            got = prepare_problem(row, builder, jcfg, engine_cfg.max_model_len)
+        except Exception as e:  # a malformed row must not take the batch down
+            got = quarantine_row(STAGE, str(row.get(R.PROBLEM_ID)), "prepare_error", repr(e))
+        (problems.append if isinstance(got, Problem) else quarantined.append)(got)  # type: ignore[arg-type]
+    calls = 0
+    if problems and jcfg.search != "fixed_ratio":
+        assert engine is not None and vt is not None
+        calls = run_rounds(engine, problems, jcfg, vt, engine_cfg.max_model_len, seed)
+    return [problem_row(p, jcfg, judge_model) for p in problems], quarantined, calls
+
+
+def judge_tools(tokenizer: Any, jcfg: JudgeConfig) -> tuple[JudgePromptBuilder, VerdictTokens]:
+    vt = verdict_tokens(tokenizer)
+    prefill = vt.common if jcfg.verdict == "logprob" else ()
+    return JudgePromptBuilder(tokenizer, jcfg.prompt_version, prefill), vt
+
+
+# ---- the Ray Data actor and driver --------------------------------------------------------------
+
+
+class JudgeUDF:
+    """Actor-pool UDF owning one vLLM judge engine; a batch of problems is judged in rounds."""
+
+    def __init__(self, judge: dict[str, Any], engine: dict[str, Any], seed: int):
+        from palign_ray.engines.vllm_engine import VLLMEngine
+        from palign_ray.models import resolve_model
+
+        self.jcfg, self.engine_cfg, self.seed = JudgeConfig(**judge), EngineConfig(**engine), seed
+        self.engine = VLLMEngine(resolve_model(self.jcfg.model), self.engine_cfg)
+        self.builder, self.vt = judge_tools(self.engine.tokenizer, self.jcfg)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        rows = _to_rows(batch)
+        t0 = time.perf_counter()
+        out, quarantined, calls = judge_rows(self.engine, self.builder, self.vt, rows, self.jcfg, self.engine_cfg,
+                                             self.jcfg.model, self.seed)
+        elapsed = time.perf_counter() - t0
+        key = rows[0][R.PROBLEM_ID] if rows else ""
+        cols: dict[str, list[Any]] = {c: [] for c in (*OUTPUT_COLUMNS, _Q_REASON, _Q_DETAIL, _TRACE_JSON, _BATCH_KEY,
+                                                      _BATCH_CALLS, _BATCH_S) if c != "probe_trace"}
+        # Nested structs and all-null columns go through JSON so every block has the same Arrow schema.
+        for r in out + [_quarantine_stub(q) for q in quarantined]:
+            for c in cols:
+                cols[c].append(r.get(c, ""))
+            cols[_TRACE_JSON][-1] = json.dumps(r.get("probe_trace", []))
+            cols[_BATCH_KEY][-1], cols[_BATCH_CALLS][-1], cols[_BATCH_S][-1] = key, calls, elapsed
+        return cols
+
+
+_INT_COLUMNS = ("num_sentences", "num_judged_sentences", "prefix_sentences", "prefix_char_end", "num_probes", "num_rounds",
+                "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable", "num_judge_errors")
+_FLOAT_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "threshold")
+_BOOL_COLUMNS = ("is_sufficient", "non_monotone", "cot_truncated")
+
+
+def _quarantine_stub(q: dict[str, Any]) -> dict[str, Any]:
+    """A quarantine row with typed placeholders, so an all-quarantine block has the same Arrow schema."""
+    stub: dict[str, Any] = {c: "" for c in OUTPUT_COLUMNS}
+    stub.update({c: 0 for c in _INT_COLUMNS} | {c: 0.0 for c in _FLOAT_COLUMNS} | {c: False for c in _BOOL_COLUMNS})
+    stub.update({R.PROBLEM_ID: q[R.PROBLEM_ID], _Q_REASON: q[R.REASON], _Q_DETAIL: q[R.DETAIL], "probe_trace": []})
+    return stub
+
+
+def _to_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    cols = {k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in batch.items()}
+    n = len(next(iter(cols.values()))) if cols else 0
+    return [{k: cols[k][i] for k in cols} for i in range(n)]
+
+
+def _from_udf(r: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Split an actor row into (output row, None) or (None, quarantine row)."""
+    if r.get(_Q_REASON):
+        return None, quarantine_row(STAGE, r[R.PROBLEM_ID], r[_Q_REASON], r.get(_Q_DETAIL) or "")
+    row = {c: r.get(c) for c in OUTPUT_COLUMNS if c != "probe_trace"}
+    row["probe_trace"] = json.loads(r[_TRACE_JSON])
+    return row, None
+
+
+def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Driver-side checks that need no model: ids present and unique, question and CoT non-empty strings."""
+    ok: list[dict[str, Any]] = []
+    bad: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        pid = row.get(R.PROBLEM_ID)
+        pid = str(pid) if pid is not None and str(pid) != "" else f"row-{i}"
+        if pid in seen:
+            bad.append(quarantine_row(STAGE, pid, "duplicate_problem_id", f"row {i} repeats problem_id {pid!r}"))
+            continue
+        seen.add(pid)
+        reason = next((f"empty_{c}" for c in (R.QUESTION, R.COT)
+                       if not isinstance(row.get(c), str) or not row[c].strip()), "")
+        if reason:
+            bad.append(quarantine_row(STAGE, pid, reason, f"field {reason[6:]!r} is missing, empty or whitespace-only"))
+            continue
+        ans = row.get(R.ANSWER)
+        ok.append({R.PROBLEM_ID: pid, R.QUESTION: row[R.QUESTION], R.COT: row[R.COT],
+                   R.ANSWER: "" if ans is None else str(ans)})
+    return ok, bad
+
+
+def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Rows {problem_id, question, cot, answer} → (output rows, quarantine rows, summary).
+
+    Batched rounds on a Ray Data actor pool; `judge.paper_reference=true` runs the serial reference in
+    this process instead; `judge.search=fixed_ratio` needs no model and runs here too.
+    """
+    jcfg = reference_config(cfg.judge) if cfg.judge.paper_reference else cfg.judge
+    check_judge_config(jcfg)
+    t0 = time.perf_counter()
+    items, bad = check_input(rows)
+    if cfg.judge.paper_reference:
+        out, more_bad, extra = paper_reference_rows(items, jcfg, cfg.engine, cfg.run.seed)
+    elif jcfg.search == "fixed_ratio":
+        out, more_bad, _ = judge_rows(None, None, None, items, jcfg, cfg.engine, "", cfg.run.seed)
+        extra = {"engine_calls": 0, "judge_s": 0.0}
+    else:
+        out, more_bad, extra = _ray_rows(items, jcfg, cfg)
+    bad += more_bad
+    out.sort(key=lambda r: r[R.PROBLEM_ID])
+    assert len(out) + len(bad) == len(rows), "every input row must leave as output or quarantine"
+    summary = summarize(out, bad, len(rows), time.perf_counter() - t0, jcfg, paper_reference=cfg.judge.paper_reference, **extra)
+    return out, bad, summary
+
+
+def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    from palign_ray.ray_env import actor_resources, init_ray
+
+    if not items:
+        return [], [], {"engine_calls": 0, "judge_s": 0.0}
+    ray = init_ray(cfg.ray)
+    ds = ray.data.from_items(items).map_batches(
+        JudgeUDF,
+        fn_constructor_kwargs={"judge": dataclasses.asdict(jcfg), "engine": dataclasses.asdict(cfg.engine), "seed": cfg.run.seed},
+        batch_size=cfg.ray.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
+        **actor_resources(cfg.ray),
+    )
+    out, bad, batches = [], [], {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for r in batch.to_pylist():
+            batches[r[_BATCH_KEY]] = (r[_BATCH_CALLS], r[_BATCH_S])
+            row, q = _from_udf(r)
+            (out.append(row) if row is not None else bad.append(q))
+    return out, bad, {"engine_calls": sum(c for c, _ in batches.values()), "judge_s": sum(s for _, s in batches.values())}
+
+
+def paper_reference_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig,
+                         seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """The authors' algorithm on our engine, in this process: one problem, one probe per engine call.
+
+    No batching and no sleep; decode-and-parse verdicts with judge.max_new_tokens (the paper's 256).
+    Decoding follows judge.temperature (greedy by default, so the cuts are reproducible; the authors
+    sampled with the model's defaults). The engine keeps its prefix cache, as any vLLM deployment would.
+    """
+    from palign_ray.engines.vllm_engine import VLLMEngine
+    from palign_ray.models import resolve_model
+
+    if not items:
+        return [], [], {"engine_calls": 0, "judge_s": 0.0}
+    engine = VLLMEngine(resolve_model(jcfg.model), engine_cfg)
+    try:
+        builder, vt = judge_tools(engine.tokenizer, jcfg)
+        out, bad, calls = [], [], 0
+        t0 = time.perf_counter()
+        for item in items:
+            o, q, c = judge_rows(engine, builder, vt, [item], jcfg, engine_cfg, jcfg.model, seed)
+            out += o
+            bad += q
+            calls += c
+        return out, bad, {"engine_calls": calls, "judge_s": time.perf_counter() - t0}
+    finally:
+        engine.shutdown()
+
+
+# ---- summary -----------------------------------------------------------------------------------
+
+
+def quantiles(values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> dict[str, float]:
+    """Linear-interpolated quantiles plus the mean (pure Python; empty → {})."""
+    if not values:
+        return {}
+    v = sorted(values)
+    out = {}
+    for q in qs:
+        pos = q * (len(v) - 1)
+        lo = math.floor(pos)
+        hi = min(lo + 1, len(v) - 1)
+        out[f"p{int(round(q * 100))}"] = v[lo] + (v[hi] - v[lo]) * (pos - lo)
+    out["mean"] = sum(v) / len(v)
+    return out
+
+
+def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: int, wall_s: float, jcfg: JudgeConfig,
+              *, paper_reference: bool, engine_calls: int, judge_s: float) -> dict[str, Any]:
+    """Counts, prefix-ratio distribution, rounds and probes against the binary bound, token and cache shares."""
+    reasons: dict[str, int] = {}
+    for q in bad:
+        reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
+    probes = [p for r in out for p in r["probe_trace"]]
+    prompt = sum(r["prompt_tokens"] for r in out)
+    cached = sum(r["cached_tokens"] for r in out)
+    within = sum(r["num_probes"] <= r["num_judged_sentences"].bit_length() for r in out)
+    return {
+        "num_input": num_input, "num_output": len(out), "num_quarantined": len(bad), "quarantine_reasons": reasons,
+        "num_sufficient": sum(r["is_sufficient"] for r in out), "num_non_monotone": sum(r["non_monotone"] for r in out),
+        "num_cot_truncated": sum(r["cot_truncated"] for r in out),
+        "search": jcfg.search, "verdict_mode": jcfg.verdict, "paper_reference": paper_reference, "judge_model": jcfg.model,
+        "prompt_version": jcfg.prompt_version, "threshold": jcfg.threshold,
+        "prefix_ratio_sentences": quantiles([r["prefix_ratio_sentences"] for r in out]),
+        "prefix_ratio_chars": quantiles([r["prefix_ratio_chars"] for r in out]),
+        "num_sentences": quantiles([r["num_sentences"] for r in out]),
+        "num_judged_sentences": quantiles([r["num_judged_sentences"] for r in out]),
+        "rounds_per_problem": quantiles([r["num_rounds"] for r in out]),
+        "probes_per_problem": quantiles([r["num_probes"] for r in out]),
+        "binary_bound_per_problem": quantiles([r["num_judged_sentences"].bit_length() for r in out]),
+        "num_within_binary_bound": within,
+        "num_probes": len(probes), "num_enough_verdicts": sum(p["verdict"] for p in probes),
+        "num_unparseable": sum(r["num_unparseable"] for r in out), "num_judge_errors": sum(r["num_judge_errors"] for r in out),
+        "engine_calls": engine_calls,
+        "prompt_tokens": prompt, "cached_tokens": cached, "cache_hit_share": (cached / prompt) if prompt else 0.0,
+        "generated_tokens": sum(r["generated_tokens"] for r in out),
+        "judge_s": round(judge_s, 3), "wall_s": round(wall_s, 3),
+    }

@@ -1,0 +1,1 @@
+"""Student SFT: pretokenized shards → packed batches → Ray Train + DeepSpeed ZeRO → HF export."""

@@ -1,0 +1,84 @@
+"""Config: defaults documented, YAML round trip, dotted overrides, unknown keys and wrong types rejected."""
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from palign_ray.config import Config, ConfigError, config_hash, dump_yaml, help_lines, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _all_fields(cls=Config, prefix=""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _all_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+def test_every_field_has_help():
+    missing = [k for k, f in _all_fields() if not f.metadata.get("help")]
+    assert missing == []
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(None, ["judge.threshold=0.3", "sft.lora=true", "eval.benchmarks=[gsm8k, math500]"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    again = load_config(path)
+    assert again == cfg
+    assert again.judge.threshold == 0.3 and again.sft.lora is True
+    assert again.eval.benchmarks == ("gsm8k", "math500")
+
+
+def test_override_int_to_float_and_comma_lists():
+    cfg = load_config(None, ["judge.threshold=1", "eval.benchmarks=gsm8k,aime24"])
+    assert cfg.judge.threshold == 1.0 and isinstance(cfg.judge.threshold, float)
+    assert cfg.eval.benchmarks == ("gsm8k", "aime24")
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("judge.treshold=0.3", "judge.treshold"),
+        ("nosuch.key=1", "nosuch"),
+        ("sft.zero_stage=two", "sft.zero_stage"),
+        ("sft.lora=3", "sft.lora"),
+        ("judge.search=ternary", "judge.search"),
+        ("judge=3", "judge"),
+        ("novalue", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("judge:\n  thresold: 0.5\n")
+    with pytest.raises(ConfigError, match=r"judge\.thresold"):
+        load_config(p)
+
+
+def test_config_is_frozen():
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.judge.threshold = 0.1  # type: ignore[misc]
+
+
+def test_hash_changes_with_section():
+    a, b = load_config(None), load_config(None, ["judge.threshold=0.2"])
+    assert config_hash(a.judge) != config_hash(b.judge)
+    assert config_hash(a.teacher) == config_hash(b.teacher)
+
+
+def test_default_job_config_loads_and_help_lists_keys():
+    cfg = load_config(REPO / "jobs" / "configs" / "default.yaml")
+    assert cfg.teacher.model == "default"
+    text = "\n".join(help_lines())
+    assert "judge.threshold=" in text and "sft.zero_stage=" in text

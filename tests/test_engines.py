@@ -1,0 +1,71 @@
+"""Real vLLM on CPU (tiny model and SmolLM2): texts, logprobs, finish reasons, prefix-cache counters."""
+
+import pytest
+
+from palign_ray.chat import chat_ids, user_turn
+from palign_ray.engines.base import SamplingSpec
+from palign_ray.engines.fake import FakeEngine
+
+
+def test_tiny_engine_generates_with_logprobs_and_counts(tiny_engine):
+    ids = chat_ids(tiny_engine.tokenizer, user_turn("Hello there"))
+    res = tiny_engine.generate([ids, ids[:-3]], SamplingSpec(max_tokens=5, logprobs=3, seed=1))
+    assert len(res) == 2
+    c = res[0].completions[0]
+    assert len(c.token_ids) == 5 and c.finish_reason == "length"
+    assert c.logprobs is not None and len(c.logprobs) == 5
+    assert all(len(step) >= 3 and all(lp <= 0.0 for lp in step.values()) for step in c.logprobs)
+    assert res[0].num_prompt_tokens == len(ids)
+
+
+def test_prefix_cache_counters_move_on_repeated_prefix(tiny_engine):
+    shared = chat_ids(tiny_engine.tokenizer, user_turn("word " * 600))
+    first = tiny_engine.generate([shared + [100]], SamplingSpec(max_tokens=1))[0]
+    second = tiny_engine.generate([shared + [200, 300]], SamplingSpec(max_tokens=1))[0]
+    # Only whole KV blocks are cached (128 tokens per block on vLLM-CPU).
+    assert second.num_cached_tokens >= len(shared) - 128
+    assert second.num_cached_tokens > first.num_cached_tokens
+
+
+def test_allowed_token_ids_restrict_the_first_token(tiny_engine):
+    ids = chat_ids(tiny_engine.tokenizer, user_turn("Pick"))
+    res = tiny_engine.generate([ids], SamplingSpec(max_tokens=1, allowed_token_ids=(42, 4242)))[0]
+    assert res.completions[0].token_ids[0] in (42, 4242)
+
+
+def test_logprob_token_ids_returns_exactly_those_tokens(tiny_engine):
+    ids = chat_ids(tiny_engine.tokenizer, user_turn("Pick"))
+    res = tiny_engine.generate([ids], SamplingSpec(max_tokens=1, logprob_token_ids=(42, 4242)))[0]
+    step = res.completions[0].logprobs[0]
+    assert {42, 4242} <= set(step) and all(v <= 0.0 for v in step.values())
+
+
+def test_smollm2_answers_coherently(smol_engine):
+    ids = chat_ids(smol_engine.tokenizer, user_turn("What is the capital of France? Answer in one word."))
+    text = smol_engine.generate([ids], SamplingSpec(max_tokens=16))[0].completions[0].text
+    assert "paris" in text.lower()
+
+
+def test_fake_engine_is_scripted_and_counts_calls():
+    eng = FakeEngine(lambda ids, sp, i: ("[ENOUGH]", {1: -0.1, 2: -2.3}))
+    out = eng.generate([[1, 2, 3], [1, 2, 4]], SamplingSpec(max_tokens=4, logprobs=2))
+    assert [r.completions[0].text for r in out] == ["[ENOUGH]", "[ENOUGH]"]
+    assert out[1].num_cached_tokens == 2 and len(eng.calls) == 1
+
+
+@pytest.mark.timeout(300)
+def test_generate_stage_through_ray_data(tiny_model, ray_session):
+    from palign_ray.config import EngineConfig, RayConfig
+    from palign_ray.generation import generate_batches
+
+    items = [{"problem_id": f"p{i}", "prompt": f"Count to {i}."} for i in range(6)]
+    items.append({"problem_id": "long", "prompt": "x " * 5000})
+    rows = [r for b in generate_batches(items, model=tiny_model, engine=EngineConfig(max_model_len=1024),
+                                        ray_cfg=RayConfig(num_actors=1, batch_size=4),
+                                        sampling=SamplingSpec(max_tokens=8, n=2, temperature=0.8), seed=3) for r in b]
+    by_id = {r["problem_id"]: r for r in rows}
+    assert sorted(by_id) == sorted(i["problem_id"] for i in items)
+    assert by_id["long"]["error"].startswith("prompt_too_long") and by_id["long"]["generations"] == []
+    ok = [r for r in rows if not r["error"]]
+    assert all(len(r["generations"]) == 2 and len(r["num_generated_tokens"]) == 2 for r in ok)
+    assert all(0 < t <= 8 for r in ok for t in r["num_generated_tokens"])

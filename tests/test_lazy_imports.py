@@ -1,0 +1,24 @@
+"""`import palign_ray` (and its pure modules) must not pull vllm, torch, deepspeed or ray."""
+
+import subprocess
+import sys
+
+PURE_MODULES = [
+    "palign_ray", "palign_ray.config", "palign_ray.cli", "palign_ray.records", "palign_ray.artifacts",
+    "palign_ray.engines", "palign_ray.engines.fake", "palign_ray.models", "palign_ray.chat",
+    "palign_ray.generation", "palign_ray.ray_env",
+]
+HEAVY = ["vllm", "torch", "deepspeed", "ray", "transformers"]
+
+
+def test_pure_modules_do_not_import_heavy_packages():
+    code = (
+        "import importlib, sys\n"
+        f"for m in {PURE_MODULES!r}:\n"
+        "    try:\n        importlib.import_module(m)\n"
+        "    except ModuleNotFoundError as e:\n        if not e.name.startswith('palign_ray'): raise\n"
+        f"bad = [h for h in {HEAVY!r} if h in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"heavy imports at import time: {out.stdout.strip()}"

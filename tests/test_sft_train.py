@@ -1,0 +1,160 @@
+"""Real Ray Train + DeepSpeed ZeRO runs on the tiny model: training, checkpoints, resume, failures, LoRA, export."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from test_sft_data import build_shards
+
+from palign_ray.config import RayConfig, SFTConfig
+from palign_ray.sft.train import FailureInjection, run_sft
+
+pytestmark = pytest.mark.timeout(600)
+
+RAY = RayConfig(num_cpus=4)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, tokenizer):
+    return build_shards(tmp_path_factory.mktemp("sft") / "shards", tokenizer)
+
+
+@pytest.fixture(scope="module")
+def base_cfg(tiny_model) -> SFTConfig:
+    # 8 examples of ~45 tokens, about 2 per 128-token sequence → 4 sequences → 2 steps per epoch.
+    return SFTConfig(model=tiny_model, precision="fp32", num_workers=2, cpus_per_worker=1.0, micro_batch_size=1,
+                     epochs=3, learning_rate=3e-3, warmup_ratio=0.2, max_seq_len=128, checkpoint_every=2,
+                     max_failures=0)
+
+
+@pytest.fixture(scope="module")
+def ref_run(ray_session, shards, base_cfg, tmp_path_factory):
+    """The uninterrupted ZeRO-2 run every other run is compared against."""
+    out = tmp_path_factory.mktemp("ref") / "model"
+    return out, run_sft(base_cfg, shards, out, seed=0, ray_cfg=RAY)
+
+
+def _weights(model_dir) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(model_dir) / "model.safetensors"))
+
+
+def _epoch_losses(history: list[dict]) -> list[float]:
+    by_epoch: dict[int, list[float]] = {}
+    for h in history:
+        by_epoch.setdefault(h["epoch"], []).append(h["loss"])
+    return [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
+
+
+def _check_trained(out: Path, metrics: dict, tiny_model: str, steps: int) -> None:
+    assert [h["step"] for h in metrics["history"]] == list(range(1, steps + 1))
+    losses = _epoch_losses(metrics["history"])
+    assert losses[-1] < losses[0] - 0.1, losses  # same examples every epoch: the training loss falls
+    before, after = _weights(tiny_model), _weights(out)
+    assert set(before) == set(after)
+    changed = [k for k in before if not (before[k] == after[k]).all()]
+    assert len(changed) > len(before) // 2, changed
+    assert json.loads((out / "metrics.json").read_text())["num_steps"] == steps
+
+
+@pytest.mark.timeout(600)
+def test_zero2_trains_checkpoints_exports_and_vllm_generates(ref_run, tiny_model, shards):
+    out, metrics = ref_run
+    _check_trained(out, metrics, tiny_model, steps=6)
+    assert metrics["num_rows"] == 8 and metrics["num_examples"] == 8 and metrics["num_quarantined"] == 0
+    assert metrics["restarts"] == []
+    assert 0 <= metrics["padding_share_packed"] < metrics["padding_share_unpacked"]
+    assert all(h["tokens_per_s"] > 0 and h["step_time_s"] > 0 and h["lr"] > 0 for h in metrics["history"])
+    # Ray merged both ranks' ZeRO shards into one checkpoint directory; 2 kept (keep_checkpoints=2).
+    ckpts = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))
+    assert [c.name for c in ckpts] == ["checkpoint_000004", "checkpoint_000006"]
+    names = {p.name for p in (ckpts[-1] / "zero").iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+
+    from palign_ray.chat import chat_ids, user_turn
+    from palign_ray.config import EngineConfig
+    from palign_ray.engines.base import SamplingSpec
+    from palign_ray.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(str(out), EngineConfig(max_model_len=512, max_num_seqs=4, enable_prefix_caching=False))
+    try:
+        prompt = chat_ids(engine.tokenizer, user_turn("What is 2 + 3?"))
+        [res] = engine.generate([prompt], SamplingSpec(max_tokens=8, temperature=0.0))
+        assert res.num_prompt_tokens == len(prompt) and len(res.completions[0].token_ids) > 0
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.timeout(600)
+def test_stopped_run_resumes_at_its_last_checkpoint(ref_run, shards, base_cfg, tmp_path):
+    from ray.train import TrainingFailedError
+
+    out = tmp_path / "model"
+    marker = tmp_path / "killed"
+    # The run dies after step 3 (last checkpoint: step 2) and, with max_failures=0, stays dead.
+    with pytest.raises(TrainingFailedError):
+        run_sft(base_cfg, shards, out, ray_cfg=RAY, inject_failure=FailureInjection(3, str(marker)))
+    assert marker.is_file() and not (out / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="sft.resume=true"):
+        run_sft(base_cfg, shards, out, ray_cfg=RAY)
+    metrics = run_sft(dataclasses.replace(base_cfg, resume=True), shards, out, ray_cfg=RAY)
+    assert metrics["restarts"] == [2]
+    ref = ref_run[1]["history"]
+    assert [h["step"] for h in metrics["history"]] == [h["step"] for h in ref]
+    # Same data position and exact optimizer/scheduler state: the same per-step losses and lrs.
+    for got, want in zip(metrics["history"], ref, strict=True):
+        assert got["epoch"] == want["epoch"] and got["num_tokens"] == want["num_tokens"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-5)
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-9)
+    with pytest.raises(ValueError, match="nothing to resume"):
+        run_sft(dataclasses.replace(base_cfg, resume=True), shards, tmp_path / "other", ray_cfg=RAY)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_killed_worker_is_recovered_by_failure_config(ref_run, shards, base_cfg, tmp_path):
+    marker = tmp_path / "killed"
+    cfg = dataclasses.replace(base_cfg, max_failures=1)
+    metrics = run_sft(cfg, shards, tmp_path / "model", ray_cfg=RAY, inject_failure=FailureInjection(3, str(marker)))
+    assert marker.is_file()  # a worker really died
+    assert metrics["restarts"] == [2] and metrics["num_steps"] == 6
+    for got, want in zip(metrics["history"], ref_run[1]["history"], strict=True):
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_zero3_bf16_trains_and_exports(ray_session, shards, base_cfg, tiny_model, tmp_path):
+    cfg = dataclasses.replace(base_cfg, zero_stage=3, precision="bf16", gradient_checkpointing=True)
+    out = tmp_path / "model"
+    metrics = run_sft(cfg, shards, out, ray_cfg=RAY)
+    _check_trained(out, metrics, tiny_model, steps=6)
+    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))[-1]
+    names = {p.name for p in (ckpt / "zero").iterdir()}
+    # ZeRO-3 partitions the parameters themselves: one model-state shard per rank.
+    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= names
+
+
+@pytest.mark.timeout(600)
+def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_cfg, tiny_model, tmp_path):
+    from palign_ray.sft.train import TRAIN_STATE, consolidated_state_dict
+
+    cfg = dataclasses.replace(base_cfg, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2, epochs=2)
+    out = tmp_path / "model"
+    metrics = run_sft(cfg, shards, out, ray_cfg=RAY)
+    assert metrics["num_steps"] == 4
+    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))[-1]
+    assert (ckpt / TRAIN_STATE).is_file()
+    trained = consolidated_state_dict(ckpt, lora=True)
+    assert trained and all("lora_" in k for k in trained), list(trained)[:5]  # only adapters were optimized
+    before, after = _weights(tiny_model), _weights(out)
+    assert set(after) == set(before)  # merged: plain HF keys, no peft/lora keys
+    for k in before:
+        same = bool((before[k] == after[k]).all())
+        targeted = any(m in k for m in cfg.lora_target_modules)
+        assert same != targeted, k  # adapters merged into exactly the targeted projections
