@@ -16,7 +16,9 @@ from palign_ray.config import Config, ConfigError, help_lines, load_config
 # name → ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("palign_ray.cli:generate_main", "prompts (JSONL/Parquet) → generations through a Ray Data pool of vLLM engines"),
+    "run": ("palign_ray.pipeline:run_main", "the whole pipeline (resumable): problems → teacher → truncate → align → sft_data → train → eval"),
     "config": ("palign_ray.cli:config_main", "print the resolved config (YAML) after overrides"),
+    "truncate": ("palign_ray.judge.cli:truncate_main", "traces → shortest sufficient CoT prefixes (batched judge rounds on a vLLM actor pool)"),
     "grade": ("palign_ray.evaluate:grade_main", "grade a file of generations (no generating): per-sample labels JSONL + metrics JSON"),
     "eval": ("palign_ray.evaluate:eval_main", "pass@k of a model on math benchmarks (paper prompt/sampling) → metrics.json, report.md, plots"),
     "split": ("palign_ray.sentences:split_main", "text (FILE or stdin) → one JSON line per sentence: index, start, end, text"),

@@ -61,6 +61,7 @@ class RunConfig:
 
     run_dir: str = _f("runs/default", "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).")
     seed: int = _f(0, "Root seed; per-problem seeds are derived from it and problem_id.")
+    chunk_size: int = _f(64, "Rows per atomic output part of a row stage: a crash loses at most one chunk (0 = one chunk).")
     method: Literal["palign", "full_cot", "fixed_ratio", "prefix_only", "continuation_only"] = _f(
         "palign",
         "Which SFT set to build: palign (prefix + continuation), full_cot (long-CoT SFT), "
@@ -192,6 +193,9 @@ class EvalConfig:
     bootstrap_samples: int = _f(1000, "Bootstrap resamples for confidence intervals.")
     model: str = _f(DEFAULT_MODEL, "Model to evaluate ('default', a local HF directory); `palign eval --model` overrides it.")
     grade_workers: int = _f(2, "Threads grading at once (each owns one math-verify child process).")
+    grader: Literal["paper", "boxed"] = _f(
+        "paper", "paper = the authors' grader (last boxed answer, OR math-verify on the whole output); boxed = last boxed answer only."
+    )
     builtin_seed: int = _f(1, "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).")
 
 

@@ -21,7 +21,7 @@ from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, write_json, write_jsonl
 from palign_ray.benchmarks import BENCHMARK, load_benchmark
 from palign_ray.config import Config, EvalConfig, to_dict
-from palign_ray.grading import grade, normalize_gold
+from palign_ray.grading import extract_boxed, grade, normalize_gold
 from palign_ray.metrics import ProblemResult, macro_average, summarize
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ FINISH_REASON = "finish_reason"
 NUM_TOKENS = "num_generated_tokens"
 NUM_CHARS = "num_chars"
 GENERATION = "generation"
+ANSWER_SOURCE = "answer_source"  # "boxed" | "text" (paper grader only) | "" when incorrect
 REFERENCE_LABEL = "reference_label"  # a label that came with the input file (palign grade)
 
 
@@ -87,8 +88,11 @@ def _sample_jobs(problem: dict[str, Any], row: dict[str, Any]) -> list[dict[str,
 def grade_jobs(jobs: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
     """Grade sample rows in a few threads (each grading thread owns its own math-verify child)."""
     def one(job: dict[str, Any]) -> dict[str, Any]:
-        g = grade(job[GENERATION], job[GOLD], timeout_s=cfg.grade_timeout_s)
-        return {**job, CORRECT: g.correct, LABEL: int(g.correct), R.REASON: g.reason, EXTRACTED: g.extracted}
+        g = grade(job[GENERATION], job[GOLD], timeout_s=cfg.grade_timeout_s, mode=cfg.grader)
+        boxed = extract_boxed(job[GENERATION])
+        # "text" marks samples only the paper grader's whole-output math-verify found correct.
+        source = "" if not g.correct else ("boxed" if g.extracted == boxed else "text")
+        return {**job, CORRECT: g.correct, LABEL: int(g.correct), R.REASON: g.reason, EXTRACTED: g.extracted, ANSWER_SOURCE: source}
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.grade_workers)) as pool:
         out = list(pool.map(one, jobs))
@@ -118,7 +122,11 @@ def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResu
 def compute_metrics(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
     """Per-benchmark summaries plus their macro average (and agreement with reference labels if any)."""
     per = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in sorted(problem_results(samples).items())}
-    out: dict[str, Any] = {"benchmarks": per, "average": macro_average(per)}
+    out: dict[str, Any] = {"grader": cfg.grader, "benchmarks": per, "average": macro_average(per)}
+    if cfg.grader == "paper":  # the strict numbers too: only the last boxed answer counts
+        strict = [{**s, CORRECT: bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"} for s in samples]
+        out["boxed_only"] = {b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
+                             for b, p in sorted(problem_results(strict).items()) for m in [summarize(p, 0, seed)]}
     refs = [s for s in samples if s.get(REFERENCE_LABEL) is not None]
     if refs:
         out["reference_agreement"] = reference_agreement(refs, cfg, seed)
@@ -333,15 +341,21 @@ def grade_main(argv: list[str]) -> int:
 
 def _parse_with_positional(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Config]:
     """FILE shares the positional slot with `key=value` overrides: the one item without '=' is the file."""
-    from palign_ray.config import ConfigError, load_config
-
-    args = p.parse_args(argv)
+    args, cfg = _parse_intermixed(p, argv, allow_file=True)
     files = [o for o in args.overrides if "=" not in o]
     if len(files) != 1:
         p.error(f"expected exactly one FILE (and key=value overrides), got {files or 'none'}")
     args.file = files[0]
+    return args, cfg
+
+
+def _parse_intermixed(p: argparse.ArgumentParser, argv: list[str], allow_file: bool = False) -> tuple[argparse.Namespace, Config]:
+    """Like cli.parse_config, but `key=value` overrides may sit before, between or after options."""
+    from palign_ray.config import ConfigError, load_config
+
+    args = p.parse_intermixed_args(argv)
     try:
-        cfg = load_config(args.config, [o for o in args.overrides if "=" in o])
+        cfg = load_config(args.config, [o for o in args.overrides if "=" in o or not allow_file])
     except ConfigError as e:
         p.error(str(e))
     return args, cfg
@@ -349,14 +363,14 @@ def _parse_with_positional(p: argparse.ArgumentParser, argv: list[str]) -> tuple
 
 def eval_main(argv: list[str]) -> int:
     """Run as: palign eval --model PATH --benchmarks gsm8k,math500 --output DIR [key=value ...] | --compare a.json b.json"""
-    from palign_ray.cli import config_parser, parse_config
+    from palign_ray.cli import config_parser
 
     p = config_parser("eval", "Generate with the paper's prompt and sampling, grade, and write metrics.json, report.md, plots.")
     p.add_argument("--model", default="", help="model to evaluate: 'default' (embedded SmolLM2) or an HF directory (default: eval.model)")
     p.add_argument("--benchmarks", default="", help="comma-separated names or files (default: eval.benchmarks)")
     p.add_argument("--output", default="", help="output directory for metrics.json, report.md, samples.jsonl, *.png")
     p.add_argument("--compare", nargs="+", default=None, metavar="METRICS_JSON", help="print one table comparing runs and exit")
-    args, cfg = parse_config(p, argv)
+    args, cfg = _parse_intermixed(p, argv)
     if args.compare:
         sys.stdout.write(compare_table(args.compare))
         return 0

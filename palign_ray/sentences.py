@@ -51,7 +51,8 @@ def split_sentences(text: str, mode: Mode = "robust", max_chars: int = 400) -> l
     robust: boundaries after sentence punctuation and at every line break, never inside math or code
     (see `protected_regions`); sentences longer than `max_chars` (ignoring surrounding whitespace) are
     cut at whitespace, or hard-cut where there is none, except that one protected region longer than
-    `max_chars` is kept whole. paper: the authors' `text.split(". ")` boundaries (max_chars unused).
+    `max_chars` is kept whole; a lone list marker ("1.", "(a)", "-") joins the next sentence.
+    paper: the authors' `text.split(". ")` boundaries (max_chars unused). Offsets index `str` code points.
     """
     if mode not in ("robust", "paper"):
         raise ValueError(f"mode must be 'robust' or 'paper', got {mode!r}")
@@ -79,9 +80,12 @@ def protected_regions(text: str, max_chars: int = 400) -> list[Span]:
     inline_limit = max(max_chars, _MIN_INLINE_LIMIT)
     display_limit = max(_DISPLAY_LIMIT_FACTOR * max_chars, _MIN_DISPLAY_LIMIT)
     regions: list[Span] = []
+    # closer → position before which a failed search already found none; keeps runs of stray openers
+    # ("$a $b $c ...", "\\[ \\[ ...") linear instead of limit × openers.
+    searched: dict[str, int] = {}
     pos = 0
     while (m := _OPENER.search(text, pos)) is not None:
-        end = _region_end(text, m, inline_limit, display_limit)
+        end = _region_end(text, m, inline_limit, display_limit, searched)
         if end is None:
             pos = m.start() + 1
         else:
@@ -90,28 +94,32 @@ def protected_regions(text: str, max_chars: int = 400) -> list[Span]:
     return regions
 
 
-def _region_end(text: str, m: re.Match[str], inline_limit: int, display_limit: int) -> int | None:
+def _region_end(
+    text: str, m: re.Match[str], inline_limit: int, display_limit: int, searched: dict[str, int]
+) -> int | None:
     kind = m.lastgroup if m.lastgroup != "name" else "env"
     start, after = m.start(), m.end()
     if kind == "fence":
-        return _find_closer(text, m.group(), after, start + display_limit, extend=m.group()[0])
+        return _find_closer(text, m.group(), after, start + display_limit, searched, extend=m.group()[0])
     if kind == "dd":
-        return _find_closer(text, "$$", after, start + display_limit)
+        return _find_closer(text, "$$", after, start + display_limit, searched)
     if kind == "bracket":
-        return _find_closer(text, "\\]", after, start + display_limit)
+        return _find_closer(text, "\\]", after, start + display_limit, searched)
     if kind == "paren":
-        return _find_closer(text, "\\)", after, start + inline_limit)
+        return _find_closer(text, "\\)", after, start + inline_limit, searched)
     if kind == "env":
         return _env_end(text, m.group("name"), after, start + display_limit)
     if kind == "dollar":
-        return _dollar_end(text, after, start + inline_limit)
+        return _dollar_end(text, after, start + inline_limit, searched)
     newline = text.find("\n", after, start + inline_limit)
-    return _find_closer(text, "`", after, newline if newline != -1 else start + inline_limit)
+    return _find_closer(text, "`", after, newline if newline != -1 else start + inline_limit, searched)
 
 
-def _find_closer(text: str, closer: str, after: int, limit: int, extend: str = "") -> int | None:
-    i = text.find(closer, after, limit)
+def _find_closer(text: str, closer: str, after: int, limit: int, searched: dict[str, int], extend: str = "") -> int | None:
+    begin = max(after, searched.get(closer, 0) - len(closer) + 1)
+    i = text.find(closer, begin, limit)
     if i == -1:
+        searched[closer] = max(searched.get(closer, 0), min(limit, len(text)))
         return None
     end = i + len(closer)
     while extend and end < len(text) and text[end] == extend:  # a ```` fence closes with all its ticks
@@ -120,6 +128,8 @@ def _find_closer(text: str, closer: str, after: int, limit: int, extend: str = "
 
 
 def _env_end(text: str, name: str, after: int, limit: int) -> int | None:
+    if text.find("\\end{" + name + "}", after, limit) == -1:
+        return None
     tags = re.compile(r"\\(begin|end)\{" + re.escape(name) + r"\}")
     depth = 1
     for t in tags.finditer(text, after, min(limit, len(text))):
@@ -129,17 +139,20 @@ def _env_end(text: str, name: str, after: int, limit: int) -> int | None:
     return None
 
 
-def _dollar_end(text: str, after: int, limit: int) -> int | None:
+def _dollar_end(text: str, after: int, limit: int, searched: dict[str, int]) -> int | None:
     if after >= len(text) or text[after].isspace():
         return None  # "$ 5" or a trailing "$" is currency or prose, not an opener
-    blank = _BLANK_LINE.search(text, after, min(limit, len(text)))
+    # A "$" rejected as a closer for an earlier opener is rejected for this one too (the tests do not
+    # depend on the opener), and a blank line stops both: resume where the last failed search ended.
+    j = max(after, searched.get("$", 0))
+    blank = _BLANK_LINE.search(text, j, min(limit, len(text)))
     stop = blank.start() if blank else limit
-    j = after
     while (k := text.find("$", j, stop)) != -1:
         before_ok = k > after and not text[k - 1].isspace() and text[k - 1] != "\\"
         if before_ok and not (k + 1 < len(text) and text[k + 1].isdigit()):
             return k + 1
         j = k + 1
+    searched["$"] = max(searched.get("$", 0), min(stop, len(text)))
     return None
 
 
@@ -199,10 +212,18 @@ def _period_ends_sentence(text: str, dot: int, nxt: str) -> bool:
         return False
     if lower == "etc":
         return nxt.isupper()
-    line_start = max(text.rfind(c, 0, token_start) for c in "\n\r") + 1
-    if _ENUM_TOKEN.fullmatch(core) and _MARKDOWN_LINE_PREFIX.fullmatch(text, line_start, token_start):
+    if _ENUM_TOKEN.fullmatch(core) and _at_line_start(text, token_start):
         return False  # "1. First", "a. ...", "- iv. ..." list markers at the start of a line
     return _starts_sentence(nxt)
+
+
+def _at_line_start(text: str, i: int) -> bool:
+    """Whether only Markdown list/header/quote markers precede position i on its line."""
+    lo = max(0, i - 32)  # bounded look-back keeps 100k-char lines linear
+    line_start = max(text.rfind(c, lo, i) for c in "\n\r") + 1
+    if line_start == 0 and lo > 0:
+        return False
+    return _MARKDOWN_LINE_PREFIX.fullmatch(text, line_start, i) is not None
 
 
 def _starts_sentence(c: str) -> bool:
@@ -315,6 +336,9 @@ def split_main(argv: list[str]) -> int:
     p.usage = "palign split [FILE] [--mode robust|paper] [--max-chars N] [--config YAML] [key=value ...]"
     p.add_argument("--mode", choices=["robust", "paper"], default=None, help="default: judge.segmentation")
     p.add_argument("--max-chars", type=int, default=None, help="default: judge.max_sentence_chars")
+    for action in p._actions:  # the shared positional slot also takes FILE
+        if action.dest == "overrides":
+            action.help = "FILE to split (stdin when absent or '-') and dotted key=value overrides"
     args = p.parse_args(argv)
     # FILE shares the positional slot with key=value overrides; an existing path always wins.
     files = [a for a in args.overrides if "=" not in a or os.path.isfile(a)]

@@ -58,7 +58,7 @@ def test_probe_ids_share_the_head_and_decode_exactly(tokenizer, prefill):
     b = JudgePromptBuilder(tokenizer, prefill=vt.common if prefill else ())
     q = "Find x if x^2 = 9 and x > 0."
     pp = b.build(q, COT)
-    cuts = sorted({len(COT[:e].rstrip()) for e in (37, 75, 120, len(COT))} | {3, COT.index("compute") + 3})  # two cuts inside words
+    cuts = sorted({COT.index(s) + len(s) for s in ("pi.", "x = 3.", "x = -3!", "Yes.")} | {len(COT)} | {3, COT.index("compute") + 3})  # two cuts inside words
     bodies = []
     for c in cuts:
         ids = pp.ids(c)

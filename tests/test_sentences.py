@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import os
@@ -118,6 +119,14 @@ def test_unclosed_fence_and_dollar_do_not_swallow_the_rest() -> None:
     check_contract(text, spans, 400, "robust")
 
 
+def test_stray_openers_stay_linear() -> None:
+    text = "".join(f"$a{i} \\[ b. C \\( `d " for i in range(20000))  # ~440k chars of unclosed delimiters
+    t0 = time.perf_counter()
+    spans = split_sentences(text)
+    assert time.perf_counter() - t0 < 10  # ~0.5 s here; quadratic scanning took minutes
+    check_contract(text, spans, 400, "robust")
+
+
 def test_closed_region_beyond_limit_is_text() -> None:
     far = "$a " + "Word. " * 100 + "b$"  # a closer exists, but farther than the inline limit
     assert protected_regions(far, max_chars=100) == []
@@ -129,6 +138,11 @@ def test_empty_and_whitespace_only() -> None:
     assert split_sentences(" \n\t ") == []
     assert split_sentences("", mode="paper") == []
     assert split_sentences("Hi.", mode="robust") == [(0, 3)]
+
+
+def test_leading_whitespace_belongs_to_first_sentence() -> None:
+    assert split_sentences("\n\nHello.\nWorld") == [(0, 9), (9, 14)]
+    assert split_sentences("\n$a$$", max_chars=1) == [(0, 5)]  # found by hypothesis: no whitespace-only first span
 
 
 def test_bad_arguments_raise() -> None:
@@ -161,8 +175,10 @@ def check_contract(text: str, spans: list[tuple[int, int]], max_chars: int, mode
         return
     regions = protected_regions(text, max_chars)
     starts = {r[0]: r for r in regions}
+    for _, b in spans[:-1]:
+        i = bisect.bisect_right(regions, (b, len(text) + 1)) - 1
+        assert i < 0 or not regions[i][0] < b < regions[i][1], f"boundary {b} inside region {regions[i]}"
     for a, b in spans:
-        assert not any(r0 < b < r1 for r0, r1 in regions if b < len(text)), f"boundary {b} inside a region"
         piece = text[a:b]
         lo, hi = a + len(piece) - len(piece.lstrip()), a + len(piece.rstrip())
         if hi - lo > max_chars:  # only one over-long region (plus a little trailing punctuation) may do this

@@ -67,10 +67,12 @@ def test_zero2_trains_checkpoints_exports_and_vllm_generates(ref_run, tiny_model
     _check_trained(out, metrics, tiny_model, steps=6)
     assert metrics["num_rows"] == 8 and metrics["num_examples"] == 8 and metrics["num_quarantined"] == 0
     assert metrics["restarts"] == []
-    assert 0 <= metrics["padding_share_packed"] < metrics["padding_share_unpacked"]
+    # micro_batch_size=1: a micro-batch is one sequence, so neither layout pads; packing halves the sequences.
+    assert metrics["padding_share_packed"] == metrics["padding_share_unpacked"] == 0.0
+    assert metrics["num_sequences_packed"] < metrics["num_sequences_unpacked"] == 8
     assert all(h["tokens_per_s"] > 0 and h["step_time_s"] > 0 and h["lr"] > 0 for h in metrics["history"])
     # Ray merged both ranks' ZeRO shards into one checkpoint directory; 2 kept (keep_checkpoints=2).
-    ckpts = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))
+    ckpts = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))
     assert [c.name for c in ckpts] == ["checkpoint_000004", "checkpoint_000006"]
     names = {p.name for p in (ckpts[-1] / "zero").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
@@ -134,7 +136,7 @@ def test_zero3_bf16_trains_and_exports(ray_session, shards, base_cfg, tiny_model
     out = tmp_path / "model"
     metrics = run_sft(cfg, shards, out, ray_cfg=RAY)
     _check_trained(out, metrics, tiny_model, steps=6)
-    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))[-1]
+    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))[-1]
     names = {p.name for p in (ckpt / "zero").iterdir()}
     # ZeRO-3 partitions the parameters themselves: one model-state shard per rank.
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= names
@@ -148,7 +150,7 @@ def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_
     out = tmp_path / "model"
     metrics = run_sft(cfg, shards, out, ray_cfg=RAY)
     assert metrics["num_steps"] == 4
-    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_*"))[-1]
+    ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))[-1]
     assert (ckpt / TRAIN_STATE).is_file()
     trained = consolidated_state_dict(ckpt, lora=True)
     assert trained and all("lora_" in k for k in trained), list(trained)[:5]  # only adapters were optimized

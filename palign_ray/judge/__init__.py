@@ -1,0 +1,1 @@
+"""The sufficiency judge: search state machine (search), prompts and verdicts (prompts), batched rounds (rounds)."""

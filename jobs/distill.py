@@ -1,0 +1,74 @@
+"""`ray job submit` entry point: reject a bad config before anything starts, then run the pipeline.
+
+Run as:
+    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+        python -m jobs.distill --config jobs/configs/default.yaml [--stages a,b] [key=value ...]
+
+Under `ray job submit` Ray sets RAY_ADDRESS (the cluster's GCS address) in the driver's environment,
+so palign_ray.ray_env.init_ray joins that cluster instead of starting a local Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from palign_ray.config import Config, ConfigError, help_lines, load_config
+from palign_ray.ray_env import ray_address
+
+log = logging.getLogger("jobs.distill")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = "config keys (override with key=value):\n" + "\n".join(help_lines())
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.distill",
+        description="Run the P-ALIGN pipeline as a Ray job (same stages and resume as `palign run`).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, help="YAML config file (see jobs/configs/)")
+    p.add_argument("--stages", default="", help="comma-separated subset of stages, e.g. problems,teacher")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x")
+    return p
+
+
+def pipeline_argv(args: argparse.Namespace) -> list[str]:
+    """The same request in `palign run CONFIG [key=value ...] [--stages a,b]` form."""
+    argv = [args.config, *args.overrides]
+    return argv + (["--stages", args.stages] if args.stages else [])
+
+
+def _warn_if_run_dir_is_local(cfg: Config) -> None:
+    # A job's working directory is a temporary copy on the head node; a relative run_dir would put
+    # every stage output (and the resume state a retry needs) there and lose it with the cluster.
+    if ray_address(cfg.ray) and not os.path.isabs(cfg.run.run_dir):
+        log.warning(
+            "run.run_dir=%r is relative: on a cluster it lands in the job's temporary working "
+            "directory and is lost with it; use shared storage, e.g. run.run_dir=/mnt/shared/palign/runs/NAME",
+            cfg.run.run_dir,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        sys.stderr.write(f"jobs.distill: error: {e}\n")
+        return 2
+    log.info(
+        "config %s → run_dir %s; Ray: %s", args.config, cfg.run.run_dir, ray_address(cfg.ray) or "local (no RAY_ADDRESS)"
+    )
+    _warn_if_run_dir_is_local(cfg)
+    from palign_ray.pipeline import run_main  # after validation: a bad config fails in milliseconds
+
+    return run_main(pipeline_argv(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Run report: `<run_dir>/report.md` + PNG plots from the stage manifests and outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from palign_ray.artifacts import StageDir
+
+log = logging.getLogger(__name__)
+
+# Token-count columns as stages name them (generation stages use num_*; the judge uses bare names).
+TOKEN_COLUMNS = {
+    "prefilled": ("num_prompt_tokens", "prompt_tokens"),
+    "cached": ("num_cached_tokens", "cached_tokens"),
+    "generated": ("num_generated_tokens", "generated_tokens"),
+}
+
+
+def _as_total(v: Any) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, (list, tuple)):
+        return int(sum(x or 0 for x in v))
+    return int(v)
+
+
+def stage_tokens(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Sum of prompt (prefilled), cached and generated tokens over a stage's rows (outputs + quarantine)."""
+    out = {}
+    for kind, names in TOKEN_COLUMNS.items():
+        out[kind] = sum(_as_total(r.get(n)) for r in rows for n in names if n in r)
+    return out
+
+
+def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    p = run_dir / stage / "manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
+    lines = ["| stage | in | out | quarantined | reasons | wall s |", "|---|---|---|---|---|---|"]
+    for s in stages:
+        m = _manifest(run_dir, s)
+        if m is None:
+            lines.append(f"| {s} | – | – | – | not run | – |")
+            continue
+        n_in = m.get("num_input", "–")
+        out = m.get("num_output", m.get("summary", {}).get("num_examples", "–"))
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
+        lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {m.get('wall_s', 0):.1f} |")
+    return lines
+
+
+def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
+    lines = ["| stage | prefilled | cached | computed (prefilled − cached) | generated |", "|---|---|---|---|---|"]
+    total = {"prefilled": 0, "cached": 0, "generated": 0}
+    for s in stages:
+        sd = StageDir(run_dir / s)
+        if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "eval"):
+            continue
+        t = stage_tokens(sd.output_rows() + sd.quarantine_rows())
+        for k in total:
+            total[k] += t[k]
+        lines.append(f"| {s} | {t['prefilled']} | {t['cached']} | {t['prefilled'] - t['cached']} | {t['generated']} |")
+    lines.append(f"| **total** | {total['prefilled']} | {total['cached']} | {total['prefilled'] - total['cached']} | {total['generated']} |")
+    if num_sft:
+        cost = (total["prefilled"] - total["cached"] + total["generated"]) / num_sft
+        lines += ["", f"**Cost per accepted SFT example**: {cost:,.0f} tokens computed "
+                      f"(prefill not served from cache + generated) over {num_sft} accepted examples."]
+    return lines
+
+
+def truncation_stats(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["(no truncation rows)"]
+    ratios = [r["prefix_ratio_sentences"] for r in rows if r.get("prefix_ratio_sentences") is not None]
+    chars = [r["prefix_ratio_chars"] for r in rows if r.get("prefix_ratio_chars") is not None]
+    probes = [r.get("num_probes", 0) for r in rows]
+    rounds = [r.get("num_rounds", 0) for r in rows]
+    suff = sum(1 for r in rows if r.get("is_sufficient"))
+    nonmono = sum(1 for r in rows if r.get("non_monotone"))
+
+    def q(v: list[float]) -> str:
+        return f"median {statistics.median(v):.3f}, mean {statistics.fmean(v):.3f}, min {min(v):.3f}, max {max(v):.3f}" if v else "–"
+
+    return [
+        f"- problems: {len(rows)}; judged sufficient before the full trace: {suff}; non-monotone verdicts: {nonmono}",
+        f"- prefix ratio (sentences): {q(ratios)}",
+        f"- prefix ratio (characters): {q(chars)}",
+        f"- probes per problem: {q([float(p) for p in probes])}; rounds: {q([float(r) for r in rounds])}",
+    ]
+
+
+def _plot_hist(path: Path, series: dict[str, list[float]], title: str, xlabel: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, values in series.items():
+        if values:
+            ax.hist(values, bins=20, range=(0, 1) if "ratio" in xlabel else None, alpha=0.6, label=label)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("problems")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_loss(path: Path, steps: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([s.get("step", i) for i, s in enumerate(steps)], [s["loss"] for s in steps], marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_title("SFT loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _train_steps(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not metrics:
+        return []
+    steps = metrics.get("steps") or metrics.get("history") or []
+    return [s for s in steps if isinstance(s, dict) and "loss" in s]
+
+
+def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
+    """Write report.md (+ PNGs) from whatever stages have finished."""
+    run_dir = Path(run_dir)
+    lines = [f"# P-ALIGN run report: `{run_dir}`", "", f"method: **{cfg.run.method}**, seed {cfg.run.seed}", "",
+             "## Rows per stage", "", *counts_table(run_dir, stages), ""]
+    trunc = StageDir(run_dir / "truncate").output_rows() if "truncate" in stages else []
+    if trunc:
+        lines += ["## Truncation (sufficiency search)", "", *truncation_stats(trunc), "", "![prefix ratios](prefix_ratio.png)",
+                  "![probes](probes.png)", ""]
+        _plot_hist(run_dir / "prefix_ratio.png", {
+            "sentences": [r["prefix_ratio_sentences"] for r in trunc],
+            "characters": [r["prefix_ratio_chars"] for r in trunc],
+        }, "kept prefix / full trace", "prefix ratio")
+        _plot_hist(run_dir / "probes.png", {"probes": [float(r.get("num_probes", 0)) for r in trunc],
+                                            "rounds": [float(r.get("num_rounds", 0)) for r in trunc]},
+                   "judge work per problem", "count")
+    sft_m = _manifest(run_dir, "sft_data")
+    num_sft = int((sft_m or {}).get("summary", {}).get("num_examples", 0))
+    lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]
+    train_m = _manifest(run_dir, "train")
+    steps = _train_steps((train_m or {}).get("metrics"))
+    if steps:
+        _plot_loss(run_dir / "loss.png", steps)
+        m = train_m["metrics"]
+        lines += ["## Training", "", f"- steps: {len(steps)}; first loss {steps[0]['loss']:.4f}, last loss {steps[-1]['loss']:.4f}",
+                  *[f"- {k}: {m[k]}" for k in ("tokens_per_s", "step_time_s", "padding_share", "zero_stage") if k in m],
+                  "", "![loss](loss.png)", ""]
+    lines += _eval_section(run_dir)
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    log.info("wrote %s", path)
+    return path
+
+
+def _eval_section(run_dir: Path) -> list[str]:
+    files = [p for p in (run_dir / "eval" / "base" / "metrics.json", run_dir / "eval" / "trained" / "metrics.json") if p.is_file()]
+    if not files:
+        return []
+    from palign_ray.evaluate import compare_table
+
+    return ["## Evaluation (pass@k): base vs trained student", "", compare_table([str(p) for p in files]), ""]
