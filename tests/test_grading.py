@@ -124,10 +124,11 @@ def test_grade_from_threads_is_safe() -> None:
     cases += [(rf"\boxed{{\frac{{{i}}}{{{3 * i}}}}}", "0.5", False) for i in range(1, 7)]
     results: dict[int, Grade] = {}
 
-    def work(i: int) -> None:
-        results[i] = grade(cases[i][0], cases[i][1], timeout_s=30.0)
+    def work(indices: range) -> None:
+        for i in indices:
+            results[i] = grade(cases[i][0], cases[i][1], timeout_s=30.0)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(cases))]
+    threads = [threading.Thread(target=work, args=(range(t, len(cases), 3),)) for t in range(3)]
     for t in threads:
         t.start()
     for t in threads:
@@ -148,3 +149,23 @@ def test_cheap_path_skips_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(grading, "_verify_bounded", lambda *a: pytest.fail("child used for a plain match"))
     assert grade(r"\boxed{1,234}", "1234").correct
     assert grade(r"\boxed{1235}", "1234").reason == "wrong_answer"  # two different numbers decide too
+
+
+@pytest.mark.timeout(300)
+def test_grade_inside_a_ray_task_with_timeout(ray_session) -> None:
+    """Stages grade inside Ray workers (not the main thread of a script): the bound still holds."""
+
+    @ray_session.remote(num_cpus=0.1)
+    def remote_grade(pred: str, gold: str, timeout_s: float) -> tuple[bool, str]:
+        import threading as th
+
+        from palign_ray.grading import grade as g
+
+        box: list = []
+        t = th.Thread(target=lambda: box.append(g(pred, gold, timeout_s=timeout_s)))  # a non-main thread too
+        t.start()
+        t.join()
+        return box[0].correct, box[0].reason
+
+    assert ray_session.get(remote_grade.remote(r"\boxed{\frac{3}{6}}", "0.5", 30.0)) == (True, "correct")
+    assert ray_session.get(remote_grade.remote(r"\boxed{9^{9^{9^{9^{9}}}}}", "5", 1.0)) == (False, "grader_timeout")

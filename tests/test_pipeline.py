@@ -1,0 +1,90 @@
+"""Pipeline bookkeeping: method plans, chained config hashes, chunked resume, empty-stage errors."""
+
+import pytest
+
+from palign_ray import pipeline as P
+from palign_ray.artifacts import StageDir
+from palign_ray.config import load_config
+
+
+def _names(cfg):
+    return [s.name for s in P.stages_for(P.effective_config(cfg))]
+
+
+def test_method_plans():
+    assert _names(load_config(None)) == ["problems", "teacher", "truncate", "align", "sft_data", "train", "eval"]
+    assert _names(load_config(None, ["run.method=full_cot"])) == ["problems", "teacher", "sft_data", "train", "eval"]
+    assert _names(load_config(None, ["run.method=prefix_only"])) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
+    full = P.stages_for(load_config(None, ["run.method=full_cot"]))
+    assert next(s for s in full if s.name == "sft_data").input_stage == "teacher"
+    assert P.effective_config(load_config(None, ["run.method=fixed_ratio"])).judge.search == "fixed_ratio"
+
+
+def test_changed_section_invalidates_that_stage_and_later_ones_only():
+    a = load_config(None)
+    b = load_config(None, ["judge.threshold=0.3"])
+    ha, hb = P.stage_hashes(a, P.stages_for(a)), P.stage_hashes(b, P.stages_for(b))
+    assert [s for s in ha if ha[s] == hb[s]] == ["problems", "teacher"]
+    c = load_config(None, ["run.run_dir=/elsewhere", "run.chunk_size=7"])  # where/how, not what
+    assert P.stage_hashes(c, P.stages_for(c)) == ha
+
+
+def _fake_stage(calls):
+    def fn(rows, cfg):
+        calls.append([r["problem_id"] for r in rows])
+        out = [{"problem_id": r["problem_id"], "x": r["x"] * 2} for r in rows if r["x"] % 3]
+        quar = [{"stage": "t", "problem_id": r["problem_id"], "reason": "div3", "detail": ""} for r in rows if not r["x"] % 3]
+        return out, quar, {"n": len(rows)}
+    return fn
+
+
+def test_row_stage_chunks_resume_and_account(tmp_path):
+    cfg = load_config(None, ["run.chunk_size=4"])
+    rows = [{"problem_id": f"p{i:02d}", "x": i} for i in range(10)]
+    sd = StageDir(tmp_path / "t")
+    P._prepare(sd, "h1")
+    calls: list = []
+    # Simulate a crash after the first chunk: only 4 rows were processed and written.
+    out, quar, _ = _fake_stage(calls)(rows[:4], cfg)
+    sd.write_part(out, quar)
+    P.run_row_stage("t", _fake_stage(calls), rows, cfg, sd, "h1")
+    assert calls[1:] == [["p04", "p05", "p06", "p07"], ["p08", "p09"]]  # only the missing ids
+    ids = sorted(r["problem_id"] for r in sd.output_rows()) + sorted(q["problem_id"] for q in sd.quarantine_rows())
+    assert sorted(ids) == [r["problem_id"] for r in rows]  # each exactly once
+    m = sd.manifest_path.read_text()
+    assert '"num_output": 6' in m and '"num_quarantined": 4' in m and '"div3": 4' in m
+
+
+def test_rows_that_vanish_are_quarantined_not_lost(tmp_path):
+    cfg = load_config(None)
+    sd = StageDir(tmp_path / "t")
+    P._prepare(sd, "h")
+    P.run_row_stage("t", lambda rows, c: (rows[:1], [], {}), [{"problem_id": "a"}, {"problem_id": "b"}], cfg, sd, "h")
+    assert [q["reason"] for q in sd.quarantine_rows()] == ["lost_in_stage"]
+
+
+def test_empty_stage_stops_with_reasons(tmp_path):
+    cfg = load_config(None)
+    sd = StageDir(tmp_path / "t")
+    P._prepare(sd, "h")
+    fn = lambda rows, c: ([], [{"stage": "t", "problem_id": r["problem_id"], "reason": "wrong_answer", "detail": ""} for r in rows], {})  # noqa: E731
+    with pytest.raises(P.PipelineError, match=r"stage 't' produced no output rows.*wrong_answer': 2"):
+        P.run_row_stage("t", fn, [{"problem_id": "a"}, {"problem_id": "b"}], cfg, sd, "h")
+    assert not sd.manifest_path.exists()
+
+
+def test_prepare_clears_a_stage_left_by_another_config(tmp_path):
+    sd = StageDir(tmp_path / "t")
+    P._prepare(sd, "old")
+    sd.write_part([{"problem_id": "a"}], [])
+    P._prepare(sd, "new")
+    assert sd.output_rows() == []
+    P._prepare(sd, "new")
+    sd.write_part([{"problem_id": "b"}], [])
+    P._prepare(sd, "new")
+    assert [r["problem_id"] for r in sd.output_rows()] == ["b"]
+
+
+def test_unknown_stage_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        P.run_pipeline(load_config(None, [f"run.run_dir={tmp_path}"]), ["teachr"])
