@@ -123,7 +123,9 @@ def normalize_gold(answer: object) -> str:
 
 _NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
-_UNIT_RE = re.compile(r"^(.*?\d)\s*(\\(?:text|mbox|mathrm)\{[^{}]*\}|[a-zA-Z]+(\^\d)?)$")
+# A number followed by a unit: "10 \text{ cm}", "10\mbox{cm}", "10 cm" (bare words need a space and
+# two letters, so "5x" or "2i" are never read as units).
+_UNIT_RE = re.compile(r"^(.*?\d)(\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[a-zA-Z]{2,}(\^\d)?)$")
 _SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad|~")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
 
@@ -171,7 +173,8 @@ def _cheap_verdict(pred: str, gold: str) -> bool | None:
     a, b = _canonical(_strip_variable(pred, gold)), _canonical(gold)
     if a == b:
         return True
-    if _canonical_number(a) is not None and _canonical_number(b) is not None:
+    # Two different plain numbers are a wrong answer, unless a percent sign makes "50%" vs "0.5" arguable.
+    if _canonical_number(a) is not None and _canonical_number(b) is not None and "%" not in pred + gold:
         return False
     return None
 

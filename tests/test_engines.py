@@ -69,3 +69,12 @@ def test_generate_stage_through_ray_data(tiny_model, ray_session):
     ok = [r for r in rows if not r["error"]]
     assert all(len(r["generations"]) == 2 and len(r["num_generated_tokens"]) == 2 for r in ok)
     assert all(0 < t <= 8 for r in ok for t in r["num_generated_tokens"])
+
+
+def test_seeded_batch_larger_than_one_prefill_step(tiny_engine):
+    """vLLM-CPU crashed on seeded requests whose prompts were split across steps (chunked prefill)."""
+    prompts = [[100 + i] + [200 + (j % 500) for j in range(700)] for i in range(12)]  # 8.4k tokens
+    res = tiny_engine.generate(prompts, [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(12)])
+    assert [len(r.completions[0].token_ids) for r in res] == [3] * 12
+    again = tiny_engine.generate(prompts[:2], [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(2)])
+    assert [r.completions[0].token_ids for r in again] == [r.completions[0].token_ids for r in res[:2]]

@@ -98,6 +98,8 @@ def test_grade_correct(prediction: str, gold: str) -> None:
         (r"\boxed{(1, 2)}", "(1,2]"),  # open vs half-open interval
         (r"\boxed{3} then \boxed{4}", "3"),  # only the last box counts
         (r"\boxed{\sqrt{3}}", r"\frac{\sqrt{3}}{2}"),
+        (r"\boxed{5x}", "5"),  # a variable is not a unit
+        (r"\boxed{10 \text{ cm}}", "11"),
     ],
 )
 def test_grade_wrong(prediction: str, gold: str) -> None:

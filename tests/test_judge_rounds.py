@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, RunConfig, config_from_dict
+from palign_ray.config import (
+    Config,
+    EngineConfig,
+    JudgeConfig,
+    RayConfig,
+    RunConfig,
+    config_from_dict,
+)
 from palign_ray.engines.fake import FakeEngine
 from palign_ray.judge.prompts import verdict_tokens
 from palign_ray.judge.rounds import (

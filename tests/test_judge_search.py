@@ -161,3 +161,13 @@ def test_misuse_is_loud():
     (k,) = s.next_probes()
     with pytest.raises(ValueError, match="not requested"):
         s.record(k + 1, True)
+
+
+def test_judge_modules_import_no_heavy_packages():
+    import subprocess
+    import sys
+
+    code = ("import sys, palign_ray.judge.search, palign_ray.judge.prompts, palign_ray.judge.rounds, palign_ray.judge.cli\n"
+            "print(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

