@@ -37,10 +37,11 @@ def make_examples(n: int, rng: random.Random, vocab: int, lo: int, hi: int) -> l
 
 
 def per_token_losses(model, batch: dict, device) -> torch.Tensor:
+    # use_cache=False: with a KV cache transformers skips packed-sequence (position-id reset) detection.
     ids = torch.tensor(batch["input_ids"], device=device)
     labels = torch.tensor(batch["labels"], device=device)
     pos = torch.tensor(batch["position_ids"], device=device)
-    logits = model(input_ids=ids, position_ids=pos).logits.float()
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits.float()
     lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                            ignore_index=IGNORE_INDEX, reduction="none")
     return lp[labels[:, 1:].reshape(-1) != IGNORE_INDEX]
@@ -85,7 +86,7 @@ def throughput(packing: bool, device, steps: int, micro_batch: int, max_len: int
         ids = torch.tensor(batch["input_ids"], device=device)
         labels = torch.tensor(batch["labels"], device=device)
         pos = torch.tensor(batch["position_ids"], device=device)
-        loss = model(input_ids=ids, position_ids=pos, labels=labels).loss
+        loss = model(input_ids=ids, position_ids=pos, labels=labels, use_cache=False).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

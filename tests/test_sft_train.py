@@ -142,6 +142,7 @@ def test_zero3_bf16_trains_and_exports(ray_session, shards, base_cfg, tiny_model
     assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= names
 
 
+@pytest.mark.slow  # ~60 s: one more Ray Train run; the non-slow set keeps ZeRO-2 + resume
 @pytest.mark.timeout(600)
 def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_cfg, tiny_model, tmp_path):
     from palign_ray.sft.train import TRAIN_STATE, consolidated_state_dict
