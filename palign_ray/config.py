@@ -96,6 +96,10 @@ class TeacherConfig:
     selection: Literal["shortest_correct", "longest_correct", "first_correct"] = _f(
         "shortest_correct", "Which correct sample becomes the problem's trace."
     )
+    use_reference_solutions: bool = _f(
+        False, "Where no sample is correct but the problem has a worked `solution`, keep that as the trace (trace_source=reference)."
+    )
+    grade_timeout_s: float = _f(10.0, "Time bound per graded sample (math-verify).")
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,8 @@ class AlignConfig:
     prefix_begin: str = _f("<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response.")
     prefix_end: str = _f("<End_of_Prefix>", "Marker after the teacher prefix in the SFT response.")
     max_seq_len: int = _f(2048, "Longest tokenized SFT example; longer ones are quarantined (never silently cut).")
+    grade_timeout_s: float = _f(10.0, "Time bound per graded continuation (math-verify).")
+    shard_rows: int = _f(1024, "SFT examples per Parquet shard (part-*.parquet).")
 
 
 @dataclass(frozen=True)

@@ -429,11 +429,12 @@ def paper_reference_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine_
         builder, vt = judge_tools(engine.tokenizer, jcfg)
         out, bad, calls = [], [], 0
         t0 = time.perf_counter()
-        for item in items:
+        for i, item in enumerate(items, start=1):
             o, q, c = judge_rows(engine, builder, vt, [item], jcfg, engine_cfg, jcfg.model, seed)
             out += o
             bad += q
             calls += c
+            log.info("paper reference: %d/%d problems, %d engine calls, %.1f s", i, len(items), calls, time.perf_counter() - t0)
         return out, bad, {"engine_calls": calls, "judge_s": time.perf_counter() - t0}
     finally:
         engine.shutdown()
@@ -467,6 +468,11 @@ def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: i
     prompt = sum(r["prompt_tokens"] for r in out)
     cached = sum(r["cached_tokens"] for r in out)
     within = sum(r["num_probes"] <= r["num_judged_sentences"].bit_length() for r in out)
+    enough_share = sum(p["verdict"] for p in probes) / len(probes) if probes else 0.0
+    if len(probes) >= 20 and not 0.05 <= enough_share <= 0.95:
+        # A judge that (almost) always answers the same cuts every trace at the first sentence or keeps it whole.
+        log.warning("degenerate judge: %.1f%% of %d probes were ENOUGH; the cuts say little (see judge.calibration)",
+                    100 * enough_share, len(probes))
     return {
         "num_input": num_input, "num_output": len(out), "num_quarantined": len(bad), "quarantine_reasons": reasons,
         "num_sufficient": sum(r["is_sufficient"] for r in out), "num_non_monotone": sum(r["non_monotone"] for r in out),
@@ -481,7 +487,7 @@ def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: i
         "probes_per_problem": quantiles([r["num_probes"] for r in out]),
         "binary_bound_per_problem": quantiles([r["num_judged_sentences"].bit_length() for r in out]),
         "num_within_binary_bound": within,
-        "num_probes": len(probes), "num_enough_verdicts": sum(p["verdict"] for p in probes),
+        "num_probes": len(probes), "num_enough_verdicts": sum(p["verdict"] for p in probes), "enough_share": enough_share,
         "num_unparseable": sum(r["num_unparseable"] for r in out), "num_judge_errors": sum(r["num_judge_errors"] for r in out),
         "engine_calls": engine_calls,
         "prompt_tokens": prompt, "cached_tokens": cached, "cache_hit_share": (cached / prompt) if prompt else 0.0,

@@ -123,11 +123,18 @@ def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any], resume_from: str | None) -> dict[str, Any] | None:
-    """Load the newest checkpoint: Ray's latest (after a worker failure) or the stopped run's (`sft.resume=true`)."""
+def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """Load the newest checkpoint of this run: after a worker failure (FailureConfig) or `sft.resume=true`.
+
+    Ray's get_checkpoint() alone is not enough: the controller registers a reported checkpoint
+    only when it next polls the workers, so a worker that dies within that interval after a report
+    restarts the run from an older checkpoint (seen here: from scratch), and the run snapshot that
+    a new run reads is written asynchronously. The scan of the run directory finds it regardless.
+    """
     import ray.train
 
-    candidates = [c for c in (ray.train.get_checkpoint(), resume_from and ray.train.Checkpoint(resume_from)) if c]
+    on_disk = latest_complete_checkpoint(run_dir)
+    candidates = [c for c in (ray.train.get_checkpoint(), on_disk and ray.train.Checkpoint(str(on_disk))) if c]
     if not candidates:
         return None
     ckpt = max(candidates, key=lambda c: checkpoint_step(Path(c.path)))
@@ -188,7 +195,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_ratio(s, total, num_warmup))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config(cfg, world, on_gpu))
-    state = _restore(engine, cfg, geometry, config["resume_from"]) or {"global_step": 0, "history": [], "geometry": geometry}
+    state = _restore(engine, cfg, geometry, Path(config["run_dir"])) or {"global_step": 0, "history": [], "geometry": geometry}
     start = state["global_step"]
     if rank == 0:
         log.info("sft: %d examples, %d steps (start at %d), %d warmup, world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s)",
@@ -261,11 +268,7 @@ def checkpoint_step(ckpt_dir: Path) -> int:
 
 
 def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """Newest checkpoint under run_dir whose every rank's ZeRO shard arrived (a crash can cut an upload short).
-
-    `sft.resume=true` relies on this scan, not on Ray's run snapshot: Ray writes that snapshot
-    asynchronously and a run that dies right after a report can leave it missing or stale.
-    """
+    """Newest checkpoint under run_dir whose every rank's ZeRO shard arrived (a crash can cut an upload short)."""
     best, best_step = None, -1
     for d in sorted(run_dir.glob("checkpoint_*")):
         step = checkpoint_step(d)
@@ -307,9 +310,9 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     files = D.shard_files(data_dir)
     _check_shards(files)
     run_dir = _run_dirs(output, cfg.resume)
-    resume_from = latest_complete_checkpoint(run_dir) if cfg.resume else None
     if cfg.resume:
-        log.info("sft: resuming %s from %s", run_dir, resume_from or "the start (no complete checkpoint yet)")
+        found = latest_complete_checkpoint(run_dir)
+        log.info("sft: resuming %s from %s", run_dir, found or "the start (no complete checkpoint yet)")
     model_path = resolve_model(cfg.model)
     meta = D.read_meta(data_dir)
     pad_id = _pad_id(model_path)
@@ -321,7 +324,7 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg, "seed": seed, "model_path": model_path, "pad_id": pad_id,
-                           "resume_from": str(resume_from) if resume_from else None, "inject_failure": inject_failure},
+                           "run_dir": str(run_dir), "inject_failure": inject_failure},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

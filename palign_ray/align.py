@@ -1,0 +1,163 @@
+"""Prefix alignment: the student continues each kept prefix (vLLM actor pool), then the Eq. 9 answer filter.
+
+Run as: palign align --input prefixes.parquet --output aligned.parquet [key=value ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from palign_ray import records as R
+from palign_ray.artifacts import quarantine_row
+from palign_ray.config import AlignConfig, Config
+from palign_ray.problems import retention
+
+log = logging.getLogger(__name__)
+
+STAGE = "align"
+SAMPLE_INDEX = "sample_index"
+CONTINUATION_TOKENS = "continuation_tokens"
+FINISH_REASON = "finish_reason"
+EXTRACTED = "extracted"
+REQUIRED = (R.PROBLEM_ID, R.QUESTION, R.ANSWER, R.PREFIX)
+CARRIED = ("prefix_sentences", "num_sentences")  # judge columns worth keeping next to the record
+
+# The authors' continuation prompt, verbatim (including the missing space before *Question*).
+CONTINUATION_HEAD = (
+    r"Please continue from the draft and solve the problem step by step, and put your final answer within \boxed{}. "
+    "I will provide you with some prior knowledge as a draft to assist you in solving the question."
+)
+
+
+def continuation_prompt(question: str, prefix: str) -> str:
+    """`{head}*Question*:{question}\\n*Prefix*:{prefix}` — concatenated, not str.format (LaTeX has braces)."""
+    return CONTINUATION_HEAD + "*Question*:" + question + "\n*Prefix*:" + prefix
+
+
+def check_prefix_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows fit to continue, and quarantine for empty prefixes/questions and repeated problem_ids."""
+    ok, bad, seen = [], [], set()
+    for r in rows:
+        pid = str(r[R.PROBLEM_ID])
+        if pid in seen:
+            bad.append(quarantine_row(STAGE, pid, "duplicate_problem_id", "a prefix row for this id came earlier"))
+        elif not isinstance(r.get(R.PREFIX), str) or not r[R.PREFIX].strip():
+            bad.append(quarantine_row(STAGE, pid, "missing_prefix", "prefix is empty or not a string"))
+        elif not isinstance(r.get(R.QUESTION), str) or not r[R.QUESTION].strip():
+            bad.append(quarantine_row(STAGE, pid, "missing_question", "question is empty or not a string"))
+        else:
+            seen.add(pid)
+            ok.append(r)
+    return ok, bad
+
+
+def accepted_row(row: dict[str, Any], text: str, index: int, tokens: int, finish: str) -> dict[str, Any]:
+    out = {R.PROBLEM_ID: str(row[R.PROBLEM_ID]), R.QUESTION: row[R.QUESTION], R.ANSWER: str(row[R.ANSWER]),
+           R.PREFIX: row[R.PREFIX], R.CONTINUATION: text, SAMPLE_INDEX: index,
+           CONTINUATION_TOKENS: tokens, FINISH_REASON: finish}
+    for key in CARRIED:
+        if key in row:
+            out[key] = row[key]
+    return out
+
+
+def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeout_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Eq. 9 for one problem: accept continuations whose last boxed answer matches gold; quarantine the rest.
+
+    Every rejected sample becomes one quarantine row with its own reason (wrong_answer,
+    no_boxed_answer, grader_timeout, grader_error) and sample_index, so a problem with no accepted
+    continuation is fully accounted for by its quarantine rows.
+    """
+    from palign_ray.grading import grade
+
+    pid = str(row[R.PROBLEM_ID])
+    if gen is None or gen.get("error") or not gen.get(R.GENERATIONS):
+        detail = (gen or {}).get("error") or "no generation row came back"
+        reason = "prompt_too_long" if str(detail).startswith("prompt_too_long") else "generation_failed"
+        return [], [quarantine_row(STAGE, pid, reason, str(detail), **{SAMPLE_INDEX: -1})]
+    texts = list(gen[R.GENERATIONS])
+    tokens = list(gen[R.NUM_GENERATED_TOKENS])
+    finishes = list(gen[R.FINISH_REASONS])
+    accepted, rejected = [], []
+    for i, text in enumerate(texts):
+        g = grade(text, str(row[R.ANSWER]), timeout_s)
+        if g.correct:
+            accepted.append(accepted_row(row, text, i, tokens[i], finishes[i]))
+        else:
+            detail = f"extracted={g.extracted!r} gold={row[R.ANSWER]!r} finish={finishes[i]}: {text[-300:]}"
+            rejected.append(quarantine_row(STAGE, pid, g.reason, detail, **{SAMPLE_INDEX: i}))
+    return accepted, rejected
+
+
+def filter_all(rows: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: AlignConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Join generations on problem_id (never by order) and apply the filter to every problem."""
+    by_id = {str(g[R.PROBLEM_ID]): g for g in gen_rows}
+    out, quar = [], []
+    for r in rows:
+        acc, rej = filter_continuations(r, by_id.get(str(r[R.PROBLEM_ID])), cfg.grade_timeout_s)
+        out += acc
+        quar += rej
+    return out, quar
+
+
+def generate_continuations(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The student continues every prefix with the paper's prompt and sampling (T 0.6, top_p 0.9, rp 1.05)."""
+    from palign_ray.engines.base import SamplingSpec
+    from palign_ray.generation import generate_batches
+
+    a = cfg.align
+    sampling = SamplingSpec(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p,
+                            repetition_penalty=a.repetition_penalty, n=a.num_samples)
+    items = [{R.PROBLEM_ID: str(r[R.PROBLEM_ID]), R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in rows]
+    start = time.perf_counter()
+    gen_rows: list[dict[str, Any]] = []
+    for batch in generate_batches(items, model=a.model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+                                  seed=cfg.run.seed, salt=STAGE):
+        gen_rows += batch
+    wall_s = time.perf_counter() - start
+    tokens = sum(sum(g[R.NUM_GENERATED_TOKENS]) for g in gen_rows)
+    return gen_rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+                      "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+
+
+def run_align(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Prefix rows → accepted (prefix, continuation) rows, quarantine, retention summary."""
+    start = time.perf_counter()
+    R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
+    ok, quar = check_prefix_rows(rows)
+    gen_rows, extra = generate_continuations(ok, cfg) if ok else ([], {})
+    out, rejected = filter_all(ok, gen_rows, cfg.align)
+    quar += rejected
+    extra["num_continuations"] = len(out) + len(rejected)
+    extra["num_accepted_continuations"] = len(out)
+    extra["wall_s"] = round(time.perf_counter() - start, 2)
+    extra["finish_reasons"] = dict(Counter(f for g in gen_rows for f in g[R.FINISH_REASONS]))
+    return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+
+
+def align_main(argv: list[str]) -> int:
+    """Run as: palign align --input prefixes.parquet --output aligned.parquet [key=value ...]"""
+    from palign_ray.artifacts import read_rows
+    from palign_ray.cli import config_parser, parse_config
+    from palign_ray.problems import write_stage_outputs
+
+    p = config_parser("align", "Prefix rows (problem_id, question, answer, prefix) → filtered student continuations (align.*).")
+    p.add_argument("--input", required=True, help="prefix rows: Parquet/JSONL from the truncation stage or your own")
+    p.add_argument("--output", required=True, help="output .parquet or .jsonl of accepted rows")
+    args, cfg = parse_config(p, argv)
+    rows, bad = read_rows(args.input, STAGE)
+    out, quar, summary = run_align(rows, cfg)
+    summary["unreadable_rows"] = len(bad)
+    write_stage_outputs(Path(args.output), out, bad + quar, summary)
+    return 0 if out else 3
+
+
+if __name__ == "__main__":
+    from palign_ray.cli import main
+
+    sys.exit(main(["align", *sys.argv[1:]]))

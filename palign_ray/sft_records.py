@@ -1,0 +1,242 @@
+"""SFT records: the paper's response format (and baselines), chat-template tokenization, response-only loss masks, shards.
+
+Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from palign_ray import records as R
+from palign_ray.artifacts import TMP_PREFIX, quarantine_row
+from palign_ray.config import AlignConfig, Config
+from palign_ray.problems import retention
+from palign_ray.teacher import teacher_prompt
+
+log = logging.getLogger(__name__)
+
+STAGE = "sft_data"
+METHODS = ("palign", "full_cot", "fixed_ratio", "prefix_only", "continuation_only")
+INPUT_IDS = "input_ids"
+LOSS_MASK = "loss_mask"
+NUM_TOKENS = "num_tokens"
+NUM_LOSS_TOKENS = "num_loss_tokens"
+META_FILE = "sft_meta.json"
+# Fields each method's response is built from (checked per row; a missing value quarantines the row).
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {
+    "palign": (R.QUESTION, R.PREFIX, R.CONTINUATION),
+    "fixed_ratio": (R.QUESTION, R.PREFIX, R.CONTINUATION),
+    "full_cot": (R.QUESTION, R.ANSWER, R.COT),
+    "prefix_only": (R.QUESTION, R.ANSWER, R.PREFIX),
+    "continuation_only": (R.QUESTION, R.CONTINUATION),
+}
+
+
+def final_answer_line(answer: str) -> str:
+    return f"The final answer is \\boxed{{{answer}}}."
+
+
+def build_response(row: dict[str, Any], method: str, cfg: AlignConfig) -> str:
+    """The assistant turn of one SFT example.
+
+    - palign: `{begin}{prefix}{end}\\n{continuation}` — the paper's target (teacher prefix, then the
+      student's own filtered continuation); prefix right-stripped, continuation stripped.
+    - fixed_ratio: the same format; the prefix is the fixed-ratio one (judge.search=fixed_ratio)
+      and the continuation was generated from it.
+    - full_cot: the whole teacher trace (long-CoT SFT), plus `The final answer is \\boxed{a}.` on a
+      new paragraph when the trace has no boxed answer (ingested thinking trajectories).
+    - prefix_only: `{begin}{prefix}{end}\\nThe final answer is \\boxed{a}.` — the teacher prefix alone,
+      no continuation.
+    - continuation_only: the student's filtered continuation alone, no markers, no prefix.
+    """
+    from palign_ray.grading import extract_boxed
+
+    if method in ("palign", "fixed_ratio"):
+        return f"{cfg.prefix_begin}{row[R.PREFIX].rstrip()}{cfg.prefix_end}\n{row[R.CONTINUATION].strip()}"
+    if method == "full_cot":
+        cot = row[R.COT].strip()
+        return cot if extract_boxed(cot) is not None else f"{cot}\n\n{final_answer_line(str(row[R.ANSWER]))}"
+    if method == "prefix_only":
+        return f"{cfg.prefix_begin}{row[R.PREFIX].rstrip()}{cfg.prefix_end}\n{final_answer_line(str(row[R.ANSWER]))}"
+    if method == "continuation_only":
+        return row[R.CONTINUATION].strip()
+    raise ValueError(f"method {method!r} is not one of {METHODS}")
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[int]
+    loss_mask: list[int]
+    joint: bool  # True when the prompt's tokens were a token prefix of the jointly tokenized chat
+
+
+def _end_of_turn(tokenizer: Any, closing: str) -> str:
+    """The first special token the template writes after the assistant content (e.g. <|im_end|>)."""
+    specials = sorted(set(tokenizer.all_special_tokens) | {t for t in tokenizer.get_added_vocab()}, key=len, reverse=True)
+    hits = [(closing.find(s), -len(s), s) for s in specials if s and s in closing]
+    if not hits:
+        raise ValueError(f"the chat template writes no special end-of-turn token after the assistant content (got {closing!r})")
+    return min(hits)[2]
+
+
+def tokenize_example(tokenizer: Any, user: str, response: str) -> Tokenized:
+    """Chat ids of (user, assistant=response) with a mask of 1 on exactly the response + end-of-turn tokens.
+
+    The prompt is rendered with add_generation_prompt=True (what the model sees at inference, incl.
+    e.g. an empty <think></think> block); template text after the end-of-turn token is dropped.
+    """
+    from palign_ray.chat import render_chat
+
+    msgs = [{"role": "user", "content": user}]
+    prompt_text = render_chat(tokenizer, msgs, add_generation_prompt=True)
+    full_text = render_chat(tokenizer, [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("chat template: the generation prompt is not a prefix of the rendered conversation")
+    tail = full_text[len(prompt_text):]
+    at = tail.rfind(response)
+    if at < 0:
+        raise ValueError("chat template altered the assistant content (it is not found verbatim in the rendering)")
+    closing = tail[at + len(response):]
+    eot = _end_of_turn(tokenizer, closing)
+    tail = tail[: at + len(response) + closing.index(eot) + len(eot)]
+    prompt_ids = list(tokenizer.encode(prompt_text, add_special_tokens=False))
+    joint_ids = list(tokenizer.encode(prompt_text + tail, add_special_tokens=False))
+    joint = joint_ids[: len(prompt_ids)] == prompt_ids
+    # Where BPE merges across the boundary, tokenize the parts apart: the prompt then matches inference.
+    ids = joint_ids if joint else prompt_ids + list(tokenizer.encode(tail, add_special_tokens=False))
+    mask = [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
+    return Tokenized(ids, mask, joint)
+
+
+def _missing_fields(row: dict[str, Any], method: str) -> list[str]:
+    return [f for f in METHOD_FIELDS[method] if not isinstance(row.get(f), str) or not row[f].strip()]
+
+
+def build_examples(rows: list[dict[str, Any]], tokenizer: Any, method: str, cfg: AlignConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Rows → tokenized examples (contract columns) + quarantine (missing_field, too_long, template_error)."""
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
+    examples, quar = [], []
+    num_split = 0
+    for row in rows:
+        pid = str(row.get(R.PROBLEM_ID))
+        missing = _missing_fields(row, method)
+        if missing:
+            quar.append(quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}"))
+            continue
+        try:
+            tok = tokenize_example(tokenizer, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
+        except ValueError as e:
+            quar.append(quarantine_row(STAGE, pid, "template_error", str(e)))
+            continue
+        if len(tok.input_ids) > cfg.max_seq_len:
+            quar.append(quarantine_row(STAGE, pid, "too_long", f"{len(tok.input_ids)} tokens > align.max_seq_len {cfg.max_seq_len}"))
+            continue
+        num_split += not tok.joint
+        examples.append({R.PROBLEM_ID: pid, INPUT_IDS: tok.input_ids, LOSS_MASK: tok.loss_mask,
+                         NUM_TOKENS: len(tok.input_ids), NUM_LOSS_TOKENS: sum(tok.loss_mask)})
+    stats = {"method": method, "num_examples": len(examples), "num_split_tokenized": num_split,
+             "num_tokens": sum(e[NUM_TOKENS] for e in examples), "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in examples)}
+    return examples, quar, stats
+
+
+def _shard_table(examples: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    schema = pa.schema([(R.PROBLEM_ID, pa.string()), (INPUT_IDS, pa.list_(pa.int32())), (LOSS_MASK, pa.list_(pa.int8())),
+                        (NUM_TOKENS, pa.int32()), (NUM_LOSS_TOKENS, pa.int32())])
+    return pa.Table.from_pylist(examples, schema=schema)
+
+
+def _write_table_atomic(table: Any, path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_shards(out_dir: Path, examples: list[dict[str, Any]], shard_rows: int, meta: dict[str, Any]) -> list[str]:
+    """part-NNNNN.parquet (atomic each; stale parts removed first), then sft_meta.json last."""
+    from palign_ray.artifacts import write_json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("part-*.parquet"), out_dir / META_FILE]:
+        stale.unlink(missing_ok=True)
+    names = []
+    step = max(1, shard_rows)
+    for i in range(0, max(len(examples), 1), step):
+        name = f"part-{i // step:05d}.parquet"
+        _write_table_atomic(_shard_table(examples[i : i + step]), out_dir / name)
+        names.append(name)
+    write_json(out_dir / META_FILE, meta)
+    return names
+
+
+def load_tokenizer(model: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from palign_ray.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))
+
+
+def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: str | Path,
+                 quarantine_file: str | Path | None = None, tokenizer: Any = None,
+                 extra_quarantine: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+    """Rows of the method's input stage → shards in out_dir (tokenized for sft.model); returns the summary.
+
+    Quarantine goes to `quarantine_file` (default `<out_dir>.quarantine.parquet` beside the directory).
+    """
+    from palign_ray.artifacts import write_parquet
+    from palign_ray.problems import quarantine_path, uniform_rows
+
+    out = Path(out_dir)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.sft.model)
+    examples, quar, stats = build_examples(rows, tok, method, cfg.align)
+    quar = [*extra_quarantine, *quar]
+    meta = {"model": cfg.sft.model, "chat_template": tok.chat_template, "max_seq_len": cfg.align.max_seq_len,
+            "num_examples": len(examples), "method": method, "prefix_begin": cfg.align.prefix_begin,
+            "prefix_end": cfg.align.prefix_end, "num_tokens": stats["num_tokens"], "num_loss_tokens": stats["num_loss_tokens"]}
+    shards = write_shards(out, examples, cfg.align.shard_rows, meta)
+    write_parquet(Path(quarantine_file) if quarantine_file else quarantine_path(out), uniform_rows(quar))
+    reasons = Counter(q[R.REASON] for q in quar)
+    log.info("sft shards: %d examples in %d shards at %s; %d quarantined %s", len(examples), len(shards), out, len(quar), dict(reasons))
+    return retention(STAGE, len(rows), examples, quar, shards=shards, **stats)
+
+
+def build_sft_main(argv: list[str]) -> int:
+    """Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign] [key=value ...]"""
+    from palign_ray.artifacts import read_rows, write_json
+    from palign_ray.cli import config_parser, parse_config
+
+    p = config_parser("build-sft", "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).")
+    p.add_argument("--input", required=True, help="aligned rows (palign/fixed_ratio/continuation_only), traces (full_cot) or prefixes (prefix_only)")
+    p.add_argument("--output", required=True, help="output directory of part-*.parquet shards")
+    p.add_argument("--method", default=None, choices=METHODS, help="response format (default: run.method)")
+    args, cfg = parse_config(p, argv)
+    rows, bad = read_rows(args.input, STAGE)
+    out = Path(args.output)
+    summary = build_shards(rows, cfg, args.method or cfg.run.method, out, extra_quarantine=tuple(bad))
+    write_json(out.with_name(out.name + ".summary.json"), summary)
+    sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
+    return 0 if summary["num_examples"] else 3
+
+
+if __name__ == "__main__":
+    from palign_ray.cli import main
+
+    sys.exit(main(["build-sft", *sys.argv[1:]]))

@@ -1,0 +1,224 @@
+"""Teacher stage: long-CoT samples per problem on a vLLM actor pool, graded, one trace kept; or ingest given traces.
+
+Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from palign_ray import records as R
+from palign_ray.artifacts import quarantine_row
+from palign_ray.config import Config, TeacherConfig
+from palign_ray.problems import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, TEMPLATE, retention
+
+log = logging.getLogger(__name__)
+
+STAGE = "teacher"
+# The paper's instruction, glued to the problem exactly as in its evaluation prompt (no separator).
+INSTRUCTION = r"Please reason step by step, and put your final answer within \boxed{}."
+NUM_SAMPLES = "num_samples"
+NUM_CORRECT = "num_correct"
+COT_TOKENS = "cot_tokens"
+TEACHER_MODEL = "teacher_model"
+TRACE_SOURCE = "trace_source"  # "teacher" | "reference" | "ingested"
+SAMPLE_REASONS = ("wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error")
+CARRIED = (SOLUTION, DECISIVE_SENTENCE, DECISIVE_CHAR_END, TEMPLATE)  # kept for later checks (issue 10)
+
+
+def teacher_prompt(question: str) -> str:
+    """The user turn sent to the teacher: the paper's instruction + the question (evaluation's form)."""
+    return INSTRUCTION + question
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One graded teacher sample."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str
+    correct: bool
+    reason: str
+
+
+def grade_samples(texts: list[str], num_tokens: list[int], finish_reasons: list[str], gold: str, timeout_s: float) -> list[Sample]:
+    """Grade every sample against gold with grading.grade (last boxed answer)."""
+    from palign_ray.grading import grade
+
+    out = []
+    for i, text in enumerate(texts):
+        g = grade(text, gold, timeout_s)
+        tokens = num_tokens[i] if i < len(num_tokens) else -1
+        finish = finish_reasons[i] if i < len(finish_reasons) else ""
+        out.append(Sample(i, text, tokens, finish, g.correct, g.reason))
+    return out
+
+
+def select_trace(samples: list[Sample], policy: str) -> Sample | None:
+    """The kept trace: shortest/longest correct (by tokens, ties → lower index) or the first correct."""
+    correct = [s for s in samples if s.correct]
+    if not correct:
+        return None
+    if policy == "first_correct":
+        return correct[0]
+    if policy == "shortest_correct":
+        return min(correct, key=lambda s: (s.num_tokens, s.index))
+    if policy == "longest_correct":
+        return max(correct, key=lambda s: (s.num_tokens, -s.index))
+    raise ValueError(f"teacher.selection={policy!r} is not one of shortest_correct, longest_correct, first_correct")
+
+
+def reason_counts(samples: list[Sample]) -> str:
+    """'4 wrong_answer, 0 no_boxed_answer' (+ any timeout/error counts that occurred)."""
+    counts = Counter(s.reason for s in samples if not s.correct)
+    shown = [r for r in SAMPLE_REASONS if counts[r] or r in ("wrong_answer", "no_boxed_answer")]
+    return ", ".join(f"{counts[r]} {r}" for r in shown)
+
+
+_THINK_OPEN = "<think>"
+_THINK_CLOSE = "</think>"
+
+
+def strip_think(text: str) -> str:
+    """The reasoning of a trace with think tags: inside <think>...</think>, else tags removed.
+
+    A trace with only a closing tag (templates that open <think> in the prompt) keeps what precedes it.
+    """
+    if _THINK_CLOSE in text:
+        head = text.split(_THINK_CLOSE, 1)[0]
+        inner = head.split(_THINK_OPEN, 1)[1] if _THINK_OPEN in head else head
+        if inner.strip():
+            return inner.strip()
+    return re.sub(r"</?think>", "", text).strip()
+
+
+def reference_trace(solution: str, answer: str) -> str:
+    """A worked solution as a trace: GSM8K's <<calc>> annotations dropped, `#### N` as a boxed final line."""
+    text = re.sub(r"<<[^<>]*>>", "", solution).strip()
+    if "####" in text:
+        text = text.rsplit("####", 1)[0].rstrip() + "\n" + f"The final answer is \\boxed{{{answer}}}."
+    return text
+
+
+def _base_row(problem: dict[str, Any]) -> dict[str, Any]:
+    row = {R.PROBLEM_ID: str(problem[R.PROBLEM_ID]), R.QUESTION: problem[R.QUESTION], R.ANSWER: str(problem[R.ANSWER])}
+    for key in CARRIED:
+        row[key] = problem.get(key)
+    return row
+
+
+def trace_row(problem: dict[str, Any], cot: str, num_samples: int, num_correct: int, cot_tokens: int, model: str, source: str) -> dict[str, Any]:
+    return {**_base_row(problem), R.COT: cot, NUM_SAMPLES: num_samples, NUM_CORRECT: num_correct,
+            COT_TOKENS: cot_tokens, TEACHER_MODEL: model, TRACE_SOURCE: source}
+
+
+def select_rows(problems: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: TeacherConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter[str]]:
+    """Join generations to problems on problem_id, grade, select; quarantine problems with no correct trace."""
+    by_id = {str(g[R.PROBLEM_ID]): g for g in gen_rows}
+    out, quar = [], []
+    sample_reasons: Counter[str] = Counter()
+    for p in problems:
+        pid = str(p[R.PROBLEM_ID])
+        g = by_id.get(pid)
+        if g is None or g.get("error"):
+            quar.append(quarantine_row(STAGE, pid, "generation_failed", g.get("error", "") if g else "no generation row came back"))
+            continue
+        samples = grade_samples(list(g[R.GENERATIONS]), list(g[R.NUM_GENERATED_TOKENS]), list(g[R.FINISH_REASONS]), str(p[R.ANSWER]), cfg.grade_timeout_s)
+        sample_reasons.update(s.reason for s in samples)
+        best = select_trace(samples, cfg.selection)
+        num_correct = sum(s.correct for s in samples)
+        if best is not None:
+            out.append(trace_row(p, best.text, len(samples), num_correct, best.num_tokens, cfg.model, "teacher"))
+        elif cfg.use_reference_solutions and isinstance(p.get(SOLUTION), str) and p[SOLUTION].strip():
+            out.append(trace_row(p, reference_trace(p[SOLUTION], str(p[R.ANSWER])), len(samples), 0, -1, cfg.model, "reference"))
+        else:
+            quar.append(quarantine_row(STAGE, pid, "no_correct_sample", f"no_correct_sample: {reason_counts(samples)}",
+                                       num_samples=len(samples)))
+    return out, quar, sample_reasons
+
+
+def ingest_traces(problems: list[dict[str, Any]], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows that already carry a trace (`cot`, from problems.trace_field) → trace rows; think tags handled.
+
+    Ingested traces are kept whether or not they box the gold answer (s1K thinking trajectories
+    usually end without one); num_correct records 1 when the trace's last boxed answer matches.
+    """
+    from palign_ray.grading import grade
+
+    out, quar = [], []
+    for p in problems:
+        cot = strip_think(str(p.get(R.COT) or ""))
+        if not cot:
+            quar.append(quarantine_row(STAGE, str(p[R.PROBLEM_ID]), "empty_trace", "trace is empty after removing think tags"))
+            continue
+        correct = grade(cot, str(p[R.ANSWER])).correct
+        out.append(trace_row(p, cot, 1, int(correct), -1, model, "ingested"))
+    return out, quar
+
+
+def generate_traces(problems: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """All samples of every problem through generation.generate_batches; returns (rows, token stats)."""
+    from palign_ray.engines.base import SamplingSpec
+    from palign_ray.generation import generate_batches
+
+    t = cfg.teacher
+    sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples)
+    items = [{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])} for p in problems]
+    start = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    for batch in generate_batches(items, model=t.model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+                                  system_prompt=t.system_prompt, seed=cfg.run.seed, salt=STAGE):
+        rows += batch
+    wall_s = time.perf_counter() - start
+    tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in rows)
+    return rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+                  "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+
+
+def run_teacher(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Problems → one trace per problem (generated, or ingested where rows carry `cot`) + quarantine + summary."""
+    start = time.perf_counter()
+    given = [r for r in rows if r.get(R.COT)]
+    todo = [r for r in rows if not r.get(R.COT)]
+    out, quar = ingest_traces(given, f"ingested:{cfg.problems.trace_field or R.COT}") if given else ([], [])
+    extra: dict[str, Any] = {}
+    if todo:
+        gen_rows, extra = generate_traces(todo, cfg)
+        kept, rejected, sample_reasons = select_rows(todo, gen_rows, cfg.teacher)
+        out, quar = out + kept, quar + rejected
+        extra["sample_reasons"] = dict(sample_reasons)
+        extra["num_samples_total"] = sum(sample_reasons.values())
+    extra["trace_source"] = dict(Counter(r[TRACE_SOURCE] for r in out))
+    extra["wall_s"] = round(time.perf_counter() - start, 2)
+    return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+
+
+def teacher_main(argv: list[str]) -> int:
+    """Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]"""
+    from palign_ray.cli import config_parser, parse_config
+    from palign_ray.problems import load_problems, write_stage_outputs
+
+    p = config_parser("teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*).")
+    p.add_argument("--input", default=None, help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)")
+    p.add_argument("--output", required=True, help="output traces .parquet or .jsonl")
+    args, cfg = parse_config(p, argv)
+    problems, bad = load_problems(cfg.problems, args.input)
+    out, quar, summary = run_teacher(problems, cfg)
+    summary["problems_quarantined"] = len(bad)
+    write_stage_outputs(Path(args.output), out, bad + quar, summary)
+    return 0 if out else 3
+
+
+if __name__ == "__main__":
+    from palign_ray.cli import main
+
+    sys.exit(main(["teacher", *sys.argv[1:]]))

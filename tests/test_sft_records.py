@@ -1,0 +1,135 @@
+"""SFT records: response formats, response-only masks through real chat templates, shards per the contract."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from palign_ray.config import AlignConfig, Config
+from palign_ray.sft_records import build_examples, build_response, build_shards, tokenize_example
+from palign_ray.teacher import teacher_prompt
+
+# A Qwen3-like template written here (no download): ChatML turns, and an empty think block before
+# the answer of the last assistant turn and after the generation prompt (thinking disabled).
+QWEN_STYLE = (
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+ROW = {"problem_id": "p", "question": "What is 3+4?", "answer": "7", "prefix": "We add 3 and 4. ",
+       "continuation": "\n3 + 4 = 7, so the answer is \\boxed{7}.\n", "cot": "We add 3 and 4. That gives 7. Done."}
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer(tokenizer):
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = QWEN_STYLE
+    return tok
+
+
+def test_responses_per_method() -> None:
+    cfg = AlignConfig()
+    assert build_response(ROW, "palign", cfg) == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\n3 + 4 = 7, so the answer is \\boxed{7}."
+    assert build_response(ROW, "fixed_ratio", cfg) == build_response(ROW, "palign", cfg)
+    assert build_response(ROW, "full_cot", cfg) == "We add 3 and 4. That gives 7. Done.\n\nThe final answer is \\boxed{7}."
+    assert build_response({**ROW, "cot": "so \\boxed{7}"}, "full_cot", cfg) == "so \\boxed{7}"
+    assert build_response(ROW, "prefix_only", cfg) == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\nThe final answer is \\boxed{7}."
+    assert build_response(ROW, "continuation_only", cfg) == "3 + 4 = 7, so the answer is \\boxed{7}."
+    draft = AlignConfig(prefix_begin="<Begin_of_Draft>", prefix_end="<End_of_Draft>")
+    assert build_response(ROW, "palign", draft).startswith("<Begin_of_Draft>We add 3 and 4.<End_of_Draft>\n")
+    with pytest.raises(ValueError, match="method"):
+        build_response(ROW, "nope", cfg)
+
+
+def _check_mask(tok, response: str, think_block: bool) -> bool:
+    ex = tokenize_example(tok, teacher_prompt(ROW["question"]), response)
+    assert len(ex.input_ids) == len(ex.loss_mask)
+    first = ex.loss_mask.index(1)
+    assert set(ex.loss_mask[:first]) == {0} and set(ex.loss_mask[first:]) == {1}  # one contiguous response span
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert ex.input_ids[-1] == im_end  # the end-of-turn token is trained on, nothing after it
+    trained = tok.decode(ex.input_ids[first:], skip_special_tokens=False)
+    assert trained == response + "<|im_end|>"
+    prompt = tok.decode(ex.input_ids[:first], skip_special_tokens=False)
+    assert prompt.endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if think_block else ""))
+    assert teacher_prompt(ROW["question"]) in prompt
+    return ex.joint
+
+
+@pytest.mark.parametrize("method", ["palign", "full_cot", "prefix_only", "continuation_only"])
+def test_mask_round_trip_smollm2_chatml(tokenizer, method: str) -> None:
+    assert _check_mask(tokenizer, build_response(ROW, method, AlignConfig()), think_block=False)  # token prefix held
+
+
+@pytest.mark.parametrize("method", ["palign", "full_cot"])
+def test_mask_round_trip_qwen_style_thinking(qwen_tokenizer, method: str) -> None:
+    # "</think>\n\n" + text tokenizes differently from "</think>\n\n" alone (BPE merges across the
+    # boundary), so the prompt is not a token prefix and the parts are tokenized apart.
+    assert not _check_mask(qwen_tokenizer, build_response(ROW, method, AlignConfig()), think_block=True)
+
+
+def test_template_without_end_of_turn_is_an_error(tokenizer) -> None:
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    with pytest.raises(ValueError, match="end-of-turn"):
+        tokenize_example(tok, "hi", "there")
+
+
+def test_build_examples_quarantine(tokenizer) -> None:
+    rows = [ROW, {**ROW, "problem_id": "q", "continuation": ""}, {**ROW, "problem_id": "long", "continuation": "word " * 400}]
+    ex, quar, stats = build_examples(rows, tokenizer, "palign", AlignConfig(max_seq_len=200))
+    assert [e["problem_id"] for e in ex] == ["p"]
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [("q", "missing_field"), ("long", "too_long")]
+    assert len(ex) + len(quar) == len(rows)
+    assert stats["num_loss_tokens"] == ex[0]["num_loss_tokens"] == sum(ex[0]["loss_mask"])
+
+
+def test_shards_contract(tokenizer, tmp_path: Path) -> None:
+    rows = [{**ROW, "problem_id": f"p{i}"} for i in range(5)] + [{**ROW, "problem_id": "bad", "prefix": None}]
+    out = tmp_path / "shards"
+    (out).mkdir()
+    (out / "part-99999.parquet").write_text("stale")  # a stale part from an earlier run is replaced
+    cfg = Config()
+    cfg = type(cfg)(align=AlignConfig(shard_rows=2))
+    summary = build_shards(rows, cfg, "palign", out, tokenizer=tokenizer)
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    assert parts == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    table = pa.concat_tables([pq.read_table(out / p) for p in parts])
+    assert table.schema.field("input_ids").type == pa.list_(pa.int32())
+    assert table.schema.field("loss_mask").type == pa.list_(pa.int8())
+    assert table.schema.field("num_tokens").type == pa.int32() and table.schema.field("num_loss_tokens").type == pa.int32()
+    assert table.schema.field("problem_id").type == pa.string()
+    rows_out = table.to_pylist()
+    assert [r["problem_id"] for r in rows_out] == [f"p{i}" for i in range(5)]
+    assert all(r["num_tokens"] == len(r["input_ids"]) and r["num_loss_tokens"] == sum(r["loss_mask"]) for r in rows_out)
+    meta = json.loads((out / "sft_meta.json").read_text())
+    assert meta["num_examples"] == 5 and meta["model"] == "default" and meta["max_seq_len"] == 2048 and meta["chat_template"]
+    quar = pq.read_table(tmp_path / "shards.quarantine.parquet").to_pylist()
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [("bad", "missing_field")]
+    assert summary["num_examples"] == 5 and summary["num_quarantined"] == 1
+
+
+def test_build_sft_cli(tmp_path: Path, capsys) -> None:
+    from palign_ray.sft_records import build_sft_main
+
+    src = tmp_path / "traces.jsonl"
+    src.write_text(json.dumps(ROW) + "\n" + "not json\n")
+    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--method", "full_cot"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["num_examples"] == 1 and summary["method"] == "full_cot"
+    quar = pq.read_table(tmp_path / "sft.quarantine.parquet").to_pylist()
+    assert [q["reason"] for q in quar] == ["invalid_json"]
