@@ -221,7 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.backward(loss * (world * cfg.grad_accum_steps / denom))
             engine.step()
             loss_sum, n_tok, n_pad = loss_sum + value, n_tok + batch["num_tokens"], n_pad + batch["num_pad_tokens"]
-        totals = torch.tensor([loss_sum, n_tok, n_pad], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, n_tok, n_pad], dtype=torch.float64, device=device)  # nccl: on the GPU
         dist.all_reduce(totals)
         dt = time.perf_counter() - t0
         grad_norm = engine.get_global_grad_norm()
