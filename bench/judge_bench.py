@@ -153,11 +153,12 @@ def compare_to_reference(stats: dict[str, dict[str, Any]], ref: str = "paper_ref
 # ---- runners (heavy imports inside) -------------------------------------------------------------
 
 
-def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int, ref_repeats: int = 1) -> dict[str, Any]:
+def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int) -> dict[str, Any]:
     """All four modes on ONE in-process engine (prefix cache reset before every run): the side-by-side cost.
 
     paper_reference = one problem per engine call (what rounds.paper_reference_rows does); the others
     = one judge_rows call for all problems (what one JudgeUDF batch does), without Ray around it.
+    The decode-and-parse modes (minutes per trace on a loaded CPU) run once; the logprob modes `repeats` times.
     """
     from palign_ray.engines.vllm_engine import VLLMEngine
     from palign_ray.judge.rounds import check_input, judge_rows, judge_tools, reference_config
@@ -176,7 +177,7 @@ def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int, ref_repea
             jcfg = reference_config(mcfg.judge) if mcfg.judge.paper_reference else mcfg.judge
             builder, vt = judge_tools(engine.tokenizer, jcfg)
             secs, rows = [], []
-            for _ in range(ref_repeats if mcfg.judge.paper_reference else repeats):
+            for _ in range(1 if mcfg.judge.verdict == "generate" else repeats):
                 engine.llm.reset_prefix_cache()
                 t0 = time.perf_counter()
                 if mcfg.judge.paper_reference:
@@ -204,12 +205,18 @@ def _warm_up(engine: Any, cfg: Config) -> None:
     engine.generate([ids], SamplingSpec(max_tokens=4))
 
 
-def run_full(items: list[dict[str, Any]], cfg: Config, cache_off_items: int) -> dict[str, Any]:
-    """The batched modes through truncate_rows (Ray Data actor pool), plus logprob with prefix caching off."""
+def run_full(items: list[dict[str, Any]], cfg: Config, cache_off_items: int, generate_items: int) -> dict[str, Any]:
+    """The batched modes through truncate_rows (Ray Data actor pool), plus logprob with prefix caching off.
+
+    Batched generate runs on the first `generate_items` traces only (0 = skipped): 256 decode steps per
+    round cost minutes on a loaded 2-core box; on a GPU set it to the full count.
+    """
     from palign_ray.judge.rounds import truncate_rows
 
+    sizes = {"batched_generate": generate_items}
     runs: list[tuple[str, list[dict[str, Any]], Config]] = [
-        (name, items, mode_config(cfg, judge)) for name, judge in MODES if name != "paper_reference"]
+        (name, items[: sizes.get(name, len(items))], mode_config(cfg, judge))
+        for name, judge in MODES if name != "paper_reference" and sizes.get(name, len(items))]
     if cache_off_items:
         runs.append(("batched_logprob_no_prefix_cache", items[:cache_off_items],
                      mode_config(cfg, dict(MODES)["batched_logprob"], {"enable_prefix_caching": False})))

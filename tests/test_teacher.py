@@ -124,7 +124,7 @@ def test_prompt_matches_evaluation() -> None:
 
 
 @pytest.mark.timeout(600)
-def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Path, capsys) -> None:
+def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Path) -> None:
     """teacher CLI → Ray Data actor pool → vLLM (tiny random model): every problem is output or quarantine."""
     from palign_ray.teacher import teacher_main
 
@@ -132,7 +132,7 @@ def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Pat
     rc = teacher_main(["--output", str(out), f"teacher.model={tiny_model}", "problems.num_problems=4",
                        "teacher.num_samples=2", "teacher.max_tokens=16", "engine.max_num_seqs=32",
                        "engine.max_model_len=512", "teacher.use_reference_solutions=true"])
-    summary = json.loads(capsys.readouterr().out)
+    summary = json.loads((tmp_path / "traces.summary.json").read_text())  # stdout also carries Ray/vLLM logs
     traces = pq.read_table(out).to_pylist()
     quar = pq.read_table(tmp_path / "traces.quarantine.parquet").to_pylist()
     ids = {r["problem_id"] for r in builtin_problems(4, 0)}

@@ -1,0 +1,110 @@
+"""The Markdown summary of a bench run (pure: results dict → text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
+    """A Markdown table of `cols` (missing values as –)."""
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return out
+
+
+MODE_COLS = ["mode", "num_traces", "repeats", "median_s", "s_per_trace", "speedup", "probes", "rounds_mean",
+             "prompt_tokens", "cached_tokens", "computed_prompt_tokens", "generated_tokens", "enough_share"]
+
+
+def _judge(j: dict[str, Any]) -> list[str]:
+    sub, full = j.get("subset", {}), j.get("full", {})
+    out = [f"Judge model `{j.get('judge_model')}`, engine.max_model_len={j.get('max_model_len')}, "
+           f"judge.max_cot_tokens={j.get('max_cot_tokens')}, decode budget {j.get('max_new_tokens')} (generate modes), "
+           f"k-ary k={j.get('kary_k')}.", "",
+           f"### Side by side on the same {next(iter(sub.get('modes', {}).values()), {}).get('num_traces')} traces "
+           "(one in-process engine, prefix cache reset before each run; seconds exclude engine start)", ""]
+    sp = sub.get("speedup_vs_paper_reference", {})
+    out += table([{"mode": m, "speedup": sp.get(m), **s} for m, s in sub.get("modes", {}).items()], MODE_COLS)
+    out += ["", "Kept-prefix agreement with the paper reference:", ""]
+    agr = [{"mode": m, **a} for m, a in sub.get("agreement_vs_paper_reference", {}).items()]
+    agr.append({"mode": "kary vs binary (logprob)", **sub.get("agreement_kary_vs_binary_logprob", {})})
+    out += table(agr, ["mode", "num_common", "identical_prefix_share", "mean_abs_diff_prefix_ratio_sentences"])
+    modes = full.get("modes", {})
+    out += ["", f"### Batched modes through Ray Data (1 actor), {next(iter(modes.values()), {}).get('num_traces')} traces "
+            "(median_s = in-actor judge time; wall_s adds Ray and engine start)", ""]
+    out += table([{"mode": m, **s} for m, s in modes.items()], ["mode", "num_traces", "median_s", "wall_s", "s_per_trace",
+                                                               "engine_calls", "probes", "prompt_tokens", "cached_tokens",
+                                                               "generated_tokens", "enough_share", "num_quarantined"])
+    out += ["", "### Search optimality (probes vs ⌈log2(n+1)⌉, rounds vs ⌈log_{k+1}(n+1)⌉; n = judged sentences)", ""]
+    out += table([{"mode": m, **s.get("search_optimality", {})} for m, s in modes.items()],
+                 ["mode", "num_problems", "mean_probes", "mean_binary_probe_bound", "probes_over_binary_bound",
+                  "num_probes_within_binary_bound", "mean_rounds", "mean_kary_round_bound", "rounds_over_kary_bound"])
+    out += ["", "### Prefix-cache efficiency: (prompt − cached tokens) / longest probe prompt, per problem", ""]
+    out += table([{"mode": m, **s.get("cache_efficiency", {})} for m, s in modes.items()],
+                 ["mode", "num_problems", "p0", "p50", "p100", "mean"])
+    agr = full.get("agreement_vs_batched_generate", {})
+    if agr:
+        out += ["", "Kept-prefix agreement with batched generate (all traces):", ""]
+        out += table([{"mode": m, **a} for m, a in agr.items()],
+                     ["mode", "num_common", "identical_prefix_share", "mean_abs_diff_prefix_ratio_sentences"])
+    return out
+
+
+def _ray(r: dict[str, Any]) -> list[str]:
+    b = r.get("bare", {})
+    out = [f"{r.get('num_prompts')} AIME teacher prompts, {r.get('max_tokens')} new tokens, greedy. "
+           f"Bare engine: start {b.get('engine_start_s')} s, generate {b.get('median_generate_s')} s "
+           f"(median of {len(b.get('generate_s', []))}), {b.get('tokens_per_s_generate')} tok/s generate-only, "
+           f"{b.get('tokens_per_s_end_to_end')} tok/s incl. engine start.", ""]
+    out += table(r.get("ray_data", []), ["num_actors", "num_cpus_per_actor", "wall_s", "generated_tokens",
+                                         "tokens_per_s_end_to_end", "throughput_ratio_vs_bare_end_to_end",
+                                         "throughput_ratio_vs_bare_generate_only", "overhead_s_vs_bare_end_to_end"])
+    return out
+
+
+def _sft(s: dict[str, Any]) -> list[str]:
+    out = [f"Model `{s.get('model')}`; {s.get('data')}: {s.get('num_examples')} examples "
+           f"(tokens {s.get('example_tokens')}), packing={s.get('packing')}, max_seq_len={s.get('max_seq_len')}, "
+           f"micro-batch {s.get('micro_batch_size')} per rank.", ""]
+    rows = [{"run": "plain PyTorch (1 process)", **s.get("plain_pytorch", {})}]
+    rows += [{"run": f"Ray Train + DeepSpeed ZeRO-{r.get('zero_stage')} ({r.get('num_workers')} workers)", **r}
+             for r in s.get("ray_train_deepspeed", [])]
+    out += table(rows, ["run", "num_steps", "median_step_time_s", "tokens_per_s", "tokens_per_s_ratio_vs_plain",
+                        "precision", "train_wall_s"])
+    out += ["", "Padding share (epoch 0, padded to the longest sequence of each micro-batch):", ""]
+    out += table([{"micro_batch": k, **v} for k, v in s.get("padding_share", {}).items()],
+                 ["micro_batch", "padding_share_packed", "padding_share_unpacked", "num_sequences_packed",
+                  "num_sequences_unpacked"])
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    hw = res.get("hardware", {})
+    lines = [f"# Bench results {res.get('started')} on {hw.get('host')}", "",
+             f"CPU {hw.get('cpu_model')}, {hw.get('num_cores')} cores, {hw.get('ram_gib')} GiB RAM, GPUs {hw.get('gpus') or 'none'}; "
+             f"versions {hw.get('versions')}; git {hw.get('git')}. Load average at start {hw.get('load_avg_start')} "
+             "(the machine is shared: absolute numbers are noisy, ratios measured side by side are the result).", "",
+             f"Sizes: {res.get('sizes')}; quick={res.get('quick')}; total wall {res.get('total_wall_s')} s.",
+             f"Config overrides: {res.get('config_overrides')}", ""]
+    render = {"judge": _judge, "ray": _ray, "sft": _sft}
+    titles = {"judge": "Judge: speed-up, search optimality, prefix cache", "ray": "Ray overhead (generation)",
+              "sft": "SFT: Ray Train + DeepSpeed vs plain PyTorch"}
+    for name, sec in res.get("sections", {}).items():
+        lines += [f"## {titles.get(name, name)}", "",
+                  f"Section wall {sec.get('section_wall_s')} s; load average before {sec.get('load_avg_before')}, "
+                  f"after {sec.get('load_avg_after')}; run started {sec.get('run_started', res.get('started'))}, "
+                  f"sizes {sec.get('sizes', res.get('sizes'))}.", ""]
+        if "error" in sec:
+            lines += [f"**FAILED**: `{sec['error']}`", "", "```", sec.get("traceback", "")[-1500:], "```", ""]
+            continue
+        lines += render[name](sec) + [""]
+    lines += ["GPU check of SFT packing (lead, H200): see `bench/results/2026-11-26-h200-sft-packing.json`.", ""]
+    return "\n".join(lines)
