@@ -29,12 +29,13 @@ def throughput(tokens: int, seconds: float) -> float | None:
 
 def run_bare(items: list[dict[str, str]], cfg: Config, max_tokens: int, repeats: int) -> dict[str, Any]:
     """One in-process engine; the same token-id prompts and sampling as GenerateUDF (greedy, so outputs match)."""
-    from bench.common import median
+    from bench.common import load_avg, median
     from palign_ray.chat import chat_ids, user_turn
     from palign_ray.engines.base import SamplingSpec
     from palign_ray.engines.vllm_engine import VLLMEngine
     from palign_ray.models import resolve_model
 
+    load_before = load_avg()
     t0 = time.perf_counter()
     engine = VLLMEngine(resolve_model(cfg.teacher.model), cfg.engine)
     start_s = time.perf_counter() - t0
@@ -53,15 +54,18 @@ def run_bare(items: list[dict[str, str]], cfg: Config, max_tokens: int, repeats:
     gen = median(secs) or 0.0
     return {"engine_start_s": round(start_s, 2), "generate_s": [round(s, 2) for s in secs], "median_generate_s": round(gen, 3),
             "generated_tokens": toks, "prompt_tokens": sum(len(x) for x in ids),
-            "tokens_per_s_generate": throughput(toks, gen), "tokens_per_s_end_to_end": throughput(toks, gen + start_s)}
+            "tokens_per_s_generate": throughput(toks, gen), "tokens_per_s_end_to_end": throughput(toks, gen + start_s),
+            "load_avg_before": load_before, "load_avg_after": load_avg()}
 
 
 def run_ray(items: list[dict[str, str]], cfg: Config, max_tokens: int, num_actors: int) -> dict[str, Any]:
     """generate_batches end to end (actor start + engine load + generation + collection); Ray already up."""
+    from bench.common import load_avg
     from palign_ray.engines.base import SamplingSpec
     from palign_ray.generation import generate_batches
 
     ray_cfg = dataclasses.replace(cfg.ray, num_actors=num_actors, batch_size=max(1, -(-len(items) // num_actors)))
+    load_before = load_avg()
     t0 = time.perf_counter()
     rows = [r for batch in generate_batches(items, model=cfg.teacher.model, engine=cfg.engine, ray_cfg=ray_cfg,
                                             sampling=SamplingSpec(max_tokens=max_tokens, temperature=0.0))
@@ -70,7 +74,8 @@ def run_ray(items: list[dict[str, str]], cfg: Config, max_tokens: int, num_actor
     toks = sum(sum(r["num_generated_tokens"]) for r in rows)
     return {"num_actors": num_actors, "num_cpus_per_actor": ray_cfg.num_cpus_per_actor, "batch_size": ray_cfg.batch_size,
             "wall_s": round(wall, 2), "num_rows": len(rows), "num_errors": sum(bool(r["error"]) for r in rows),
-            "generated_tokens": toks, "tokens_per_s_end_to_end": throughput(toks, wall)}
+            "generated_tokens": toks, "tokens_per_s_end_to_end": throughput(toks, wall),
+            "load_avg_before": load_before, "load_avg_after": load_avg()}
 
 
 def run(traces: list[dict[str, Any]], cfg: Config, num_prompts: int, max_tokens: int, repeats: int,

@@ -63,10 +63,11 @@ def _ray(r: dict[str, Any]) -> list[str]:
     out = [f"{r.get('num_prompts')} AIME teacher prompts, {r.get('max_tokens')} new tokens, greedy. "
            f"Bare engine: start {b.get('engine_start_s')} s, generate {b.get('median_generate_s')} s "
            f"(median of {len(b.get('generate_s', []))}), {b.get('tokens_per_s_generate')} tok/s generate-only, "
-           f"{b.get('tokens_per_s_end_to_end')} tok/s incl. engine start.", ""]
+           f"{b.get('tokens_per_s_end_to_end')} tok/s incl. engine start; load before {b.get('load_avg_before')}.", ""]
     out += table(r.get("ray_data", []), ["num_actors", "num_cpus_per_actor", "wall_s", "generated_tokens",
                                          "tokens_per_s_end_to_end", "throughput_ratio_vs_bare_end_to_end",
-                                         "throughput_ratio_vs_bare_generate_only", "overhead_s_vs_bare_end_to_end"])
+                                         "throughput_ratio_vs_bare_generate_only", "overhead_s_vs_bare_end_to_end",
+                                         "load_avg_before"])
     return out
 
 
@@ -78,7 +79,7 @@ def _sft(s: dict[str, Any]) -> list[str]:
     rows += [{"run": f"Ray Train + DeepSpeed ZeRO-{r.get('zero_stage')} ({r.get('num_workers')} workers)", **r}
              for r in s.get("ray_train_deepspeed", [])]
     out += table(rows, ["run", "num_steps", "median_step_time_s", "tokens_per_s", "tokens_per_s_ratio_vs_plain",
-                        "precision", "train_wall_s"])
+                        "precision", "train_wall_s", "load_avg_before"])
     out += ["", "Padding share (epoch 0, padded to the longest sequence of each micro-batch):", ""]
     out += table([{"micro_batch": k, **v} for k, v in s.get("padding_share", {}).items()],
                  ["micro_batch", "padding_share_packed", "padding_share_unpacked", "num_sequences_packed",

@@ -42,10 +42,12 @@ def plain_loop(shards: str, cfg: Config, steps: int) -> dict[str, Any]:
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
+    from bench.common import load_avg
     from palign_ray.models import resolve_model
     from palign_ray.sft import data as D
 
     sc = cfg.sft
+    load_before = load_avg()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [r for f in D.shard_files(shards) for r in pq.read_table(f, columns=list(D.SHARD_COLUMNS)).to_pylist()]
     examples, _ = D.validate_rows(rows, sc.max_seq_len)
@@ -82,14 +84,17 @@ def plain_loop(shards: str, cfg: Config, steps: int) -> dict[str, Any]:
             "median_step_time_s": round(statistics.median(t for t, _ in timed), 4),
             "tokens_per_s": round(sum(n for _, n in timed) / sum(t for t, _ in timed), 1),
             "tokens_per_step": toks, "losses": [round(x, 4) for x in losses], "threads": torch.get_num_threads(),
+            "load_avg_before": load_before, "load_avg_after": load_avg(),
             "precision": sc.precision + (" (autocast)" if autocast else "")}
 
 
 def ray_run(shards: str, cfg: Config, zero_stage: int, steps: int, out_root: Path) -> dict[str, Any]:
     import ray
 
+    from bench.common import load_avg
     from palign_ray.sft.train import run_sft
 
+    load_before = load_avg()
     sc = dataclasses.replace(cfg.sft, zero_stage=zero_stage, max_steps=steps, checkpoint_every=0)
     out = out_root / f"zero{zero_stage}"
     t0 = time.perf_counter()
@@ -105,7 +110,8 @@ def ray_run(shards: str, cfg: Config, zero_stage: int, steps: int, out_root: Pat
             "median_step_time_s": round(statistics.median(h["step_time_s"] for h in timed), 4),
             "tokens_per_s": round(sum(h["num_tokens"] for h in timed) / sum(h["step_time_s"] for h in timed), 1),
             "tokens_per_step": [h["num_tokens"] for h in hist], "losses": [round(h["loss"], 4) for h in hist],
-            "train_wall_s": m["wall_time_s"], "wall_s_incl_export": round(wall, 1), "precision": sc.precision}
+            "train_wall_s": m["wall_time_s"], "wall_s_incl_export": round(wall, 1), "precision": sc.precision,
+            "load_avg_before": load_before, "load_avg_after": load_avg()}
 
 
 def run(cfg: Config, data_dir: str, num_examples: int, steps: int, zero_stages: tuple[int, ...]) -> dict[str, Any]:

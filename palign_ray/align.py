@@ -66,7 +66,8 @@ def accepted_row(row: dict[str, Any], text: str, index: int, tokens: int, finish
     return out
 
 
-def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeout_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeout_s: float,
+                         grader: str = "boxed") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Eq. 9 for one problem: accept continuations whose last boxed answer matches gold; quarantine the rest.
 
     Every rejected sample becomes one quarantine row with its own reason (wrong_answer,
@@ -85,7 +86,7 @@ def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeou
     finishes = list(gen[R.FINISH_REASONS])
     accepted, rejected = [], []
     for i, text in enumerate(texts):
-        g = grade(text, str(row[R.ANSWER]), timeout_s)
+        g = grade(text, str(row[R.ANSWER]), timeout_s, mode=grader)
         if g.correct:
             accepted.append(accepted_row(row, text, i, tokens[i], finishes[i]))
         else:
@@ -99,7 +100,7 @@ def filter_all(rows: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: 
     by_id = {str(g[R.PROBLEM_ID]): g for g in gen_rows}
     out, quar = [], []
     for r in rows:
-        acc, rej = filter_continuations(r, by_id.get(str(r[R.PROBLEM_ID])), cfg.grade_timeout_s)
+        acc, rej = filter_continuations(r, by_id.get(str(r[R.PROBLEM_ID])), cfg.grade_timeout_s, cfg.grader)
         out += acc
         quar += rej
     return out, quar

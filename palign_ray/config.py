@@ -143,6 +143,11 @@ class AlignConfig:
     prefix_begin: str = _f("<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response.")
     prefix_end: str = _f("<End_of_Prefix>", "Marker after the teacher prefix in the SFT response.")
     max_seq_len: int = _f(2048, "Longest tokenized SFT example; longer ones are quarantined (never silently cut).")
+    grader: Literal["boxed", "paper"] = _f(
+        "boxed",
+        "Eq. 9 answer check: boxed = the last \\boxed{} must match gold (strict); paper = the authors' grader, "
+        "which also accepts math-verify on the whole output (needed for students that never box, e.g. SmolLM2-135M).",
+    )
     grade_timeout_s: float = _f(10.0, "Time bound per graded continuation (math-verify).")
     shard_rows: int = _f(1024, "SFT examples per Parquet shard (part-*.parquet).")
 
