@@ -132,6 +132,7 @@ def mode_stats(rows: Sequence[dict[str, Any]], seconds: Sequence[float]) -> dict
         "prompt_tokens": tot("prompt_tokens"), "cached_tokens": tot("cached_tokens"),
         "computed_prompt_tokens": tot("prompt_tokens") - tot("cached_tokens"), "generated_tokens": tot("generated_tokens"),
         "num_sufficient": sum(bool(r["is_sufficient"]) for r in rows),
+        "num_unparseable": int(sum(r.get("num_unparseable", 0) for r in rows)),
         "enough_share": round(sum(p["verdict"] for r in rows for p in r["probe_trace"]) / max(1, tot("num_probes")), 4),
         "mean_prefix_ratio_sentences": round(sum(r["prefix_ratio_sentences"] for r in rows) / n, 5) if n else None,
     }

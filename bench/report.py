@@ -21,7 +21,8 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
 
 
 MODE_COLS = ["mode", "num_traces", "repeats", "median_s", "s_per_trace", "speedup", "probes", "rounds_mean",
-             "prompt_tokens", "cached_tokens", "computed_prompt_tokens", "generated_tokens", "enough_share"]
+             "prompt_tokens", "cached_tokens", "computed_prompt_tokens", "generated_tokens", "enough_share", "num_unparseable",
+             "num_sufficient"]
 
 
 def _judge(j: dict[str, Any]) -> list[str]:

@@ -52,9 +52,13 @@ def init_ray(cfg: RayConfig) -> Any:
     return ray
 
 
-def actor_resources(cfg: RayConfig) -> dict[str, float]:
+def actor_resources(cfg: RayConfig) -> dict[str, float | int]:
     """map_batches resource kwargs for one vLLM actor."""
     res: dict[str, float] = {"num_cpus": cfg.num_cpus_per_actor}
     if cfg.num_gpus_per_actor:
         res["num_gpus"] = cfg.num_gpus_per_actor
+    # A killed actor (preempted node, OOM) is restarted and its in-flight batch retried, so a stage
+    # completes instead of failing; results are deterministic per problem (seeds from problem_id).
+    res["max_restarts"] = -1
+    res["max_task_retries"] = -1
     return res

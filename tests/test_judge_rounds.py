@@ -259,3 +259,16 @@ def test_ray_actor_pool_smollm2(ray_session, default_model, shared_data):
     assert not bad and all(r["cot_truncated"] for r in out)
     assert_real_run(rows, out, bad, summary)
     assert time.perf_counter() - t < 600
+
+
+@pytest.mark.timeout(600)
+def test_paper_reference_mode_tiny_model(ray_session, tiny_model):
+    rows = rows_for([(6, 2), (9, 4)])
+    cfg = dataclasses.replace(real_cfg(tiny_model, paper_reference=True, max_new_tokens=4), ray=RayConfig(num_cpus=4))
+    out, bad, summary = truncate_rows(rows, cfg)
+    assert not bad and len(out) == 2 and summary["paper_reference"]
+    assert summary["engine_calls"] == summary["num_probes"] == sum(r["num_probes"] for r in out)  # one probe per call
+    for r in out:
+        assert r["verdict_mode"] == "generate" and r["search"] == "binary"
+        assert all(p["p_enough"] is None and 1 <= p["generated_tokens"] <= 4 for p in r["probe_trace"])
+        assert r["num_unparseable"] == r["num_probes"]  # a random tiny model never writes a tag

@@ -368,15 +368,21 @@ def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
 def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Rows {problem_id, question, cot, answer} → (output rows, quarantine rows, summary).
 
-    Batched rounds on a Ray Data actor pool; `judge.paper_reference=true` runs the serial reference in
-    this process instead; `judge.search=fixed_ratio` needs no model and runs here too.
+    Batched rounds on a Ray Data actor pool. `judge.paper_reference=true` is the authors' algorithm on the
+    same engine: binary search, decode-and-parse verdicts (judge.max_new_tokens, the paper's 256), one
+    actor fed one problem per batch, so one probe per engine call, no batching and no sleep; decoding
+    follows judge.temperature (greedy by default, reproducible; the authors sampled with model
+    defaults). `judge.search=fixed_ratio` needs no model and runs in this process.
     """
     jcfg = reference_config(cfg.judge) if cfg.judge.paper_reference else cfg.judge
     check_judge_config(jcfg)
     t0 = time.perf_counter()
     items, bad = check_input(rows)
     if cfg.judge.paper_reference:
-        out, more_bad, extra = paper_reference_rows(items, jcfg, cfg.engine, cfg.run.seed)
+        # One actor, one problem per batch: binary search on one problem makes one probe per engine call.
+        # An actor rather than this process: a driver-side CPU engine measured 10-100x slower under load.
+        ref_ray = dataclasses.replace(cfg.ray, batch_size=1, num_actors=1)
+        out, more_bad, extra = _ray_rows(items, jcfg, dataclasses.replace(cfg, ray=ref_ray))
     elif jcfg.search == "fixed_ratio":
         out, more_bad, _ = judge_rows(None, None, None, items, jcfg, cfg.engine, "", cfg.run.seed)
         extra = {"engine_calls": 0, "judge_s": 0.0}
@@ -409,35 +415,6 @@ def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, cfg: Config) -> tu
             row, q = _from_udf(r)
             (out.append(row) if row is not None else bad.append(q))
     return out, bad, {"engine_calls": sum(c for c, _ in batches.values()), "judge_s": sum(s for _, s in batches.values())}
-
-
-def paper_reference_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig,
-                         seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    """The authors' algorithm on our engine, in this process: one problem, one probe per engine call.
-
-    No batching and no sleep; decode-and-parse verdicts with judge.max_new_tokens (the paper's 256).
-    Decoding follows judge.temperature (greedy by default, so the cuts are reproducible; the authors
-    sampled with the model's defaults). The engine keeps its prefix cache, as any vLLM deployment would.
-    """
-    from palign_ray.engines.vllm_engine import VLLMEngine
-    from palign_ray.models import resolve_model
-
-    if not items:
-        return [], [], {"engine_calls": 0, "judge_s": 0.0}
-    engine = VLLMEngine(resolve_model(jcfg.model), engine_cfg)
-    try:
-        builder, vt = judge_tools(engine.tokenizer, jcfg)
-        out, bad, calls = [], [], 0
-        t0 = time.perf_counter()
-        for i, item in enumerate(items, start=1):
-            o, q, c = judge_rows(engine, builder, vt, [item], jcfg, engine_cfg, jcfg.model, seed)
-            out += o
-            bad += q
-            calls += c
-            log.info("paper reference: %d/%d problems, %d engine calls, %.1f s", i, len(items), calls, time.perf_counter() - t0)
-        return out, bad, {"engine_calls": calls, "judge_s": time.perf_counter() - t0}
-    finally:
-        engine.shutdown()
 
 
 # ---- summary -----------------------------------------------------------------------------------
