@@ -64,7 +64,11 @@ def _ray(r: dict[str, Any]) -> list[str]:
     out = [f"{r.get('num_prompts')} AIME teacher prompts, {r.get('max_tokens')} new tokens, greedy. "
            f"Bare engine: start {b.get('engine_start_s')} s, generate {b.get('median_generate_s')} s "
            f"(median of {len(b.get('generate_s', []))}), {b.get('tokens_per_s_generate')} tok/s generate-only, "
-           f"{b.get('tokens_per_s_end_to_end')} tok/s incl. engine start; load before {b.get('load_avg_before')}.", ""]
+           f"{b.get('tokens_per_s_end_to_end')} tok/s incl. engine start; load before {b.get('load_avg_before')}; "
+           f"OMP_NUM_THREADS={r.get('omp_num_threads')}.", ""]
+    if r.get("without_omp_limit"):
+        out += [f"Same section without OMP_NUM_THREADS (in-process engine binds OMP threads to both cores): "
+                f"{r['without_omp_limit']}", ""]
     out += table(r.get("ray_data", []), ["num_actors", "num_cpus_per_actor", "wall_s", "generated_tokens",
                                          "tokens_per_s_end_to_end", "throughput_ratio_vs_bare_end_to_end",
                                          "throughput_ratio_vs_bare_generate_only", "overhead_s_vs_bare_end_to_end",
@@ -76,9 +80,12 @@ def _sft(s: dict[str, Any]) -> list[str]:
     out = [f"Model `{s.get('model')}`; {s.get('data')}: {s.get('num_examples')} examples "
            f"(tokens {s.get('example_tokens')}), packing={s.get('packing')}, max_seq_len={s.get('max_seq_len')}, "
            f"micro-batch {s.get('micro_batch_size')} per rank.", ""]
-    rows = [{"run": "plain PyTorch (1 process)", **s.get("plain_pytorch", {})}]
+    plains = s.get("plain_pytorch", [])
+    plains = [plains] if isinstance(plains, dict) else plains
+    rows = [{"run": f"plain PyTorch (1 process, {p.get('threads')} threads)", **p} for p in plains]
     rows += [{"run": f"Ray Train + DeepSpeed ZeRO-{r.get('zero_stage')} ({r.get('num_workers')} workers)", **r}
              for r in s.get("ray_train_deepspeed", [])]
+    out += [f"Ratios are against the faster plain loop ({s.get('plain_reference_threads')} threads).", ""]
     out += table(rows, ["run", "num_steps", "median_step_time_s", "tokens_per_s", "tokens_per_s_ratio_vs_plain",
                         "precision", "train_wall_s", "load_avg_before"])
     out += ["", "Padding share (epoch 0, padded to the longest sequence of each micro-batch):", ""]

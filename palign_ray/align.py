@@ -123,6 +123,8 @@ def generate_continuations(rows: list[dict[str, Any]], cfg: Config) -> tuple[lis
     wall_s = time.perf_counter() - start
     tokens = sum(sum(g[R.NUM_GENERATED_TOKENS]) for g in gen_rows)
     return gen_rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
+            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
                       "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
 
 

@@ -118,9 +118,19 @@ class JudgeConfig:
         "logprob", "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse."
     )
     calibration: Literal["absolute", "contextual", "relative"] = _f(
-        "absolute", "How logprob scores become verdicts (absolute: p(ENOUGH) >= threshold)."
+        "absolute",
+        "How logprob verdicts are decided (needs verdict=logprob, votes=1 unless absolute). absolute = p(ENOUGH) >= "
+        "threshold: the paper-like choice for strong, calibrated judges. contextual = margin log p(EN) - log p(NOT) "
+        "minus the margin with empty reasoning >= contextual_threshold. relative = that difference divided by the "
+        "full-trace one >= threshold: for small biased judges (SmolLM2-135M says ENOUGH on ~99% of probes in absolute "
+        "mode, cutting 30/32 AIME traces after sentence 1; see bench/judge_calibration.py for measured numbers).",
     )
-    threshold: float = _f(0.5, "Decision threshold for the calibrated score.")
+    threshold: float = _f(0.5, "Decision threshold: on p(ENOUGH) (absolute) or the normalised score (relative).")
+    contextual_threshold: float = _f(0.0, "contextual mode: least logit-margin gain over the empty prefix for ENOUGH.")
+    min_margin_range: float = _f(
+        0.1, "relative mode: if margin(full) - margin(empty) <= this, the judge cannot tell; keep the full trace."
+    )
+    isotonic: bool = _f(False, "Decide on a monotone (PAV) fit of the probed scores instead of the raw verdicts.")
     votes: int = _f(1, "Judgements per probe (majority); >1 samples at judge temperature.")
     temperature: float = _f(0.0, "Judge sampling temperature (0 = greedy, reproducible).")
     max_new_tokens: int = _f(256, "Decode budget per probe in generate mode (the paper's 256).")

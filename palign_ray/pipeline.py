@@ -65,7 +65,9 @@ def align_stage(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict], li
 def sft_data_stage(rows: list[dict[str, Any]], cfg: Config, out_dir: Path) -> dict[str, Any]:
     from palign_ray.sft_records import build_shards
 
-    return build_shards(rows, cfg, method=cfg.run.method, out_dir=out_dir)
+    stage_dir = out_dir.parent
+    return build_shards(rows, cfg, method=cfg.run.method, out_dir=out_dir,
+                        quarantine_file=stage_dir / "quarantine" / "part-sft.parquet")
 
 
 def train_stage(cfg: Config, data_dir: Path, out_dir: Path, resume: bool) -> dict[str, Any]:
@@ -234,10 +236,12 @@ def _run_stage(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path
         fn = {"teacher": teacher_stage, "truncate": truncate_stage, "align": align_stage}[spec.name]
         run_row_stage(spec.name, fn, _input_rows(run_dir, spec.input_stage), cfg, sd, h)
     elif spec.name == "sft_data":
-        summary = sft_data_stage(_input_rows(run_dir, spec.input_stage), cfg, sd.root / "shards")
-        if not summary.get("num_examples"):
-            raise PipelineError(f"stage 'sft_data' produced no examples: {summary}")
-        sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, summary=summary)
+        rows = _input_rows(run_dir, spec.input_stage)
+        summary = sft_data_stage(rows, cfg, sd.root / "shards")
+        if not summary.get("num_out"):
+            raise PipelineError(f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {sd.quarantine_dir}")
+        sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, num_input=len(rows),
+                          num_output=summary["num_out"], summary=summary)
     elif spec.name == "train":
         data_dir = run_dir / "sft_data" / "shards"
         resume = (sd.root / "model").exists() or any(sd.root.glob("ray_train*"))

@@ -36,6 +36,19 @@ def stage_tokens(rows: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+def summary_tokens(stage_dir: Path) -> dict[str, int] | None:
+    """Token totals from a row stage's per-chunk summaries (generation stages keep them there)."""
+    files = sorted((stage_dir / "summaries").glob("*.json"))
+    if not files:
+        return None
+    sums = [json.loads(f.read_text()) for f in files]
+    if not any("generated_tokens" in x for x in sums):
+        return None
+    return {"prefilled": sum(int(x.get("prompt_tokens", 0)) for x in sums),
+            "cached": sum(int(x.get("cached_tokens", 0)) for x in sums),
+            "generated": sum(int(x.get("generated_tokens", 0)) for x in sums)}
+
+
 def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
     p = run_dir / stage / "manifest.json"
     return json.loads(p.read_text()) if p.is_file() else None
@@ -49,7 +62,7 @@ def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
             lines.append(f"| {s} | – | – | – | not run | – |")
             continue
         n_in = m.get("num_input", "–")
-        out = m.get("num_output", m.get("summary", {}).get("num_examples", "–"))
+        out = m.get("num_output", "–")
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
         lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {m.get('wall_s', 0):.1f} |")
     return lines
@@ -62,7 +75,7 @@ def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
         sd = StageDir(run_dir / s)
         if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "eval"):
             continue
-        t = stage_tokens(sd.output_rows() + sd.quarantine_rows())
+        t = summary_tokens(run_dir / s) or stage_tokens(sd.output_rows() + sd.quarantine_rows())
         for k in total:
             total[k] += t[k]
         lines.append(f"| {s} | {t['prefilled']} | {t['cached']} | {t['prefilled'] - t['cached']} | {t['generated']} |")
@@ -154,7 +167,7 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
                                             "rounds": [float(r.get("num_rounds", 0)) for r in trunc]},
                    "judge work per problem", "count")
     sft_m = _manifest(run_dir, "sft_data")
-    num_sft = int((sft_m or {}).get("summary", {}).get("num_examples", 0))
+    num_sft = int((sft_m or {}).get("num_output", 0))
     lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]
     train_m = _manifest(run_dir, "train")
     steps = _train_steps((train_m or {}).get("metrics"))
@@ -162,7 +175,8 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
         _plot_loss(run_dir / "loss.png", steps)
         m = train_m["metrics"]
         lines += ["## Training", "", f"- steps: {len(steps)}; first loss {steps[0]['loss']:.4f}, last loss {steps[-1]['loss']:.4f}",
-                  *[f"- {k}: {m[k]}" for k in ("tokens_per_s", "step_time_s", "padding_share", "zero_stage") if k in m],
+                  *[f"- {k}: {m[k]}" for k in ("num_steps", "final_loss", "mean_tokens_per_s", "mean_step_time_s", "padding_share_packed",
+                                                             "padding_share_unpacked", "restarts", "wall_time_s") if k in m],
                   "", "![loss](loss.png)", ""]
     lines += _eval_section(run_dir)
     path = run_dir / "report.md"

@@ -181,6 +181,8 @@ def generate_traces(problems: list[dict[str, Any]], cfg: Config) -> tuple[list[d
     wall_s = time.perf_counter() - start
     tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in rows)
     return rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in rows),
+            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in rows),
                   "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
 
 

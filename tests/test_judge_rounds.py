@@ -185,8 +185,9 @@ def test_check_input_and_summary():
 def test_config_checks():
     from palign_ray.judge.rounds import check_judge_config
 
-    with pytest.raises(ValueError, match="issue 10"):
-        check_judge_config(JudgeConfig(calibration="contextual"))
+    check_judge_config(JudgeConfig(calibration="relative"))
+    with pytest.raises(ValueError, match="verdict=logprob"):
+        check_judge_config(JudgeConfig(calibration="contextual", verdict="generate"))
     with pytest.raises(ValueError, match="temperature"):
         check_judge_config(JudgeConfig(votes=3))
 

@@ -88,3 +88,29 @@ def test_prepare_clears_a_stage_left_by_another_config(tmp_path):
 def test_unknown_stage_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         P.run_pipeline(load_config(None, [f"run.run_dir={tmp_path}"]), ["teachr"])
+
+
+@pytest.mark.timeout(900)
+def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ray_session):
+    """Every stage for real (Ray Data + vLLM, Ray Train + DeepSpeed) on the tiny model; a rerun skips all."""
+    import json
+
+    over = [f"run.run_dir={tmp_path / 'run'}", "run.method=prefix_only", "problems.num_problems=4",
+            "teacher.num_samples=1", "teacher.max_tokens=8", "teacher.use_reference_solutions=true",
+            "sft.max_steps=1", "sft.num_workers=2", "eval.num_problems=2", "eval.num_samples=1", "eval.max_tokens=8",
+            "ray.num_cpus=4"] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
+    cfg = load_config(None, over)
+    manifests = P.run_pipeline(cfg)
+    assert list(manifests) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
+    for name in ("problems", "teacher", "truncate"):
+        assert manifests[name]["num_output"] + manifests[name]["num_quarantined"] == 4
+    assert manifests["sft_data"]["num_output"] > 0
+    run = tmp_path / "run"
+    assert (run / "train" / "model" / "model.safetensors").is_file()
+    assert (run / "eval" / "trained" / "metrics.json").is_file() and (run / "eval" / "base" / "metrics.json").is_file()
+    report = (run / "report.md").read_text()
+    assert "Rows per stage" in report and "Cost per accepted SFT example" in report and "(trained)" in report
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")}
+    again = P.run_pipeline(cfg)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")} == before  # nothing recomputed
+    assert json.dumps(again, sort_keys=True) == json.dumps(manifests, sort_keys=True)

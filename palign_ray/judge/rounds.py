@@ -23,6 +23,15 @@ from palign_ray.artifacts import quarantine_row
 from palign_ray.config import Config, EngineConfig, JudgeConfig
 from palign_ray.engines.base import Engine, GenerationResult, SamplingSpec
 from palign_ray.generation import derive_seed
+from palign_ray.judge.calibration import (
+    CALIBRATIONS,
+    Calibrator,
+    anchor_ks,
+    contradictions,
+    degeneracy,
+    isotonic_cut,
+    margin,
+)
 from palign_ray.judge.prompts import (
     JudgePromptBuilder,
     ProblemPrompt,
@@ -46,7 +55,8 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "prefix_char_end", "prefix_ratio_sentences", "prefix_ratio_chars", R.PREFIX, "is_sufficient", "non_monotone",
     "search", "verdict_mode", "calibration", "threshold", "segmentation", "judge_model", "prompt_version",
     "num_probes", "num_rounds", "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable",
-    "num_judge_errors", "cot_truncated", "probe_trace",
+    "num_judge_errors", "cot_truncated", "isotonic", "calibration_status", "calibration_m0", "calibration_mn",
+    "num_calibration_probes", "num_contradictions", "probe_trace",
 )
 
 
@@ -55,7 +65,8 @@ def output_schema() -> Any:
     import pyarrow as pa
 
     probe = pa.struct([("round", pa.int32()), ("k", pa.int32()), ("verdict", pa.bool_()), ("p_enough", pa.float64()),
-                       ("logprob_enough", pa.float64()), ("logprob_not_enough", pa.float64()), ("votes", pa.list_(pa.bool_())),
+                       ("logprob_enough", pa.float64()), ("logprob_not_enough", pa.float64()), ("score", pa.float64()),
+                       ("anchor", pa.bool_()), ("votes", pa.list_(pa.bool_())),
                        ("parseable", pa.bool_()), ("error", pa.string()), ("prompt_tokens", pa.int32()),
                        ("cached_tokens", pa.int32()), ("generated_tokens", pa.int32()), ("raw", pa.string())])
     s, i, f, b = pa.string(), pa.int32(), pa.float64(), pa.bool_()
@@ -63,14 +74,20 @@ def output_schema() -> Any:
              "prefix_ratio_sentences": f, "prefix_ratio_chars": f, "is_sufficient": b, "non_monotone": b, "threshold": f,
              "num_probes": i, "num_rounds": i, "prompt_tokens": pa.int64(), "cached_tokens": pa.int64(),
              "generated_tokens": pa.int64(), "num_unparseable": i, "num_judge_errors": i, "cot_truncated": b,
+             "isotonic": b, "calibration_m0": f, "calibration_mn": f, "num_calibration_probes": i, "num_contradictions": i,
              "probe_trace": pa.list_(probe)}
     return pa.schema([(c, types.get(c, s)) for c in OUTPUT_COLUMNS])
 
 
 def check_judge_config(jcfg: JudgeConfig) -> None:
     """Fail before any engine starts on settings that cannot work (names the key and the fix)."""
-    if jcfg.calibration != "absolute":
-        raise ValueError(f"judge.calibration={jcfg.calibration!r} is not implemented yet (issue 10); use absolute")
+    if jcfg.calibration not in CALIBRATIONS:
+        raise ValueError(f"judge.calibration={jcfg.calibration!r} is not one of {list(CALIBRATIONS)}")
+    if jcfg.calibration != "absolute" and jcfg.search != "fixed_ratio" and (jcfg.verdict != "logprob" or jcfg.votes != 1):
+        raise ValueError(f"judge.calibration={jcfg.calibration} needs judge.verdict=logprob and judge.votes=1 "
+                         "(it compares margins, not sampled votes); or use judge.calibration=absolute")
+    if jcfg.min_margin_range < 0:
+        raise ValueError(f"judge.min_margin_range must be >= 0, got {jcfg.min_margin_range}")
     if jcfg.votes < 1:
         raise ValueError(f"judge.votes must be >= 1, got {jcfg.votes}")
     if jcfg.votes > 1 and jcfg.temperature <= 0:
@@ -83,7 +100,7 @@ def check_judge_config(jcfg: JudgeConfig) -> None:
 
 def reference_config(jcfg: JudgeConfig) -> JudgeConfig:
     """Paper-reference mode: the paper's binary search with decode-and-parse verdicts."""
-    return dataclasses.replace(jcfg, search="binary", verdict="generate")
+    return dataclasses.replace(jcfg, search="binary", verdict="generate", calibration="absolute", isotonic=False)
 
 
 # ---- per-problem preparation ------------------------------------------------------------------
@@ -102,6 +119,9 @@ class Problem:
     prompt: ProblemPrompt | None
     state: SearchState
     probes: list[dict[str, Any]] = field(default_factory=list)
+    calib: Calibrator | None = None  # set once the anchors are judged (absolute: at once)
+    calib_status: str = ""  # "" = calibrated; flat_margin / anchor_failed = the judge could not be calibrated
+    outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)  # raw outcome per judged k, reused by later probes
 
     @property
     def cot_truncated(self) -> bool:
@@ -172,14 +192,16 @@ def probe_spec(jcfg: JudgeConfig, vt: VerdictTokens, num_prompt_tokens: int, max
 
 def judge_result(res: GenerationResult, jcfg: JudgeConfig, vt: VerdictTokens) -> dict[str, Any]:
     """Verdict, votes and scores of one probe's engine result (policy applied to unparseable outputs)."""
-    out: dict[str, Any] = {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "raw": "", "error": ""}
+    out: dict[str, Any] = {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "score": None,
+                           "anchor": False, "raw": "", "error": ""}
     if jcfg.verdict == "logprob":
         score = logprob_score(res.completions[0].logprobs[0] if res.completions[0].logprobs else None, vt)
         if score is None:
             votes, parseable = [jcfg.unparseable == "enough"], False
             out["error"] = "no_verdict_logprobs"
         else:
-            out.update(p_enough=score.p_enough, logprob_enough=score.logprob_enough, logprob_not_enough=score.logprob_not_enough)
+            out.update(p_enough=score.p_enough, logprob_enough=score.logprob_enough, logprob_not_enough=score.logprob_not_enough,
+                       score=score.p_enough)
             if jcfg.votes > 1:
                 votes = [bool(c.token_ids) and c.token_ids[0] == vt.enough_id for c in res.completions]
             else:
@@ -196,35 +218,105 @@ def judge_result(res: GenerationResult, jcfg: JudgeConfig, vt: VerdictTokens) ->
 def error_outcome(jcfg: JudgeConfig, err: str) -> dict[str, Any]:
     """A failed probe counts by the unparseable policy (the paper: an error is NOT_ENOUGH)."""
     v = jcfg.unparseable == "enough"
-    return {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "raw": "", "error": err[:200],
-            "verdict": v, "votes": [v], "parseable": False}
+    return {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "score": None, "anchor": False,
+            "raw": "", "error": err[:200], "verdict": v, "votes": [v], "parseable": False}
+
+
+def effective_threshold(jcfg: JudgeConfig) -> float:
+    """The threshold on the mode's score scale (contextual compares a logit margin)."""
+    return jcfg.contextual_threshold if jcfg.calibration == "contextual" else jcfg.threshold
+
+
+def _margin_of(o: dict[str, Any]) -> float | None:
+    if o["logprob_enough"] is None or o["logprob_not_enough"] is None:
+        return None
+    return margin(o["logprob_enough"], o["logprob_not_enough"])
+
+
+def calibrate(p: Problem, jcfg: JudgeConfig) -> None:
+    """Set the problem's calibrator from its anchor outcomes (k=0 and, for relative, k=n)."""
+    thr = effective_threshold(jcfg)
+    if jcfg.calibration == "absolute" or jcfg.verdict != "logprob":
+        p.calib = Calibrator("absolute", thr)
+        return
+    m0 = _margin_of(p.outcomes[0])
+    mn = _margin_of(p.outcomes[p.num_judged]) if jcfg.calibration == "relative" else None
+    p.calib = Calibrator(jcfg.calibration, thr, m0, mn, jcfg.min_margin_range)
+    if m0 is None or (jcfg.calibration == "relative" and mn is None):
+        p.calib_status = "anchor_failed"
+    elif p.calib.flat:
+        p.calib_status = "flat_margin"
+
+
+def decide(o: dict[str, Any], calib: Calibrator, jcfg: JudgeConfig) -> dict[str, Any]:
+    """The probe outcome with its calibrated score and verdict (absolute keeps judge_result's verdict and votes)."""
+    if calib.mode == "absolute":
+        return dict(o)
+    m = _margin_of(o)
+    score = calib.score(o["p_enough"], m) if m is not None and o["p_enough"] is not None else None
+    v = calib.verdict(score)
+    return dict(o, score=score, verdict=v, votes=[v])
+
+
+def _round_probes(p: Problem, jcfg: JudgeConfig) -> tuple[list[int], list[int]]:
+    """(anchor ks to judge now, search ks of the new round); anchors only before the first round."""
+    anchors = [k for k in anchor_ks(jcfg.calibration, p.num_judged) if k not in p.outcomes] if p.calib is None else []
+    return anchors, p.state.next_probes()
 
 
 def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
                max_model_len: int, seed: int = 0) -> int:
-    """Advance every problem's search to the end, one engine call per round; returns the calls made."""
+    """Advance every problem's search to the end, one engine call per round; returns the calls made.
+
+    Calibration anchors (empty prefix, full trace) go into the same engine call as round 1; a prefix
+    judged before (e.g. the full-trace anchor) is reused, never sent twice.
+    """
+    if jcfg.verdict != "logprob":
+        jcfg = dataclasses.replace(jcfg, calibration="absolute")
     calls = 0
     while True:
-        todo = [(p, k) for p in problems if not p.state.done for k in p.state.next_probes()]
-        if not todo:
+        plan = [(p, *_round_probes(p, jcfg)) for p in problems if not p.state.done]
+        todo = list(dict.fromkeys((i, k) for i, (p, anchors, ks) in enumerate(plan)
+                                  for k in (*anchors, *ks) if k not in p.outcomes))
+        if not plan:
             return calls
-        prompts = [p.prompt.ids(p.ends[k - 1]) for p, k in todo]  # type: ignore[union-attr]
-        specs = [probe_spec(jcfg, vt, len(ids), max_model_len, derive_seed(seed, p.problem_id, f"judge:{k}"))
-                 for ids, (p, k) in zip(prompts, todo, strict=True)]
-        calls += 1
-        try:
-            results: list[GenerationResult | None] = list(engine.generate(prompts, specs))
-            err = ""
-        except Exception as e:  # a failed call must not lose the batch; verdicts follow the stated policy
-            log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
-            results, err = [None] * len(prompts), f"engine_error: {e!r}"
-        for (p, k), ids, res in zip(todo, prompts, results, strict=True):
-            o = judge_result(res, jcfg, vt) if res is not None else error_outcome(jcfg, err)
-            o.update(round=p.state.round, k=k, prompt_tokens=res.num_prompt_tokens if res else len(ids),
-                     cached_tokens=res.num_cached_tokens if res else 0,
-                     generated_tokens=res.num_generated_tokens if res else 0)
-            p.probes.append(o)
-            p.state.record(k, o["verdict"], o["p_enough"], o["votes"])
+        if todo:
+            _judge(engine, [(plan[i][0], k) for i, k in todo], jcfg, vt, max_model_len, seed)
+            calls += 1
+        for p, anchors, ks in plan:
+            for k in anchors:
+                p.probes.append(dict(p.outcomes[k], round=p.state.round, k=k, anchor=True))
+            if p.calib is None:
+                calibrate(p, jcfg)
+            assert p.calib is not None
+            for k in ks:
+                o = decide(p.outcomes[k], p.calib, jcfg)
+                if k in anchor_ks(jcfg.calibration, p.num_judged):  # judged as an anchor: tokens counted there
+                    o.update(prompt_tokens=0, cached_tokens=0, generated_tokens=0)
+                o.update(round=p.state.round, k=k, anchor=False)
+                p.probes.append(o)
+                p.state.record(k, o["verdict"], o["score"], o["votes"])
+            if p.calib_status:  # uncalibratable judge: stop searching, keep the full trace
+                p.state.stop()
+
+
+def _judge(engine: Engine, todo: list[tuple[Problem, int]], jcfg: JudgeConfig, vt: VerdictTokens,
+           max_model_len: int, seed: int) -> None:
+    """One engine call for all (problem, k) probes; raw outcomes land in problem.outcomes[k]."""
+    prompts = [p.prompt.ids(p.ends[k - 1] if k else 0) for p, k in todo]  # type: ignore[union-attr]
+    specs = [probe_spec(jcfg, vt, len(ids), max_model_len, derive_seed(seed, p.problem_id, f"judge:{k}"))
+             for ids, (p, k) in zip(prompts, todo, strict=True)]
+    try:
+        results: list[GenerationResult | None] = list(engine.generate(prompts, specs))
+        err = ""
+    except Exception as e:  # a failed call must not lose the batch; verdicts follow the stated policy
+        log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
+        results, err = [None] * len(prompts), f"engine_error: {e!r}"
+    for (p, k), ids, res in zip(todo, prompts, results, strict=True):
+        o = judge_result(res, jcfg, vt) if res is not None else error_outcome(jcfg, err)
+        o.update(prompt_tokens=res.num_prompt_tokens if res else len(ids), cached_tokens=res.num_cached_tokens if res else 0,
+                 generated_tokens=res.num_generated_tokens if res else 0)
+        p.outcomes[k] = o
 
 
 # ---- output rows -------------------------------------------------------------------------------
@@ -235,24 +327,47 @@ def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, An
     r = p.state.result()
     n_all = len(p.ends)
     k = r.k if (r.is_sufficient or jcfg.search == "fixed_ratio") else n_all
+    sufficient = r.is_sufficient
+    search = [x for x in p.probes if not x["anchor"]]
+    if jcfg.isotonic and jcfg.search != "fixed_ratio" and not p.calib_status:
+        cut = isotonic_cut(_score_points(p, jcfg), effective_threshold(jcfg))
+        k, sufficient = (cut, True) if cut is not None else (n_all, False)
     end = p.ends[k - 1]
+    calib = p.calib or Calibrator(jcfg.calibration, effective_threshold(jcfg))
+    nan = float("nan")
     tot = lambda key: int(sum(x[key] for x in p.probes))  # noqa: E731
     return {
         R.PROBLEM_ID: p.problem_id, R.QUESTION: p.question, R.ANSWER: p.answer, R.COT: p.cot,
         "num_sentences": n_all, "num_judged_sentences": p.num_judged, "prefix_sentences": k, "prefix_char_end": end,
         "prefix_ratio_sentences": k / n_all, "prefix_ratio_chars": end / len(p.cot), R.PREFIX: p.cot[:end],
-        "is_sufficient": r.is_sufficient, "non_monotone": r.non_monotone, "search": jcfg.search,
+        "is_sufficient": sufficient, "non_monotone": r.non_monotone, "search": jcfg.search,
         "verdict_mode": "none" if jcfg.search == "fixed_ratio" else jcfg.verdict, "calibration": jcfg.calibration,
-        "threshold": jcfg.threshold, "segmentation": jcfg.segmentation, "judge_model": judge_model,
+        "threshold": effective_threshold(jcfg), "segmentation": jcfg.segmentation, "judge_model": judge_model,
         "prompt_version": jcfg.prompt_version, "num_probes": r.num_probes, "num_rounds": r.num_rounds,
         "prompt_tokens": tot("prompt_tokens"), "cached_tokens": tot("cached_tokens"), "generated_tokens": tot("generated_tokens"),
-        "num_unparseable": sum(not x["parseable"] and not x["error"] for x in p.probes),
-        "num_judge_errors": sum(bool(x["error"]) for x in p.probes), "cot_truncated": p.cot_truncated,
+        "num_unparseable": sum(not x["parseable"] and not x["error"] for x in p.outcomes.values()),
+        "num_judge_errors": sum(bool(x["error"]) for x in p.outcomes.values()), "cot_truncated": p.cot_truncated,
+        "isotonic": jcfg.isotonic, "calibration_status": p.calib_status,
+        "calibration_m0": nan if calib.m0 is None else calib.m0, "calibration_mn": nan if calib.mn is None else calib.mn,
+        "num_calibration_probes": len(p.probes) - len(search),
+        "num_contradictions": contradictions([(x["k"], x["verdict"]) for x in search]),
         "probe_trace": [{key: x[key] for key in _PROBE_KEYS} for x in p.probes],
     }
 
 
-_PROBE_KEYS = ("round", "k", "verdict", "p_enough", "logprob_enough", "logprob_not_enough", "votes", "parseable", "error",
+def _score_points(p: Problem, jcfg: JudgeConfig) -> list[tuple[int, float]]:
+    """(k, score) of the search probes plus the anchors' known scores (relative: 0 at k=0, 1 at k=n)."""
+    pts = {x["k"]: x["score"] for x in p.probes if not x["anchor"] and x["score"] is not None}
+    if jcfg.calibration == "relative":
+        pts.setdefault(0, 0.0)
+        pts.setdefault(p.num_judged, 1.0)
+    elif jcfg.calibration == "contextual":
+        pts.setdefault(0, 0.0)
+    return sorted(pts.items())
+
+
+_PROBE_KEYS = ("round", "k", "verdict", "p_enough", "logprob_enough", "logprob_not_enough", "score", "anchor", "votes",
+               "parseable", "error",
                "prompt_tokens", "cached_tokens", "generated_tokens", "raw")
 
 
@@ -314,9 +429,10 @@ class JudgeUDF:
 
 
 _INT_COLUMNS = ("num_sentences", "num_judged_sentences", "prefix_sentences", "prefix_char_end", "num_probes", "num_rounds",
-                "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable", "num_judge_errors")
-_FLOAT_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "threshold")
-_BOOL_COLUMNS = ("is_sufficient", "non_monotone", "cot_truncated")
+                "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable", "num_judge_errors",
+                "num_calibration_probes", "num_contradictions")
+_FLOAT_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "threshold", "calibration_m0", "calibration_mn")
+_BOOL_COLUMNS = ("is_sufficient", "non_monotone", "cot_truncated", "isotonic")
 
 
 def _quarantine_stub(q: dict[str, Any]) -> dict[str, Any]:
@@ -441,15 +557,25 @@ def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: i
     reasons: dict[str, int] = {}
     for q in bad:
         reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
-    probes = [p for r in out for p in r["probe_trace"]]
+    probes = [p for r in out for p in r["probe_trace"] if not p.get("anchor")]
     prompt = sum(r["prompt_tokens"] for r in out)
     cached = sum(r["cached_tokens"] for r in out)
     within = sum(r["num_probes"] <= r["num_judged_sentences"].bit_length() for r in out)
     enough_share = sum(p["verdict"] for p in probes) / len(probes) if probes else 0.0
-    if len(probes) >= 20 and not 0.05 <= enough_share <= 0.95:
+    by_round: dict[int, list[bool]] = {}
+    for pr in probes:
+        by_round.setdefault(int(pr["round"]), []).append(bool(pr["verdict"]))
+    first = sum(r["prefix_sentences"] == 1 for r in out) / len(out) if out else 0.0
+    full = sum(r["prefix_sentences"] == r["num_sentences"] for r in out) / len(out) if out else 0.0
+    judged = [r for r in out if r["num_sentences"] > 1]  # a one-sentence trace is both first and full
+    first_j = sum(r["prefix_sentences"] == 1 for r in judged) / len(judged) if judged else 0.0
+    full_j = sum(r["prefix_sentences"] == r["num_sentences"] for r in judged) / len(judged) if judged else 0.0
+    degenerate = [] if jcfg.search == "fixed_ratio" else degeneracy(
+        enough_share, len(probes), [r["prefix_ratio_sentences"] for r in judged], first_j, full_j)
+    if degenerate:
         # A judge that (almost) always answers the same cuts every trace at the first sentence or keeps it whole.
-        log.warning("degenerate judge: %.1f%% of %d probes were ENOUGH; the cuts say little (see judge.calibration)",
-                    100 * enough_share, len(probes))
+        log.warning("degenerate judge (calibration=%s): %s; the cuts say little (see judge.calibration)",
+                    jcfg.calibration, "; ".join(degenerate))
     return {
         "num_input": num_input, "num_output": len(out), "num_quarantined": len(bad), "quarantine_reasons": reasons,
         "num_sufficient": sum(r["is_sufficient"] for r in out), "num_non_monotone": sum(r["non_monotone"] for r in out),
@@ -465,6 +591,13 @@ def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: i
         "binary_bound_per_problem": quantiles([r["num_judged_sentences"].bit_length() for r in out]),
         "num_within_binary_bound": within,
         "num_probes": len(probes), "num_enough_verdicts": sum(p["verdict"] for p in probes), "enough_share": enough_share,
+        "enough_share_by_round": {str(k): sum(v) / len(v) for k, v in sorted(by_round.items())},
+        "share_cut_at_first_sentence": first, "share_cut_at_full_trace": full, "degenerate": degenerate,
+        "calibration": jcfg.calibration, "isotonic": jcfg.isotonic,
+        "num_calibration_probes": sum(r.get("num_calibration_probes", 0) for r in out),
+        "calibration_status": {s: sum(r.get("calibration_status") == s for r in out)
+                               for s in sorted({r.get("calibration_status") or "ok" for r in out} - {"ok"})},
+        "num_contradictions": sum(r.get("num_contradictions", 0) for r in out),
         "num_unparseable": sum(r["num_unparseable"] for r in out), "num_judge_errors": sum(r["num_judge_errors"] for r in out),
         "engine_calls": engine_calls,
         "prompt_tokens": prompt, "cached_tokens": cached, "cache_hit_share": (cached / prompt) if prompt else 0.0,

@@ -173,6 +173,11 @@ class SearchState:
             self.best = min(enough) if enough else None
             self._linear_done = True
 
+    def stop(self) -> None:
+        """End the search now (e.g. the judge cannot tell, see calibration): result() keeps what was found so far."""
+        assert not self._pending, f"probes {sorted(self._pending)} of round {self.round} not recorded yet"
+        self.lo, self.hi, self._linear_done = self.n + 1, self.n, True
+
     @property
     def non_monotone(self) -> bool:
         """ENOUGH at some k and NOT_ENOUGH at some k' > k among the recorded verdicts."""
