@@ -167,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
             print(set_name, name, json.dumps(res[name]), flush=True)
             report["results"][set_name] = res
             (out_dir / "judge_calibration.json").write_text(json.dumps(report, indent=1))
-        md += [f"## {set_name} ({len(rows)} traces)", "", table(res, truth is not None), ""]
-        (out_dir / "judge_calibration.md").write_text("\n".join(md))
+            # rewritten after every mode so an interrupted run still leaves its tables
+            part = [f"## {set_name} ({len(rows)} traces)", "", table(res, truth is not None), ""]
+            (out_dir / "judge_calibration.md").write_text("\n".join(md + part))
+        md += part
     print("\n".join(md))
     return 0
 

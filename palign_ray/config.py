@@ -122,13 +122,19 @@ class JudgeConfig:
         "How logprob verdicts are decided (needs verdict=logprob, votes=1 unless absolute). absolute = p(ENOUGH) >= "
         "threshold: the paper-like choice for strong, calibrated judges. contextual = margin log p(EN) - log p(NOT) "
         "minus the margin with empty reasoning >= contextual_threshold. relative = that difference divided by the "
-        "full-trace one >= threshold: for small biased judges (SmolLM2-135M says ENOUGH on ~99% of probes in absolute "
-        "mode, cutting 30/32 AIME traces after sentence 1; see bench/judge_calibration.py for measured numbers).",
+        "full-trace one >= threshold. Measured with SmolLM2-135M (bench/judge_calibration.py, 32 built-in + 32 AIME "
+        "traces): absolute says ENOUGH on 100% of probes, every cut at sentence 1; relative finds "
+        "margin(full) <= margin(empty) on 26/32 built-ins (judge cannot tell; full trace kept); contextual gives "
+        "non-degenerate cuts (AIME: 54% ENOUGH, prefix-ratio median 0.22, 22% at sentence 1, 16% full). Use "
+        "absolute for strong judges, contextual for small biased ones (jobs/configs/default.yaml).",
     )
     threshold: float = _f(0.5, "Decision threshold: on p(ENOUGH) (absolute) or the normalised score (relative).")
     contextual_threshold: float = _f(0.0, "contextual mode: least logit-margin gain over the empty prefix for ENOUGH.")
     min_margin_range: float = _f(
         0.1, "relative mode: if margin(full) - margin(empty) <= this, the judge cannot tell; keep the full trace."
+    )
+    flat_fallback: Literal["full", "fixed_ratio"] = _f(
+        "full", "relative/contextual: cut of a problem whose judge cannot be calibrated (full trace or judge.fixed_ratio)."
     )
     isotonic: bool = _f(False, "Decide on a monotone (PAV) fit of the probed scores instead of the raw verdicts.")
     votes: int = _f(1, "Judgements per probe (majority); >1 samples at judge temperature.")

@@ -40,7 +40,7 @@ from palign_ray.judge.prompts import (
     logprob_score,
     verdict_tokens,
 )
-from palign_ray.judge.search import SearchState, majority
+from palign_ray.judge.search import SearchState, fixed_ratio_k, majority
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,8 @@ def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, An
     if jcfg.isotonic and jcfg.search != "fixed_ratio" and not p.calib_status:
         cut = isotonic_cut(_score_points(p, jcfg), effective_threshold(jcfg))
         k, sufficient = (cut, True) if cut is not None else (n_all, False)
+    if p.calib_status and jcfg.flat_fallback == "fixed_ratio":  # stated policy, flagged by calibration_status
+        k, sufficient = fixed_ratio_k(n_all, jcfg.fixed_ratio), False
     end = p.ends[k - 1]
     calib = p.calib or Calibrator(jcfg.calibration, effective_threshold(jcfg))
     nan = float("nan")
