@@ -46,14 +46,17 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def write_parquet(path: str | Path, rows: list[dict[str, Any]]) -> None:
-    """Atomic Parquet write (tmp file + rename)."""
+def write_parquet(path: str | Path, rows: list[dict[str, Any]], schema: Any = None) -> None:
+    """Atomic Parquet write (tmp file + rename); with `schema`, exactly its columns and types."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist(rows)
+    if schema is None:
+        table = pa.Table.from_pylist(rows)
+    else:
+        table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".parquet")
     os.close(fd)
     try:

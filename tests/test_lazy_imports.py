@@ -6,7 +6,11 @@ import sys
 PURE_MODULES = [
     "palign_ray", "palign_ray.config", "palign_ray.cli", "palign_ray.records", "palign_ray.artifacts",
     "palign_ray.engines", "palign_ray.engines.fake", "palign_ray.models", "palign_ray.chat",
-    "palign_ray.generation", "palign_ray.ray_env",
+    "palign_ray.generation", "palign_ray.ray_env", "palign_ray.sentences", "palign_ray.judge.search",
+    "palign_ray.judge.prompts", "palign_ray.judge.calibration", "palign_ray.judge.rounds", "palign_ray.judge.cli",
+    "palign_ray.grading", "palign_ray.metrics", "palign_ray.benchmarks", "palign_ray.evaluate", "palign_ray.problems",
+    "palign_ray.teacher", "palign_ray.align", "palign_ray.sft_records", "palign_ray.sft.data",
+    "palign_ray.sft.deepspeed_config", "palign_ray.sft.train", "palign_ray.pipeline", "palign_ray.report",
 ]
 HEAVY = ["vllm", "torch", "deepspeed", "ray", "transformers"]
 

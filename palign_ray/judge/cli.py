@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
+from palign_ray.artifacts import write_parquet
 
 DRAFT_MARKERS = re.compile(r"<(?:Begin|End)_of_(?:Draft|Prefix)>")  # the authors' released outputs carry these
 QUARANTINE_COLUMNS = (R.STAGE, R.PROBLEM_ID, R.REASON, R.DETAIL)
@@ -77,20 +76,8 @@ def output_paths(output: str) -> tuple[Path, Path, Path]:
 
 
 def write_table(path: Path, rows: list[dict[str, Any]], schema: Any) -> None:
-    """Atomic Parquet write with an explicit schema (tmp file in the same dir, then rename)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic Parquet write with an explicit schema."""
+    write_parquet(path, rows, schema)
 
 
 def truncate_main(argv: list[str]) -> int:
