@@ -61,8 +61,11 @@ def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
         if m is None:
             lines.append(f"| {s} | – | – | – | not run | – |")
             continue
-        n_in = m.get("num_input", "–")
-        out = m.get("num_output", "–")
+        n_in, out = m.get("num_input", "–"), m.get("num_output", "–")
+        if s == "train" and m.get("metrics"):  # examples in, a model out
+            n_in, out = m["metrics"].get("num_examples", "–"), f"model ({m['metrics'].get('num_steps', '?')} steps)"
+        elif s == "eval":
+            out = ", ".join(k for k in ("base", "trained") if m.get(k)) or "–"
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
         lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {m.get('wall_s', 0):.1f} |")
     return lines
@@ -154,7 +157,9 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     """Write report.md (+ PNGs) from whatever stages have finished."""
     run_dir = Path(run_dir)
     lines = [f"# P-ALIGN run report: `{run_dir}`", "", f"method: **{cfg.run.method}**, seed {cfg.run.seed}", "",
-             "## Rows per stage", "", *counts_table(run_dir, stages), ""]
+             "## Rows per stage", "", *counts_table(run_dir, stages), "",
+             f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
+             "train's out is the exported model; eval lists the models evaluated.)", ""]
     trunc = StageDir(run_dir / "truncate").output_rows() if "truncate" in stages else []
     if trunc:
         lines += ["## Truncation (sufficiency search)", "", *truncation_stats(trunc), "", "![prefix ratios](prefix_ratio.png)",
