@@ -78,8 +78,35 @@ def run_ray(items: list[dict[str, str]], cfg: Config, max_tokens: int, num_actor
             "load_avg_before": load_before, "load_avg_after": load_avg()}
 
 
+def run_two_node(items: list[dict[str, str]], cfg: Config, max_tokens: int) -> dict[str, Any]:
+    """2 actors on a simulated 2-node cluster (ray.cluster_utils.Cluster on this machine).
+
+    The head gets no CPUs and each worker node one, so each 1-CPU actor lands on its own node and rows
+    cross raylets and object stores as they would between machines. Same cores as the one-node runs:
+    this measures Ray's multi-node bookkeeping and transfer cost, not more hardware.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    t0 = time.perf_counter()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                                             "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    ray.init(address=cluster.address)
+    start_s = time.perf_counter() - t0
+    try:
+        two = dataclasses.replace(cfg, ray=dataclasses.replace(cfg.ray, num_cpus_per_actor=1.0))
+        out = run_ray(items, two, max_tokens, 2)
+        out["num_nodes"] = len([n for n in ray.nodes() if n["Alive"]])
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return {**out, "cluster_start_s": round(start_s, 2), "simulated": "3 raylets (head 0 CPU + 2 workers x 1 CPU) on one machine"}
+
+
 def run(traces: list[dict[str, Any]], cfg: Config, num_prompts: int, max_tokens: int, repeats: int,
-        actor_counts: tuple[int, ...]) -> dict[str, Any]:
+        actor_counts: tuple[int, ...], two_node: bool = True) -> dict[str, Any]:
     from bench.common import ratio
     from palign_ray.ray_env import init_ray
 
@@ -89,9 +116,11 @@ def run(traces: list[dict[str, Any]], cfg: Config, num_prompts: int, max_tokens:
     ray = init_ray(cfg.ray)
     ray_init_s = time.perf_counter() - t0
     try:
-        pools = [run_ray(items, cfg, max_tokens, n) for n in actor_counts]
+        pools = [{**run_ray(items, cfg, max_tokens, n), "num_nodes": 1} for n in actor_counts]
     finally:
         ray.shutdown()
+    if two_node:
+        pools.append(run_two_node(items, cfg, max_tokens))
     bare_e2e = bare["median_generate_s"] + bare["engine_start_s"]
     for p in pools:
         p["overhead_s_vs_bare_end_to_end"] = round(p["wall_s"] - bare_e2e, 2)

@@ -69,7 +69,7 @@ def _ray(r: dict[str, Any]) -> list[str]:
     if r.get("without_omp_limit"):
         out += [f"Same section without OMP_NUM_THREADS (in-process engine binds OMP threads to both cores): "
                 f"{r['without_omp_limit']}", ""]
-    out += table(r.get("ray_data", []), ["num_actors", "num_cpus_per_actor", "wall_s", "generated_tokens",
+    out += table(r.get("ray_data", []), ["num_actors", "num_nodes", "num_cpus_per_actor", "wall_s", "generated_tokens",
                                          "tokens_per_s_end_to_end", "throughput_ratio_vs_bare_end_to_end",
                                          "throughput_ratio_vs_bare_generate_only", "overhead_s_vs_bare_end_to_end",
                                          "load_avg_before"])

@@ -14,7 +14,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import AlignConfig, Config
+from palign_ray.config import AlignConfig, Config, stage_pool
 from palign_ray.problems import retention
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def generate_continuations(rows: list[dict[str, Any]], cfg: Config) -> tuple[lis
     items = [{R.PROBLEM_ID: str(r[R.PROBLEM_ID]), R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in rows]
     start = time.perf_counter()
     gen_rows: list[dict[str, Any]] = []
-    for batch in generate_batches(items, model=a.model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+    for batch in generate_batches(items, model=a.model, **stage_pool(cfg, "align"), sampling=sampling,
                                   seed=cfg.run.seed, salt=STAGE):
         gen_rows += batch
     wall_s = time.perf_counter() - start

@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from palign_ray.config import Config, ConfigError, help_lines, load_config
+from palign_ray.config import Config, ConfigError, help_lines, load_config, stage_pool
 
 # name → ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -83,7 +83,7 @@ def generate_main(argv: list[str]) -> int:
     t = cfg.teacher
     sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=1)
     out: list[dict] = []
-    for batch in generate_batches(items, model=t.model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+    for batch in generate_batches(items, model=t.model, **stage_pool(cfg, "teacher"), sampling=sampling,
                                   system_prompt=t.system_prompt, seed=cfg.run.seed):
         out += batch
     by_id = {i[R.PROBLEM_ID]: i[R.PROMPT] for i in items}

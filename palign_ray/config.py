@@ -16,11 +16,20 @@ import yaml
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct (see palign_ray.models)
 
 
-def _f(default: Any, help: str) -> Any:  # noqa: A002 - mirrors argparse's word
-    """A dataclass field with a documented default (the doc becomes `--help` text)."""
+def _f(default: Any, help: str, *, hashed: bool = True) -> Any:  # noqa: A002 - mirrors argparse's word
+    """A dataclass field with a documented default (the doc becomes `--help` text).
+
+    hashed=False: the field says where or how fast work runs, not what it computes, so changing it
+    does not invalidate finished stages (see `config_hash`).
+    """
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults so configs stay immutable")
-    return field(default=default, metadata={"help": help})
+    return field(default=default, metadata={"help": help, "hashed": hashed})
+
+
+def _section(cls: type, help: str) -> Any:  # noqa: A002
+    """A nested section field (a frozen dataclass with its own documented defaults)."""
+    return field(default_factory=cls, metadata={"help": help, "hashed": True})
 
 
 @dataclass(frozen=True)
@@ -56,12 +65,33 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class StageEngineConfig:
+    """Per-stage engine and actor pool (e.g. teacher.engine.tensor_parallel_size=4); null fields take [engine]/[ray]."""
+
+    max_model_len: int | None = _f(None, "engine.max_model_len for this stage.")
+    dtype: str | None = _f(None, "engine.dtype for this stage.")
+    tensor_parallel_size: int | None = _f(None, "engine.tensor_parallel_size for this stage (a 32B teacher: 4; a 7B student: 1).")
+    gpu_memory_utilization: float | None = _f(None, "engine.gpu_memory_utilization for this stage.")
+    cpu_kvcache_space_gib: int | None = _f(None, "engine.cpu_kvcache_space_gib for this stage.")
+    enable_prefix_caching: bool | None = _f(None, "engine.enable_prefix_caching for this stage.")
+    enforce_eager: bool | None = _f(None, "engine.enforce_eager for this stage.")
+    max_num_seqs: int | None = _f(None, "engine.max_num_seqs for this stage.")
+    num_actors: int | None = _f(None, "ray.num_actors for this stage (engines in the pool).", hashed=False)
+    num_cpus_per_actor: float | None = _f(None, "ray.num_cpus_per_actor for this stage.", hashed=False)
+    num_gpus_per_actor: float | None = _f(None, "ray.num_gpus_per_actor for this stage (= its tensor_parallel_size on GPUs).",
+                                          hashed=False)
+    batch_size: int | None = _f(None, "ray.batch_size for this stage.", hashed=False)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where a run lives and what it does."""
 
-    run_dir: str = _f("runs/default", "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).")
+    run_dir: str = _f("runs/default", "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).",
+                      hashed=False)
     seed: int = _f(0, "Root seed; per-problem seeds are derived from it and problem_id.")
-    chunk_size: int = _f(64, "Rows per atomic output part of a row stage: a crash loses at most one chunk (0 = one chunk).")
+    chunk_size: int = _f(64, "Rows per atomic output part of a row stage: a crash loses at most one chunk (0 = one chunk).",
+                         hashed=False)
     method: Literal["palign", "full_cot", "fixed_ratio", "prefix_only", "continuation_only"] = _f(
         "palign",
         "Which SFT set to build: palign (prefix + continuation), full_cot (long-CoT SFT), "
@@ -100,6 +130,7 @@ class TeacherConfig:
         False, "Where no sample is correct but the problem has a worked `solution`, keep that as the trace (trace_source=reference)."
     )
     grade_timeout_s: float = _f(10.0, "Time bound per graded sample (math-verify).")
+    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
 
 
 @dataclass(frozen=True)
@@ -144,6 +175,7 @@ class JudgeConfig:
     prompt_version: str = _f("paper-v1", "Judge prompt template version.")
     max_cot_tokens: int = _f(1536, "CoT tokens given to the judge; longer traces are cut at a sentence boundary first.")
     paper_reference: bool = _f(False, "Serial, one probe at a time, generate verdicts: the authors' algorithm on our engine.")
+    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
 
 
 @dataclass(frozen=True)
@@ -166,6 +198,7 @@ class AlignConfig:
     )
     grade_timeout_s: float = _f(10.0, "Time bound per graded continuation (math-verify).")
     shard_rows: int = _f(1024, "SFT examples per Parquet shard (part-*.parquet).")
+    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
 
 
 @dataclass(frozen=True)
@@ -224,6 +257,7 @@ class EvalConfig:
         "paper", "paper = the authors' grader (last boxed answer, OR math-verify on the whole output); boxed = last boxed answer only."
     )
     builtin_seed: int = _f(1, "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).")
+    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
 
 
 @dataclass(frozen=True)
@@ -361,10 +395,46 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _hashed_view(cfg: Any) -> dict[str, Any]:
+    """to_dict without the fields marked hashed=False (placement and chunking, not results)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("hashed", True):
+            continue
+        v = getattr(cfg, f.name)
+        out[f.name] = _hashed_view(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+    return out
+
+
 def config_hash(*sections: Any) -> str:
-    """Stable short hash of config sections (stage invalidation keys)."""
-    blob = json.dumps([to_dict(s) for s in sections], sort_keys=True)
+    """Stable short hash of config sections (stage invalidation keys); hashed=False fields are left out."""
+    blob = json.dumps([_hashed_view(s) for s in sections], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+ENGINE_STAGES = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
+
+
+def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:
+    """The engine and actor-pool settings one stage runs with: [engine]/[ray] overlaid by <section>.engine."""
+    if section not in ENGINE_STAGES:
+        raise ValueError(f"no engine settings for section {section!r}; sections with engines: {list(ENGINE_STAGES)}")
+    over = getattr(cfg, section).engine
+    set_fields = {f.name: getattr(over, f.name) for f in dataclasses.fields(over) if getattr(over, f.name) is not None}
+    engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
+    engine = dataclasses.replace(cfg.engine, **{k: v for k, v in set_fields.items() if k in engine_keys})
+    ray = dataclasses.replace(cfg.ray, **{k: v for k, v in set_fields.items() if k not in engine_keys})
+    if ray.num_gpus_per_actor and ray.num_gpus_per_actor < engine.tensor_parallel_size:
+        raise ConfigError(f"{section}: num_gpus_per_actor={ray.num_gpus_per_actor} is less than tensor_parallel_size="
+                          f"{engine.tensor_parallel_size}; an engine needs one GPU per tensor-parallel rank "
+                          f"(set {section}.engine.num_gpus_per_actor)")
+    return engine, ray
+
+
+def stage_pool(cfg: Config, section: str) -> dict[str, Any]:
+    """`stage_engine` as the engine=/ray_cfg= keyword arguments of `generation.generate_batches`."""
+    engine, ray = stage_engine(cfg, section)
+    return {"engine": engine, "ray_cfg": ray}
 
 
 def help_lines(cls: type = Config, prefix: str = "") -> list[str]:

@@ -20,7 +20,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, write_json, write_jsonl
 from palign_ray.benchmarks import BENCHMARK, load_benchmark
-from palign_ray.config import Config, EvalConfig, to_dict
+from palign_ray.config import Config, EvalConfig, stage_engine, to_dict
 from palign_ray.grading import extract_boxed, grade, normalize_gold
 from palign_ray.metrics import ProblemResult, macro_average, summarize
 
@@ -244,15 +244,16 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     sampling = SamplingSpec(max_tokens=e.max_tokens, temperature=e.temperature, top_p=e.top_p,
                             repetition_penalty=e.repetition_penalty, n=e.num_samples)
     items = [{R.PROBLEM_ID: p[R.PROBLEM_ID], R.PROMPT: build_prompt(p[R.QUESTION])} for p in problems]
+    engine, ray_cfg = stage_engine(cfg, "eval")
     t_gen = time.monotonic()
-    gen_rows = [r for batch in generate_batches(items, model=model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+    gen_rows = [r for batch in generate_batches(items, model=model, engine=engine, ray_cfg=ray_cfg, sampling=sampling,
                                                 seed=cfg.run.seed, salt=STAGE) for r in batch]
     gen_wall = time.monotonic() - t_gen
     samples, bad = grade_samples(problems, gen_rows, e)
     quarantined += bad
     metrics = compute_metrics(samples, e, cfg.run.seed)
     gen_tokens = sum(sum(r.get(R.NUM_GENERATED_TOKENS) or []) for r in gen_rows)
-    metrics.update(model=model, config={"eval": to_dict(e), "engine": to_dict(cfg.engine), "seed": cfg.run.seed},
+    metrics.update(model=model, config={"eval": to_dict(e), "engine": to_dict(engine), "seed": cfg.run.seed},
                    timing={"wall_s": time.monotonic() - t0, "generation_wall_s": gen_wall, "generated_tokens": gen_tokens,
                            "tokens_per_s": gen_tokens / gen_wall if gen_wall > 0 else 0.0},
                    quarantine=_reason_counts(quarantined))

@@ -77,6 +77,13 @@ def train_stage(cfg: Config, data_dir: Path, out_dir: Path, resume: bool) -> dic
     return run_sft(sft, data_dir, out_dir, seed=cfg.run.seed, ray_cfg=cfg.ray)
 
 
+def train_started(out_dir: Path) -> bool:
+    """An interrupted training left its Ray Train run directory: continue it from its last checkpoint."""
+    from palign_ray.sft.train import run_dir_of
+
+    return run_dir_of(out_dir).is_dir()
+
+
 def eval_stage(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
     from palign_ray.evaluate import evaluate
 
@@ -130,7 +137,7 @@ def stages_for(cfg: Config) -> list[StageSpec]:
 def stage_hashes(cfg: Config, plan: list[StageSpec]) -> dict[str, str]:
     """Chained hashes: a stage's hash covers its sections, the run seed/method and every earlier stage."""
     hashes: dict[str, str] = {}
-    prev = config_hash(dataclasses.replace(cfg.run, run_dir="", chunk_size=0))
+    prev = config_hash(cfg.run)  # run_dir and chunk_size are not hashed: a moved run still resumes
     for s in plan:
         h = config_hash(*(getattr(cfg, sec) for sec in s.sections))
         hashes[s.name] = prev = hashlib.sha256(f"{s.name}:{h}:{prev}".encode()).hexdigest()[:16]
@@ -221,10 +228,35 @@ def _input_rows(run_dir: Path, stage: str | None) -> list[dict[str, Any]]:
     return sd.output_rows()
 
 
+ENGINE_STAGES = ("teacher", "truncate", "align", "eval")  # stages that start vLLM actor pools
+
+
 def _run_stage(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path) -> None:
+    from palign_ray.ray_env import free_resources, init_ray
+
     t0 = time.perf_counter()
     _prepare(sd, h)
     log.info("stage %s: start", spec.name)
+    if spec.name in ENGINE_STAGES:
+        init_ray(cfg.ray)  # before the stage, so the resources it frees again can be checked after it
+    before = free_resources()
+    try:
+        _stage_body(spec, cfg, sd, h, run_dir, t0)
+    finally:
+        if spec.name in ENGINE_STAGES:
+            _release(spec.name, before)
+    log.info("stage %s: finished in %.1f s", spec.name, time.perf_counter() - t0)
+
+
+def _release(stage: str, before: dict[str, float]) -> None:
+    """Hand the hardware on: wait until the stage's vLLM actors have exited (GPUs free for the next stage)."""
+    from palign_ray.ray_env import wait_for_release
+
+    waited = wait_for_release(before)
+    log.info("stage %s: engines released (waited %.1f s for %s)", stage, waited, before)
+
+
+def _stage_body(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path, t0: float) -> None:
     if spec.name == "problems":
         rows, quar = problems_stage(cfg)
         sd.reset()
@@ -244,16 +276,30 @@ def _run_stage(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path
                           num_output=summary["num_out"], summary=summary)
     elif spec.name == "train":
         data_dir = run_dir / "sft_data" / "shards"
-        resume = (sd.root / "model").exists() or any(sd.root.glob("ray_train*"))
+        resume = train_started(sd.root / "model")
         metrics = train_stage(cfg, data_dir, sd.root / "model", resume=resume)
         sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, metrics=metrics)
     elif spec.name == "eval":
-        base = eval_stage(cfg, sd.root / "base", cfg.sft.model)
+        base = _eval_once(cfg, sd.root / "base", cfg.sft.model)
         trained_model = run_dir / "train" / "model"
-        trained = eval_stage(cfg, sd.root / "trained", str(trained_model)) if trained_model.is_dir() else None
+        trained = _eval_once(cfg, sd.root / "trained", str(trained_model)) if trained_model.is_dir() else None
         sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, base=_headline(base),
                           trained=_headline(trained) if trained else None)
-    log.info("stage %s: finished in %.1f s", spec.name, time.perf_counter() - t0)
+
+
+def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
+    """Evaluate `model` unless an earlier, interrupted attempt of this stage already finished it.
+
+    The stage directory only holds results of the current config (`_prepare` clears it otherwise), and
+    `.done` is written after every file of the evaluation, so a kill mid-way recomputes only this model.
+    """
+    done = out_dir / ".done"
+    if done.is_file() and (out_dir / "metrics.json").is_file():
+        log.info("stage eval: %s already evaluated in %s, reusing", model, out_dir)
+        return json.loads((out_dir / "metrics.json").read_text())
+    metrics = eval_stage(cfg, out_dir, model)
+    done.write_text(model)
+    return metrics
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from palign_ray.config import RayConfig
@@ -62,3 +63,43 @@ def actor_resources(cfg: RayConfig) -> dict[str, float | int]:
     res["max_restarts"] = -1
     res["max_task_retries"] = -1
     return res
+
+
+def free_resources() -> dict[str, float]:
+    """Unreserved CPU/GPU of the cluster now ({} when Ray is not running in this process)."""
+    import ray
+
+    if not ray.is_initialized():
+        return {}
+    free = ray.available_resources()
+    return {k: float(free.get(k, 0.0)) for k in ("CPU", "GPU")}
+
+
+def wait_for_release(before: dict[str, float], timeout_s: float = 120.0, poll_s: float = 0.25) -> float:
+    """Block until CPU/GPU are back to `before` (the level when a stage started); returns seconds waited.
+
+    Ray Data drops an actor pool's handles when the dataset is exhausted and the actors exit when they
+    are garbage-collected, which can lag. A vLLM engine that still holds its GPUs would make the next
+    stage (Ray Train on the same GPUs) fail with out-of-memory, so the pipeline waits for the logical
+    resources, which Ray frees only once the actor process has exited.
+    """
+    import gc
+
+    import ray
+
+    if not before or not ray.is_initialized():
+        return 0.0
+    gc.collect()  # iterators and datasets in reference cycles keep actor handles alive
+    t0 = time.monotonic()
+    while True:
+        now = free_resources()
+        total = ray.cluster_resources()
+        # A node that left meanwhile cannot give its share back: cap the target at what exists now.
+        short = {k: v for k, v in before.items() if now.get(k, 0.0) + 1e-6 < min(v, float(total.get(k, 0.0)))}
+        waited = time.monotonic() - t0
+        if not short:
+            return waited
+        if waited > timeout_s:
+            log.warning("engines of the last stage still hold %s after %.0f s (free now %s); going on", short, waited, now)
+            return waited
+        time.sleep(poll_s)

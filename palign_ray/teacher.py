@@ -16,7 +16,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import Config, TeacherConfig
+from palign_ray.config import Config, TeacherConfig, stage_pool
 from palign_ray.problems import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, TEMPLATE, retention
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def generate_traces(problems: list[dict[str, Any]], cfg: Config) -> tuple[list[d
     items = [{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])} for p in problems]
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
-    for batch in generate_batches(items, model=t.model, engine=cfg.engine, ray_cfg=cfg.ray, sampling=sampling,
+    for batch in generate_batches(items, model=t.model, **stage_pool(cfg, "teacher"), sampling=sampling,
                                   system_prompt=t.system_prompt, seed=cfg.run.seed, salt=STAGE):
         rows += batch
     wall_s = time.perf_counter() - start

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from palign_ray.config import Config, ConfigError, config_hash, dump_yaml, help_lines, load_config
+from palign_ray.config import (
+    Config,
+    ConfigError,
+    config_hash,
+    dump_yaml,
+    help_lines,
+    load_config,
+    stage_engine,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,3 +90,30 @@ def test_default_job_config_loads_and_help_lists_keys():
     assert cfg.teacher.model == "default"
     text = "\n".join(help_lines())
     assert "judge.threshold=" in text and "sft.zero_stage=" in text
+
+
+def test_stage_engine_overlays_only_the_fields_set():
+    cfg = load_config(None, ["engine.max_num_seqs=32", "ray.num_actors=4", "teacher.engine.tensor_parallel_size=4",
+                             "teacher.engine.num_gpus_per_actor=4", "teacher.engine.num_actors=2"])
+    engine, ray = stage_engine(cfg, "teacher")
+    assert (engine.tensor_parallel_size, engine.max_num_seqs, ray.num_actors, ray.num_gpus_per_actor) == (4, 32, 2, 4.0)
+    engine, ray = stage_engine(cfg, "judge")  # unset → the global sections
+    assert (engine, ray) == (cfg.engine, cfg.ray)
+    with pytest.raises(ValueError, match="sections with engines"):
+        stage_engine(cfg, "sft")
+
+
+def test_stage_engine_needs_a_gpu_per_tensor_parallel_rank():
+    cfg = load_config(None, ["ray.num_gpus_per_actor=1", "teacher.engine.tensor_parallel_size=4"])
+    with pytest.raises(ConfigError, match="teacher.engine.num_gpus_per_actor"):
+        stage_engine(cfg, "teacher")
+
+
+def test_stage_engine_yaml_and_null_resets(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  engine:\n    max_model_len: 4096\n    num_actors: 2\n")
+    cfg = load_config(path, ["eval.engine.num_actors=null"])
+    engine, ray = stage_engine(cfg, "eval")
+    assert engine.max_model_len == 4096 and ray.num_actors == cfg.ray.num_actors
+    with pytest.raises(ConfigError, match="eval.engine.bogus"):
+        load_config(None, ["eval.engine.bogus=1"])

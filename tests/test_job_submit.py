@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from palign_ray.artifacts import StageDir
-from palign_ray.config import load_config
+from palign_ray.config import load_config, stage_engine
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = sorted((REPO / "jobs" / "configs").glob("*.yaml"))
@@ -64,7 +64,12 @@ def test_job_config_loads_and_says_how_to_run_it(path):
 
 def test_cluster_configs_match_the_brief():
     lora = load_config(REPO / "jobs/configs/qwen32b_to_qwen7b_lora.yaml")
-    assert (lora.engine.tensor_parallel_size, lora.ray.num_gpus_per_actor) == (4, 4.0)
+    teacher_engine, teacher_pool = stage_engine(lora, "teacher")
+    assert (teacher_engine.tensor_parallel_size, teacher_pool.num_gpus_per_actor, teacher_pool.num_actors) == (4, 4.0, 2)
+    for cfg in (lora, load_config(REPO / "jobs/configs/qwen32b_to_qwen3_8b_full.yaml")):
+        for stage in ("judge", "align", "eval"):  # the 7B/8B student engines take one GPU each, 8 of them
+            engine, pool = stage_engine(cfg, stage)
+            assert (engine.tensor_parallel_size, pool.num_gpus_per_actor, pool.num_actors) == (1, 1.0, 8), stage
     assert lora.sft.model == "Qwen/Qwen2.5-7B-Instruct" and lora.sft.lora
     assert (lora.sft.lora_r, lora.sft.lora_alpha, lora.sft.epochs, lora.sft.learning_rate) == (
         16,

@@ -29,6 +29,16 @@ def test_changed_section_invalidates_that_stage_and_later_ones_only():
     assert P.stage_hashes(c, P.stages_for(c)) == ha
 
 
+def test_stage_engine_placement_does_not_invalidate_but_engine_settings_do():
+    a = load_config(None)
+    ha = P.stage_hashes(a, P.stages_for(a))
+    moved = load_config(None, ["teacher.engine.num_actors=3", "judge.engine.batch_size=4", "eval.engine.num_cpus_per_actor=0.25"])
+    assert P.stage_hashes(moved, P.stages_for(moved)) == ha  # where engines run, not what they compute
+    longer = load_config(None, ["align.engine.max_model_len=4096"])
+    hl = P.stage_hashes(longer, P.stages_for(longer))
+    assert [s for s in ha if ha[s] == hl[s]] == ["problems", "teacher", "truncate"]
+
+
 def _fake_stage(calls):
     def fn(rows, cfg):
         calls.append([r["problem_id"] for r in rows])

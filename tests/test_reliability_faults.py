@@ -309,3 +309,95 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
         assert not diffs and quar == ref_quar, (stage, diffs)  # same as the uninterrupted run
         assert not list((run_dir / stage).rglob(TMP_PREFIX + "*")), stage
     print(f"killed after {len(done_before)} teacher rows; rerun processed {8 - len(done_before)} in {len(new)} chunks")
+
+
+# --------------------------------------------------------------------------- driver killed in the later stages
+
+
+def _late_cmd(run_dir: Path) -> list[str]:
+    """The default config, small: SmolLM2 as teacher/judge/student (the tiny random model accepts no continuation)."""
+    return [sys.executable, "-m", "palign_ray", "run", str(REPO / "jobs" / "configs" / "default.yaml"),
+            f"run.run_dir={run_dir}", "run.chunk_size=2", "problems.num_problems=8", "teacher.num_samples=1",
+            "teacher.max_tokens=16", "align.num_samples=4", "align.max_tokens=192", "sft.packing=false",
+            "sft.micro_batch_size=1", "sft.max_steps=4", "sft.checkpoint_every=1", "eval.num_problems=4",
+            "eval.num_samples=2", "eval.max_tokens=64", "ray.num_cpus=2"]
+
+
+def _kill_when(cmd: list[str], cwd: Path, log: Path, ready: Any, what: str, timeout_s: float = 600) -> None:
+    """Start `palign run`, SIGKILL the driver (and its local Ray) as soon as `ready()` holds."""
+    proc = subprocess.Popen(cmd, env=_env(), cwd=cwd, start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.1)
+        assert proc.poll() is None, f"the run ended before it could be killed {what}:\n" + log.read_text()[-3000:]
+        assert ready(), f"timed out waiting to kill {what}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _kill_group(proc)
+
+
+def _finish(cmd: list[str], cwd: Path, log: Path) -> None:
+    done = subprocess.run(cmd, env=_env(), cwd=cwd, timeout=900, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    assert done.returncode == 0, log.read_text()[-3000:]
+
+
+def _jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_path: Path, default_model: str) -> None:
+    """Kill `palign run` mid-align, mid-training and mid-eval; each rerun continues, the end equals an uninterrupted run."""
+    import shutil
+
+    from palign_ray.sft.train import checkpoint_step, latest_complete_checkpoint, run_dir_of
+
+    ref_dir, run_dir, logs = tmp_path / "ref", tmp_path / "run", tmp_path / "logs"
+    logs.mkdir()
+    _finish(_late_cmd(ref_dir), tmp_path, logs / "ref.out")
+    # The stages before align were killed and resumed in the test above; start this run from their output.
+    run_dir.mkdir()
+    for stage in ("problems", "teacher", "truncate"):
+        shutil.copytree(ref_dir / stage, run_dir / stage)
+    cmd = _late_cmd(run_dir)
+
+    align, train, ev = StageDir(run_dir / "align"), run_dir / "train", run_dir / "eval"
+    _kill_when(cmd, tmp_path, logs / "1.out", lambda: bool(list(align.root.glob("part-*.parquet"))), "mid-align")
+    assert not align.manifest_path.exists()
+    done_before, summaries_before = align.done_ids(), set(_summaries(run_dir, "align"))
+    assert 0 < len(done_before) < 8
+
+    ckpts = run_dir_of(train / "model")
+    _kill_when(cmd, tmp_path, logs / "2.out",
+               lambda: (latest_complete_checkpoint(ckpts) if ckpts.is_dir() else None) is not None, "mid-training")
+    assert not (train / "manifest.json").exists()
+    killed_at_step = checkpoint_step(latest_complete_checkpoint(ckpts))
+    new = {k: v for k, v in _summaries(run_dir, "align").items() if k not in summaries_before}
+    assert sum(s["num_in"] for s in new.values()) == 8 - len(done_before)  # finished align chunks not redone
+
+    _kill_when(cmd, tmp_path, logs / "3.out", lambda: (ev / "base" / ".done").is_file(), "mid-eval")
+    assert not (ev / "manifest.json").exists()
+    base_written = (ev / "base" / "metrics.json").stat().st_mtime_ns
+    _finish(cmd, tmp_path, logs / "4.out")
+
+    assert (ev / "base" / "metrics.json").stat().st_mtime_ns == base_written  # base eval not redone
+    metrics = json.loads((train / "model" / "metrics.json").read_text())
+    ref_metrics = json.loads((ref_dir / "train" / "model" / "metrics.json").read_text())
+    assert metrics["num_steps"] == ref_metrics["num_steps"] == 4
+    assert metrics["restarts"], "the rerun should have continued from a checkpoint"
+    assert [h["step"] for h in metrics["history"]] == [h["step"] for h in ref_metrics["history"]]
+    assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in ref_metrics["history"]], rel=1e-4)
+    for stage in ("align",):
+        out, quar = _stage_rows(run_dir, stage)
+        ids = [r[R.PROBLEM_ID] for r in out + quar]
+        assert len(ids) == len(set(ids)) == 8, ids  # no duplicates, nothing lost
+        assert (out, quar) == _stage_rows(ref_dir, stage)
+    shard_rows = lambda d: sorted(map(json.dumps, read_rows(str(d / "sft_data" / "shards"), "t")[0]))  # noqa: E731
+    assert shard_rows(run_dir) == shard_rows(ref_dir)
+    for which in ("base", "trained"):
+        got, ref = _jsonl(ev / which / "samples.jsonl"), _jsonl(ref_dir / "eval" / which / "samples.jsonl")
+        assert got == ref, which
+    print(f"align: killed after {len(done_before)}/8 problems; train: killed at checkpoint step {killed_at_step}, "
+          f"restarts {metrics['restarts']}; losses {[h['loss'] for h in metrics['history']]}")

@@ -20,7 +20,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import Config, EngineConfig, JudgeConfig
+from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, stage_engine
 from palign_ray.engines.base import Engine, GenerationResult, SamplingSpec
 from palign_ray.generation import derive_seed
 from palign_ray.judge.calibration import (
@@ -404,11 +404,11 @@ def judge_tools(tokenizer: Any, jcfg: JudgeConfig) -> tuple[JudgePromptBuilder, 
 class JudgeUDF:
     """Actor-pool UDF owning one vLLM judge engine; a batch of problems is judged in rounds."""
 
-    def __init__(self, judge: dict[str, Any], engine: dict[str, Any], seed: int):
+    def __init__(self, judge: JudgeConfig, engine: EngineConfig, seed: int):
         from palign_ray.engines.vllm_engine import VLLMEngine
         from palign_ray.models import resolve_model
 
-        self.jcfg, self.engine_cfg, self.seed = JudgeConfig(**judge), EngineConfig(**engine), seed
+        self.jcfg, self.engine_cfg, self.seed = judge, engine, seed
         self.engine = VLLMEngine(resolve_model(self.jcfg.model), self.engine_cfg)
         self.builder, self.vt = judge_tools(self.engine.tokenizer, self.jcfg)
 
@@ -496,16 +496,17 @@ def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dic
     check_judge_config(jcfg)
     t0 = time.perf_counter()
     items, bad = check_input(rows)
+    engine, ray_cfg = stage_engine(cfg, "judge")
     if cfg.judge.paper_reference:
         # One actor, one problem per batch: binary search on one problem makes one probe per engine call.
         # An actor rather than this process: a driver-side CPU engine measured 10-100x slower under load.
-        ref_ray = dataclasses.replace(cfg.ray, batch_size=1, num_actors=1)
-        out, more_bad, extra = _ray_rows(items, jcfg, dataclasses.replace(cfg, ray=ref_ray))
+        ref_ray = dataclasses.replace(ray_cfg, batch_size=1, num_actors=1)
+        out, more_bad, extra = _ray_rows(items, jcfg, engine, ref_ray, cfg.run.seed)
     elif jcfg.search == "fixed_ratio":
-        out, more_bad, _ = judge_rows(None, None, None, items, jcfg, cfg.engine, "", cfg.run.seed)
+        out, more_bad, _ = judge_rows(None, None, None, items, jcfg, engine, "", cfg.run.seed)
         extra = {"engine_calls": 0, "judge_s": 0.0}
     else:
-        out, more_bad, extra = _ray_rows(items, jcfg, cfg)
+        out, more_bad, extra = _ray_rows(items, jcfg, engine, ray_cfg, cfg.run.seed)
     bad += more_bad
     out.sort(key=lambda r: r[R.PROBLEM_ID])
     assert len(out) + len(bad) == len(rows), "every input row must leave as output or quarantine"
@@ -513,18 +514,19 @@ def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dic
     return out, bad, summary
 
 
-def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any]]:
+def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConfig, ray_cfg: RayConfig,
+              seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
     from palign_ray.ray_env import actor_resources, init_ray
 
     if not items:
         return [], [], {"engine_calls": 0, "judge_s": 0.0}
-    ray = init_ray(cfg.ray)
+    ray = init_ray(ray_cfg)
     ds = ray.data.from_items(items).map_batches(
         JudgeUDF,
-        fn_constructor_kwargs={"judge": dataclasses.asdict(jcfg), "engine": dataclasses.asdict(cfg.engine), "seed": cfg.run.seed},
-        batch_size=cfg.ray.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.ray.num_actors),
-        **actor_resources(cfg.ray),
+        fn_constructor_kwargs={"judge": jcfg, "engine": engine, "seed": seed},
+        batch_size=ray_cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors),
+        **actor_resources(ray_cfg),
     )
     out, bad, batches = [], [], {}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

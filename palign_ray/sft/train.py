@@ -281,8 +281,13 @@ def latest_complete_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
+def run_dir_of(output: str | Path) -> Path:
+    """Where Ray Train keeps the checkpoints of the SFT run exported to `output`."""
+    return Path(output) / RUN_SUBDIR / RUN_NAME
+
+
 def _run_dirs(output: Path, resume: bool) -> Path:
-    run_dir = output / RUN_SUBDIR / RUN_NAME
+    run_dir = run_dir_of(output)
     if resume and not run_dir.is_dir():
         raise ValueError(f"sft.resume=true but {run_dir} does not exist: nothing to resume")
     if not resume and run_dir.exists():

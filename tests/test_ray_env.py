@@ -1,0 +1,48 @@
+"""The hand-off between stages: a stage's actors must have exited before the next stage takes the hardware."""
+
+from __future__ import annotations
+
+import logging
+
+from palign_ray import records as R
+from palign_ray.config import EngineConfig, RayConfig
+from palign_ray.engines.base import SamplingSpec
+from palign_ray.ray_env import free_resources, wait_for_release
+
+
+def test_nothing_to_wait_for_without_a_baseline():
+    assert wait_for_release({}) == 0.0
+
+
+def test_wait_times_out_while_an_actor_holds_its_cpu_then_returns_when_it_exits(ray_session, caplog):
+    ray = ray_session
+    before = free_resources()
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    holder = Holder.remote()
+    assert ray.get(holder.ping.remote()) == 1
+    with caplog.at_level(logging.WARNING, logger="palign_ray.ray_env"):
+        waited = wait_for_release(before, timeout_s=1.0, poll_s=0.1)
+    assert waited > 1.0 and "still hold" in caplog.text
+    ray.kill(holder)
+    del holder
+    waited = wait_for_release(before, timeout_s=60.0, poll_s=0.1)
+    assert waited < 60.0 and free_resources()["CPU"] >= before["CPU"]
+
+
+def test_generation_pool_is_gone_after_the_stage(ray_session, tiny_model):
+    """A real Ray Data pool of vLLM engines: once the stage's rows are consumed, its CPUs come back."""
+    from palign_ray.generation import generate_batches
+
+    before = free_resources()
+    items = [{R.PROBLEM_ID: str(i), R.PROMPT: f"count to {i}"} for i in range(4)]
+    rows = [r for batch in generate_batches(items, model=tiny_model, engine=EngineConfig(max_model_len=512, max_num_seqs=8),
+                                            ray_cfg=RayConfig(num_cpus=4, num_cpus_per_actor=0.5, batch_size=2),
+                                            sampling=SamplingSpec(max_tokens=4, temperature=0.0)) for r in batch]
+    assert sorted(r[R.PROBLEM_ID] for r in rows) == ["0", "1", "2", "3"]
+    waited = wait_for_release(before, timeout_s=120.0)
+    assert waited < 120.0 and free_resources()["CPU"] >= before["CPU"]
