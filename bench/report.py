@@ -76,6 +76,15 @@ def _ray(r: dict[str, Any]) -> list[str]:
     return out
 
 
+def _threads(t: dict[str, Any]) -> list[str]:
+    rows = [{"OMP_NUM_THREADS": label, **t.get(key, {})} for label, key in (("1", "omp_1"), ("unset", "omp_unset"))]
+    out = ["The ray section's bare-engine generation, once per setting, each in a fresh process (Ray actors always get 1).", ""]
+    out += table(rows, ["OMP_NUM_THREADS", "engine_start_s", "median_generate_s", "generated_tokens", "tokens_per_s_generate",
+                        "load_avg_before"])
+    out += ["", f"tokens/s unset ÷ 1: {_fmt(t.get('tokens_per_s_ratio_unset_vs_1'))}"]
+    return out
+
+
 def _sft(s: dict[str, Any]) -> list[str]:
     out = [f"Model `{s.get('model')}`; {s.get('data')}: {s.get('num_examples')} examples "
            f"(tokens {s.get('example_tokens')}), packing={s.get('packing')}, max_seq_len={s.get('max_seq_len')}, "
@@ -103,9 +112,9 @@ def markdown(res: dict[str, Any]) -> str:
              "(the machine is shared: absolute numbers are noisy, ratios measured side by side are the result).", "",
              f"Sizes: {res.get('sizes')}; quick={res.get('quick')}; total wall {res.get('total_wall_s')} s.",
              f"Config overrides: {res.get('config_overrides')}", ""]
-    render = {"judge": _judge, "ray": _ray, "sft": _sft}
+    render = {"judge": _judge, "ray": _ray, "threads": _threads, "sft": _sft}
     titles = {"judge": "Judge: speed-up, search optimality, prefix cache", "ray": "Ray overhead (generation)",
-              "sft": "SFT: Ray Train + DeepSpeed vs plain PyTorch"}
+              "threads": "In-process engine threads (OMP_NUM_THREADS policy)", "sft": "SFT: Ray Train + DeepSpeed vs plain PyTorch"}
     for name, sec in res.get("sections", {}).items():
         lines += [f"## {titles.get(name, name)}", "",
                   f"Section wall {sec.get('section_wall_s')} s; load average before {sec.get('load_avg_before')}, "

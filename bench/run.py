@@ -24,7 +24,8 @@ from bench.report import markdown
 
 log = logging.getLogger("bench")
 
-SECTIONS = ("judge", "ray", "sft")  # judge covers judge speed-up, search optimality and prefix-cache efficiency
+# judge covers judge speed-up, search optimality and prefix-cache efficiency; threads = the OMP_NUM_THREADS policy
+SECTIONS = ("judge", "ray", "threads", "sft")
 ALIASES = {"cache": "judge", "search": "judge"}
 # Applied when no --config is given: the issue's engine/judge settings for the authors' long traces.
 BENCH_DEFAULTS = ("engine.max_model_len=2048", "judge.max_cot_tokens=1536", "ray.num_actors=1",
@@ -34,10 +35,10 @@ BENCH_DEFAULTS = ("engine.max_model_len=2048", "judge.max_cot_tokens=1536", "ray
 
 @dataclass(frozen=True)
 class Sizes:
-    """How much each section measures (the default must fit ~30 min on a loaded 2-core box)."""
+    """How much each section measures (the default fits ~30 min on an idle 2-core box; a busy one is far slower)."""
 
     judge_traces: int = 64  # batched modes through Ray Data
-    judge_subset: int = 2  # all four modes side by side, paper reference included (~2.5 min/trace here)
+    judge_subset: int = 16  # all four modes side by side, paper reference included (~28 s/trace on an idle 2-core box)
     judge_repeats: int = 3  # repeats of the logprob modes on the subset (decode-and-parse modes run once)
     judge_generate_traces: int = 0  # batched generate through Ray Data (0 = only on the subset; 64 on a GPU)
     cache_off_traces: int = 16  # logprob binary with engine.enable_prefix_caching=false
@@ -118,6 +119,12 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
         traces = J.load_traces(args.data_dir, 0)
         return ray_bench.run(traces, cfg, sizes.gen_prompts, sizes.gen_max_tokens, sizes.gen_repeats, (1, 2))
+    if name == "threads":
+        from bench import judge_bench as J
+        from bench import ray_bench
+
+        items = ray_bench.generation_items(J.load_traces(args.data_dir, 0), sizes.gen_prompts)
+        return ray_bench.run_bare(items, cfg, sizes.gen_max_tokens, sizes.gen_repeats)
     if name == "sft":
         from bench import sft_bench
 
@@ -147,7 +154,7 @@ def child_main(args: argparse.Namespace) -> int:
 # ---- the parent --------------------------------------------------------------------------------
 
 
-def spawn(name: str, argv: list[str]) -> dict[str, Any]:
+def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one section in a fresh interpreter; its result (or error) plus wall time and load around it."""
     fd, path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".json")
     os.close(fd)
@@ -155,13 +162,34 @@ def spawn(name: str, argv: list[str]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "bench.run", *argv, "--section", name, "--section-out", path],
-                              cwd=Path(__file__).resolve().parents[1])
+                              cwd=Path(__file__).resolve().parents[1], env=env)
         text = Path(path).read_text()
         out = json.loads(text) if text.strip() else {"error": f"section process exited {proc.returncode} without a result"}
     finally:
         Path(path).unlink(missing_ok=True)
     out["section_wall_s"] = round(time.perf_counter() - t0, 1)
     out["load_avg_before"], out["load_avg_after"] = load_before, common.load_avg()
+    return out
+
+
+def threads_section(argv: list[str]) -> dict[str, Any]:
+    """The same bare-engine generation with OMP_NUM_THREADS=1 and unset, each in its own process.
+
+    Ray sets OMP_NUM_THREADS=1 in every fractional-CPU actor, so the pipeline's engines always run with
+    one thread; an in-process engine (tests, `bench`) inherits the shell's setting. This measures which
+    is faster on the machine at hand (it depends on how busy the cores are).
+    """
+    without = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    one = spawn("threads", argv, env={**without, "OMP_NUM_THREADS": "1"})
+    unset = spawn("threads", argv, env=without)
+    out: dict[str, Any] = {"omp_1": one, "omp_unset": unset,
+                           "section_wall_s": round(one["section_wall_s"] + unset["section_wall_s"], 1),
+                           "load_avg_before": one["load_avg_before"], "load_avg_after": unset["load_avg_after"]}
+    errors = [r["error"] for r in (one, unset) if "error" in r]
+    if errors:
+        out["error"] = "; ".join(errors)
+    else:
+        out["tokens_per_s_ratio_unset_vs_1"] = common.ratio(unset.get("tokens_per_s_generate"), one.get("tokens_per_s_generate"))
     return out
 
 
@@ -199,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name in sections:
         log.info("bench section %s ...", name)
-        own[name] = {**spawn(name, argv), "sizes": dataclasses.asdict(sizes), "run_started": results["started"]}
+        result = threads_section(argv) if name == "threads" else spawn(name, argv)
+        own[name] = {**result, "sizes": dataclasses.asdict(sizes), "run_started": results["started"]}
         results["total_wall_s"] = round(time.perf_counter() - t0, 1)
         # Re-read at every write: sections of another run today (e.g. `--only sft`) are kept, not clobbered.
         results["sections"] = {**merge_earlier(json_path, sections), **own}
