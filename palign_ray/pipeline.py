@@ -176,6 +176,9 @@ def run_row_stage(name: str, fn: RowFn, rows: list[dict[str, Any]], cfg: Config,
     log.info("stage %s: %d rows in, %d already done, %d to process", name, len(rows), len(rows) - len(todo), len(todo))
     step = cfg.run.chunk_size or len(todo) or 1
     t0 = time.perf_counter()
+    # Problems done across chunks (Ray Data draws its own per-batch bars inside each chunk); off when
+    # stderr is not a terminal (job logs), where the per-chunk log lines below say the same.
+    bar = _progress(name, len(rows), len(rows) - len(todo))
     for i in range(0, len(todo), step):
         chunk = todo[i : i + step]
         out, quar, summary = fn(chunk, cfg)
@@ -187,9 +190,17 @@ def run_row_stage(name: str, fn: RowFn, rows: list[dict[str, Any]], cfg: Config,
         sd.write_part(out, quar)
         write_json(sd.root / "summaries" / f"chunk-{i // step:05d}-{int(time.time())}.json", summary)
         log.info("stage %s: chunk %d: %d out, %d quarantined", name, i // step, len(out), len(quar))
+        bar.update(len(chunk))
+    bar.close()
     summaries = [json.loads(p.read_text()) for p in sorted((sd.root / "summaries").glob("*.json"))]
     _check_not_empty(name, sd)
     sd.write_manifest(config_hash=h, num_input=len(rows), wall_s=time.perf_counter() - t0, summaries=summaries)
+
+
+def _progress(stage: str, total: int, done: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"stage {stage}", unit="problem", disable=None, mininterval=1.0)
 
 
 def run_pipeline(cfg: Config, stages: list[str] | None = None) -> dict[str, Any]:

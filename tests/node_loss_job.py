@@ -1,35 +1,76 @@
-"""Run as: python tests/node_loss_job.py MODEL — a generation stage on a simulated 3-node cluster
-(ray.cluster_utils.Cluster) loses a worker node, without grace, after its first output batch."""
+"""Run as: python tests/node_loss_job.py MODEL [generate|judge] — one stage on a simulated 3-node cluster
+(ray.cluster_utils.Cluster) loses a worker node, without grace, after the stage's first output batch.
+
+judge mode also judges the same traces undisturbed first (same cluster shape, both workers alive) and
+prints both results, so the test can check that the rows recomputed after the loss are identical."""
 
 import json
 import os
 import sys
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-if __name__ == "__main__":
-    import ray
+
+
+def start_cluster():
     from ray.cluster_utils import Cluster
-    model = sys.argv[1]
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]  # one actor (1 CPU) per worker
-    ray.init(address=cluster.address)
+    # The head has no CPUs and each worker fits one 1-CPU actor, so each worker hosts an actor.
+    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    return cluster, workers
+
+
+def generation_batches(model):
     from palign_ray.config import EngineConfig, RayConfig
     from palign_ray.engines.base import SamplingSpec
     from palign_ray.generation import generate_batches
+
     items = [{"problem_id": f"p{i:02d}", "prompt": f"Count from {i} to {i + 20}."} for i in range(32)]
+    batches = generate_batches(items, model=model, engine=EngineConfig(max_model_len=512),
+                               ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
+                               sampling=SamplingSpec(max_tokens=24, temperature=0.7), seed=1)
+    return items, ({"problem_id": r["problem_id"], "out": r["generations"]} for b in batches for r in b)
+
+
+def judge_batches_of(model):
+    from palign_ray.config import EngineConfig, JudgeConfig, RayConfig
+    from palign_ray.judge.rounds import check_input, judge_batches
+
+    items = [{"problem_id": f"j{i:02d}", "question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1),
+              "cot": " ".join(f"Step {j}: we add {i} and {j} with care." for j in range(1, 9))} for i in range(16)]
+    ok, bad = check_input(items)
+    assert not bad, bad
+    batches = judge_batches(ok, JudgeConfig(model=model), EngineConfig(max_model_len=1024, max_num_seqs=16),
+                            RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2), seed=3)
+    keep = ("prefix_sentences", "num_probes", "num_rounds", "is_sufficient")
+    return items, ({"problem_id": r["problem_id"], "out": [r[k] for k in keep]} for out, quar, _ in batches for r in out + quar)
+
+
+def run_once(model, mode, remove):
+    import ray
+
+    cluster, workers = start_cluster()
+    ray.init(address=cluster.address)
+    items, rows_iter = (judge_batches_of if mode == "judge" else generation_batches)(model)
     rows, removed = [], None
-    for b in generate_batches(items, model=model, engine=EngineConfig(max_model_len=512),
-                              ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
-                              sampling=SamplingSpec(max_tokens=24, temperature=0.7), seed=1):
-        rows += b
-        if removed is None:
-            # The head has no CPUs and each worker fits one 1-CPU actor, so each worker hosts an actor.
-            victim = workers[1]
-            cluster.remove_node(victim, allow_graceful=False)
-            removed = victim.node_id
+    for row in rows_iter:
+        rows.append(row)
+        if remove and removed is None:
+            cluster.remove_node(workers[1], allow_graceful=False)
+            removed = workers[1].node_id
             print("REMOVED", removed, "after", len(rows), "rows", flush=True)
-    ids = [r["problem_id"] for r in rows]
-    print("RESULT", json.dumps({"n": len(ids), "unique": len(set(ids)), "ids": sorted(set(ids)),
-                                "expected": sorted(i["problem_id"] for i in items)}), flush=True)
     ray.shutdown()
     cluster.shutdown()
+    return items, rows
+
+
+if __name__ == "__main__":
+    model, mode = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "generate")
+    reference = run_once(model, mode, remove=False)[1] if mode == "judge" else None
+    items, rows = run_once(model, mode, remove=True)
+    ids = [r["problem_id"] for r in rows]
+    result = {"n": len(ids), "unique": len(set(ids)), "ids": sorted(set(ids)), "expected": sorted(i["problem_id"] for i in items)}
+    if reference is not None:
+        ref = {r["problem_id"]: r["out"] for r in reference}
+        result["differs_from_undisturbed"] = sorted(r["problem_id"] for r in rows if ref.get(r["problem_id"]) != r["out"])
+    print("RESULT", json.dumps(result), flush=True)

@@ -148,3 +148,19 @@ def test_child_writes_error_instead_of_raising(tmp_path, monkeypatch):
     monkeypatch.setattr(run, "run_section", lambda name, args: (_ for _ in ()).throw(RuntimeError("nope")))
     rc = run.child_main(argparse.Namespace(section="judge", section_out=str(out)))
     assert rc == 1 and "nope" in json.loads(out.read_text())["error"]
+
+
+def test_threads_section_runs_both_settings_and_reports_the_ratio(monkeypatch):
+    seen = []
+
+    def fake_spawn(name, argv, env=None):
+        seen.append((name, env.get("OMP_NUM_THREADS")))
+        tps = 100.0 if env.get("OMP_NUM_THREADS") == "1" else 25.0
+        return {"tokens_per_s_generate": tps, "section_wall_s": 10.0, "load_avg_before": [0.1], "load_avg_after": [0.2]}
+
+    monkeypatch.setattr(run, "spawn", fake_spawn)
+    out = run.threads_section(["--quick"])
+    assert seen == [("threads", "1"), ("threads", None)]  # the second child runs without the variable
+    assert out["tokens_per_s_ratio_unset_vs_1"] == 0.25 and out["section_wall_s"] == 20.0
+    md = report.markdown({"sections": {"threads": out}})
+    assert "| unset |" in md and "0.25" in md

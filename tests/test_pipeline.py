@@ -1,5 +1,7 @@
 """Pipeline bookkeeping: method plans, chained config hashes, chunked resume, empty-stage errors."""
 
+import logging
+
 import pytest
 
 from palign_ray import pipeline as P
@@ -101,7 +103,7 @@ def test_unknown_stage_is_refused(tmp_path):
 
 
 @pytest.mark.timeout(900)
-def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ray_session):
+def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ray_session, caplog):
     """Every stage for real (Ray Data + vLLM, Ray Train + DeepSpeed) on the tiny model; a rerun skips all."""
     import json
 
@@ -110,7 +112,10 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
             "sft.max_steps=1", "sft.num_workers=2", "eval.num_problems=2", "eval.num_samples=1", "eval.max_tokens=8",
             "ray.num_cpus=4"] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
     cfg = load_config(None, over)
-    manifests = P.run_pipeline(cfg)
+    with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
+        manifests = P.run_pipeline(cfg)
+    released = [r.getMessage().split(":")[0] for r in caplog.records if "engines released" in r.getMessage()]
+    assert released == ["stage teacher", "stage truncate", "stage eval"]  # each engine stage handed its CPUs back
     assert list(manifests) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
     for name in ("problems", "teacher", "truncate"):
         assert manifests[name]["num_output"] + manifests[name]["num_quarantined"] == 4

@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -516,10 +516,21 @@ def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dic
 
 def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConfig, ray_cfg: RayConfig,
               seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    out, bad, batches = [], [], {}
+    for got, quarantined, stats in judge_batches(items, jcfg, engine, ray_cfg, seed):
+        out += got
+        bad += quarantined
+        batches.update(stats)  # keyed by batch: a batch retried after an actor died counts once
+    return out, bad, {"engine_calls": sum(c for c, _ in batches.values()), "judge_s": sum(s for _, s in batches.values())}
+
+
+def judge_batches(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConfig, ray_cfg: RayConfig, seed: int
+                  ) -> Iterator[tuple[list[dict], list[dict], dict[str, tuple[int, float]]]]:
+    """Stream checked items through the judge actor pool; yields (output rows, quarantine rows, batch stats) per block."""
     from palign_ray.ray_env import actor_resources, init_ray
 
     if not items:
-        return [], [], {"engine_calls": 0, "judge_s": 0.0}
+        return
     ray = init_ray(ray_cfg)
     ds = ray.data.from_items(items).map_batches(
         JudgeUDF,
@@ -528,13 +539,13 @@ def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConf
         compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors),
         **actor_resources(ray_cfg),
     )
-    out, bad, batches = [], [], {}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        out, bad, stats = [], [], {}
         for r in batch.to_pylist():
-            batches[r[_BATCH_KEY]] = (r[_BATCH_CALLS], r[_BATCH_S])
+            stats[r[_BATCH_KEY]] = (r[_BATCH_CALLS], r[_BATCH_S])
             row, q = _from_udf(r)
             (out.append(row) if row is not None else bad.append(q))
-    return out, bad, {"engine_calls": sum(c for c, _ in batches.values()), "judge_s": sum(s for _, s in batches.values())}
+        yield out, bad, stats
 
 
 # ---- summary -----------------------------------------------------------------------------------

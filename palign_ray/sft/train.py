@@ -323,8 +323,10 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     pad_id = _pad_id(model_path)
     t0 = time.perf_counter()
     init_ray(_ray_cfg_for(cfg, ray_cfg or RayConfig()))
-    # Per-worker read progress bars of a few-MB shard set only bury the step log.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    # Per-worker read progress bars of a few-MB shard set only bury the step log (restored below:
+    # the driver's context is shared with the generation stages that run after training).
+    data_ctx = ray.data.DataContext.get_current()
+    bars, data_ctx.enable_progress_bars = data_ctx.enable_progress_bars, False
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -344,7 +346,10 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
         # what lets a restart skip exactly the examples already trained on.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        data_ctx.enable_progress_bars = bars
     train_s = time.perf_counter() - t0
     with result.checkpoint.as_directory() as d:
         state = json.loads(Path(d, TRAIN_STATE).read_text())
