@@ -389,11 +389,12 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_
     assert metrics["restarts"], "the rerun should have continued from a checkpoint"
     assert [h["step"] for h in metrics["history"]] == [h["step"] for h in ref_metrics["history"]]
     assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in ref_metrics["history"]], rel=1e-4)
-    for stage in ("align",):
-        out, quar = _stage_rows(run_dir, stage)
-        ids = [r[R.PROBLEM_ID] for r in out + quar]
-        assert len(ids) == len(set(ids)) == 8, ids  # no duplicates, nothing lost
-        assert (out, quar) == _stage_rows(ref_dir, stage)
+    out, quar = _stage_rows(run_dir, "align")
+    samples = [(r[R.PROBLEM_ID], r["sample_index"]) for r in out + quar]  # one row per continuation sample
+    assert len(samples) == len(set(samples)) == 8 * 4, samples  # no duplicates, nothing lost
+    ref_out, ref_quar = _stage_rows(ref_dir, "align")
+    by_sample = lambda rows: sorted(rows, key=lambda r: (r[R.PROBLEM_ID], r["sample_index"]))  # noqa: E731
+    assert by_sample(out) == by_sample(ref_out) and by_sample(quar) == by_sample(ref_quar)
     shard_rows = lambda d: sorted(map(json.dumps, read_rows(str(d / "sft_data" / "shards"), "t")[0]))  # noqa: E731
     assert shard_rows(run_dir) == shard_rows(ref_dir)
     for which in ("base", "trained"):

@@ -164,19 +164,33 @@ def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_
 
 
 def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
-    from palign_ray.sft.train import TAG, TRAIN_STATE, latest_complete_checkpoint
+    import shutil
 
-    def ckpt(step: int, ranks: range, world: int = 2) -> None:
+    from palign_ray.sft.train import TAG, TRAIN_STATE, latest_complete_checkpoint, write_file_sizes
+
+    def ckpt(step: int, world: int = 2) -> Path:
+        """Each rank writes its shard and file list in its own dir; Ray merges the dirs (as _save_and_report does)."""
         d = tmp_path / f"checkpoint_{step:06d}"
-        (d / TAG).mkdir(parents=True)
-        (d / "latest").write_text(TAG)
-        (d / TRAIN_STATE).write_text(json.dumps({"global_step": step, "geometry": {"world_size": world}}))
-        for r in ranks:
-            (d / TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x")
+        for r in range(world):
+            rank_dir = tmp_path / f"rank{r}-{step}"
+            (rank_dir / TAG).mkdir(parents=True)
+            (rank_dir / "latest").write_text(TAG)
+            (rank_dir / TAG / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * (1000 + r))
+            if r == 0:
+                (rank_dir / TRAIN_STATE).write_text(json.dumps({"global_step": step, "geometry": {"world_size": world}}))
+            write_file_sizes(rank_dir, r)
+            shutil.copytree(rank_dir, d, dirs_exist_ok=True)
+        return d
 
     assert latest_complete_checkpoint(tmp_path) is None
-    ckpt(2, range(2))
-    ckpt(4, range(2))
-    ckpt(6, range(1))  # rank 1's shard never arrived
-    (tmp_path / "checkpoint_000008").mkdir()  # no train state at all
+    ckpt(2)
+    ckpt(4)
+    (ckpt(6) / "files_rank1.json").unlink()  # rank 1's upload never arrived
+    cut = ckpt(8) / TAG / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    cut.write_bytes(cut.read_bytes()[:500])  # the driver died mid-copy: the shard exists but is short
+    torn = ckpt(10) / "files_rank0.json"
+    torn.write_text(torn.read_text()[:7])  # the list itself was cut
+    (tmp_path / "checkpoint_000012").mkdir()  # no train state at all
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint_000004"
+    ckpt(14)
+    assert latest_complete_checkpoint(tmp_path).name == "checkpoint_000014"

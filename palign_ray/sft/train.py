@@ -117,6 +117,7 @@ def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state
         engine.save_checkpoint(tmp, tag=TAG, exclude_frozen_parameters=cfg.lora)
         if rank == 0:
             Path(tmp, TRAIN_STATE).write_text(json.dumps(state))
+        write_file_sizes(Path(tmp), rank)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_{state['global_step']:06d}")
     finally:
@@ -267,16 +268,43 @@ def checkpoint_step(ckpt_dir: Path) -> int:
         return -1
 
 
+def _sizes_file(rank: int) -> str:
+    return f"files_rank{rank}.json"
+
+
+def write_file_sizes(ckpt_dir: Path, rank: int) -> None:
+    """List this rank's checkpoint files with their byte sizes, so a reader can tell a finished upload from a cut one."""
+    sizes = {str(p.relative_to(ckpt_dir)): p.stat().st_size for p in sorted(ckpt_dir.rglob("*")) if p.is_file()}
+    (ckpt_dir / _sizes_file(rank)).write_text(json.dumps(sizes))
+
+
+def checkpoint_is_complete(ckpt_dir: Path) -> bool:
+    """Every rank's file list arrived and every file it names has its full size.
+
+    Ray copies each rank's files into the checkpoint directory one by one; a file appears when its copy
+    starts, so a driver killed mid-copy leaves files that exist but are short (seen here: a torn ZeRO
+    shard that DeepSpeed then fails to load). Sizes catch that; the lists themselves are tiny JSON files
+    that do not parse when cut.
+    """
+    try:
+        world = int(json.loads((ckpt_dir / TRAIN_STATE).read_text())["geometry"]["world_size"])
+        for rank in range(world):
+            sizes = json.loads((ckpt_dir / _sizes_file(rank)).read_text())
+            for name, size in sizes.items():
+                f = ckpt_dir / name
+                if not f.is_file() or f.stat().st_size != size:
+                    return False
+        return world > 0
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def latest_complete_checkpoint(run_dir: Path) -> Path | None:
-    """Newest checkpoint under run_dir whose every rank's ZeRO shard arrived (a crash can cut an upload short)."""
+    """Newest checkpoint under run_dir whose every rank's files arrived whole (a crash can cut an upload short)."""
     best, best_step = None, -1
     for d in sorted(run_dir.glob("checkpoint_*")):
         step = checkpoint_step(d)
-        if step <= best_step:
-            continue
-        world = json.loads((d / TRAIN_STATE).read_text())["geometry"]["world_size"]
-        shards = [d / TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(world)]
-        if (d / "latest").is_file() and all(f.is_file() for f in shards):
+        if step > best_step and checkpoint_is_complete(d):
             best, best_step = d, step
     return best
 
