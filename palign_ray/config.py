@@ -412,13 +412,13 @@ def config_hash(*sections: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-ENGINE_STAGES = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
+ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
 
 
 def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:
     """The engine and actor-pool settings one stage runs with: [engine]/[ray] overlaid by <section>.engine."""
-    if section not in ENGINE_STAGES:
-        raise ValueError(f"no engine settings for section {section!r}; sections with engines: {list(ENGINE_STAGES)}")
+    if section not in ENGINE_SECTIONS:
+        raise ValueError(f"no engine settings for section {section!r}; sections with engines: {list(ENGINE_SECTIONS)}")
     over = getattr(cfg, section).engine
     set_fields = {f.name: getattr(over, f.name) for f in dataclasses.fields(over) if getattr(over, f.name) is not None}
     engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
