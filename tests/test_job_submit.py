@@ -288,70 +288,24 @@ def local_ray_head(num_cpus: int = 2) -> Iterator[LocalHead]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _submit(head: LocalHead, sid: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
+    """`ray job submit` of the default config, exactly as the README gives it, plus `args` for the job."""
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard, "--submission-id", sid,
+           "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
+           "python", "-m", "jobs.distill", "--config", "jobs/configs/default.yaml", *args]
+    return subprocess.run(cmd, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.timeout(600)
 def test_ray_job_submit_runs_the_problems_stage(tmp_path):
     run_dir = tmp_path / "run"
     sid = f"palign-test-{secrets.token_hex(4)}"
     with local_ray_head() as head:
-        submit = subprocess.run(
-            [
-                str(VENV_BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                head.dashboard,
-                "--submission-id",
-                sid,
-                "--working-dir",
-                ".",
-                "--runtime-env",
-                "cluster/runtime_env.yaml",
-                "--",
-                "python",
-                "-m",
-                "jobs.distill",
-                "--config",
-                "jobs/configs/default.yaml",
-                "--stages",
-                "problems",
-                f"run.run_dir={run_dir}",
-            ],
-            cwd=REPO,
-            env=head.env,
-            capture_output=True,
-            text=True,
-            timeout=420,
-        )
+        submit = _submit(head, sid, "--stages", "problems", f"run.run_dir={run_dir}", timeout=420)
         status = head.get(f"/api/jobs/{sid}")["status"]
         logs = head.get(f"/api/jobs/{sid}/logs")["logs"]
         # The same submission with a misspelled key fails fast, and `ray job submit` says so.
-        bad = subprocess.run(
-            [
-                str(VENV_BIN / "ray"),
-                "job",
-                "submit",
-                "--address",
-                head.dashboard,
-                "--submission-id",
-                f"{sid}-bad",
-                "--working-dir",
-                ".",
-                "--runtime-env",
-                "cluster/runtime_env.yaml",
-                "--",
-                "python",
-                "-m",
-                "jobs.distill",
-                "--config",
-                "jobs/configs/default.yaml",
-                "judge.thresold=0.3",
-            ],
-            cwd=REPO,
-            env=head.env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        bad = _submit(head, f"{sid}-bad", "judge.thresold=0.3", timeout=300)
         bad_status = head.get(f"/api/jobs/{sid}-bad")["status"]
         bad_logs = head.get(f"/api/jobs/{sid}-bad/logs")["logs"]
     assert bad.returncode != 0 and bad_status == "FAILED" and "judge.thresold" in bad_logs, (

@@ -207,7 +207,7 @@ def test_relative_smollm2_truncate_rows(ray_session, default_model):
     out, bad, summary = truncate_rows(rows, cfg)
     assert len(out) + len(bad) == len(rows) and [q["reason"] for q in bad] == ["empty_cot"]
     # anchors ride round 1; a round that only asks for the already-judged full trace needs no call
-    assert 1 <= summary["engine_calls"] <= max(r["num_rounds"] for r in out)
+    assert summary["engine_calls"] >= 1 and summary["engine_calls"] <= max(r["num_rounds"] for r in out)
     for r in out:
         assert r["calibration"] == "relative" and math.isfinite(r["calibration_m0"]) and math.isfinite(r["calibration_mn"])
         anchors = [p for p in r["probe_trace"] if p["anchor"]]
