@@ -106,7 +106,7 @@ def run_two_node(items: list[dict[str, str]], cfg: Config, max_tokens: int) -> d
 
 
 def run(traces: list[dict[str, Any]], cfg: Config, num_prompts: int, max_tokens: int, repeats: int,
-        actor_counts: tuple[int, ...], two_node: bool = True) -> dict[str, Any]:
+        actor_counts: tuple[int, ...]) -> dict[str, Any]:
     from bench.common import ratio
     from palign_ray.ray_env import init_ray
 
@@ -119,8 +119,7 @@ def run(traces: list[dict[str, Any]], cfg: Config, num_prompts: int, max_tokens:
         pools = [{**run_ray(items, cfg, max_tokens, n), "num_nodes": 1} for n in actor_counts]
     finally:
         ray.shutdown()
-    if two_node:
-        pools.append(run_two_node(items, cfg, max_tokens))
+    pools.append(run_two_node(items, cfg, max_tokens))
     bare_e2e = bare["median_generate_s"] + bare["engine_start_s"]
     for p in pools:
         p["overhead_s_vs_bare_end_to_end"] = round(p["wall_s"] - bare_e2e, 2)
