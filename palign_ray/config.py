@@ -110,6 +110,10 @@ class ProblemsConfig:
     answer_field: str = _f("", "Field holding the gold answer; empty = answer, else extracted from solution.")
     id_field: str = _f("", "Field holding a stable id; empty = id/unique_id if present, else a content hash.")
     trace_field: str = _f("", "Ingest existing traces from this field (e.g. deepseek_thinking_trajectory); empty = generate.")
+    trace_index: int = _f(0, "Element taken when the trace or answer field is a list of strings (or a string serialising one).")
+    filter: str = _f("", "Keep rows whose column matches: col=value, col=a|b or col!=value (e.g. cot_type=math); "
+                         "the others are quarantined as filtered_out. Empty = all rows.")
+    group_field: str = _f("", "Column the load summary counts by; empty = first of cot_type/source_type/source/subject present.")
     builtin_seed: int = _f(0, "Seed of the built-in problem generator (same seed and num_problems → same problems).")
 
 

@@ -25,6 +25,13 @@ SOURCE = "source"
 TEMPLATE = "template"
 QUESTION_FIELDS = ("problem", "question", "prompt")
 ID_FIELDS = ("id", "unique_id")
+GROUP = "group"  # the row's value of the data's domain/source column (e.g. s1K's cot_type), for per-group counts
+GROUP_FIELDS = ("cot_type", "source_type", "source", "subject")
+# Columns of ingested traces (problems.trace_field): how the field was stored, its think-tag case, and
+# what followed `</think>` (R1-style final answers), kept apart from the CoT.
+TRACE_FORMAT = "trace_format"
+THINK_SPLIT = "think_split"
+AFTER_THINK = "after_think"
 
 
 # --------------------------------------------------------------------------- loading
@@ -43,56 +50,154 @@ def _first_present(row: dict[str, Any], names: Iterable[str]) -> str | None:
     return None
 
 
-def _gold(row: dict[str, Any], answer_field: str) -> tuple[str | None, str, str]:
-    """(normalised gold or None, solution text, reason when None)."""
-    from palign_ray.grading import gold_from_solution, normalize_gold
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and value != value)
 
-    solution = row.get(SOLUTION)
-    solution = solution if isinstance(solution, str) else ""
-    raw = row.get(answer_field) if answer_field else row.get(R.ANSWER)
-    if raw is None or raw == "" or (isinstance(raw, float) and raw != raw):
-        if not solution:
-            return None, solution, "missing_answer"
-        gold = gold_from_solution(solution)
-        return (gold, solution, "") if gold else (None, solution, "no_answer_in_solution")
+
+@dataclass(frozen=True)
+class Gold:
+    """The gold answer of a row (None with a reason code and detail when there is none) and its solution text."""
+
+    answer: str | None
+    solution: str
+    reason: str = ""
+    detail: str = ""
+
+
+def _gold_from_text(text: str, solution: str, field: str) -> Gold:
+    """A worked solution in the answer field (or the solution column): its final answer, else gold_not_extractable."""
+    from palign_ray.fields import final_answer
+
+    gold = final_answer(text)
+    if gold is None:
+        return Gold(None, solution or text, "gold_not_extractable",
+                    f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}")
+    return Gold(gold, solution or text)
+
+
+def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
+    """Gold from the answer field (a value, a list of them, a number, or a worked solution), else from `solution`."""
+    from palign_ray.fields import looks_like_solution, pick
+    from palign_ray.grading import normalize_gold
+
+    field = cfg.answer_field or R.ANSWER
+    solution = row.get(SOLUTION) if isinstance(row.get(SOLUTION), str) else ""
+    picked = pick(row.get(field), cfg.trace_index, field, "answer")
+    raw = picked.value
+    if picked.reason:
+        return Gold(None, solution, picked.reason, picked.detail)
+    if _missing(raw):
+        if not solution.strip():
+            return Gold(None, solution, "missing_answer", f"no {field!r} and no {SOLUTION!r}")
+        return _gold_from_text(solution, solution, SOLUTION)
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        return None, solution, "wrong_type"
-    if isinstance(raw, str) and ("####" in raw or "\\boxed" in raw or "\\fbox" in raw):
-        # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it.
-        gold = gold_from_solution(raw)
-        return (gold, solution or raw, "") if gold else (None, solution or raw, "no_answer_in_solution")
+        return Gold(None, solution, "wrong_type", f"{field} is {type(raw).__name__}")
+    # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it; s1K's
+    # `solution` is a bare answer for AIME rows and a paragraph for science rows.
+    if isinstance(raw, str) and ("####" in raw or "\\boxed" in raw or "\\fbox" in raw or looks_like_solution(raw)):
+        return _gold_from_text(raw, solution, field)
     try:
-        return normalize_gold(raw), solution, ""
-    except ValueError:
-        return None, solution, "bad_answer"
+        return Gold(normalize_gold(raw), solution)
+    except ValueError as e:
+        return Gold(None, solution, "bad_answer", str(e))
 
 
-def normalize_problem(row: dict[str, Any], cfg: ProblemsConfig, where: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+@dataclass(frozen=True)
+class Trace:
+    """A trace field decoded and split at its think tags (text None with a reason when unusable)."""
+
+    text: str | None
+    form: str = ""
+    case: str = ""
+    after: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
+def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
+    from palign_ray.fields import pick, split_think
+
+    field = cfg.trace_field
+    picked = pick(row.get(field), cfg.trace_index, field, "trace")
+    if picked.reason:
+        return Trace(None, picked.form, reason=picked.reason, detail=picked.detail)
+    value = picked.value
+    if not isinstance(value, str) or not value.strip():
+        what = "no text" if _missing(value) else f"a {type(value).__name__}, not text"
+        return Trace(None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}")
+    split = split_think(value)
+    if not split.reasoning:
+        # Nothing but tags: the teacher's ingest quarantines it as empty_trace (one place for that check).
+        return Trace(value, picked.form, split.case)
+    return Trace(split.reasoning, picked.form, split.case, split.after)
+
+
+def _row_id(row: dict[str, Any], cfg: ProblemsConfig, where: str) -> str:
+    """The id a row would get (its id field, else a hash of its question, else its place in the file)."""
+    id_field = cfg.id_field or _first_present(row, ID_FIELDS)
+    if id_field and row.get(id_field) not in (None, ""):
+        return str(row[id_field])
+    question = row.get(cfg.question_field or _first_present(row, QUESTION_FIELDS) or "")
+    return content_id(question) if isinstance(question, str) and question.strip() else where
+
+
+def _group(row: dict[str, Any], group_field: str) -> dict[str, Any]:
+    """{GROUP: the row's value of the group column} (as text), or {} when the data has no such column."""
+    if not group_field:
+        return {}
+    return {GROUP: None if row.get(group_field) is None else str(row[group_field])}
+
+
+def normalize_problem(row: dict[str, Any], cfg: ProblemsConfig, where: str, group_field: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One raw row → (problem row, None) or (None, quarantine row with a reason code)."""
     qfield = cfg.question_field or _first_present(row, QUESTION_FIELDS)
     id_field = cfg.id_field or _first_present(row, ID_FIELDS)
     question = row.get(qfield) if qfield else None
     raw_id = row.get(id_field) if id_field else None
     fallback_id = str(raw_id) if raw_id not in (None, "") else where
+    group = _group(row, group_field)
     if question is None or (isinstance(question, str) and not question.strip()):
-        return None, quarantine_row(STAGE, fallback_id, "missing_question", f"{where}: no non-empty {qfield or '/'.join(QUESTION_FIELDS)}")
+        return None, quarantine_row(STAGE, fallback_id, "missing_question", f"{where}: no non-empty {qfield or '/'.join(QUESTION_FIELDS)}", **group)
     if not isinstance(question, str):
-        return None, quarantine_row(STAGE, fallback_id, "wrong_type", f"{where}: {qfield} is {type(question).__name__}, not a string")
+        return None, quarantine_row(STAGE, fallback_id, "wrong_type", f"{where}: {qfield} is {type(question).__name__}, not a string", **group)
     pid = str(raw_id) if raw_id not in (None, "") else content_id(question)
-    gold, solution, reason = _gold(row, cfg.answer_field)
-    if gold is None:
-        return None, quarantine_row(STAGE, pid, reason, f"{where}: field {cfg.answer_field or R.ANSWER!r} = {str(row.get(cfg.answer_field or R.ANSWER))[:200]!r}")
-    out = {R.PROBLEM_ID: pid, R.QUESTION: question.strip(), R.ANSWER: gold, SOLUTION: solution}
+    gold = _gold(row, cfg)
+    if gold.answer is None:
+        return None, quarantine_row(STAGE, pid, gold.reason, f"{where}: {gold.detail}", **group)
+    out = {R.PROBLEM_ID: pid, R.QUESTION: question.strip(), R.ANSWER: gold.answer, SOLUTION: gold.solution, **group}
     if cfg.trace_field:
-        trace = row.get(cfg.trace_field)
-        if not isinstance(trace, str) or not trace.strip():
-            return None, quarantine_row(STAGE, pid, "missing_trace", f"{where}: no text in trace field {cfg.trace_field!r}")
-        out[R.COT] = trace
+        trace = _trace(row, cfg)
+        if trace.text is None:
+            return None, quarantine_row(STAGE, pid, trace.reason, f"{where}: {trace.detail}", **group)
+        out.update({R.COT: trace.text, TRACE_FORMAT: trace.form, THINK_SPLIT: trace.case, AFTER_THINK: trace.after})
     return out, None
 
 
+def group_column(rows: list[dict[str, Any]], cfg: ProblemsConfig) -> str:
+    """The column load counts are grouped by: problems.group_field, else the first of GROUP_FIELDS the data has."""
+    if cfg.group_field:
+        return cfg.group_field
+    return next((f for f in GROUP_FIELDS if any(f in r for r in rows)), "")
+
+
+def _filtered_out(rows: list[dict[str, Any]], cfg: ProblemsConfig, source: str) -> Callable[[dict[str, Any]], str]:
+    """A check giving the filtered_out detail of a row ("" when problems.filter keeps it)."""
+    from palign_ray.fields import parse_filter
+
+    rule = parse_filter(cfg.filter)
+    if rule is None:
+        return lambda row: ""
+    if rows and not any(rule.column in r for r in rows):
+        present = sorted({k for r in rows[:100] for k in r if not k.startswith("_")})
+        raise ValueError(f"problems.filter={cfg.filter!r}: no row of {source} has a column {rule.column!r}; columns: {present}")
+    return lambda row: "" if rule.keeps(row) else f"{rule.column}={row.get(rule.column)!r} (problems.filter={rule.describe()})"
+
+
 def normalize_problems(rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Map fields, normalise gold, dedupe ids; stop after cfg.num_problems good rows (0 = all)."""
+    """Filter, map fields, normalise gold, dedupe ids; stop after cfg.num_problems good rows (0 = all)."""
+    rows = list(rows)
+    group_field = group_column(rows, cfg)
+    filtered = _filtered_out(rows, cfg, source)
     out: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -100,11 +205,16 @@ def normalize_problems(rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, sour
         if cfg.num_problems and len(out) >= cfg.num_problems:
             break
         where = f"{source}:{row.get('_source_line', n + 1)}" if "_source_line" in row else f"{source}[row {n}]"
-        good, rejected = normalize_problem(row, cfg, where)
+        why = filtered(row)
+        if why:
+            bad.append(quarantine_row(STAGE, _row_id(row, cfg, where), "filtered_out", f"{where}: {why}", **_group(row, group_field)))
+            continue
+        good, rejected = normalize_problem(row, cfg, where, group_field)
         if rejected is not None:
             bad.append(rejected)
         elif good[R.PROBLEM_ID] in seen:
-            bad.append(quarantine_row(STAGE, good[R.PROBLEM_ID], "duplicate_problem_id", f"{where}: id seen earlier in {source}"))
+            bad.append(quarantine_row(STAGE, good[R.PROBLEM_ID], "duplicate_problem_id", f"{where}: id seen earlier in {source}",
+                                      **_group(row, group_field)))
         else:
             seen.add(good[R.PROBLEM_ID])
             out.append(good)
@@ -146,8 +256,32 @@ def load_problems(cfg: ProblemsConfig, path: str | Path | None = None) -> tuple[
         raise ValueError("problems.source=file needs problems.path (a JSONL/Parquet file or a datasets directory)")
     raw, bad = read_problem_rows(src)
     rows, rejected = normalize_problems(raw, cfg, str(src))
-    log.info("problems: %d from %s, %d quarantined", len(rows), src, len(bad) + len(rejected))
-    return rows, bad + rejected
+    # Same keys in every row: Parquet writers take a table's columns from its first row.
+    rows, quarantined = uniform_rows(rows), uniform_rows(bad + rejected)
+    log.info("problems: %d from %s, %d quarantined; %s", len(rows), src, len(quarantined),
+             json.dumps(load_summary(rows, quarantined), default=str))
+    return rows, quarantined
+
+
+def load_summary(rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) -> dict[str, Any]:
+    """What loading did, from its own output: counts by reason, by group column, trace storage and think case."""
+    from collections import Counter
+
+    by_group: dict[str, Counter[str]] = {}
+    for r in rows:
+        if GROUP in r:
+            by_group.setdefault(str(r[GROUP]), Counter())["ingested"] += 1
+    for q in quarantined:
+        if GROUP in q:
+            by_group.setdefault(str(q.get(GROUP)), Counter())[q[R.REASON]] += 1
+    summary: dict[str, Any] = {"num_in": len(rows) + len(quarantined), "num_out": len(rows),
+                               "reasons": dict(Counter(q[R.REASON] for q in quarantined))}
+    if by_group:
+        summary["by_group"] = {g: dict(c) for g, c in sorted(by_group.items())}
+    if any(THINK_SPLIT in r for r in rows):
+        summary["think_split"] = dict(Counter(r[THINK_SPLIT] for r in rows))
+        summary["trace_format"] = dict(Counter(r[TRACE_FORMAT] for r in rows))
+    return summary
 
 
 # --------------------------------------------------------------------------- stage accounting

@@ -17,7 +17,17 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
 from palign_ray.config import Config, TeacherConfig, stage_pool
-from palign_ray.problems import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, TEMPLATE, retention
+from palign_ray.problems import (
+    AFTER_THINK,
+    DECISIVE_CHAR_END,
+    DECISIVE_SENTENCE,
+    GROUP,
+    SOLUTION,
+    TEMPLATE,
+    THINK_SPLIT,
+    TRACE_FORMAT,
+    retention,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +40,8 @@ COT_TOKENS = "cot_tokens"
 TEACHER_MODEL = "teacher_model"
 TRACE_SOURCE = "trace_source"  # "teacher" | "reference" | "ingested"
 SAMPLE_REASONS = ("wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error")
-CARRIED = (SOLUTION, DECISIVE_SENTENCE, DECISIVE_CHAR_END, TEMPLATE)  # kept for later checks (issue 10)
+CARRIED = (SOLUTION, DECISIVE_SENTENCE, DECISIVE_CHAR_END, TEMPLATE,  # kept for later checks (issue 10)
+           GROUP, TRACE_FORMAT, THINK_SPLIT, AFTER_THINK)  # how an ingested trace was stored and split (issue 18)
 
 
 def teacher_prompt(question: str) -> str:
@@ -92,13 +103,12 @@ def strip_think(text: str) -> str:
     """The reasoning of a trace with think tags: inside <think>...</think>, else tags removed.
 
     A trace with only a closing tag (templates that open <think> in the prompt) keeps what precedes it.
+    One rule with the problems stage's load-time split (`fields.split_think`), which also keeps the
+    part after `</think>`; here it is a no-op on rows that were split there.
     """
-    if _THINK_CLOSE in text:
-        head = text.split(_THINK_CLOSE, 1)[0]
-        inner = head.split(_THINK_OPEN, 1)[1] if _THINK_OPEN in head else head
-        if inner.strip():
-            return inner.strip()
-    return re.sub(r"</?think>", "", text).strip()
+    from palign_ray.fields import split_think
+
+    return split_think(text).reasoning.strip()
 
 
 def reference_trace(solution: str, answer: str) -> str:

@@ -15,6 +15,7 @@ from palign_ray.problems import (
     builtin_problems,
     content_id,
     load_problems,
+    load_summary,
     normalize_problems,
     quarantine_path,
     retention,
@@ -58,8 +59,8 @@ def test_explicit_fields_and_limit(tmp_path: Path) -> None:
     cfg = ProblemsConfig(source="file", num_problems=3, question_field="q", answer_field="gold", id_field="key", trace_field="trace")
     rows, bad = load_problems(cfg, src)
     assert [(r["problem_id"], r["question"], r["answer"], r["cot"]) for r in rows] == [
-        ("k0", "Q0", "0", "<think>t0</think>"), ("k1", "Q1", "1", "<think>t1</think>"), ("k2", "Q2", "2", "<think>t2</think>")]
-    assert bad == []
+        ("k0", "Q0", "0", "t0"), ("k1", "Q1", "1", "t1"), ("k2", "Q2", "2", "t2")]  # think tags split at load
+    assert {r["think_split"] for r in rows} == {"think_tags"} and bad == []
 
 
 def test_content_id_is_stable_and_whitespace_insensitive() -> None:
@@ -97,6 +98,91 @@ def test_missing_file_and_empty_path() -> None:
         load_problems(ProblemsConfig(source="file"), "/nonexistent/problems.jsonl")
     with pytest.raises(ValueError, match="problems.path"):
         load_problems(ProblemsConfig(source="file", path=""))
+
+
+# ------------------------------------------------------------------ field values as datasets store them (issue 18)
+
+TRACE = "First we add.\nThen we check: 2 + 3 = 5."
+
+
+def test_list_and_serialised_list_traces(tmp_path: Path) -> None:
+    """s1K's list-of-strings trace field: was quarantined as missing_trace (list) or ingested as
+    "['...\\n...']" garbage (a CSV round-trip's repr string); now decoded, or quarantined, never verbatim."""
+    src = _write_jsonl(tmp_path / "p.jsonl", [
+        {"question": "list?", "answer": "5", "tt": [TRACE, "second sample"]},
+        {"question": "repr?", "answer": "5", "tt": repr([TRACE])},
+        {"question": "json string?", "answer": "5", "tt": json.dumps([TRACE])},
+        {"question": "cut repr?", "answer": "5", "tt": repr([TRACE])[:-3]},
+        {"question": "index out of range?", "answer": "5", "tt": []},
+        {"question": "plain?", "answer": "5", "tt": TRACE},
+    ])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0, trace_field="tt"), src)
+    assert [r["cot"] for r in rows] == [TRACE, TRACE, TRACE, TRACE]
+    assert [r["trace_format"] for r in rows] == ["list", "serialised_list", "serialised_list", "string"]
+    assert [(b["reason"], b["problem_id"]) for b in bad] == [("trace_is_serialised_list", content_id("cut repr?")),
+                                                            ("missing_trace", content_id("index out of range?"))]
+    second, _ = load_problems(ProblemsConfig(source="file", num_problems=1, trace_field="tt", trace_index=1), src)
+    assert second[0]["cot"] == "second sample"
+    _, far = load_problems(ProblemsConfig(source="file", num_problems=1, trace_field="tt", trace_index=5), src)
+    assert far[0]["reason"] == "index_out_of_range"
+
+
+def test_r1_style_think_split_keeps_the_answer_part(tmp_path: Path) -> None:
+    r1 = "Alright, so 2 + 3.\n**Final Answer**\n\\boxed{5}\n</think>\n\nThe sum is \\boxed{5}."
+    src = _write_jsonl(tmp_path / "p.jsonl", [
+        {"question": "r1?", "answer": 5.0, "code": [r1]},
+        {"question": "tags?", "answer": "5", "code": ["<think>inside</think>after"]},
+        {"question": "none?", "answer": "5", "code": [TRACE]},
+    ])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0, trace_field="code"), src)
+    assert bad == [] and rows[0]["answer"] == "5"  # a float gold (AMC's 27.0) normalised
+    assert rows[0]["cot"] == "Alright, so 2 + 3.\n**Final Answer**\n\\boxed{5}" and rows[0]["after_think"] == "The sum is \\boxed{5}."
+    assert [r["think_split"] for r in rows] == ["close_only", "think_tags", "no_tags"]
+    assert load_summary(rows, bad)["think_split"] == {"close_only": 1, "think_tags": 1, "no_tags": 1}
+
+
+def test_gold_from_worked_solutions_with_group_counts(tmp_path: Path) -> None:
+    """A worked solution in the answer field was taken verbatim as gold; now its final answer, else quarantine."""
+    src = _write_jsonl(tmp_path / "p.jsonl", [
+        {"question": "aime?", "solution": "173", "cot_type": "math"},
+        {"question": "boxed?", "solution": "Work it out.\nThe final answer is \\(\\boxed{82}\\)", "cot_type": "math"},
+        {"question": "gpqa?", "solution": "The operator gives the wave equation.\nSo D holds.\n\nAnswer: D", "cot_type": "science"},
+        {"question": "paragraph?", "solution": "Applying the operator on the equation leads to\nthe constraint.", "cot_type": "science"},
+        {"question": "crossword?", "solution": "### Answer: ATTUNE \n ### Explanation: Definition: Adjust", "cot_type": "crossword"},
+    ])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0, answer_field="solution"), src)
+    assert [r["answer"] for r in rows] == ["173", "82", "D"]
+    assert rows[1]["solution"].startswith("Work it out.")  # the worked solution is kept as the solution
+    assert [(b["reason"], b["group"]) for b in bad] == [("gold_not_extractable", "science"), ("gold_not_extractable", "crossword")]
+    assert "no \\boxed{}" in bad[0]["detail"]
+    assert load_summary(rows, bad)["by_group"] == {"crossword": {"gold_not_extractable": 1}, "math": {"ingested": 2},
+                                                   "science": {"ingested": 1, "gold_not_extractable": 1}}
+    by_source, _ = load_problems(ProblemsConfig(source="file", num_problems=0, answer_field="solution", group_field="question"), src)
+    assert by_source[0]["group"] == "aime?"
+
+
+def test_row_filter_quarantines_the_rest(tmp_path: Path) -> None:
+    src = _write_jsonl(tmp_path / "p.jsonl", [{"question": f"q{i}?", "answer": i, "cot_type": t}
+                                              for i, t in enumerate(["math", "science", "math", "crossword"])])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0, filter="cot_type=math"), src)
+    assert [r["question"] for r in rows] == ["q0?", "q2?"]
+    assert [(b["reason"], b["group"]) for b in bad] == [("filtered_out", "science"), ("filtered_out", "crossword")]
+    assert "cot_type='science'" in bad[0]["detail"] and bad[0]["problem_id"] == content_id("q1?")
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0, filter="cot_type!=crossword"), src)
+    assert len(rows) == 3 and len(bad) == 1
+    with pytest.raises(ValueError, match="no row .* has a column 'kind'"):
+        load_problems(ProblemsConfig(source="file", num_problems=0, filter="kind=math"), src)
+    with pytest.raises(ValueError, match="col=value"):
+        load_problems(ProblemsConfig(source="file", num_problems=0, filter="cot_type"), src)
+
+
+def test_loaded_rows_share_one_set_of_keys(tmp_path: Path) -> None:
+    """Parquet takes a table's columns from its first row: every row and every quarantine row has them all."""
+    src = _write_jsonl(tmp_path / "p.jsonl", ["not json", {"question": "a?", "answer": 1},
+                                              {"question": "b?", "answer": 2, "source": "x"}, {"question": "c?"}])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0), src)
+    assert len({tuple(r) for r in rows}) == 1 and len({tuple(b) for b in bad}) == 1
+    assert rows[0]["group"] is None and rows[1]["group"] == "x"
 
 
 # ------------------------------------------------------------------ built-in problems
