@@ -123,9 +123,20 @@ def normalize_gold(answer: object) -> str:
 
 _NUMBER_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
-# A number followed by a unit: "10 \text{ cm}", "10\mbox{cm}", "10 cm" (bare words need a space and
-# two letters, so "5x" or "2i" are never read as units).
-_UNIT_RE = re.compile(r"^(.*?\d)(\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[a-zA-Z]{2,}(\^\d)?)$")
+# A number followed by something that may be a unit: "10 \text{ cm}", "10\mbox{cm}", "10 cm^2",
+# "10 square units" (a bare word needs a space and two letters, so "5x" and "5 m" never are). Only one
+# whose words are all in _UNIT_WORDS is stripped: "5 pi", "2 \mathrm{i}" or "3 e" are other answers.
+_UNIT_RE = re.compile(r"^(.*?\d)(?:\s*\\(?:text|mbox|mathrm)\{([^{}]*)\}|\s+([a-zA-Z]{2,}(?:[ /][a-zA-Z]+)*))"
+                      r"(?:\^\{?[23]\}?)?$")
+_UNIT_WORDS = frozenset("""
+    mm cm m km in inch inches ft foot feet yd yard yards mile miles meter meters metre metres millimeter millimeters
+    centimeter centimeters kilometer kilometers g mg kg gram grams kilogram kilograms milligram milligrams lb lbs pound
+    pounds oz ounce ounces ton tons ml l liter liters litre litres milliliter milliliters gallon gallons cup cups quart
+    quarts pint pints s sec secs second seconds min mins minute minutes h hr hrs hour hours day days week weeks month
+    months year years dollar dollars cent cents euro euros yuan deg degree degrees rad radian radians mph kph
+    unit units square sq cubic per percent percentage pct
+""".split())
+_TIMES_CONSTANT_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:i|e|pi|\\pi)")  # a normal form: "2i", "5\pi"
 _SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad|~")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
 
@@ -143,6 +154,12 @@ def _canonical_number(s: str) -> str | None:
     return format(d.normalize(), "f")
 
 
+def _is_unit(text: str) -> bool:
+    """'cm', ' square units', 'km/h': every word a known unit word (case-insensitive)."""
+    words = re.split(r"[\s/]+", text.strip().lower())
+    return bool(words) and all(w in _UNIT_WORDS for w in words)
+
+
 def _canonical(s: str) -> str:
     """A normal form for string comparison; equal forms mean equal answers (never the reverse)."""
     s = s.strip().strip("$").strip()
@@ -153,7 +170,7 @@ def _canonical(s: str) -> str:
         s = s.replace(deg, "")
     s = s.strip().rstrip(".").strip()
     m = _UNIT_RE.match(s)
-    if m and _NUMBER_RE.fullmatch(m.group(1).replace(",", "").strip()):
+    if m and _NUMBER_RE.fullmatch(m.group(1).replace(",", "").strip()) and _is_unit(m.group(2) or m.group(3)):
         s = m.group(1)  # "10 \text{ cm}" / "10 cm" → "10"
     s = _TEXT_RE.sub(r"\1", s)
     s = re.sub(r"\s+", "", s)
@@ -175,6 +192,11 @@ def _cheap_verdict(pred: str, gold: str) -> bool | None:
         return True
     # Two different plain numbers are a wrong answer, unless a percent sign makes "50%" vs "0.5" arguable.
     if _canonical_number(a) is not None and _canonical_number(b) is not None and "%" not in pred + gold:
+        return False
+    # A nonzero multiple of i, e or pi is never a plain number; decided here because math-verify drops
+    # "\mathrm{i}" and "\text{ i}" like units and would call "2 \mathrm{i}" equal to 2.
+    m = _TIMES_CONSTANT_RE.fullmatch(a)
+    if m and _canonical_number(b) is not None and _canonical_number(m.group(1)) != "0":
         return False
     return None
 

@@ -107,6 +107,32 @@ def test_grade_wrong(prediction: str, gold: str) -> None:
     assert (g.correct, g.reason) == (False, "wrong_answer")
 
 
+@pytest.mark.parametrize(
+    ("prediction", "gold"),
+    [(r"\boxed{5 pi}", "5"), (r"\boxed{2 \mathrm{i}}", "2"), (r"\boxed{3 \mathrm{e}}", "3"), (r"\boxed{4 \text{ i}}", "4"),
+     (r"\boxed{5\pi}", "5"), (r"\boxed{7 ab}", "7"), (r"\boxed{2 \mathrm{d}x}", "2")],
+)
+def test_trailing_symbols_are_not_units(prediction: str, gold: str) -> None:
+    """Only real units are stripped: a constant or variable after the number changes the answer."""
+    assert grading._cheap_verdict(extract_boxed(prediction), gold) is not True
+    if "ab" not in prediction and "dx" not in prediction.replace("}", ""):
+        # math-verify drops \mathrm{i} and \text{...} as units, so the cheap path decides a constant multiple
+        assert grading._cheap_verdict(extract_boxed(prediction), gold) is False
+        assert grade(prediction, gold) == Grade(False, extract_boxed(prediction), "wrong_answer")
+    assert grading._cheap_verdict(r"0 \mathrm{i}", "0") is None  # 0·i is 0: left to math-verify
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [r"\boxed{5 cm}", r"\boxed{5\text{ dollars}}", r"\boxed{5 degrees}", r"\boxed{5 \mathrm{cm}}", r"\boxed{5\text{ cm}^2}",
+     r"\boxed{5 square units}", r"\boxed{5 \text{km/h}}", r"\boxed{5\mbox{ hours}}", r"\boxed{5 \mathrm{kg}}"],
+)
+def test_real_units_strip_on_the_cheap_path(prediction: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grading, "_verify_bounded", lambda *a: pytest.fail("child used for a number with a unit"))
+    assert grade(prediction, "5").correct
+    assert grade(prediction, "6").reason == "wrong_answer"
+
+
 def test_grade_no_box() -> None:
     assert grade("The answer is 5.", "5") == Grade(False, None, "no_boxed_answer")
 
