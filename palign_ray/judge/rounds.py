@@ -86,6 +86,10 @@ def check_judge_config(jcfg: JudgeConfig) -> None:
     if jcfg.calibration != "absolute" and jcfg.search != "fixed_ratio" and (jcfg.verdict != "logprob" or jcfg.votes != 1):
         raise ValueError(f"judge.calibration={jcfg.calibration} needs judge.verdict=logprob and judge.votes=1 "
                          "(it compares margins, not sampled votes); or use judge.calibration=absolute")
+    if jcfg.isotonic and jcfg.search != "fixed_ratio" and jcfg.verdict != "logprob":
+        # generate verdicts carry no score, so the fit would have no points and every cut would be discarded
+        raise ValueError("judge.isotonic=true needs judge.verdict=logprob (it fits the probes' p(ENOUGH) scores, "
+                         "which generated verdicts lack); set judge.isotonic=false or judge.verdict=logprob")
     if jcfg.min_margin_range < 0:
         raise ValueError(f"judge.min_margin_range must be >= 0, got {jcfg.min_margin_range}")
     if jcfg.votes < 1:
