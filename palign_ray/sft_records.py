@@ -1,6 +1,7 @@
 """SFT records: the paper's response format (and baselines), chat-template tokenization, response-only loss masks, shards.
 
 Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
+    or: palign build-sft --input released.jsonl --output shards_dir/ --format alpaca|sharegpt|messages
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -30,6 +32,7 @@ LOSS_MASK = "loss_mask"
 NUM_TOKENS = "num_tokens"
 NUM_LOSS_TOKENS = "num_loss_tokens"
 META_FILE = "sft_meta.json"
+MARKERS = re.compile(r"<Begin_of_(?:Prefix|Draft)>.*?<End_of_(?:Prefix|Draft)>", re.DOTALL)  # paper / released model
 # Fields each method's response is built from (checked per row; a missing value quarantines the row).
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "palign": (R.QUESTION, R.PREFIX, R.CONTINUATION),
@@ -87,15 +90,15 @@ def _end_of_turn(tokenizer: Any, closing: str) -> str:
     return min(hits)[2]
 
 
-def tokenize_example(tokenizer: Any, user: str, response: str) -> Tokenized:
-    """Chat ids of (user, assistant=response) with a mask of 1 on exactly the response + end-of-turn tokens.
+def tokenize_example(tokenizer: Any, user: str, response: str, system: str = "") -> Tokenized:
+    """Chat ids of ([system,] user, assistant=response) with a mask of 1 on exactly the response + end-of-turn tokens.
 
     The prompt is rendered with add_generation_prompt=True (what the model sees at inference, incl.
     e.g. an empty <think></think> block); template text after the end-of-turn token is dropped.
     """
     from palign_ray.chat import render_chat
 
-    msgs = [{"role": "user", "content": user}]
+    msgs = [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": user}]
     prompt_text = render_chat(tokenizer, msgs, add_generation_prompt=True)
     full_text = render_chat(tokenizer, [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False)
     if not full_text.startswith(prompt_text):
@@ -120,32 +123,67 @@ def _missing_fields(row: dict[str, Any], method: str) -> list[str]:
     return [f for f in METHOD_FIELDS[method] if not isinstance(row.get(f), str) or not row[f].strip()]
 
 
+class _Collector:
+    """Tokenizes examples into shard rows, quarantining template errors and over-long ones; keeps the counts."""
+
+    def __init__(self, tokenizer: Any, cfg: AlignConfig) -> None:
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.examples: list[dict[str, Any]] = []
+        self.quarantine: list[dict[str, Any]] = []
+        self.num_split = 0
+
+    def add(self, pid: str, user: str, response: str, system: str = "") -> None:
+        try:
+            tok = tokenize_example(self.tokenizer, user, response, system)
+        except ValueError as e:
+            self.quarantine.append(quarantine_row(STAGE, pid, "template_error", str(e)))
+            return
+        if len(tok.input_ids) > self.cfg.max_seq_len:
+            self.quarantine.append(quarantine_row(STAGE, pid, "too_long", f"{len(tok.input_ids)} tokens > align.max_seq_len {self.cfg.max_seq_len}"))
+            return
+        self.num_split += not tok.joint
+        self.examples.append({R.PROBLEM_ID: pid, INPUT_IDS: tok.input_ids, LOSS_MASK: tok.loss_mask,
+                              NUM_TOKENS: len(tok.input_ids), NUM_LOSS_TOKENS: sum(tok.loss_mask)})
+
+    def stats(self, label: str) -> dict[str, Any]:
+        ex = self.examples
+        return {"method": label, "num_examples": len(ex), "num_split_tokenized": self.num_split,
+                "num_tokens": sum(e[NUM_TOKENS] for e in ex), "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in ex)}
+
+
 def build_examples(rows: list[dict[str, Any]], tokenizer: Any, method: str, cfg: AlignConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Rows → tokenized examples (contract columns) + quarantine (missing_field, too_long, template_error)."""
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
-    examples, quar = [], []
-    num_split = 0
+    out = _Collector(tokenizer, cfg)
     for row in rows:
         pid = str(row.get(R.PROBLEM_ID))
         missing = _missing_fields(row, method)
         if missing:
-            quar.append(quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}"))
+            out.quarantine.append(quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}"))
             continue
-        try:
-            tok = tokenize_example(tokenizer, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
-        except ValueError as e:
-            quar.append(quarantine_row(STAGE, pid, "template_error", str(e)))
+        out.add(pid, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
+    return out.examples, out.quarantine, out.stats(method)
+
+
+def build_file_examples(rows: list[dict[str, Any]], tokenizer: Any, fmt: str, cfg: AlignConfig, join: str = "") -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Rows of an existing SFT file (alpaca/sharegpt/messages) → the same examples, the response trained on verbatim.
+
+    P-ALIGN's markers stay ordinary text of the response; the summary counts the rows that carry them.
+    """
+    from palign_ray.sft_formats import Rejected, example_id, from_row
+
+    out = _Collector(tokenizer, cfg)
+    num_marked = 0
+    for n, row in enumerate(rows):
+        pid = example_id(row, n)
+        chat = from_row(row, fmt, join)
+        if isinstance(chat, Rejected):
+            out.quarantine.append(quarantine_row(STAGE, pid, chat.reason, chat.detail))
             continue
-        if len(tok.input_ids) > cfg.max_seq_len:
-            quar.append(quarantine_row(STAGE, pid, "too_long", f"{len(tok.input_ids)} tokens > align.max_seq_len {cfg.max_seq_len}"))
-            continue
-        num_split += not tok.joint
-        examples.append({R.PROBLEM_ID: pid, INPUT_IDS: tok.input_ids, LOSS_MASK: tok.loss_mask,
-                         NUM_TOKENS: len(tok.input_ids), NUM_LOSS_TOKENS: sum(tok.loss_mask)})
-    stats = {"method": method, "num_examples": len(examples), "num_split_tokenized": num_split,
-             "num_tokens": sum(e[NUM_TOKENS] for e in examples), "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in examples)}
-    return examples, quar, stats
+        num_marked += bool(MARKERS.search(chat.response))
+        out.add(pid, chat.user, chat.response, chat.system)
+    return out.examples, out.quarantine, {**out.stats(f"file:{fmt}"), "format": fmt, "num_with_prefix_markers": num_marked}
 
 
 def _shard_table(examples: list[dict[str, Any]]) -> Any:
@@ -196,20 +234,24 @@ def load_tokenizer(model: str) -> Any:
 
 def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: str | Path,
                  quarantine_file: str | Path | None = None, tokenizer: Any = None,
-                 extra_quarantine: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
+                 extra_quarantine: tuple[dict[str, Any], ...] = (), fmt: str = "", join: str = "") -> dict[str, Any]:
     """Rows of the method's input stage → shards in out_dir (tokenized for sft.model); returns the summary.
 
-    Quarantine goes to `quarantine_file` (default `<out_dir>.quarantine.parquet` beside the directory).
+    With `fmt` (alpaca/sharegpt/messages) the rows are an existing SFT file instead and `method` is
+    not used. Quarantine goes to `quarantine_file` (default `<out_dir>.quarantine.parquet` beside the directory).
     """
     from palign_ray.artifacts import write_parquet
     from palign_ray.problems import quarantine_path, uniform_rows
 
     out = Path(out_dir)
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.sft.model)
-    examples, quar, stats = build_examples(rows, tok, method, cfg.align)
+    if fmt:
+        examples, quar, stats = build_file_examples(rows, tok, fmt, cfg.align, join)
+    else:
+        examples, quar, stats = build_examples(rows, tok, method, cfg.align)
     quar = [*extra_quarantine, *quar]
     meta = {"model": cfg.sft.model, "chat_template": tok.chat_template, "max_seq_len": cfg.align.max_seq_len,
-            "num_examples": len(examples), "method": method, "prefix_begin": cfg.align.prefix_begin,
+            "num_examples": len(examples), "method": stats["method"], "prefix_begin": cfg.align.prefix_begin,
             "prefix_end": cfg.align.prefix_end, "num_tokens": stats["num_tokens"], "num_loss_tokens": stats["num_loss_tokens"]}
     shards = write_shards(out, examples, cfg.align.shard_rows, meta)
     write_parquet(Path(quarantine_file) if quarantine_file else quarantine_path(out), uniform_rows(quar))
@@ -219,18 +261,27 @@ def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: 
 
 
 def build_sft_main(argv: list[str]) -> int:
-    """Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign] [key=value ...]"""
+    """Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign | --format alpaca] [key=value ...]"""
     from palign_ray.artifacts import read_rows, write_json
     from palign_ray.cli import config_parser, parse_config
+    from palign_ray.sft_formats import FORMATS
 
     p = config_parser("build-sft", "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).")
     p.add_argument("--input", required=True, help="aligned rows (palign/fixed_ratio/continuation_only), traces (full_cot) or prefixes (prefix_only)")
     p.add_argument("--output", required=True, help="output directory of part-*.parquet shards")
     p.add_argument("--method", default=None, choices=METHODS, help="response format (default: run.method)")
+    p.add_argument("--format", default="", choices=("", *FORMATS),
+                   help="--input is an existing SFT file: alpaca (instruction/input/output), sharegpt (conversations) "
+                        "or messages (role/content); the response is trained on as written (markers stay text)")
+    p.add_argument("--join", default="", help="alpaca: text between instruction and input (default none: the paper's prompt "
+                                             "glues them, as evaluation does; LLaMA-Factory uses a newline)")
     args, cfg = parse_config(p, argv)
+    if args.format and args.method:
+        p.error("--method builds responses from stage rows; with --format the file's responses are used as they are")
     rows, bad = read_rows(args.input, STAGE)
     out = Path(args.output)
-    summary = build_shards(rows, cfg, args.method or cfg.run.method, out, extra_quarantine=tuple(bad))
+    summary = build_shards(rows, cfg, args.method or cfg.run.method, out, extra_quarantine=tuple(bad),
+                           fmt=args.format, join=args.join)
     write_json(out.with_name(out.name + ".summary.json"), summary)
     sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
     return 0 if summary["num_examples"] else 3

@@ -133,3 +133,78 @@ def test_build_sft_cli(tmp_path: Path, capsys) -> None:
     assert rc == 0 and summary["num_examples"] == 1 and summary["method"] == "full_cot"
     quar = pq.read_table(tmp_path / "sft.quarantine.parquet").to_pylist()
     assert [q["reason"] for q in quar] == ["invalid_json"]
+
+
+# ------------------------------------------------------------------ existing SFT files (issue 18)
+
+
+def _supervised(tok, ex: dict) -> tuple[str, str]:
+    """(decoded prompt, decoded supervised part) of a shard row; the mask must be one contiguous response span."""
+    mask = ex["loss_mask"]
+    first = mask.index(1)
+    assert set(mask[:first]) == {0} and set(mask[first:]) == {1}
+    return tok.decode(ex["input_ids"][:first]), tok.decode(ex["input_ids"][first:])
+
+
+def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path: Path, capsys) -> None:
+    """The 16 released P-ALIGN rows (alpaca) → shards: supervised tokens decode to each `output` + end of turn,
+    markers kept as text, prompt masked and identical to the pipeline's (paper) prompt for the question."""
+    from palign_ray.sft_records import build_sft_main
+
+    src = Path(shared_data) / "external" / "palign_sample.jsonl"
+    released = [json.loads(line) for line in src.read_text().splitlines()]
+    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--format", "alpaca"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["num_examples"] == 16 and summary["num_quarantined"] == 0
+    assert summary["num_with_prefix_markers"] == 16 and summary["method"] == "file:alpaca"
+    rows = pq.read_table(tmp_path / "sft" / "part-00000.parquet").to_pylist()
+    assert [r["problem_id"] for r in rows] == [f"line-{i}" for i in range(1, 17)]
+    for row, given in zip(rows, released, strict=True):
+        prompt, trained = _supervised(tokenizer, row)
+        assert trained == given["output"] + "<|im_end|>"
+        assert trained.startswith("<Begin_of_Prefix>") and "<End_of_Prefix>\n" in trained
+        assert prompt.endswith(teacher_prompt(given["input"]) + "<|im_end|>\n<|im_start|>assistant\n")
+        # Same ids as the pipeline's build-sft writes for (question, response): one tokenization path.
+        assert row["input_ids"] == tokenize_example(tokenizer, teacher_prompt(given["input"]), given["output"]).input_ids
+        # ... and the response has exactly the pipeline's palign shape (prefix right-stripped, continuation stripped).
+        prefix, continuation = given["output"].removeprefix("<Begin_of_Prefix>").split("<End_of_Prefix>\n", 1)
+        assert build_response({"prefix": prefix, "continuation": continuation}, "palign", AlignConfig()) == given["output"]
+    meta = json.loads((tmp_path / "sft" / "sft_meta.json").read_text())
+    assert meta["num_examples"] == 16 and meta["method"] == "file:alpaca"
+
+
+def test_chat_formats_and_their_quarantine(tokenizer, tmp_path: Path) -> None:
+    from palign_ray.sft_records import build_file_examples
+
+    convo = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "What is 3+4?"}, {"from": "gpt", "value": "7"}]
+    sharegpt = [
+        {"id": "ok", "conversations": convo},
+        {"id": "two-turns", "conversations": convo + convo[1:]},
+        {"id": "roles", "conversations": [{"from": "gpt", "value": "7"}, {"from": "human", "value": "Q"}]},
+        {"id": "none"},
+    ]
+    ex, quar, stats = build_file_examples(sharegpt, tokenizer, "sharegpt", AlignConfig())
+    prompt, trained = _supervised(tokenizer, ex[0])
+    assert trained == "7<|im_end|>" and "<|im_start|>system\nBe brief.<|im_end|>" in prompt  # the file's system turn
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [("two-turns", "not_single_turn"), ("roles", "bad_roles"),
+                                                             ("none", "missing_field")]
+    assert stats["num_examples"] == 1 and stats["num_with_prefix_markers"] == 0
+    messages = [{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "_source_line": 3},
+                {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}]}]
+    ex, quar, _ = build_file_examples(messages, tokenizer, "messages", AlignConfig())
+    assert _supervised(tokenizer, ex[0])[1] == "A.<|im_end|>" and ex[0]["problem_id"] == "line-3"
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [("row-1", "missing_field")]
+    alpaca = [{"instruction": "Solve.", "input": "1+1?", "output": "2"}, {"instruction": "Solve.", "output": " "},
+              {"instruction": "Solve.", "input": "x", "output": "y", "history": [["a", "b"]]}]
+    ex, quar, _ = build_file_examples(alpaca, tokenizer, "alpaca", AlignConfig(), join="\n")
+    assert "<|im_start|>user\nSolve.\n1+1?<|im_end|>" in _supervised(tokenizer, ex[0])[0]
+    assert [q["reason"] for q in quar] == ["missing_field", "not_single_turn"]
+
+
+def test_build_sft_format_and_method_are_exclusive(tmp_path: Path) -> None:
+    from palign_ray.sft_records import build_sft_main
+
+    src = tmp_path / "a.jsonl"
+    src.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
+    with pytest.raises(SystemExit):
+        build_sft_main(["--input", str(src), "--output", str(tmp_path / "o"), "--format", "alpaca", "--method", "palign"])
