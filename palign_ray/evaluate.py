@@ -42,6 +42,10 @@ NUM_CHARS = "num_chars"
 GENERATION = "generation"
 ANSWER_SOURCE = "answer_source"  # "boxed" | "text" (paper grader only) | "" when incorrect
 REFERENCE_LABEL = "reference_label"  # a label that came with the input file (palign grade)
+# Quarantine reasons of problems that got no samples: they count as incorrect in the metrics.
+GENERATION_FAILED = "generation_failed"
+NO_GENERATION = "no_generation"
+FAILED_REASONS = (GENERATION_FAILED, NO_GENERATION)
 
 
 def build_prompt(problem: str) -> str:
@@ -66,11 +70,13 @@ def grade_samples(problems: list[dict[str, Any]], gen_rows: Iterable[dict[str, A
             continue
         seen.add(pid)
         if row.get("error") or not row.get(R.GENERATIONS):
-            bad.append(quarantine_row(STAGE, pid, "generation_failed", str(row.get("error") or "no generations")))
+            bad.append(quarantine_row(STAGE, pid, GENERATION_FAILED, str(row.get("error") or "no generations"),
+                                      **{BENCHMARK: problem[BENCHMARK]}))
             continue
         jobs += _sample_jobs(problem, row)
     for pid in sorted(set(by_id) - seen):
-        bad.append(quarantine_row(STAGE, pid, "no_generation", "the generation stage returned no row for this problem"))
+        bad.append(quarantine_row(STAGE, pid, NO_GENERATION, "the generation stage returned no row for this problem",
+                                  **{BENCHMARK: by_id[pid][BENCHMARK]}))
     return grade_jobs(jobs, cfg), bad
 
 
@@ -119,14 +125,33 @@ def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResu
     return out
 
 
-def compute_metrics(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int = 0) -> dict[str, Any]:
-    """Per-benchmark summaries plus their macro average (and agreement with reference labels if any)."""
-    per = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in sorted(problem_results(samples).items())}
+def failed_results(quarantined: Iterable[dict[str, Any]], num_samples: int) -> dict[str, list[ProblemResult]]:
+    """Problems whose generation failed (quarantine rows of grade_samples) as all-incorrect ProblemResults per benchmark."""
+    out: dict[str, list[ProblemResult]] = {}
+    for row in quarantined:
+        if row[R.REASON] in FAILED_REASONS:
+            out.setdefault(row[BENCHMARK], []).append(ProblemResult(row[R.PROBLEM_ID], (False,) * num_samples, failed=row[R.REASON]))
+    return out
+
+
+def _with_failed(graded: dict[str, list[ProblemResult]], failed: dict[str, list[ProblemResult]]) -> dict[str, list[ProblemResult]]:
+    return {b: graded.get(b, []) + failed.get(b, []) for b in sorted(set(graded) | set(failed))}
+
+
+def compute_metrics(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int = 0,
+                    failed: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Per-benchmark summaries plus their macro average (and agreement with reference labels if any).
+
+    `failed`: grade_samples' quarantine rows; problems without samples count as incorrect (the paper's
+    denominator is every problem) and are reported as num_failed_problems / failed_problem_rate.
+    """
+    lost = failed_results(failed, cfg.num_samples)
+    per = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in _with_failed(problem_results(samples), lost).items()}
     out: dict[str, Any] = {"grader": cfg.grader, "benchmarks": per, "average": macro_average(per)}
     if cfg.grader == "paper":  # the strict numbers too: only the last boxed answer counts
         strict = [{**s, CORRECT: bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"} for s in samples]
         out["boxed_only"] = {b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
-                             for b, p in sorted(problem_results(strict).items()) for m in [summarize(p, 0, seed)]}
+                             for b, p in _with_failed(problem_results(strict), lost).items() for m in [summarize(p, 0, seed)]}
     refs = [s for s in samples if s.get(REFERENCE_LABEL) is not None]
     if refs:
         out["reference_agreement"] = reference_agreement(refs, cfg, seed)
@@ -164,7 +189,8 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     per = metrics["benchmarks"]
     ks = sorted({k for m in per.values() for k in m.get("pass@k", {})}, key=int)
     head = ["benchmark", "problems", "n"] + [f"pass@{k}" for k in ks] + ["mean acc (paper Pass@1)", "any of n (paper Pass@n)",
-                                                                        "first sample", "truncated", "mean tokens"]
+                                                                        "first sample", "truncated", "mean tokens",
+                                                                        "failed problems"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in per.items():
         cells = [name, str(m.get("num_problems", 0)), str(m.get("num_samples", 0))]
@@ -172,19 +198,27 @@ def markdown_table(metrics: dict[str, Any]) -> str:
             v, ci = m.get("pass@k", {}).get(k), m.get("pass@k_ci95", {}).get(k)
             cells.append(f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(v))
         cells += [_pct(m.get("mean_accuracy")), _pct(m.get("pass@n_any_correct")), _pct(m.get("first_sample_accuracy")),
-                  _pct(m.get("truncation_rate")), _num(m.get("mean_generation_tokens"))]
+                  _pct(m.get("truncation_rate")), _num(m.get("mean_generation_tokens")), _failed(m)]
         lines.append("| " + " | ".join(cells) + " |")
     avg = metrics["average"]
     if len(per) > 1 and avg.get("num_benchmarks"):
         cells = ["**average**", str(avg["num_problems"]), ""] + [_pct(avg["pass@k"].get(k)) for k in ks]
         cells += [_pct(avg.get("mean_accuracy")), _pct(avg.get("pass@n_any_correct")), _pct(avg.get("first_sample_accuracy")),
-                  _pct(avg.get("truncation_rate")), _num(avg.get("mean_generation_tokens"))]
+                  _pct(avg.get("truncation_rate")), _num(avg.get("mean_generation_tokens")), _failed(avg)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def _num(x: Any) -> str:
     return "—" if x is None or x != x else f"{float(x):.1f}"
+
+
+def _failed(m: dict[str, Any]) -> str:
+    """Failed problems as "count (rate%)"; "—" for metrics written before they were counted."""
+    if "num_failed_problems" not in m:
+        return "—"
+    rate = m.get("failed_problem_rate", m["num_failed_problems"] / m["num_problems"] if m.get("num_problems") else None)
+    return f"{m['num_failed_problems']} ({_pct(rate)}%)"
 
 
 def write_report(out_dir: Path, metrics: dict[str, Any], samples: list[dict[str, Any]], quarantined: list[dict[str, Any]]) -> None:

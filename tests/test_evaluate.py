@@ -49,6 +49,38 @@ def test_grade_samples_joins_on_id_and_counts_every_row() -> None:
     assert b["mean_generation_tokens"] == pytest.approx(21 / 6)
 
 
+def test_failed_problems_count_as_incorrect() -> None:
+    """A problem whose generation failed stays in the denominator (paper-style) and is reported as failed."""
+    cfg = dataclasses.replace(CFG, num_samples=2, bootstrap_samples=0)
+    gens = [{"problem_id": "b/0", "generations": [r"\boxed{0}"] * 2, "finish_reasons": ["stop"] * 2, "num_generated_tokens": [3, 5]},
+            {"problem_id": "b/1", "generations": [], "error": "prompt_too_long: 9000 tokens"}]
+    samples, bad = E.grade_samples(_problems()[:2], gens, cfg)
+    assert [(b["problem_id"], b["reason"], b["benchmark"]) for b in bad] == [("b/1", "generation_failed", "b")]
+    m = E.compute_metrics(samples, cfg, failed=bad)
+    b = m["benchmarks"]["b"]
+    assert b["pass@k"] == {"1": 0.5, "2": 0.5} and b["mean_accuracy"] == 0.5 and b["pass@n_any_correct"] == 0.5
+    assert b["first_sample_accuracy"] == 0.5
+    assert b["num_problems"] == 2 and b["num_failed_problems"] == 1 and b["failed_problem_rate"] == 0.5
+    assert b["failed_reasons"] == {"generation_failed": 1} and b["num_generations"] == 2
+    assert b["mean_generation_tokens"] == 4  # lengths come from real generations only
+    assert m["average"]["num_failed_problems"] == 1 and m["average"]["failed_problem_rate"] == 0.5
+    table = E.markdown_table(m)
+    assert table.splitlines()[0].endswith("| failed problems |") and table.splitlines()[2].endswith("| 1 (50.00%) |")
+    assert E.compute_metrics(samples, dataclasses.replace(cfg, grader="paper"), failed=bad)["boxed_only"]["b"]["pass@k"]["1"] == 0.5
+    # without failures the numbers are those of the graded problems (and the failure count is 0)
+    clean = E.compute_metrics(samples, cfg)["benchmarks"]["b"]
+    assert clean["pass@k"]["1"] == 1.0 and clean["num_failed_problems"] == 0 and clean["failed_problem_rate"] == 0.0
+
+
+def test_a_benchmark_where_every_generation_failed() -> None:
+    cfg = dataclasses.replace(CFG, num_samples=3, bootstrap_samples=0)
+    samples, bad = E.grade_samples(_problems()[:2], [{"problem_id": "b/0", "generations": [], "error": "boom"}], cfg)
+    assert samples == [] and sorted(b["reason"] for b in bad) == ["generation_failed", "no_generation"]
+    b = E.compute_metrics(samples, cfg, failed=bad)["benchmarks"]["b"]
+    assert b["num_problems"] == 2 and b["failed_problem_rate"] == 1.0 and b["pass@k"] == {"1": 0.0, "2": 0.0, "3": 0.0}
+    assert b["mean_accuracy"] == 0.0 and b["failed_reasons"] == {"generation_failed": 1, "no_generation": 1}
+
+
 def _fake_metrics(tmp_path: Path, name: str, acc: float) -> str:
     samples = [{"benchmark": bench, "problem_id": f"{bench}/{i}", "sample_index": j, "correct": (i + j) % 3 < acc * 3,
                 "num_generated_tokens": 10 + i + j, "num_chars": 40, "finish_reason": "stop", "reason": "x"}

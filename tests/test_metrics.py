@@ -67,6 +67,18 @@ def test_summarize_uneven_sample_counts_uses_the_smallest() -> None:
     assert m["pass@k"]["1"] == pytest.approx((2 / 3 + 1 / 2) / 2)
 
 
+def test_failed_problems_are_incorrect_not_dropped() -> None:
+    """One correct and one failed problem: pass@1 is 0.5, not 1.0; the failure is counted and rated."""
+    m = summarize([_p("a", 1, 1), ProblemResult("b", (False, False), failed="generation_failed")], bootstrap_samples=0)
+    assert m["num_problems"] == 2 and m["num_graded_problems"] == 1 and m["num_samples"] == 2
+    assert m["pass@k"] == {"1": 0.5, "2": 0.5} and m["mean_accuracy"] == 0.5 and m["first_sample_accuracy"] == 0.5
+    assert m["num_failed_problems"] == 1 and m["failed_problem_rate"] == 0.5 and m["failed_reasons"] == {"generation_failed": 1}
+    # a failure without a known sample count, or a problem with no samples at all, is still incorrect
+    m = summarize([_p("a", 1, 0), ProblemResult("b", (), failed="prompt_too_long"), ProblemResult("c", ())], bootstrap_samples=0)
+    assert m["num_problems"] == 3 and m["num_samples"] == 2 and m["pass@k"]["1"] == pytest.approx(0.5 / 3)
+    assert m["failed_reasons"] == {"no_samples": 1, "prompt_too_long": 1}
+
+
 def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
     vals = [((i * 37) % 101) / 101 for i in range(60)]  # many distinct values: quantiles move with the seed
     a = bootstrap_ci(vals, 500, seed=7)
