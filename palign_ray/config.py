@@ -325,7 +325,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (isinstance: for the type checker)
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(prefix + name, tp, value)
@@ -447,8 +447,8 @@ def help_lines(cls: type = Config, prefix: str = "") -> list[str]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            lines.append(f"[{prefix}{f.name}] {tp.__doc__.strip()}")
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            lines.append(f"[{prefix}{f.name}] {(tp.__doc__ or '').strip()}")
             lines += help_lines(tp, f"{prefix}{f.name}.")
         else:
             lines.append(f"  {prefix}{f.name}={f.default!r}  {f.metadata.get('help', '')}")

@@ -203,7 +203,7 @@ def _ends_sentence(text: str, m: re.Match[str]) -> bool:
 
 
 def _period_ends_sentence(text: str, dot: int, nxt: str) -> bool:
-    token_start = _LAST_TOKEN.search(text, max(0, dot - 64), dot).start()
+    token_start = _LAST_TOKEN.search(text, max(0, dot - 64), dot).start()  # type: ignore[union-attr]  # \S*$ always matches
     core = text[token_start:dot].lstrip("\"'([{*_").rstrip(".")
     lower = core.lower()
     if lower in _ABBREVIATIONS or _DOTTED_ABBREV.fullmatch(core):
@@ -264,6 +264,7 @@ def _cut_point(text: str, pos: int, end: int, max_chars: int, regions: list[Span
     """The next chunk start after pos: after the last usable whitespace within max_chars, else a hard cut."""
     limit = pos + max_chars
     best = after_punct = None
+    ws: re.Match[str] | None  # the loop's whitespace, later reused for the tail search (may miss)
     for ws in _WHITESPACE.finditer(text, pos + 1, min(limit + 1, end)):
         if _inside(ws.start(), regions, starts):
             continue
@@ -272,7 +273,7 @@ def _cut_point(text: str, pos: int, end: int, max_chars: int, regions: list[Span
             after_punct = ws.start()  # prefer a clause boundary in the second half of the window
     chosen = after_punct if after_punct is not None else best
     if chosen is not None:
-        return _WHITESPACE.match(text, chosen).end()
+        return _WHITESPACE.match(text, chosen).end()  # type: ignore[union-attr]  # chosen is a whitespace start
     if not _inside(limit, regions, starts):
         return limit
     r0, r1 = regions[bisect.bisect_right(starts, limit) - 1]
@@ -282,7 +283,7 @@ def _cut_point(text: str, pos: int, end: int, max_chars: int, regions: list[Span
     if end - r1 <= _REGION_TAIL_SLACK:
         return None
     ws = _WHITESPACE.search(text, r1, r1 + _REGION_TAIL_SLACK)
-    q = _WHITESPACE.match(text, ws.start()).end() if ws and not _inside(ws.start(), regions, starts) else r1
+    q = _WHITESPACE.match(text, ws.start()).end() if ws and not _inside(ws.start(), regions, starts) else r1  # type: ignore[union-attr]
     return q if q < end else None
 
 

@@ -15,8 +15,7 @@ from palign_ray.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER = REPO / "cluster"
-# Same layout as conftest's SHARED_DATA: ../shared beside the repo.
-CRD_DIR = Path(__file__).parent / ".." / ".." / "shared" / "kuberay-crds"
+# The CRDs come from conftest's `kuberay_crds` fixture (PALIGN_DATA_DIR/../kuberay-crds; skipped when absent).
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
 SHARED_MOUNT = "/mnt/shared"
 IMAGE_APP_DIR = "/app/"  # where cluster/Dockerfile puts the repo
@@ -89,16 +88,11 @@ def _served_storage_v1(crd: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def crd_schemas() -> dict[str, dict[str, Any]]:
+def crd_schemas(kuberay_crds: Path) -> dict[str, dict[str, Any]]:
     """kind → raw v1 openAPIV3Schema (the 2 MB of YAML is parsed once per session)."""
-    crd_dir = CRD_DIR.resolve()
-    if not crd_dir.is_dir():
-        pytest.fail(
-            f"KubeRay CRDs not found at {crd_dir} (tests expect ../shared/kuberay-crds beside the repo)"
-        )
     out = {}
     for kind, name in CRD_FILES.items():
-        (crd,) = _load_all(crd_dir / name)
+        (crd,) = _load_all(kuberay_crds / name)
         assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == kind
         out[kind] = _served_storage_v1(crd)
     return out

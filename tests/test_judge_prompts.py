@@ -24,8 +24,8 @@ from palign_ray.judge.prompts import (
 from palign_ray.judge.rounds import judge_result, sentence_ends
 
 
-def test_template_is_the_papers_verbatim(shared_data):
-    doc = open(os.path.join(shared_data, "..", "docs", "PAPER.md")).read()
+def test_template_is_the_papers_verbatim(paper_md):
+    doc = paper_md.read_text()
     start = doc.index("Judge prompt")
     block = doc[doc.index("```text\n", start) + len("```text\n"): doc.index("```", doc.index("```text\n", start) + 8)]
     assert PAPER_V1 == block
