@@ -81,7 +81,8 @@ def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
     from palign_ray.grading import normalize_gold
 
     field = cfg.answer_field or R.ANSWER
-    solution = row.get(SOLUTION) if isinstance(row.get(SOLUTION), str) else ""
+    given = row.get(SOLUTION)
+    solution = given if isinstance(given, str) else ""
     picked = pick(row.get(field), cfg.trace_index, field, "answer")
     raw = picked.value
     if picked.reason:
@@ -210,7 +211,8 @@ def normalize_problems(rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, sour
             bad.append(quarantine_row(STAGE, _row_id(row, cfg, where), "filtered_out", f"{where}: {why}", **_group(row, group_field)))
             continue
         good, rejected = normalize_problem(row, cfg, where, group_field)
-        if rejected is not None:
+        if good is None:
+            assert rejected is not None  # normalize_problem returns exactly one of the two
             bad.append(rejected)
         elif good[R.PROBLEM_ID] in seen:
             bad.append(quarantine_row(STAGE, good[R.PROBLEM_ID], "duplicate_problem_id", f"{where}: id seen earlier in {source}",
