@@ -87,6 +87,8 @@ def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
     raw = picked.value
     if picked.reason:
         return Gold(None, solution, picked.reason, picked.detail)
+    if picked.form != "string" and raw is not None and not isinstance(raw, str):
+        return Gold(None, solution, "wrong_type", f"{field} is a list of {type(raw).__name__}, not of strings")
     if _missing(raw):
         if not solution.strip():
             return Gold(None, solution, "missing_answer", f"no {field!r} and no {SOLUTION!r}")

@@ -141,6 +141,15 @@ def test_r1_style_think_split_keeps_the_answer_part(tmp_path: Path) -> None:
     assert load_summary(rows, bad)["think_split"] == {"close_only": 1, "think_tags": 1, "no_tags": 1}
 
 
+def test_answer_lists(tmp_path: Path) -> None:
+    src = _write_jsonl(tmp_path / "p.jsonl", [{"question": "strings?", "answer": ["025", "x"]},
+                                              {"question": "repr?", "answer": "['7']"},
+                                              {"question": "numbers?", "answer": [10]}])
+    rows, bad = load_problems(ProblemsConfig(source="file", num_problems=0), src)
+    assert [r["answer"] for r in rows] == ["25", "7"]
+    assert [(b["reason"], "list of int" in b["detail"]) for b in bad] == [("wrong_type", True)]
+
+
 def test_gold_from_worked_solutions_with_group_counts(tmp_path: Path) -> None:
     """A worked solution in the answer field was taken verbatim as gold; now its final answer, else quarantine."""
     src = _write_jsonl(tmp_path / "p.jsonl", [
