@@ -212,7 +212,7 @@ def run_full(items: list[dict[str, Any]], cfg: Config, cache_off_items: int, gen
     Batched generate runs on the first `generate_items` traces only (0 = skipped): 256 decode steps per
     round cost minutes on a loaded 2-core box; on a GPU set it to the full count.
     """
-    from palign_ray.judge.rounds import truncate_rows
+    from palign_ray.judge.stage import truncate_rows
 
     sizes = {"batched_generate": generate_items}
     runs: list[tuple[str, list[dict[str, Any]], Config]] = [

@@ -109,7 +109,7 @@ def metrics(out: list[dict[str, Any]], summary: dict[str, Any], truth: dict[str,
 
 def run_mode(rows: list[dict[str, Any]], judge: dict[str, Any], model: str, max_cot_tokens: int) -> tuple[list, dict]:
     from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, RunConfig
-    from palign_ray.judge.rounds import truncate_rows
+    from palign_ray.judge.stage import truncate_rows
 
     cfg = Config(run=RunConfig(seed=0), engine=EngineConfig(max_model_len=2048, max_num_seqs=64),
                  ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=1, batch_size=64),

@@ -14,8 +14,9 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import AlignConfig, Config, stage_pool
+from palign_ray.config import AlignConfig, Config, stage_engine
 from palign_ray.problems import retention
+from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
 log = logging.getLogger(__name__)
 
@@ -106,41 +107,57 @@ def filter_all(rows: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: 
     return out, quar
 
 
-def generate_continuations(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The student continues every prefix with the paper's prompt and sampling (T 0.6, top_p 0.9, rp 1.05)."""
-    from palign_ray.engines.base import SamplingSpec
-    from palign_ray.generation import generate_batches
+class AlignWorker:
+    """Inside an actor: the student continues each prefix (engine started on first use), then Eq. 9 filters."""
 
-    a = cfg.align
-    sampling = SamplingSpec(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p,
-                            repetition_penalty=a.repetition_penalty, n=a.num_samples)
-    items = [{R.PROBLEM_ID: str(r[R.PROBLEM_ID]), R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in rows]
-    start = time.perf_counter()
-    gen_rows: list[dict[str, Any]] = []
-    for batch in generate_batches(items, model=a.model, **stage_pool(cfg, "align"), sampling=sampling,
-                                  seed=cfg.run.seed, salt=STAGE):
-        gen_rows += batch
-    wall_s = time.perf_counter() - start
-    tokens = sum(sum(g[R.NUM_GENERATED_TOKENS]) for g in gen_rows)
-    return gen_rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
-            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
-            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
-                      "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+    def __init__(self, cfg: Config, on_engine_start: Any = None):
+        from palign_ray.engines.base import SamplingSpec
+        from palign_ray.generation import Generator
+
+        a = cfg.align
+        self.cfg = cfg
+        sampling = SamplingSpec(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p,
+                                repetition_penalty=a.repetition_penalty, n=a.num_samples)
+        engine, _ = stage_engine(cfg, "align")
+        self.gen = Generator(a.model, engine, sampling, "", cfg.run.seed, STAGE, on_engine_start)
+
+    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        import asyncio
+
+        from palign_ray.teacher import generation_stats
+
+        start = time.perf_counter()
+        R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
+        ok, quar = check_prefix_rows(rows)
+        t_gen = time.perf_counter()
+        gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
+                                             R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in ok])
+        extra = generation_stats(gen_rows, time.perf_counter() - t_gen) if ok else {}
+        # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
+        out, rejected = await asyncio.to_thread(filter_all, ok, gen_rows, self.cfg.align)
+        quar += rejected
+        extra["num_continuations"] = len(out) + len(rejected)
+        extra["num_accepted_continuations"] = len(out)
+        extra["wall_s"] = round(time.perf_counter() - start, 2)
+        extra["finish_reasons"] = dict(Counter(f for g in gen_rows for f in g[R.FINISH_REASONS]))
+        return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+
+    def close(self) -> None:
+        self.gen.close()
+
+
+def align_job(cfg: Config, num_rows: int = 0) -> StreamJob:
+    """The align stage as a streaming job (one AlignWorker per actor)."""
+    _, ray_cfg = stage_engine(cfg, "align")
+    return StreamJob(STAGE, AlignWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows))
 
 
 def run_align(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Prefix rows → accepted (prefix, continuation) rows, quarantine, retention summary."""
-    start = time.perf_counter()
+    """Prefix rows in memory → accepted (prefix, continuation) rows, quarantine, retention summary."""
     R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
-    ok, quar = check_prefix_rows(rows)
-    gen_rows, extra = generate_continuations(ok, cfg) if ok else ([], {})
-    out, rejected = filter_all(ok, gen_rows, cfg.align)
-    quar += rejected
-    extra["num_continuations"] = len(out) + len(rejected)
-    extra["num_accepted_continuations"] = len(out)
-    extra["wall_s"] = round(time.perf_counter() - start, 2)
-    extra["finish_reasons"] = dict(Counter(f for g in gen_rows for f in g[R.FINISH_REASONS]))
-    return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+    out, quar, parts, res = run_rows(align_job(cfg, len(rows)), rows)
+    extra = {k: v for k, v in merge_summaries(parts).items() if k not in RETENTION_KEYS}
+    return out, quar, retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts)
 
 
 def align_main(argv: list[str]) -> int:

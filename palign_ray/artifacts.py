@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ def read_jsonl(path: Path, stage: str = "read") -> tuple[list[dict[str, Any]], l
 def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
+    if path.is_dir() and (path / COMMITS).is_dir():  # a stage directory: its committed parts only
+        return StageDir(path).output_rows()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX) and "quarantine" not in p.parts)
         rows: list[dict[str, Any]] = []
@@ -149,12 +152,22 @@ def read_rows(path: str | Path, stage: str = "read") -> tuple[list[dict[str, Any
     raise ValueError(f"input {p}: unsupported format (JSONL, Parquet, a Parquet directory or a datasets dir)")
 
 
+COMMITS = "commits"  # one JSON marker per part, written after its files: only committed parts exist
+
+
 class StageDir:
-    """`<run_dir>/<stage>/`: part-*.parquet outputs, quarantine/part-*.parquet, manifest.json last."""
+    """`<run_dir>/<stage>/`: part-*.parquet outputs, quarantine/part-*.parquet, commits/, manifest.json last.
+
+    A part is its output file, its quarantine file (either may be absent) and its commit marker
+    `commits/<part>.json`, written last and atomically. Readers see committed parts only, so a crash
+    between a part's two files (or before its marker) leaves nothing visible and the rerun redoes
+    exactly those problems. Workers of a streaming stage write parts; the driver writes the manifest.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.quarantine_dir = self.root / "quarantine"
+        self.commits_dir = self.root / COMMITS
         self.manifest_path = self.root / "manifest.json"
 
     def is_done(self, config_hash: str | None = None) -> bool:
@@ -162,46 +175,93 @@ class StageDir:
             return False
         if config_hash is None:
             return True
-        return json.loads(self.manifest_path.read_text()).get("config_hash") == config_hash
+        return self.manifest().get("config_hash") == config_hash
 
-    def write_part(self, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) -> None:
-        """One atomic part of outputs and its quarantine (both named by the same part id)."""
-        part = f"part-{uuid.uuid4().hex[:12]}.parquet"
+    def manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_path.read_text())
+
+    def write_part(self, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]], *,
+                   summary: dict[str, Any] | None = None, num_input: int | None = None, schema: Any = None) -> str:
+        """One part of outputs and its quarantine, visible all at once (the commit marker is written last)."""
+        part = f"part-{uuid.uuid4().hex[:12]}"
+        files = []
         if quarantined:
-            write_parquet(self.quarantine_dir / part, quarantined)
+            write_parquet(self.quarantine_dir / f"{part}.parquet", quarantined)
+            files.append(f"{self.quarantine_dir.name}/{part}.parquet")
         if rows:
-            write_parquet(self.root / part, rows)
+            write_parquet(self.root / f"{part}.parquet", rows, schema)
+            files.append(f"{part}.parquet")
+        reasons = Counter(str(q[R.REASON]) for q in quarantined)
+        write_json(self.commits_dir / f"{part}.json", {
+            "part": part, "files": files, "num_input": len(rows) + len(quarantined) if num_input is None else num_input,
+            "num_output": len(rows), "num_quarantined": len(quarantined), "reasons": dict(reasons),
+            "summary": summary or {}})
+        return part
+
+    def commits(self) -> list[dict[str, Any]]:
+        """Committed parts, oldest name first (a stage dir written before commit markers: every part file)."""
+        if not self.commits_dir.is_dir():
+            return self._legacy_commits() if self.manifest_path.is_file() else []
+        return [json.loads(p.read_text()) for p in sorted(self.commits_dir.glob("part-*.json"))]
+
+    def _legacy_commits(self) -> list[dict[str, Any]]:
+        files = [p.relative_to(self.root).as_posix() for d in (self.root, self.quarantine_dir)
+                 for p in sorted(d.glob("part-*.parquet"))] if self.root.is_dir() else []
+        return [{"part": "legacy", "files": files}]
+
+    def output_files(self) -> list[Path]:
+        return [self.root / f for c in self.commits() for f in c["files"] if "/" not in f]
+
+    def quarantine_files(self) -> list[Path]:
+        return [self.root / f for c in self.commits() for f in c["files"] if f.startswith(self.quarantine_dir.name + "/")]
 
     def output_rows(self) -> list[dict[str, Any]]:
-        return self._rows(self.root, recursive=False)
+        return _read_files(self.output_files())
 
     def quarantine_rows(self) -> list[dict[str, Any]]:
-        return self._rows(self.quarantine_dir, recursive=False)
+        return _read_files(self.quarantine_files())
 
     def done_ids(self) -> set[str]:
-        return {r[R.PROBLEM_ID] for r in self.output_rows() + self.quarantine_rows()}
-
-    @staticmethod
-    def _rows(d: Path, recursive: bool) -> list[dict[str, Any]]:
+        """problem_ids with a committed output or quarantine row (reads only that column)."""
         import pyarrow.parquet as pq
 
-        if not d.is_dir():
-            return []
-        rows: list[dict[str, Any]] = []
-        for f in sorted(d.glob("part-*.parquet")):
-            rows += pq.read_table(f).to_pylist()
-        return rows
+        ids: set[str] = set()
+        for f in self.output_files() + self.quarantine_files():
+            ids.update(str(x) for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist())
+        return ids
+
+    def remove_uncommitted(self) -> int:
+        """Delete part files no marker names (a crash before the commit); returns how many."""
+        if not self.root.is_dir() or not self.commits_dir.is_dir() and self.manifest_path.is_file():
+            return 0
+        keep = {self.root / f for c in self.commits() for f in c["files"]}
+        stale = [p for d in (self.root, self.quarantine_dir) if d.is_dir() for p in d.glob("part-*.parquet") if p not in keep]
+        stale += [p for d in (self.root, self.quarantine_dir, self.commits_dir) if d.is_dir() for p in d.glob(TMP_PREFIX + "*")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
 
     def write_manifest(self, **info: Any) -> None:
-        """Written last: its presence means the stage's outputs are complete."""
-        out, quar = self.output_rows(), self.quarantine_rows()
-        reasons: dict[str, int] = {}
-        for q in quar:
-            reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
-        write_json(self.manifest_path, {"num_output": len(out), "num_quarantined": len(quar), "reasons": reasons, **info})
+        """Written last: its presence means the stage's outputs are complete (counts from the commit markers)."""
+        commits = self.commits()
+        reasons: Counter[str] = Counter()
+        for c in commits:
+            reasons.update(c.get("reasons", {}))
+        write_json(self.manifest_path, {"num_output": sum(c.get("num_output", 0) for c in commits),
+                                        "num_quarantined": sum(c.get("num_quarantined", 0) for c in commits),
+                                        "reasons": dict(reasons), "num_parts": len(commits), **info})
 
     def reset(self) -> None:
         import shutil
 
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def _read_files(files: list[Path]) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows += pq.read_table(f).to_pylist()
+    return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from palign_ray import records as R
@@ -28,55 +28,87 @@ def derive_seed(seed: int, problem_id: str, salt: str = "") -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
-class GenerateUDF:
-    """Actor-pool UDF owning one vLLM engine; batch columns `problem_id`, `prompt` → generations."""
+class Generator:
+    """One vLLM engine, started on first use, turning {problem_id, prompt} items into generation rows.
 
-    def __init__(self, model: str, engine: dict[str, Any], sampling: dict[str, Any], system_prompt: str, seed: int, salt: str):
-        from palign_ray.engines.vllm_engine import VLLMEngine
-        from palign_ray.models import resolve_model
+    Built once per actor; `generate` is a coroutine so that several parts' requests share the engine's
+    running batch (continuous batching) instead of each waiting for its slowest sequence.
+    """
 
-        self.engine_cfg = EngineConfig(**engine)
-        self.engine = VLLMEngine(resolve_model(model), self.engine_cfg)
-        self.sampling = SamplingSpec(**sampling)
-        self.system_prompt = system_prompt
-        self.seed = seed
-        self.salt = salt
+    def __init__(self, model: str, engine: EngineConfig, sampling: SamplingSpec, system_prompt: str = "", seed: int = 0,
+                 salt: str = "", on_engine_start: Callable[[dict[str, Any]], None] | None = None):
+        self.model, self.engine_cfg, self.sampling = model, engine, sampling
+        self.system_prompt, self.seed, self.salt = system_prompt, seed, salt
+        self.on_engine_start = on_engine_start
+        self.engine: Any = None
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+    def start(self) -> Any:
+        """Start the engine once (a worker that only ingests never starts one)."""
+        if self.engine is None:
+            self.engine = start_engine(self.model, self.engine_cfg, self.on_engine_start)
+        return self.engine
+
+    async def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from palign_ray.chat import chat_ids, user_turn
 
-        pids = [str(p) for p in batch[R.PROBLEM_ID]]
-        prompts = [str(p) for p in batch[R.PROMPT]]
-        ids = [chat_ids(self.engine.tokenizer, user_turn(p, self.system_prompt)) for p in prompts]
+        if not items:
+            return []
+        engine = self.start()
+        pids = [str(i[R.PROBLEM_ID]) for i in items]
+        ids = [chat_ids(engine.tokenizer, user_turn(str(i[R.PROMPT]), self.system_prompt)) for i in items]
         limit = self.engine_cfg.max_model_len - 1
         ok = [i for i, x in enumerate(ids) if len(x) < limit]
         params = [dataclasses.replace(self.sampling, seed=derive_seed(self.seed, pids[i], self.salt),
                                       max_tokens=min(self.sampling.max_tokens, self.engine_cfg.max_model_len - len(ids[i])))
                   for i in ok]
-        results = dict(zip(ok, self.engine.generate([ids[i] for i in ok], params), strict=True))
-        out: dict[str, list[Any]] = {k: [] for k in (R.PROBLEM_ID, R.GENERATIONS, R.FINISH_REASONS, R.NUM_PROMPT_TOKENS,
-                                                     R.NUM_CACHED_TOKENS, R.NUM_GENERATED_TOKENS, ERROR)}
-        for i, pid in enumerate(pids):
-            res = results.get(i)
-            out[R.PROBLEM_ID].append(pid)
-            out[R.GENERATIONS].append([c.text for c in res.completions] if res else [])
-            out[R.FINISH_REASONS].append([c.finish_reason for c in res.completions] if res else [])
-            out[R.NUM_PROMPT_TOKENS].append(res.num_prompt_tokens if res else len(ids[i]))
-            out[R.NUM_CACHED_TOKENS].append(res.num_cached_tokens if res else 0)
-            out[R.NUM_GENERATED_TOKENS].append([len(c.token_ids) for c in res.completions] if res else [])
-            out[ERROR].append("" if res else f"prompt_too_long: {len(ids[i])} tokens >= engine.max_model_len {self.engine_cfg.max_model_len}")
-        return out
+        results = dict(zip(ok, await engine.agenerate([ids[i] for i in ok], params), strict=True))
+        return [self._row(pid, results.get(i), len(ids[i])) for i, pid in enumerate(pids)]
+
+    def _row(self, pid: str, res: Any, num_prompt: int) -> dict[str, Any]:
+        if res is None:
+            return {R.PROBLEM_ID: pid, R.GENERATIONS: [], R.FINISH_REASONS: [], R.NUM_PROMPT_TOKENS: num_prompt,
+                    R.NUM_CACHED_TOKENS: 0, R.NUM_GENERATED_TOKENS: [],
+                    ERROR: f"prompt_too_long: {num_prompt} tokens >= engine.max_model_len {self.engine_cfg.max_model_len}"}
+        return {R.PROBLEM_ID: pid, R.GENERATIONS: [c.text for c in res.completions],
+                R.FINISH_REASONS: [c.finish_reason for c in res.completions], R.NUM_PROMPT_TOKENS: res.num_prompt_tokens,
+                R.NUM_CACHED_TOKENS: res.num_cached_tokens,
+                R.NUM_GENERATED_TOKENS: [len(c.token_ids) for c in res.completions], ERROR: ""}
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.shutdown()
+            self.engine = None
 
 
-def _to_rows(batch: Any) -> list[dict[str, Any]]:
-    cols = {k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in batch.items()}
-    n = len(next(iter(cols.values()))) if cols else 0
-    rows = [{k: cols[k][i] for k in cols} for i in range(n)]
-    for r in rows:  # numpy object arrays of lists → plain lists
-        for k, v in r.items():
-            if hasattr(v, "tolist"):
-                r[k] = v.tolist()
-    return rows
+def start_engine(model: str, engine: EngineConfig, on_start: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """A vLLM engine for `model` (resolved on this node), reporting its start to `on_start`."""
+    import time
+
+    from palign_ray.engines.vllm_engine import VLLMEngine
+    from palign_ray.models import resolve_model
+
+    t0 = time.perf_counter()
+    eng = VLLMEngine(resolve_model(model), engine)
+    if on_start is not None:
+        on_start({"model": model, "start_s": round(time.perf_counter() - t0, 3)})
+    return eng
+
+
+class GenerateUDF:
+    """Async actor-pool UDF owning one Generator; batch columns `problem_id`, `prompt` → generation rows."""
+
+    def __init__(self, model: str, engine: dict[str, Any], sampling: dict[str, Any], system_prompt: str, seed: int, salt: str):
+        self.gen = Generator(model, EngineConfig(**engine), SamplingSpec(**sampling), system_prompt, seed, salt)
+
+    async def __call__(self, batch: Any) -> dict[str, list[Any]]:
+        rows = await self.gen.generate(batch.to_pylist())
+        return {k: [r[k] for r in rows] for k in (R.PROBLEM_ID, R.GENERATIONS, R.FINISH_REASONS, R.NUM_PROMPT_TOKENS,
+                                                   R.NUM_CACHED_TOKENS, R.NUM_GENERATED_TOKENS, ERROR)}
+
+    def __del__(self) -> None:
+        gen = getattr(self, "gen", None)
+        if gen is not None:
+            gen.close()
 
 
 def generate_batches(
@@ -97,6 +129,7 @@ def generate_batches(
         return
     ray = init_ray(ray_cfg)
     ds = ray.data.from_items([{R.PROBLEM_ID: str(i[R.PROBLEM_ID]), R.PROMPT: i[R.PROMPT]} for i in items])
+    c = max(1, ray_cfg.max_concurrent_batches)
     out = ds.map_batches(
         GenerateUDF,
         fn_constructor_kwargs={
@@ -104,8 +137,10 @@ def generate_batches(
             "system_prompt": system_prompt, "seed": seed, "salt": salt,
         },
         batch_size=ray_cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors),
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors, max_concurrent_calls_per_actor=c,
+                                           max_tasks_in_flight_per_actor=c),
         **actor_resources(ray_cfg),
     )
-    for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="numpy"):
-        yield _to_rows(batch)
+    for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="pyarrow"):
+        yield batch.to_pylist()

@@ -2,11 +2,12 @@
 
 Run as: palign run jobs/configs/default.yaml [--stages a,b] [key=value ...]
 
-Every stage writes `<run_dir>/<stage>/` (atomic part files, quarantine/ with reasons, manifest.json
-last). Re-running resumes: a stage whose manifest carries the current config hash is skipped; an
-interrupted row stage processes only the problem_ids that have neither output nor quarantine yet
-(in chunks of run.chunk_size, so a crash loses at most one chunk); a changed config section
-changes that stage's hash and, through the chain of hashes, every stage after it.
+`STAGES` is the whole flow: each row names a stage, the stages whose output it reads, the config it
+depends on, whether it runs engine pools, and the function that runs it. Every stage writes
+`<run_dir>/<stage>/` (committed parts, quarantine/ with reasons, manifest.json last). Re-running
+resumes: a stage whose manifest carries the current config hash is skipped; an interrupted row stage
+processes only the problem_ids with no committed row yet. Hashes are chained, so a changed setting
+invalidates its stage and every stage after it, and a stage refuses input made under another config.
 """
 
 from __future__ import annotations
@@ -21,96 +22,172 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from palign_ray import records as R
 from palign_ray.artifacts import StageDir, write_json
 from palign_ray.config import Config, config_hash, to_dict
 
 log = logging.getLogger(__name__)
 
-RowFn = Callable[[list[dict[str, Any]], Config], tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]]
-
 
 class PipelineError(RuntimeError):
-    """A stage cannot go on (e.g. it produced no rows); the message names the stage and the reasons."""
-
-
-# --------------------------------------------------------------------------------------------
-# Stage bodies: thin adapters over the stage modules (imported lazily: they pull Ray/vLLM/torch).
-
-
-def problems_stage(cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    from palign_ray.problems import load_problems
-
-    return load_problems(cfg.problems)
-
-
-def teacher_stage(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    from palign_ray.teacher import run_teacher
-
-    return run_teacher(rows, cfg)
-
-
-def truncate_stage(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    from palign_ray.judge.rounds import truncate_rows
-
-    return truncate_rows(rows, cfg)
-
-
-def align_stage(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    from palign_ray.align import run_align
-
-    return run_align(rows, cfg)
-
-
-def sft_data_stage(rows: list[dict[str, Any]], cfg: Config, out_dir: Path) -> dict[str, Any]:
-    from palign_ray.sft_records import build_shards
-
-    stage_dir = out_dir.parent
-    return build_shards(rows, cfg, method=cfg.run.method, out_dir=out_dir,
-                        quarantine_file=stage_dir / "quarantine" / "part-sft.parquet")
-
-
-def train_stage(cfg: Config, data_dir: Path, out_dir: Path, resume: bool) -> dict[str, Any]:
-    from palign_ray.sft.train import run_sft
-
-    sft = dataclasses.replace(cfg.sft, resume=resume or cfg.sft.resume)
-    return run_sft(sft, data_dir, out_dir, seed=cfg.run.seed, ray_cfg=cfg.ray)
-
-
-def train_started(out_dir: Path) -> bool:
-    """An interrupted training left its Ray Train run directory: continue it from its last checkpoint."""
-    from palign_ray.sft.train import run_dir_of
-
-    return run_dir_of(out_dir).is_dir()
-
-
-def eval_stage(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
-    from palign_ray.evaluate import evaluate
-
-    return evaluate(cfg, out_dir, model=model)
-
-
-# --------------------------------------------------------------------------------------------
-# Which stages a method runs, and what invalidates them
+    """A stage cannot go on (no rows, stale input, failed rows to retry); the message names the stage and the fix."""
 
 
 @dataclass(frozen=True)
-class StageSpec:
+class StageRun:
+    """What a stage function gets: the config, its own directory and hash, and its input stages' directories."""
+
+    cfg: Config
+    sd: StageDir
+    config_hash: str
+    inputs: dict[str, StageDir]
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class Stage:
     name: str
-    sections: tuple[str, ...]  # config sections whose change invalidates this stage
-    input_stage: str | None  # rows come from this stage's output
+    inputs: tuple[str, ...]  # stages whose output this one reads (a skipped one is replaced by its own input)
+    keys: tuple[str, ...]  # config sections ("judge") or fields ("sft.model") whose change invalidates it
+    engines: bool  # starts vLLM actor pools: the next stage waits until they have released their hardware
+    run: Callable[[StageRun], dict[str, Any]]  # does the work; returns the manifest's extra fields
 
 
-ALL_STAGES: tuple[StageSpec, ...] = (
-    StageSpec("problems", ("problems",), None),
-    StageSpec("teacher", ("teacher", "engine"), "problems"),
-    StageSpec("truncate", ("judge", "engine"), "teacher"),
-    StageSpec("align", ("align", "engine"), "truncate"),
-    StageSpec("sft_data", ("align",), "align"),
-    StageSpec("train", ("sft",), None),
-    StageSpec("eval", ("eval", "engine"), None),
+# --------------------------------------------------------------------------------------------
+# Stage bodies (stage modules imported lazily: they pull Ray/vLLM/torch)
+
+
+def run_problems(s: StageRun) -> dict[str, Any]:
+    from palign_ray.problems import load_problems
+
+    rows, quar = load_problems(s.cfg.problems)
+    s.sd.reset()
+    _prepare(s.sd, s.config_hash)
+    s.sd.write_part(rows, quar)
+    _check_not_empty("problems", s.sd)
+    return {"num_input": len(rows) + len(quar)}
+
+
+def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str, Any]]:
+    """A streaming row stage: its input's committed parts through `job_of(cfg)` (see palign_ray.streaming)."""
+
+    def run(s: StageRun) -> dict[str, Any]:
+        from palign_ray.streaming import run_stream
+
+        (src,) = s.inputs.values()
+        job = job_of(s.cfg)
+        res = run_stream(job, src.output_files(), s.sd, progress=lambda total, done: _progress(job.stage, total, done))
+        if res.retry_failed:
+            reasons = sorted({r["reason"] for r in res.retry_failed})
+            raise PipelineError(f"stage '{job.stage}': {len(res.retry_failed)} problems failed with {reasons} after "
+                                f"{res.passes} passes (first: {res.retry_failed[0].get('detail', '')[:300]}); "
+                                "nothing was committed for them: rerun the same command to retry them")
+        _check_not_empty(job.stage, s.sd)
+        log.info("stage %s: %d parts, %d engine starts (%d actors), %d rows processed now, %d done before",
+                 job.stage, res.num_parts, res.engine_starts, job.ray_cfg.num_actors, res.num_processed, res.num_done_before)
+        return {"num_input": res.num_input, "engine_starts": res.engine_starts, "passes": res.passes,
+                "num_done_before": res.num_done_before, "summaries": [c["summary"] for c in s.sd.commits()]}
+
+    return run
+
+
+def _teacher_job(cfg: Config) -> Any:
+    from palign_ray.teacher import teacher_job
+
+    return teacher_job(cfg)
+
+
+def _judge_job(cfg: Config) -> Any:
+    from palign_ray.judge.stage import judge_job
+
+    return judge_job(cfg)
+
+
+def _align_job(cfg: Config) -> Any:
+    from palign_ray.align import align_job
+
+    return align_job(cfg)
+
+
+def run_sft_data(s: StageRun) -> dict[str, Any]:
+    from palign_ray.sft_records import build_shards
+
+    (src,) = s.inputs.values()
+    rows = src.output_rows()  # tokenizing into shards happens on the driver: SFT sets are small next to traces
+    summary = build_shards(rows, s.cfg, method=s.cfg.run.method, out_dir=s.sd.root / "shards",
+                           quarantine_file=s.sd.quarantine_dir / "part-sft.parquet")
+    if not summary.get("num_out"):
+        raise PipelineError(f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {s.sd.quarantine_dir}")
+    return {"num_input": len(rows), "num_output": summary["num_out"], "summary": summary}
+
+
+def run_train(s: StageRun) -> dict[str, Any]:
+    from palign_ray.sft.train import run_dir_of, run_sft
+
+    data_dir = s.inputs["sft_data"].root / "shards"
+    check_shards_model(data_dir, s.cfg.sft.model)
+    out = s.sd.root / "model"
+    resume = run_dir_of(out).is_dir()  # an interrupted training continues from its last complete checkpoint
+    sft = dataclasses.replace(s.cfg.sft, resume=resume or s.cfg.sft.resume)
+    return {"metrics": run_sft(sft, data_dir, out, seed=s.cfg.run.seed, ray_cfg=s.cfg.ray)}
+
+
+def check_shards_model(data_dir: Path, model: str) -> None:
+    """Shards hold token ids of one tokenizer: training another model on them would be silent garbage."""
+    from palign_ray.sft.data import read_meta
+
+    made_for = read_meta(data_dir).get("model")
+    if made_for is not None and made_for != model:
+        raise PipelineError(f"stage 'train': the SFT shards in {data_dir} were tokenized for {made_for!r}, not sft.model="
+                            f"{model!r}; rerun stage sft_data")
+
+
+def run_eval(s: StageRun) -> dict[str, Any]:
+    base = _eval_once(s.cfg, s.sd.root / "base", s.cfg.sft.model)
+    train = s.inputs.get("train")
+    trained = _eval_once(s.cfg, s.sd.root / "trained", str(train.root / "model")) if train is not None else None
+    return {"base": _headline(base), "trained": _headline(trained) if trained else None}
+
+
+def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
+    """Evaluate `model` unless an earlier, interrupted attempt of this stage already finished it.
+
+    The stage directory only holds results of the current config (`_prepare` clears it otherwise), and
+    `.done` is written after every file of the evaluation, so a kill mid-way recomputes only this model.
+    """
+    from palign_ray.evaluate import evaluate
+
+    done = out_dir / ".done"
+    if done.is_file() and (out_dir / "metrics.json").is_file():
+        log.info("stage eval: %s already evaluated in %s, reusing", model, out_dir)
+        return json.loads((out_dir / "metrics.json").read_text())
+    metrics = evaluate(cfg, out_dir, model=model)
+    done.write_text(model)
+    return metrics
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: metrics[k] for k in ("model", "average", "benchmarks") if k in metrics}
+
+
+# --------------------------------------------------------------------------------------------
+# The flow
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("problems", (), ("problems",), False, run_problems),
+    Stage("teacher", ("problems",), ("teacher", "engine"), True, _row_stage(_teacher_job)),
+    Stage("truncate", ("teacher",), ("judge", "engine"), True, _row_stage(_judge_job)),
+    Stage("align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job)),
+    # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
+    Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),
+    Stage("train", ("sft_data",), ("sft",), False, run_train),
+    Stage("eval", ("train",), ("eval", "engine"), True, run_eval),
 )
-STAGE_NAMES = tuple(s.name for s in ALL_STAGES)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+# Stages a method leaves out: full_cot trains on whole traces; prefix_only trains on prefixes without continuation.
+SKIPPED_BY_METHOD: dict[str, frozenset[str]] = {"full_cot": frozenset({"truncate", "align"}),
+                                                 "prefix_only": frozenset({"align"})}
+ENGINE_STAGES = tuple(s.name for s in STAGES if s.engines)
 
 
 def effective_config(cfg: Config) -> Config:
@@ -120,27 +197,32 @@ def effective_config(cfg: Config) -> Config:
     return cfg
 
 
-def stages_for(cfg: Config) -> list[StageSpec]:
-    """full_cot trains on whole traces (no truncation, no continuation); prefix_only skips continuation."""
-    skip = {"full_cot": {"truncate", "align"}, "prefix_only": {"align"}}.get(cfg.run.method, set())
-    plan = []
-    for s in ALL_STAGES:
-        if s.name in skip:
-            continue
-        if s.name == "sft_data":
-            prev = [p.name for p in plan if p.name in ("teacher", "truncate", "align")][-1]
-            s = dataclasses.replace(s, input_stage=prev)
-        plan.append(s)
-    return plan
+def stages_for(cfg: Config) -> list[Stage]:
+    """The method's stages, each reading the nearest planned stage upstream of its declared input."""
+    skip = SKIPPED_BY_METHOD.get(cfg.run.method, frozenset())
+    by_name = {s.name: s for s in STAGES}
+
+    def planned(name: str) -> tuple[str, ...]:
+        return (name,) if name not in skip else tuple(x for i in by_name[name].inputs for x in planned(i))
+
+    return [dataclasses.replace(s, inputs=tuple(x for i in s.inputs for x in planned(i))) for s in STAGES if s.name not in skip]
 
 
-def stage_hashes(cfg: Config, plan: list[StageSpec]) -> dict[str, str]:
-    """Chained hashes: a stage's hash covers its sections, the run seed/method and every earlier stage."""
+def _key_hash(cfg: Config, key: str) -> str:
+    """A config section's hash (hashed fields only), or one field's value ("sft.model")."""
+    section, _, name = key.partition(".")
+    value = getattr(cfg, section)
+    return config_hash(value) if not name else json.dumps(getattr(value, name), sort_keys=True, default=str)
+
+
+def stage_hashes(cfg: Config, plan: list[Stage]) -> dict[str, str]:
+    """Chained hashes: a stage's hash covers its config keys, the run seed and the hashes of the stages it reads."""
     hashes: dict[str, str] = {}
-    prev = config_hash(cfg.run)  # run_dir and chunk_size are not hashed: a moved run still resumes
+    root = f"seed={cfg.run.seed}"  # not the method: problems and teacher do not depend on it
     for s in plan:
-        h = config_hash(*(getattr(cfg, sec) for sec in s.sections))
-        hashes[s.name] = prev = hashlib.sha256(f"{s.name}:{h}:{prev}".encode()).hexdigest()[:16]
+        h = hashlib.sha256("|".join(_key_hash(cfg, k) for k in s.keys).encode()).hexdigest()[:16]
+        upstream = ",".join(hashes[i] for i in s.inputs) or root
+        hashes[s.name] = hashlib.sha256(f"{s.name}:{h}:{upstream}".encode()).hexdigest()[:16]
     return hashes
 
 
@@ -159,47 +241,22 @@ def _prepare(sd: StageDir, h: str) -> None:
 
 
 def _check_not_empty(stage: str, sd: StageDir) -> None:
-    if not sd.output_rows():
+    commits = sd.commits()
+    if not sum(c.get("num_output", 0) for c in commits):
         reasons: dict[str, int] = {}
-        for q in sd.quarantine_rows():
-            reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
+        for c in commits:
+            for r, n in c.get("reasons", {}).items():
+                reasons[r] = reasons.get(r, 0) + n
         raise PipelineError(
             f"stage '{stage}' produced no output rows ({sum(reasons.values())} quarantined: {reasons}); "
             f"see {sd.quarantine_dir} for details"
         )
 
 
-def run_row_stage(name: str, fn: RowFn, rows: list[dict[str, Any]], cfg: Config, sd: StageDir, h: str) -> None:
-    """Process only rows without output/quarantine yet, one chunk (= one atomic part) at a time."""
-    done = sd.done_ids()
-    todo = [r for r in rows if str(r[R.PROBLEM_ID]) not in done]
-    log.info("stage %s: %d rows in, %d already done, %d to process", name, len(rows), len(rows) - len(todo), len(todo))
-    step = cfg.run.chunk_size or len(todo) or 1
-    t0 = time.perf_counter()
-    # Problems done across chunks (Ray Data draws its own per-batch bars inside each chunk); off when
-    # stderr is not a terminal (job logs), where the per-chunk log lines below say the same.
-    bar = _progress(name, len(rows), len(rows) - len(todo))
-    for i in range(0, len(todo), step):
-        chunk = todo[i : i + step]
-        out, quar, summary = fn(chunk, cfg)
-        ids_in = {str(r[R.PROBLEM_ID]) for r in chunk}
-        ids_out = {str(r[R.PROBLEM_ID]) for r in out} | {str(q[R.PROBLEM_ID]) for q in quar}
-        missing = ids_in - ids_out
-        if missing:  # nothing may vanish silently: account for it as quarantine
-            quar += [{R.STAGE: name, R.PROBLEM_ID: pid, R.REASON: "lost_in_stage", R.DETAIL: "no output row came back"} for pid in sorted(missing)]
-        sd.write_part(out, quar)
-        write_json(sd.root / "summaries" / f"chunk-{i // step:05d}-{int(time.time())}.json", summary)
-        log.info("stage %s: chunk %d: %d out, %d quarantined", name, i // step, len(out), len(quar))
-        bar.update(len(chunk))
-    bar.close()
-    summaries = [json.loads(p.read_text()) for p in sorted((sd.root / "summaries").glob("*.json"))]
-    _check_not_empty(name, sd)
-    sd.write_manifest(config_hash=h, num_input=len(rows), wall_s=time.perf_counter() - t0, summaries=summaries)
-
-
 def _progress(stage: str, total: int, done: int) -> Any:
     from tqdm import tqdm
 
+    # off when stderr is not a terminal (job logs)
     return tqdm(total=total, initial=done, desc=f"stage {stage}", unit="problem", disable=None, mininterval=1.0)
 
 
@@ -210,20 +267,22 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None) -> dict[str, Any]
     unknown = sorted(set(stages or []) - set(STAGE_NAMES))
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}")
+    _validate(cfg, [s.name for s in plan if not stages or s.name in stages])
     hashes = stage_hashes(cfg, plan)
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
     manifests: dict[str, Any] = {}
-    for spec in plan:
-        sd = StageDir(run_dir / spec.name)
-        if stages and spec.name not in stages:
+    for stage in plan:
+        if stages and stage.name not in stages:
             continue
-        if sd.is_done(hashes[spec.name]):
-            log.info("stage %s: done (manifest present), skipping", spec.name)
+        sd = StageDir(run_dir / stage.name)
+        if sd.is_done(hashes[stage.name]):
+            log.info("stage %s: done (manifest present), skipping", stage.name)
         else:
-            _run_stage(spec, cfg, sd, hashes[spec.name], run_dir)
-        manifests[spec.name] = json.loads(sd.manifest_path.read_text())
+            inputs = {i: _current_input(stage.name, StageDir(run_dir / i), hashes[i]) for i in stage.inputs}
+            _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
+        manifests[stage.name] = sd.manifest()
     if not stages or "eval" in stages:
         from palign_ray.report import write_run_report
 
@@ -231,32 +290,40 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None) -> dict[str, Any]
     return manifests
 
 
-def _input_rows(run_dir: Path, stage: str | None) -> list[dict[str, Any]]:
-    assert stage is not None
-    sd = StageDir(run_dir / stage)
-    if not sd.is_done():
-        raise PipelineError(f"stage needs the output of '{stage}', which has not finished; run it first (drop --stages)")
-    return sd.output_rows()
+def _validate(cfg: Config, names: list[str]) -> None:
+    """Every planned stage's settings, before the first stage runs (not hours later on a cluster)."""
+    from palign_ray.checks import validate_plan
+
+    validate_plan(cfg, names)
 
 
-ENGINE_STAGES = ("teacher", "truncate", "align", "eval")  # stages that start vLLM actor pools
+def _current_input(stage: str, src: StageDir, h: str) -> StageDir:
+    """An input stage finished under the current config, or a PipelineError naming what to rerun."""
+    if not src.is_done():
+        raise PipelineError(f"stage '{stage}' needs the output of '{src.root.name}', which has not finished; "
+                            f"run it first (drop --stages or add {src.root.name})")
+    if not src.is_done(h):
+        raise PipelineError(f"stage '{stage}' needs the output of '{src.root.name}', which was made under another "
+                            f"config; rerun it first (--stages {src.root.name},{stage}, or drop --stages)")
+    return src
 
 
-def _run_stage(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path) -> None:
+def _run_stage(stage: Stage, run: StageRun) -> None:
     from palign_ray.ray_env import free_resources, init_ray
 
     t0 = time.perf_counter()
-    _prepare(sd, h)
-    log.info("stage %s: start", spec.name)
-    if spec.name in ENGINE_STAGES:
-        init_ray(cfg.ray)  # before the stage, so the resources it frees again can be checked after it
+    _prepare(run.sd, run.config_hash)
+    log.info("stage %s: start", stage.name)
+    if stage.engines:
+        init_ray(run.cfg.ray)  # before the stage, so the resources it frees again can be checked after it
     before = free_resources()
     try:
-        _stage_body(spec, cfg, sd, h, run_dir, t0)
+        info = stage.run(run)
     finally:
-        if spec.name in ENGINE_STAGES:
-            _release(spec.name, before)
-    log.info("stage %s: finished in %.1f s", spec.name, time.perf_counter() - t0)
+        if stage.engines:
+            _release(stage.name, before)
+    run.sd.write_manifest(config_hash=run.config_hash, wall_s=time.perf_counter() - t0, **info)
+    log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - t0)
 
 
 def _release(stage: str, before: dict[str, float]) -> None:
@@ -265,56 +332,6 @@ def _release(stage: str, before: dict[str, float]) -> None:
 
     waited = wait_for_release(before)
     log.info("stage %s: engines released (waited %.1f s for %s)", stage, waited, before)
-
-
-def _stage_body(spec: StageSpec, cfg: Config, sd: StageDir, h: str, run_dir: Path, t0: float) -> None:
-    if spec.name == "problems":
-        rows, quar = problems_stage(cfg)
-        sd.reset()
-        _prepare(sd, h)
-        sd.write_part(rows, quar)
-        _check_not_empty(spec.name, sd)
-        sd.write_manifest(config_hash=h, num_input=len(rows) + len(quar), wall_s=time.perf_counter() - t0)
-    elif spec.name in ("teacher", "truncate", "align"):
-        fn = {"teacher": teacher_stage, "truncate": truncate_stage, "align": align_stage}[spec.name]
-        run_row_stage(spec.name, fn, _input_rows(run_dir, spec.input_stage), cfg, sd, h)
-    elif spec.name == "sft_data":
-        rows = _input_rows(run_dir, spec.input_stage)
-        summary = sft_data_stage(rows, cfg, sd.root / "shards")
-        if not summary.get("num_out"):
-            raise PipelineError(f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {sd.quarantine_dir}")
-        sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, num_input=len(rows),
-                          num_output=summary["num_out"], summary=summary)
-    elif spec.name == "train":
-        data_dir = run_dir / "sft_data" / "shards"
-        resume = train_started(sd.root / "model")
-        metrics = train_stage(cfg, data_dir, sd.root / "model", resume=resume)
-        sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, metrics=metrics)
-    elif spec.name == "eval":
-        base = _eval_once(cfg, sd.root / "base", cfg.sft.model)
-        trained_model = run_dir / "train" / "model"
-        trained = _eval_once(cfg, sd.root / "trained", str(trained_model)) if trained_model.is_dir() else None
-        sd.write_manifest(config_hash=h, wall_s=time.perf_counter() - t0, base=_headline(base),
-                          trained=_headline(trained) if trained else None)
-
-
-def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
-    """Evaluate `model` unless an earlier, interrupted attempt of this stage already finished it.
-
-    The stage directory only holds results of the current config (`_prepare` clears it otherwise), and
-    `.done` is written after every file of the evaluation, so a kill mid-way recomputes only this model.
-    """
-    done = out_dir / ".done"
-    if done.is_file() and (out_dir / "metrics.json").is_file():
-        log.info("stage eval: %s already evaluated in %s, reusing", model, out_dir)
-        return json.loads((out_dir / "metrics.json").read_text())
-    metrics = eval_stage(cfg, out_dir, model)
-    done.write_text(model)
-    return metrics
-
-
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: metrics[k] for k in ("model", "average", "benchmarks") if k in metrics}
 
 
 def run_main(argv: list[str]) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import Config, TeacherConfig, stage_pool
+from palign_ray.config import Config, TeacherConfig, stage_engine
 from palign_ray.problems import (
     AFTER_THINK,
     DECISIVE_CHAR_END,
@@ -28,6 +28,7 @@ from palign_ray.problems import (
     TRACE_FORMAT,
     retention,
 )
+from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
 log = logging.getLogger(__name__)
 
@@ -175,43 +176,65 @@ def ingest_traces(problems: list[dict[str, Any]], model: str) -> tuple[list[dict
     return out, quar
 
 
-def generate_traces(problems: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All samples of every problem through generation.generate_batches; returns (rows, token stats)."""
-    from palign_ray.engines.base import SamplingSpec
-    from palign_ray.generation import generate_batches
+class TeacherWorker:
+    """Inside an actor: ingest rows that carry a trace, generate and grade the others (engine started on first use)."""
 
-    t = cfg.teacher
-    sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples)
-    items = [{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])} for p in problems]
-    start = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    for batch in generate_batches(items, model=t.model, **stage_pool(cfg, "teacher"), sampling=sampling,
-                                  system_prompt=t.system_prompt, seed=cfg.run.seed, salt=STAGE):
-        rows += batch
-    wall_s = time.perf_counter() - start
-    tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in rows)
-    return rows, {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
-            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in rows),
-            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in rows),
-                  "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+    def __init__(self, cfg: Config, on_engine_start: Any = None):
+        from palign_ray.engines.base import SamplingSpec
+        from palign_ray.generation import Generator
+
+        t = cfg.teacher
+        self.cfg = cfg
+        sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples)
+        engine, _ = stage_engine(cfg, "teacher")
+        self.gen = Generator(t.model, engine, sampling, t.system_prompt, cfg.run.seed, STAGE, on_engine_start)
+
+    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        import asyncio
+
+        start = time.perf_counter()
+        given = [r for r in rows if r.get(R.COT)]
+        todo = [r for r in rows if not r.get(R.COT)]
+        out, quar = await asyncio.to_thread(ingest_traces, given, f"ingested:{self.cfg.problems.trace_field or R.COT}") if given else ([], [])
+        extra: dict[str, Any] = {}
+        if todo:
+            t_gen = time.perf_counter()
+            gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])}
+                                                for p in todo])
+            extra = generation_stats(gen_rows, time.perf_counter() - t_gen)
+            # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
+            kept, rejected, sample_reasons = await asyncio.to_thread(select_rows, todo, gen_rows, self.cfg.teacher)
+            out, quar = out + kept, quar + rejected
+            extra["sample_reasons"] = dict(sample_reasons)
+            extra["num_samples_total"] = sum(sample_reasons.values())
+        extra["trace_source"] = dict(Counter(r[TRACE_SOURCE] for r in out))
+        extra["wall_s"] = round(time.perf_counter() - start, 2)
+        return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+
+    def close(self) -> None:
+        self.gen.close()
+
+
+def generation_stats(gen_rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
+    """Token counts of generation rows (summed over parts in the stage summary)."""
+    tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in gen_rows)
+    return {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
+            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
+            "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+
+
+def teacher_job(cfg: Config, num_rows: int = 0) -> StreamJob:
+    """The teacher stage as a streaming job (one TeacherWorker per actor)."""
+    _, ray_cfg = stage_engine(cfg, "teacher")
+    return StreamJob(STAGE, TeacherWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows))
 
 
 def run_teacher(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Problems → one trace per problem (generated, or ingested where rows carry `cot`) + quarantine + summary."""
-    start = time.perf_counter()
-    given = [r for r in rows if r.get(R.COT)]
-    todo = [r for r in rows if not r.get(R.COT)]
-    out, quar = ingest_traces(given, f"ingested:{cfg.problems.trace_field or R.COT}") if given else ([], [])
-    extra: dict[str, Any] = {}
-    if todo:
-        gen_rows, extra = generate_traces(todo, cfg)
-        kept, rejected, sample_reasons = select_rows(todo, gen_rows, cfg.teacher)
-        out, quar = out + kept, quar + rejected
-        extra["sample_reasons"] = dict(sample_reasons)
-        extra["num_samples_total"] = sum(sample_reasons.values())
-    extra["trace_source"] = dict(Counter(r[TRACE_SOURCE] for r in out))
-    extra["wall_s"] = round(time.perf_counter() - start, 2)
-    return out, quar, retention(STAGE, len(rows), out, quar, **extra)
+    """Problems in memory → one trace per problem (generated, or ingested where rows carry `cot`) + quarantine + summary."""
+    out, quar, parts, res = run_rows(teacher_job(cfg, len(rows)), rows)
+    extra = {k: v for k, v in merge_summaries(parts).items() if k not in RETENTION_KEYS}
+    return out, quar, retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts)
 
 
 def teacher_main(argv: list[str]) -> int:

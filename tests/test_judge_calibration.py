@@ -196,7 +196,7 @@ def builtin_rows(n: int):
 @pytest.mark.timeout(600)
 def test_relative_smollm2_truncate_rows(ray_session, default_model):
     from palign_ray.config import Config, EngineConfig, RayConfig, RunConfig
-    from palign_ray.judge.rounds import truncate_rows
+    from palign_ray.judge.stage import truncate_rows
 
     rows, _ = builtin_rows(8)
     rows.append({"problem_id": "blank", "question": "Q?", "cot": "  ", "answer": "1"})
@@ -225,7 +225,7 @@ def test_relative_smollm2_truncate_rows(ray_session, default_model):
 @pytest.mark.timeout(900)
 def test_default_config_cuts_are_non_degenerate_on_builtin(ray_session, default_model):
     """The default judge settings on 16 built-in solutions: neither almost all sentence 1 nor almost all full."""
-    from palign_ray.judge.rounds import truncate_rows
+    from palign_ray.judge.stage import truncate_rows
 
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml", ["ray.num_cpus=4", "ray.num_actors=1"])
     rows, decisive = builtin_rows(16)

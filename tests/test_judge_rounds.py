@@ -27,8 +27,8 @@ from palign_ray.judge.rounds import (
     judge_tools,
     quantiles,
     summarize,
-    truncate_rows,
 )
+from palign_ray.judge.stage import truncate_rows
 from tests.judge_helpers import MARK, reasoning_of, rows_for
 
 
@@ -115,7 +115,9 @@ def test_generate_mode_unparseable_and_policy(tokenizer):
     assert out3[0]["prefix_sentences"] == 4 and not out3[0]["is_sufficient"]
 
 
-def test_engine_errors_never_crash(tokenizer):
+def test_engine_errors_are_retryable_quarantine_not_guessed_verdicts(tokenizer):
+    """Issue 15.6: a failed engine call used to become NOT_ENOUGH verdicts (full-trace rows, stage done, never
+    retried). Now the problems leave as `judge_engine_error`, a reason the stage never commits (it retries them)."""
     class Broken(FakeEngine):
         def generate(self, prompts, params):
             self.calls.append([tuple(p) for p in prompts])
@@ -124,10 +126,12 @@ def test_engine_errors_never_crash(tokenizer):
     builder, vt = judge_tools(tokenizer, JCFG)
     engine = Broken(lambda *a: ("", None), tokenizer)
     out, bad, calls = judge_rows(engine, builder, vt, rows_for([(8, 2), (5, 1)]), JCFG, ECFG, "fake", 0)
-    assert not bad and len(out) == 2 and calls == len(engine.calls)
-    for r in out:  # errors count as NOT_ENOUGH (the paper's policy): full-trace fallback, flagged
-        assert not r["is_sufficient"] and r["prefix_sentences"] == r["num_sentences"]
-        assert r["num_judge_errors"] == r["num_probes"] > 0 and "engine died" in r["probe_trace"][0]["error"]
+    assert out == [] and calls == len(engine.calls) == 1  # the search stops at the failed call
+    assert {q["problem_id"]: q["reason"] for q in bad} == {"p0": "judge_engine_error", "p1": "judge_engine_error"}
+    assert all("engine died" in q["detail"] for q in bad)
+    from palign_ray.streaming import RETRYABLE_REASONS
+
+    assert "judge_engine_error" in RETRYABLE_REASONS
 
 
 def test_long_cot_is_cut_at_a_sentence_boundary_and_bad_rows_quarantined(tokenizer):

@@ -195,7 +195,7 @@ def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_judge_actor_killed_mid_round_loses_nothing(ray_session, tiny_model: str) -> None:
-    from palign_ray.judge.rounds import truncate_rows
+    from palign_ray.judge.stage import truncate_rows
 
     cfg = config_from_dict({
         "judge": {"model": tiny_model, "search": "binary", "verdict": "logprob"},

@@ -24,7 +24,8 @@ from palign_ray.config import (
     load_config,
 )
 from palign_ray.engines.fake import FakeEngine
-from palign_ray.judge.rounds import judge_rows, judge_tools, truncate_rows
+from palign_ray.judge.rounds import judge_rows, judge_tools
+from palign_ray.judge.stage import truncate_rows
 from palign_ray.problems import load_problems
 
 
@@ -267,8 +268,8 @@ def test_judge_engine_raising_keeps_every_row(tokenizer) -> None:
 
     rows = _trace_rows(3)
     out, quar, _ = _judge_rows(tokenizer, boom, rows, verdict="logprob", search="binary")
-    assert len(out) + len(quar) == len(rows) and len(out) == 3
-    assert all(p["error"].startswith("engine_error") for r in out for p in r["probe_trace"])
+    assert len(out) + len(quar) == len(rows) and not out  # never guessed verdicts: retryable quarantine
+    assert {q[R.REASON] for q in quar} == {"judge_engine_error"} and all("engine died" in q[R.DETAIL] for q in quar)
 
 
 def test_prompt_longer_than_max_model_len_is_quarantined(tokenizer) -> None:

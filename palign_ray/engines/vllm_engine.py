@@ -5,9 +5,13 @@ The only module (with palign_ray.models' device probe) that imports vllm.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import itertools
 import logging
 import os
+import queue
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,8 +53,11 @@ class VLLMEngine:
     """One vLLM `LLM` instance; prompts are token ids so callers control prefix sharing."""
 
     def __init__(self, model_path: str, cfg: EngineConfig):
-        self.cfg = cfg
+        from palign_ray.config import resolve_engine_defaults
+
         self.on_cpu = is_cpu_build()
+        cfg = resolve_engine_defaults(cfg, on_cuda=not self.on_cpu)  # null settings take this platform's defaults
+        self.cfg = cfg
         kwargs: dict[str, Any] = {}
         if self.on_cpu:
             check_cpu_isa()
@@ -80,6 +87,7 @@ class VLLMEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.stats = EngineStats()
+        self._loop: _EngineLoop | None = None
 
     def _params(self, sp: SamplingSpec) -> Any:
         from vllm import SamplingParams
@@ -98,6 +106,31 @@ class VLLMEngine:
             stop=list(sp.stop) or None,
         )
 
+    def _check(self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]) -> list[SamplingSpec]:
+        plist = [params] * len(prompts) if isinstance(params, SamplingSpec) else list(params)
+        too_long = [i for i, p in enumerate(prompts) if len(p) >= self.cfg.max_model_len]
+        if too_long:
+            raise ValueError(f"prompts {too_long} are longer than engine.max_model_len={self.cfg.max_model_len}; callers must quarantine them")
+        return plist
+
+    async def agenerate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]
+    ) -> list[GenerationResult]:
+        """Like `generate`, but the requests join the engine's running batch (continuous batching).
+
+        Every coroutine's requests go into one engine that a background thread steps; a call returns
+        when its own requests finish, so other calls' sequences keep the engine full meanwhile.
+        """
+        if not prompts:
+            return []
+        plist = self._check(prompts, params)
+        if self._loop is None:
+            self._loop = _EngineLoop(self.llm.llm_engine)
+        outs = await self._loop.submit([list(p) for p in prompts], [self._params(sp) for sp in plist])
+        results = [self._convert(o) for o in outs]
+        self.stats.add(results)
+        return results
+
     def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]
     ) -> list[GenerationResult]:
@@ -105,10 +138,9 @@ class VLLMEngine:
 
         if not prompts:
             return []
-        plist = [params] * len(prompts) if isinstance(params, SamplingSpec) else list(params)
-        too_long = [i for i, p in enumerate(prompts) if len(p) + plist[i].max_tokens > self.cfg.max_model_len and len(p) >= self.cfg.max_model_len]
-        if too_long:
-            raise ValueError(f"prompts {too_long} are longer than engine.max_model_len={self.cfg.max_model_len}; callers must quarantine them")
+        if self._loop is not None:
+            raise RuntimeError("this engine is driven by agenerate's thread; use agenerate")
+        plist = self._check(prompts, params)
         outs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
             [self._params(sp) for sp in plist],
@@ -132,6 +164,9 @@ class VLLMEngine:
         """Drop the engine and free memory so the next stage (or Ray Train) gets the hardware."""
         import gc
 
+        if getattr(self, "_loop", None) is not None:
+            self._loop.stop()  # type: ignore[union-attr]
+            self._loop = None
         llm = getattr(self, "llm", None)
         if llm is not None:
             engine = getattr(llm, "llm_engine", None)
@@ -147,3 +182,116 @@ class VLLMEngine:
                 torch.cuda.empty_cache()
         except ImportError:
             pass
+
+
+class _EngineLoop:
+    """One thread owns a vLLM `LLMEngine`: it adds submitted requests and steps until they finish.
+
+    vLLM's offline `LLM.generate` returns only when its slowest sequence ends; here requests from any
+    number of coroutines join the running batch between steps (the V1 scheduler batches them
+    continuously), and each submission resolves its own future when its last request finishes.
+    Everything that touches the engine runs on this thread (vLLM's engine is not thread-safe).
+    """
+
+    def __init__(self, llm_engine: Any):
+        self._engine = llm_engine
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._ids = itertools.count()
+        self._pending: dict[str, tuple[_Submission, int]] = {}  # request id → (submission, index)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="vllm-engine-loop", daemon=True)
+        self._thread.start()
+
+    async def submit(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        sub = _Submission(prompts, params, loop, loop.create_future())
+        self._inbox.put(sub)
+        return await sub.future
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._inbox.put(None)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stopped:
+            try:
+                self._admit(block=not self._pending)
+                if self._pending:
+                    self._step()
+            except Exception as e:  # the engine is in an unknown state: fail every waiter, then go on
+                log.exception("vLLM engine loop failed; failing %d in-flight requests", len(self._pending))
+                self._fail_all(e)
+
+    def _admit(self, block: bool) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        while True:
+            try:
+                sub = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if sub is None:
+                return
+            added: list[str] = []
+            try:
+                for i, (ids, sp) in enumerate(zip(sub.prompts, sub.params, strict=True)):
+                    assert isinstance(sp, SamplingParams)
+                    sp.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs come back
+                    rid = str(next(self._ids))
+                    self._engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), sp)
+                    self._pending[rid] = (sub, i)
+                    added.append(rid)
+            except Exception as e:  # e.g. a bad sampling setting: this submission fails, others go on
+                self._engine.abort_request(added, internal=True)
+                for rid in added:
+                    self._pending.pop(rid, None)
+                sub.fail(e)
+
+    def _step(self) -> None:
+        for out in self._engine.step():
+            if not out.finished:
+                continue
+            sub, i = self._pending.pop(out.request_id)
+            sub.finish(i, out)
+
+    def _fail_all(self, e: BaseException) -> None:
+        subs = {id(s): s for s, _ in self._pending.values()}
+        try:
+            self._engine.abort_request(list(self._pending), internal=True)
+        except Exception:  # noqa: BLE001 - best effort; the waiters get the original error
+            log.debug("abort after engine failure failed", exc_info=True)
+        self._pending.clear()
+        for s in subs.values():
+            s.fail(e)
+
+
+class _Submission:
+    """The requests of one `agenerate` call and the future its coroutine awaits."""
+
+    def __init__(self, prompts: list[list[int]], params: list[Any], loop: asyncio.AbstractEventLoop, future: Any):
+        self.prompts, self.params, self.loop, self.future = prompts, params, loop, future
+        self.outputs: list[Any] = [None] * len(prompts)
+        self.remaining = len(prompts)
+
+    def finish(self, i: int, out: Any) -> None:
+        self.outputs[i] = out
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(_resolve, self.future, self.outputs, None)
+
+    def fail(self, e: BaseException) -> None:
+        self.remaining = -1
+        self.loop.call_soon_threadsafe(_resolve, self.future, None, e)
+
+
+def _resolve(future: Any, value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

@@ -86,7 +86,8 @@ def truncate_main(argv: list[str]) -> int:
 
     from palign_ray.artifacts import read_rows, write_json
     from palign_ray.cli import parse_config
-    from palign_ray.judge.rounds import output_schema, truncate_rows
+    from palign_ray.judge.rounds import output_schema
+    from palign_ray.judge.stage import truncate_rows
 
     args, cfg = parse_config(_parser(), argv)
     out_path, quarantine_path, summary_path = output_paths(args.output)

@@ -10,17 +10,15 @@ the template head, question and CoT tokens of later rounds (see palign_ray.judge
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, stage_engine
+from palign_ray.config import EngineConfig, JudgeConfig
 from palign_ray.engines.base import Engine, GenerationResult, SamplingSpec
 from palign_ray.generation import derive_seed
 from palign_ray.judge.calibration import (
@@ -126,6 +124,7 @@ class Problem:
     calib: Calibrator | None = None  # set once the anchors are judged (absolute: at once)
     calib_status: str = ""  # "" = calibrated; flat_margin / anchor_failed = the judge could not be calibrated
     outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)  # raw outcome per judged k, reused by later probes
+    engine_error: str = ""  # an engine call for this problem failed: it leaves as judge_engine_error, to be retried
 
     @property
     def cot_truncated(self) -> bool:
@@ -268,26 +267,61 @@ def _round_probes(p: Problem, jcfg: JudgeConfig) -> tuple[list[int], list[int]]:
     return anchors, p.state.next_probes()
 
 
-def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
-               max_model_len: int, seed: int = 0) -> int:
-    """Advance every problem's search to the end, one engine call per round; returns the calls made.
+class RoundLoop:
+    """The round loop without I/O: `next_call` gives the probes of the next engine call, `record` its results.
 
     Calibration anchors (empty prefix, full trace) go into the same engine call as round 1; a prefix
-    judged before (e.g. the full-trace anchor) is reused, never sent twice.
+    judged before (e.g. the full-trace anchor) is reused, never sent twice. The sync (`run_rounds`) and
+    async (`arun_rounds`) drivers differ only in how they call the engine.
     """
-    if jcfg.verdict != "logprob":
-        jcfg = dataclasses.replace(jcfg, calibration="absolute")
-    calls = 0
-    while True:
-        plan = [(p, *_round_probes(p, jcfg)) for p in problems if not p.state.done]
-        todo = list(dict.fromkeys((i, k) for i, (p, anchors, ks) in enumerate(plan)
-                                  for k in (*anchors, *ks) if k not in p.outcomes))
-        if not plan:
-            return calls
-        if todo:
-            _judge(engine, [(plan[i][0], k) for i, k in todo], jcfg, vt, max_model_len, seed)
-            calls += 1
-        for p, anchors, ks in plan:
+
+    def __init__(self, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens, max_model_len: int, seed: int = 0):
+        self.problems = problems
+        self.jcfg = dataclasses.replace(jcfg, calibration="absolute") if jcfg.verdict != "logprob" else jcfg
+        self.vt, self.max_model_len, self.seed = vt, max_model_len, seed
+        self.calls = 0
+        self._plan: list[tuple[Problem, list[int], list[int]]] = []
+
+    def next_call(self) -> tuple[list[tuple[Problem, int]], list[list[int]], list[SamplingSpec]] | None:
+        """(probes, prompt ids, sampling specs) of the next engine call; None when every search is done."""
+        while True:
+            self._plan = [(p, *_round_probes(p, self.jcfg)) for p in self.problems
+                          if not p.state.done and not p.engine_error]
+            if not self._plan:
+                return None
+            todo: list[tuple[Problem, int]] = []
+            seen: set[tuple[int, int]] = set()
+            for p, anchors, ks in self._plan:
+                for k in (*anchors, *ks):
+                    if k not in p.outcomes and (id(p), k) not in seen:
+                        seen.add((id(p), k))
+                        todo.append((p, k))
+            if todo:
+                prompts = [p.prompt.ids(p.ends[k - 1] if k else 0) for p, k in todo]  # type: ignore[union-attr]
+                specs = [probe_spec(self.jcfg, self.vt, len(ids), self.max_model_len,
+                                    derive_seed(self.seed, p.problem_id, f"judge:{k}"))
+                         for ids, (p, k) in zip(prompts, todo, strict=True)]
+                return todo, prompts, specs
+            self._apply()  # every probe of this round was judged before (anchors): no engine call
+
+    def record(self, todo: list[tuple[Problem, int]], prompts: list[list[int]],
+               results: Sequence[GenerationResult] | None, error: str = "") -> None:
+        """Results of one engine call (None: the call failed, and its problems stop with `engine_error`)."""
+        self.calls += 1
+        if results is None:
+            for p, _ in todo:  # these problems are out of the search; they leave as judge_engine_error
+                p.engine_error = error or "engine call failed"
+            return
+        for (p, k), res in zip(todo, results, strict=True):
+            o = judge_result(res, self.jcfg, self.vt)
+            o.update(prompt_tokens=res.num_prompt_tokens, cached_tokens=res.num_cached_tokens,
+                     generated_tokens=res.num_generated_tokens)
+            p.outcomes[k] = o
+        self._apply()
+
+    def _apply(self) -> None:
+        jcfg = self.jcfg
+        for p, anchors, ks in self._plan:
             for k in anchors:
                 p.probes.append(dict(p.outcomes[k], round=p.state.round, k=k, anchor=True))
             if p.calib is None:
@@ -304,23 +338,36 @@ def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, v
                 p.state.stop()
 
 
-def _judge(engine: Engine, todo: list[tuple[Problem, int]], jcfg: JudgeConfig, vt: VerdictTokens,
-           max_model_len: int, seed: int) -> None:
-    """One engine call for all (problem, k) probes; raw outcomes land in problem.outcomes[k]."""
-    prompts = [p.prompt.ids(p.ends[k - 1] if k else 0) for p, k in todo]  # type: ignore[union-attr]
-    specs = [probe_spec(jcfg, vt, len(ids), max_model_len, derive_seed(seed, p.problem_id, f"judge:{k}"))
-             for ids, (p, k) in zip(prompts, todo, strict=True)]
-    try:
-        results: list[GenerationResult | None] = list(engine.generate(prompts, specs))
-        err = ""
-    except Exception as e:  # a failed call must not lose the batch; verdicts follow the stated policy
-        log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
-        results, err = [None] * len(prompts), f"engine_error: {e!r}"
-    for (p, k), ids, res in zip(todo, prompts, results, strict=True):
-        o = judge_result(res, jcfg, vt) if res is not None else error_outcome(jcfg, err)
-        o.update(prompt_tokens=res.num_prompt_tokens if res else len(ids), cached_tokens=res.num_cached_tokens if res else 0,
-                 generated_tokens=res.num_generated_tokens if res else 0)
-        p.outcomes[k] = o
+def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
+               max_model_len: int, seed: int = 0) -> int:
+    """Advance every problem's search to the end, one engine call per round; returns the calls made."""
+    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
+    while (call := loop.next_call()) is not None:
+        todo, prompts, specs = call
+        try:
+            results: Sequence[GenerationResult] | None = engine.generate(prompts, specs)
+            err = ""
+        except Exception as e:  # noqa: BLE001 - the problems are retried (judge_engine_error), never guessed
+            log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
+            results, err = None, f"engine_error: {e!r}"
+        loop.record(todo, prompts, results, err)
+    return loop.calls
+
+
+async def arun_rounds(engine: Any, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
+                      max_model_len: int, seed: int = 0) -> int:
+    """`run_rounds` on an async engine: while this batch waits for a round, other batches' probes fill the engine."""
+    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
+    while (call := loop.next_call()) is not None:
+        todo, prompts, specs = call
+        try:
+            results: Sequence[GenerationResult] | None = await engine.agenerate(prompts, specs)
+            err = ""
+        except Exception as e:  # noqa: BLE001 - the problems are retried (judge_engine_error), never guessed
+            log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
+            results, err = None, f"engine_error: {e!r}"
+        loop.record(todo, prompts, results, err)
+    return loop.calls
 
 
 # ---- output rows -------------------------------------------------------------------------------
@@ -377,91 +424,47 @@ _PROBE_KEYS = ("round", "k", "verdict", "p_enough", "logprob_enough", "logprob_n
                "prompt_tokens", "cached_tokens", "generated_tokens", "raw")
 
 
-def judge_rows(engine: Engine | None, builder: JudgePromptBuilder | None, vt: VerdictTokens | None,
-               rows: Sequence[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig, judge_model: str,
-               seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """Judge a batch of input rows together: (output rows, quarantine rows, engine calls)."""
+def prepare_rows(rows: Sequence[dict[str, Any]], builder: JudgePromptBuilder | None, jcfg: JudgeConfig,
+                 max_model_len: int) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Problems to judge, and quarantine rows for those that cannot be."""
     problems: list[Problem] = []
     quarantined: list[dict[str, Any]] = []
     for row in rows:
         try:
-            got = prepare_problem(row, builder, jcfg, engine_cfg.max_model_len)
+            got = prepare_problem(row, builder, jcfg, max_model_len)
         except Exception as e:  # a malformed row must not take the batch down
             got = quarantine_row(STAGE, str(row.get(R.PROBLEM_ID)), "prepare_error", repr(e))
         (problems.append if isinstance(got, Problem) else quarantined.append)(got)  # type: ignore[arg-type]
+    return problems, quarantined
+
+
+def finished_rows(problems: Sequence[Problem], jcfg: JudgeConfig, judge_model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Output rows of judged problems; a problem whose engine call failed is quarantined as judge_engine_error.
+
+    That reason is retryable: the stage never commits such a row, so the problem is judged again.
+    """
+    out = [problem_row(p, jcfg, judge_model) for p in problems if not p.engine_error]
+    failed = [quarantine_row(STAGE, p.problem_id, "judge_engine_error", p.engine_error) for p in problems if p.engine_error]
+    return out, failed
+
+
+def judge_rows(engine: Engine | None, builder: JudgePromptBuilder | None, vt: VerdictTokens | None,
+               rows: Sequence[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig, judge_model: str,
+               seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+    """Judge a batch of input rows together on a sync engine: (output rows, quarantine rows, engine calls)."""
+    problems, quarantined = prepare_rows(rows, builder, jcfg, engine_cfg.max_model_len)
     calls = 0
     if problems and jcfg.search != "fixed_ratio":
         assert engine is not None and vt is not None
         calls = run_rounds(engine, problems, jcfg, vt, engine_cfg.max_model_len, seed)
-    return [problem_row(p, jcfg, judge_model) for p in problems], quarantined, calls
+    out, failed = finished_rows(problems, jcfg, judge_model)
+    return out, quarantined + failed, calls
 
 
 def judge_tools(tokenizer: Any, jcfg: JudgeConfig) -> tuple[JudgePromptBuilder, VerdictTokens]:
     vt = verdict_tokens(tokenizer)
     prefill = vt.common if jcfg.verdict == "logprob" else ()
     return JudgePromptBuilder(tokenizer, jcfg.prompt_version, prefill), vt
-
-
-# ---- the Ray Data actor and driver --------------------------------------------------------------
-
-
-class JudgeUDF:
-    """Actor-pool UDF owning one vLLM judge engine; a batch of problems is judged in rounds."""
-
-    def __init__(self, judge: JudgeConfig, engine: EngineConfig, seed: int):
-        from palign_ray.engines.vllm_engine import VLLMEngine
-        from palign_ray.models import resolve_model
-
-        self.jcfg, self.engine_cfg, self.seed = judge, engine, seed
-        self.engine = VLLMEngine(resolve_model(self.jcfg.model), self.engine_cfg)
-        self.builder, self.vt = judge_tools(self.engine.tokenizer, self.jcfg)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        rows = _to_rows(batch)
-        t0 = time.perf_counter()
-        out, quarantined, calls = judge_rows(self.engine, self.builder, self.vt, rows, self.jcfg, self.engine_cfg,
-                                             self.jcfg.model, self.seed)
-        elapsed = time.perf_counter() - t0
-        key = rows[0][R.PROBLEM_ID] if rows else ""
-        cols: dict[str, list[Any]] = {c: [] for c in (*OUTPUT_COLUMNS, _Q_REASON, _Q_DETAIL, _TRACE_JSON, _BATCH_KEY,
-                                                      _BATCH_CALLS, _BATCH_S) if c != "probe_trace"}
-        # Nested structs and all-null columns go through JSON so every block has the same Arrow schema.
-        for r in out + [_quarantine_stub(q) for q in quarantined]:
-            for c in cols:
-                cols[c].append(r.get(c, ""))
-            cols[_TRACE_JSON][-1] = json.dumps(r.get("probe_trace", []))
-            cols[_BATCH_KEY][-1], cols[_BATCH_CALLS][-1], cols[_BATCH_S][-1] = key, calls, elapsed
-        return cols
-
-
-_INT_COLUMNS = ("num_sentences", "num_judged_sentences", "prefix_sentences", "prefix_char_end", "num_probes", "num_rounds",
-                "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable", "num_judge_errors",
-                "num_calibration_probes", "num_contradictions")
-_FLOAT_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "threshold", "calibration_m0", "calibration_mn")
-_BOOL_COLUMNS = ("is_sufficient", "non_monotone", "cot_truncated", "isotonic")
-
-
-def _quarantine_stub(q: dict[str, Any]) -> dict[str, Any]:
-    """A quarantine row with typed placeholders, so an all-quarantine block has the same Arrow schema."""
-    stub: dict[str, Any] = {c: "" for c in OUTPUT_COLUMNS}
-    stub.update({c: 0 for c in _INT_COLUMNS} | {c: 0.0 for c in _FLOAT_COLUMNS} | {c: False for c in _BOOL_COLUMNS})
-    stub.update({R.PROBLEM_ID: q[R.PROBLEM_ID], _Q_REASON: q[R.REASON], _Q_DETAIL: q[R.DETAIL], "probe_trace": []})
-    return stub
-
-
-def _to_rows(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    cols = {k: (v.tolist() if hasattr(v, "tolist") else list(v)) for k, v in batch.items()}
-    n = len(next(iter(cols.values()))) if cols else 0
-    return [{k: cols[k][i] for k in cols} for i in range(n)]
-
-
-def _from_udf(r: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """Split an actor row into (output row, None) or (None, quarantine row)."""
-    if r.get(_Q_REASON):
-        return None, quarantine_row(STAGE, r[R.PROBLEM_ID], r[_Q_REASON], r.get(_Q_DETAIL) or "")
-    row = {c: r.get(c) for c in OUTPUT_COLUMNS if c != "probe_trace"}
-    row["probe_trace"] = json.loads(r[_TRACE_JSON])
-    return row, None
 
 
 def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -485,71 +488,6 @@ def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         ok.append({R.PROBLEM_ID: pid, R.QUESTION: row[R.QUESTION], R.COT: row[R.COT],
                    R.ANSWER: "" if ans is None else str(ans)})
     return ok, bad
-
-
-def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """Rows {problem_id, question, cot, answer} → (output rows, quarantine rows, summary).
-
-    Batched rounds on a Ray Data actor pool. `judge.paper_reference=true` is the authors' algorithm on the
-    same engine: binary search, decode-and-parse verdicts (judge.max_new_tokens, the paper's 256), one
-    actor fed one problem per batch, so one probe per engine call, no batching and no sleep; decoding
-    follows judge.temperature (greedy by default, reproducible; the authors sampled with model
-    defaults). `judge.search=fixed_ratio` needs no model and runs in this process.
-    """
-    jcfg = reference_config(cfg.judge) if cfg.judge.paper_reference else cfg.judge
-    check_judge_config(jcfg)
-    t0 = time.perf_counter()
-    items, bad = check_input(rows)
-    engine, ray_cfg = stage_engine(cfg, "judge")
-    if cfg.judge.paper_reference:
-        # One actor, one problem per batch: binary search on one problem makes one probe per engine call.
-        # An actor rather than this process: a driver-side CPU engine measured 10-100x slower under load.
-        ref_ray = dataclasses.replace(ray_cfg, batch_size=1, num_actors=1)
-        out, more_bad, extra = _ray_rows(items, jcfg, engine, ref_ray, cfg.run.seed)
-    elif jcfg.search == "fixed_ratio":
-        out, more_bad, _ = judge_rows(None, None, None, items, jcfg, engine, "", cfg.run.seed)
-        extra = {"engine_calls": 0, "judge_s": 0.0}
-    else:
-        out, more_bad, extra = _ray_rows(items, jcfg, engine, ray_cfg, cfg.run.seed)
-    bad += more_bad
-    out.sort(key=lambda r: r[R.PROBLEM_ID])
-    assert len(out) + len(bad) == len(rows), "every input row must leave as output or quarantine"
-    summary = summarize(out, bad, len(rows), time.perf_counter() - t0, jcfg, paper_reference=cfg.judge.paper_reference, **extra)
-    return out, bad, summary
-
-
-def _ray_rows(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConfig, ray_cfg: RayConfig,
-              seed: int) -> tuple[list[dict], list[dict], dict[str, Any]]:
-    out, bad, batches = [], [], {}
-    for got, quarantined, stats in judge_batches(items, jcfg, engine, ray_cfg, seed):
-        out += got
-        bad += quarantined
-        batches.update(stats)  # keyed by batch: a batch retried after an actor died counts once
-    return out, bad, {"engine_calls": sum(c for c, _ in batches.values()), "judge_s": sum(s for _, s in batches.values())}
-
-
-def judge_batches(items: list[dict[str, Any]], jcfg: JudgeConfig, engine: EngineConfig, ray_cfg: RayConfig, seed: int
-                  ) -> Iterator[tuple[list[dict], list[dict], dict[str, tuple[int, float]]]]:
-    """Stream checked items through the judge actor pool; yields (output rows, quarantine rows, batch stats) per block."""
-    from palign_ray.ray_env import actor_resources, init_ray
-
-    if not items:
-        return
-    ray = init_ray(ray_cfg)
-    ds = ray.data.from_items(items).map_batches(
-        JudgeUDF,
-        fn_constructor_kwargs={"judge": jcfg, "engine": engine, "seed": seed},
-        batch_size=ray_cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors),
-        **actor_resources(ray_cfg),
-    )
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        out, bad, stats = [], [], {}
-        for r in batch.to_pylist():
-            stats[r[_BATCH_KEY]] = (r[_BATCH_CALLS], r[_BATCH_S])
-            row, q = _from_udf(r)
-            (out.append(row) if row is not None else bad.append(q))
-        yield out, bad, stats
 
 
 # ---- summary -----------------------------------------------------------------------------------
