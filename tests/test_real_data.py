@@ -152,3 +152,21 @@ def test_split_and_truncate_the_longest_r1_trace(external: Path, tmp_path: Path,
     # Bounds with room for a loaded machine; a quadratic step or a copy per sentence would break them.
     assert split_s < 60 and split_mib < 512, (split_s, split_mib)
     assert trunc_s < 120 and trunc_mib < 1024, (trunc_s, trunc_mib)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_teacher_cli_on_s1k_as_the_issue_ran_it(external: Path, tmp_path: Path, ray_session) -> None:
+    """`palign teacher --input s1k.jsonl problems.trace_field=thinking_trajectories problems.answer_field=solution
+    problems.num_problems=0 problems.filter=cot_type=math`: 21 traces out, 29 rows quarantined with a reason."""
+    from palign_ray.cli import main
+
+    out = tmp_path / "t.parquet"
+    rc = main(["teacher", "--input", str(external / S1K), "--output", str(out), "problems.trace_field=thinking_trajectories",
+               "problems.answer_field=solution", "problems.num_problems=0", "problems.filter=cot_type=math"])
+    traces = pq.read_table(out).to_pylist()
+    quar = pq.read_table(tmp_path / "t.quarantine.parquet").to_pylist()
+    assert rc == 0 and len(traces) == 21 and len(quar) == 29
+    assert {q["reason"] for q in quar} == {"filtered_out"} and {r["group"] for r in traces} == {"math"}
+    assert all(r["trace_source"] == "ingested" and "\n" in r["cot"] and not r["cot"].startswith("[") for r in traces)
+    assert {r["trace_format"] for r in traces} == {"serialised_list"}
