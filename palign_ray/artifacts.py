@@ -6,6 +6,7 @@ import json
 import math
 import os
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -192,10 +193,11 @@ class StageDir:
             write_parquet(self.root / f"{part}.parquet", rows, schema)
             files.append(f"{part}.parquet")
         reasons = Counter(str(q[R.REASON]) for q in quarantined)
+        ids = sorted({str(r[R.PROBLEM_ID]) for r in (*rows, *quarantined)})
         write_json(self.commits_dir / f"{part}.json", {
             "part": part, "files": files, "num_input": len(rows) + len(quarantined) if num_input is None else num_input,
             "num_output": len(rows), "num_quarantined": len(quarantined), "reasons": dict(reasons),
-            "summary": summary or {}})
+            "committed_at": time.time(), "problem_ids": ids, "summary": summary or {}})
         return part
 
     def commits(self) -> list[dict[str, Any]]:
@@ -222,13 +224,31 @@ class StageDir:
         return _read_files(self.quarantine_files())
 
     def done_ids(self) -> set[str]:
-        """problem_ids with a committed output or quarantine row (reads only that column)."""
-        import pyarrow.parquet as pq
-
+        """problem_ids with a committed output or quarantine row (from the commit markers)."""
         ids: set[str] = set()
-        for f in self.output_files() + self.quarantine_files():
-            ids.update(str(x) for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist())
+        for c in self.commits():
+            ids.update(c["problem_ids"] if "problem_ids" in c else _ids_in(self.root / f for f in c["files"]))
         return ids
+
+    def drop_duplicate_parts(self) -> list[str]:
+        """Uncommit parts whose problems an earlier part already holds; returns their names.
+
+        A task retried after its actor or node died may commit the same problems twice (the first
+        attempt committed, its reply was lost). Results are seeded per problem, so the earlier commit is
+        kept; the later part's other problems, if any, are simply done again by the stage's next pass.
+        """
+        seen: set[str] = set()
+        dropped = []
+        for c in sorted(self.commits(), key=lambda c: (c.get("committed_at", 0.0), c["part"])):
+            ids = set(c.get("problem_ids", []))
+            if ids & seen:
+                (self.commits_dir / f"{c['part']}.json").unlink(missing_ok=True)
+                for f in c["files"]:
+                    (self.root / f).unlink(missing_ok=True)
+                dropped.append(c["part"])
+            else:
+                seen |= ids
+        return dropped
 
     def remove_uncommitted(self) -> int:
         """Delete part files no marker names (a crash before the commit); returns how many."""
@@ -256,6 +276,12 @@ class StageDir:
 
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def _ids_in(files: Iterable[Path]) -> set[str]:
+    import pyarrow.parquet as pq
+
+    return {str(x) for f in files for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist()}
 
 
 def _read_files(files: list[Path]) -> list[dict[str, Any]]:

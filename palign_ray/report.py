@@ -12,36 +12,9 @@ from palign_ray.artifacts import StageDir
 
 log = logging.getLogger(__name__)
 
-# Token-count columns as stages name them (generation stages use num_*; the judge uses bare names).
-TOKEN_COLUMNS = {
-    "prefilled": ("num_prompt_tokens", "prompt_tokens"),
-    "cached": ("num_cached_tokens", "cached_tokens"),
-    "generated": ("num_generated_tokens", "generated_tokens"),
-}
-
-
-def _as_total(v: Any) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, (list, tuple)):
-        return int(sum(x or 0 for x in v))
-    return int(v)
-
-
-def stage_tokens(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Sum of prompt (prefilled), cached and generated tokens over a stage's rows (outputs + quarantine)."""
-    out = {}
-    for kind, names in TOKEN_COLUMNS.items():
-        out[kind] = sum(_as_total(r.get(n)) for r in rows for n in names if n in r)
-    return out
-
-
 def summary_tokens(stage_dir: Path) -> dict[str, int] | None:
-    """Token totals from a row stage's per-chunk summaries (generation stages keep them there)."""
-    files = sorted((stage_dir / "summaries").glob("*.json"))
-    if not files:
-        return None
-    sums = [json.loads(f.read_text()) for f in files]
+    """Token totals from a row stage's per-part summaries (in its commit markers)."""
+    sums = [c.get("summary", {}) for c in StageDir(stage_dir).commits()]
     if not any("generated_tokens" in x for x in sums):
         return None
     return {"prefilled": sum(int(x.get("prompt_tokens", 0)) for x in sums),
@@ -55,11 +28,11 @@ def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 
 def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
-    lines = ["| stage | in | out | quarantined | reasons | wall s |", "|---|---|---|---|---|---|"]
+    lines = ["| stage | in | out | quarantined | reasons | engine starts | wall s |", "|---|---|---|---|---|---|---|"]
     for s in stages:
         m = _manifest(run_dir, s)
         if m is None:
-            lines.append(f"| {s} | – | – | – | not run | – |")
+            lines.append(f"| {s} | – | – | – | not run | – | – |")
             continue
         n_in, out = m.get("num_input", "–"), m.get("num_output", "–")
         if s == "train" and m.get("metrics"):  # examples in, a model out
@@ -67,7 +40,8 @@ def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
         elif s == "eval":
             out = ", ".join(k for k in ("base", "trained") if m.get(k)) or "–"
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
-        lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {m.get('wall_s', 0):.1f} |")
+        starts = m.get("engine_starts", "–")
+        lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {starts} | {m.get('wall_s', 0):.1f} |")
     return lines
 
 
@@ -78,7 +52,7 @@ def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
         sd = StageDir(run_dir / s)
         if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "eval"):
             continue
-        t = summary_tokens(run_dir / s) or stage_tokens(sd.output_rows() + sd.quarantine_rows())
+        t = summary_tokens(run_dir / s) or {"prefilled": 0, "cached": 0, "generated": 0}
         for k in total:
             total[k] += t[k]
         lines.append(f"| {s} | {t['prefilled']} | {t['cached']} | {t['prefilled'] - t['cached']} | {t['generated']} |")
@@ -153,6 +127,21 @@ def _train_steps(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [s for s in steps if isinstance(s, dict) and "loss" in s]
 
 
+TRUNCATION_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "num_probes", "num_rounds", "is_sufficient",
+                      "non_monotone")
+
+
+def _columns(sd: StageDir, columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Only these columns of a stage's committed output (never its traces: the driver stays small)."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for f in sd.output_files():
+        names = set(pq.read_schema(f).names)
+        rows += pq.read_table(f, columns=[c for c in columns if c in names]).to_pylist()
+    return rows
+
+
 def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     """Write report.md (+ PNGs) from whatever stages have finished."""
     run_dir = Path(run_dir)
@@ -160,7 +149,7 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
              "## Rows per stage", "", *counts_table(run_dir, stages), "",
              f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
              "train's out is the exported model; eval lists the models evaluated.)", ""]
-    trunc = StageDir(run_dir / "truncate").output_rows() if "truncate" in stages else []
+    trunc = _columns(StageDir(run_dir / "truncate"), TRUNCATION_COLUMNS) if "truncate" in stages else []
     if trunc:
         lines += ["## Truncation (sufficiency search)", "", *truncation_stats(trunc), "", "![prefix ratios](prefix_ratio.png)",
                   "![probes](probes.png)", ""]

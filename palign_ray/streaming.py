@@ -137,11 +137,13 @@ def _drop_done(batch: Any, done: list[str]) -> Any:
     return batch.filter(pc.invert(pc.is_in(ids, value_set=pa.array(done, pa.string()))))
 
 
-def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max_passes: int = 2,
+def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max_passes: int = 3,
                progress: Callable[[int, int], Any] | None = None) -> StreamResult:
-    """Process every input id that has no committed row yet; retryable failures get up to `max_passes` passes."""
-    from palign_ray.ray_env import init_ray
+    """Process every input id that has no committed row yet, in up to `max_passes` passes.
 
+    A pass after the first redoes retryable failures (e.g. judge engine errors) and the problems of
+    parts dropped as duplicates (see StageDir.drop_duplicate_parts).
+    """
     t0 = time.perf_counter()
     attempt = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
     removed = sd.remove_uncommitted()
@@ -150,35 +152,54 @@ def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max
     ids = input_ids(input_files)
     res = StreamResult(num_input=len(ids))
     retry: list[dict[str, Any]] = []
-    for n in range(max_passes):
+    while res.passes < max_passes:
         done = sd.done_ids()
         todo = [i for i in ids if i not in done]
-        if n == 0:
+        if res.passes == 0:
             res.num_done_before = len(ids) - len(todo)
             log.info("stage %s: %d rows in, %d already done, %d to process", job.stage, len(ids), res.num_done_before, len(todo))
         if not todo:
+            retry = []
             break
-        if n:
-            log.warning("stage %s: pass %d for %d problems whose engine calls failed", job.stage, n + 1, len(todo))
-        ray = init_ray(job.ray_cfg)
-        bar = progress(len(ids), len(ids) - len(todo)) if progress else None
-        retry = []
-        for r in _dataset(ray, job, input_files, sd, attempt, sorted(done)).iter_rows():
-            res.num_parts += 1
-            res.num_processed += int(r["num_input"])
-            retry += json.loads(r["retry"])
-            if bar is not None:
-                bar.update(int(r["num_input"]))
-            log.debug("stage %s: part %s: %d out, %d quarantined", job.stage, r["part"], r["num_output"], r["num_quarantined"])
-        if bar is not None:
-            bar.close()
-        res.passes = n + 1
-        if not retry:
+        if res.passes:
+            log.warning("stage %s: pass %d for %d problems (engine errors or parts dropped as duplicates)",
+                        job.stage, res.passes + 1, len(todo))
+        retry = _one_pass(job, input_files, sd, attempt, sorted(done), res, progress, len(ids))
+        res.passes += 1
+        dropped = sd.drop_duplicate_parts()
+        if dropped:
+            log.warning("stage %s: %d parts committed problems a retried task had committed before; dropped: %s",
+                        job.stage, len(dropped), dropped)
+        elif not retry:
             break
+    done = sd.done_ids()
+    unfinished = {str(q[R.PROBLEM_ID]) for q in retry}
+    retry += [quarantine_row(job.stage, i, "not_processed", f"no committed row after {res.passes} passes")
+              for i in dict.fromkeys(ids) if i not in done and i not in unfinished]
     res.retry_failed = retry
     res.engine_starts = sum(1 for p in (sd.root / ENGINES).glob(f"{attempt}-*.json")) if (sd.root / ENGINES).is_dir() else 0
     res.wall_s = time.perf_counter() - t0
     return res
+
+
+def _one_pass(job: StreamJob, input_files: Sequence[Path], sd: StageDir, attempt: str, done: list[str],
+              res: StreamResult, progress: Callable[[int, int], Any] | None, total: int) -> list[dict[str, Any]]:
+    """One Ray Data job over the not-yet-done rows; returns the retryable rows that came back."""
+    from palign_ray.ray_env import init_ray
+
+    ray = init_ray(job.ray_cfg)
+    bar = progress(total, len(done)) if progress else None
+    retry: list[dict[str, Any]] = []
+    for r in _dataset(ray, job, input_files, sd, attempt, done).iter_rows():
+        res.num_parts += 1
+        res.num_processed += int(r["num_input"])
+        retry += json.loads(r["retry"])
+        if bar is not None:
+            bar.update(int(r["num_input"]))
+        log.debug("stage %s: part %s: %d out, %d quarantined", job.stage, r["part"], r["num_output"], r["num_quarantined"])
+    if bar is not None:
+        bar.close()
+    return retry
 
 
 def _dataset(ray: Any, job: StreamJob, input_files: Sequence[Path], sd: StageDir, attempt: str, done: list[str]) -> Any:

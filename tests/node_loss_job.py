@@ -32,18 +32,45 @@ def generation_batches(model):
     return items, ({"problem_id": r["problem_id"], "out": r["generations"]} for b in batches for r in b)
 
 
-def judge_batches_of(model):
-    from palign_ray.config import EngineConfig, JudgeConfig, RayConfig
-    from palign_ray.judge.rounds import check_input, judge_batches
+def judge_batches_of(model, on_first_part):
+    """The truncate stage's streaming job (workers write the parts); `on_first_part` runs when a part is committed."""
+    import tempfile
+    from pathlib import Path
+
+    from palign_ray.artifacts import StageDir
+    from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, RunConfig
+    from palign_ray.judge.rounds import check_input
+    from palign_ray.judge.stage import judge_job
+    from palign_ray.streaming import run_stream
 
     items = [{"problem_id": f"j{i:02d}", "question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1),
               "cot": " ".join(f"Step {j}: we add {i} and {j} with care." for j in range(1, 9))} for i in range(16)]
     ok, bad = check_input(items)
     assert not bad, bad
-    batches = judge_batches(ok, JudgeConfig(model=model), EngineConfig(max_model_len=1024, max_num_seqs=16),
-                            RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2), seed=3)
+    cfg = Config(run=RunConfig(seed=3, chunk_size=2), judge=JudgeConfig(model=model),
+                 engine=EngineConfig(max_model_len=1024, max_num_seqs=16),
+                 ray=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2))
+    tmp = Path(tempfile.mkdtemp(prefix="node-loss-"))
+    src, sd = StageDir(tmp / "input"), StageDir(tmp / "truncate")
+    src.write_part(ok, [])
+    run_stream(judge_job(cfg), src.output_files(), sd, progress=lambda total, done: _FirstPart(on_first_part))
     keep = ("prefix_sentences", "num_probes", "num_rounds", "is_sufficient")
-    return items, ({"problem_id": r["problem_id"], "out": [r[k] for k in keep]} for out, quar, _ in batches for r in out + quar)
+    return items, ({"problem_id": r["problem_id"], "out": [r.get(k) for k in keep]} for r in sd.output_rows() + sd.quarantine_rows())
+
+
+class _FirstPart:
+    """A progress bar stand-in that fires once, on the first committed part."""
+
+    def __init__(self, fn):
+        self.fn, self.fired = fn, False
+
+    def update(self, n):
+        if not self.fired:
+            self.fired = True
+            self.fn()
+
+    def close(self):
+        pass
 
 
 def run_once(model, mode, remove):
@@ -51,14 +78,22 @@ def run_once(model, mode, remove):
 
     cluster, workers = start_cluster()
     ray.init(address=cluster.address)
-    items, rows_iter = (judge_batches_of if mode == "judge" else generation_batches)(model)
-    rows, removed = [], None
+    removed = []
+
+    def remove_worker():
+        if remove and not removed:
+            cluster.remove_node(workers[1], allow_graceful=False)
+            removed.append(workers[1].node_id)
+            print("REMOVED", removed[0], flush=True)
+
+    if mode == "judge":
+        items, rows_iter = judge_batches_of(model, remove_worker)
+    else:
+        items, rows_iter = generation_batches(model)
+    rows = []
     for row in rows_iter:
         rows.append(row)
-        if remove and removed is None:
-            cluster.remove_node(workers[1], allow_graceful=False)
-            removed = workers[1].node_id
-            print("REMOVED", removed, "after", len(rows), "rows", flush=True)
+        remove_worker()
     ray.shutdown()
     cluster.shutdown()
     return items, rows

@@ -18,7 +18,7 @@ def test_method_plans():
     assert _names(load_config(None, ["run.method=full_cot"])) == ["problems", "teacher", "sft_data", "train", "eval"]
     assert _names(load_config(None, ["run.method=prefix_only"])) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
     full = P.stages_for(load_config(None, ["run.method=full_cot"]))
-    assert next(s for s in full if s.name == "sft_data").input_stage == "teacher"
+    assert next(s for s in full if s.name == "sft_data").inputs == ("teacher",)
     assert P.effective_config(load_config(None, ["run.method=fixed_ratio"])).judge.search == "fixed_ratio"
 
 
@@ -41,48 +41,63 @@ def test_stage_engine_placement_does_not_invalidate_but_engine_settings_do():
     assert [s for s in ha if ha[s] == hl[s]] == ["problems", "teacher", "truncate"]
 
 
-def _fake_stage(calls):
-    def fn(rows, cfg):
-        calls.append([r["problem_id"] for r in rows])
-        out = [{"problem_id": r["problem_id"], "x": r["x"] * 2} for r in rows if r["x"] % 3]
-        quar = [{"stage": "t", "problem_id": r["problem_id"], "reason": "div3", "detail": ""} for r in rows if not r["x"] % 3]
-        return out, quar, {"n": len(rows)}
-    return fn
+def test_method_is_hashed_only_into_the_stages_it_changes():
+    """Issue 15.10: run.method sat in the root of the hash chain, so switching method recomputed problems and teacher."""
+    base = load_config(None)
+    hb = P.stage_hashes(base, P.stages_for(base))
+    for method in ("full_cot", "prefix_only", "fixed_ratio"):
+        cfg = P.effective_config(load_config(None, [f"run.method={method}"]))
+        h = P.stage_hashes(cfg, P.stages_for(cfg))
+        assert h["problems"] == hb["problems"] and h["teacher"] == hb["teacher"], method
+        assert h["sft_data"] != hb["sft_data"], method
+    prefix = P.effective_config(load_config(None, ["run.method=prefix_only"]))
+    assert P.stage_hashes(prefix, P.stages_for(prefix))["truncate"] == hb["truncate"]  # same judge, same cuts
 
 
-def test_row_stage_chunks_resume_and_account(tmp_path):
-    cfg = load_config(None, ["run.chunk_size=4"])
-    rows = [{"problem_id": f"p{i:02d}", "x": i} for i in range(10)]
-    sd = StageDir(tmp_path / "t")
-    P._prepare(sd, "h1")
-    calls: list = []
-    # Simulate a crash after the first chunk: only 4 rows were processed and written.
-    out, quar, _ = _fake_stage(calls)(rows[:4], cfg)
-    sd.write_part(out, quar)
-    P.run_row_stage("t", _fake_stage(calls), rows, cfg, sd, "h1")
-    assert calls[1:] == [["p04", "p05", "p06", "p07"], ["p08", "p09"]]  # only the missing ids
-    ids = sorted(r["problem_id"] for r in sd.output_rows()) + sorted(q["problem_id"] for q in sd.quarantine_rows())
-    assert sorted(ids) == [r["problem_id"] for r in rows]  # each exactly once
-    m = sd.manifest_path.read_text()
-    assert '"num_output": 6' in m and '"num_quarantined": 4' in m and '"div3": 4' in m
+def test_sft_model_change_invalidates_the_shards():
+    """Issue 15.2: sft_data is tokenized with sft.model's tokenizer but did not hash it, so a new student trained
+    on the old tokenizer's ids."""
+    a, b = load_config(None), load_config(None, ["sft.model=/models/other"])
+    ha, hb = P.stage_hashes(a, P.stages_for(a)), P.stage_hashes(b, P.stages_for(b))
+    assert ha["align"] == hb["align"] and ha["sft_data"] != hb["sft_data"]
 
 
-def test_rows_that_vanish_are_quarantined_not_lost(tmp_path):
-    cfg = load_config(None)
-    sd = StageDir(tmp_path / "t")
-    P._prepare(sd, "h")
-    P.run_row_stage("t", lambda rows, c: (rows[:1], [], {}), [{"problem_id": "a"}, {"problem_id": "b"}], cfg, sd, "h")
-    assert [q["reason"] for q in sd.quarantine_rows()] == ["lost_in_stage"]
+def test_training_refuses_shards_made_for_another_model(tmp_path):
+    from palign_ray.artifacts import write_json
+    from palign_ray.sft.data import META_FILE
+
+    write_json(tmp_path / META_FILE, {"model": "default"})
+    P.check_shards_model(tmp_path, "default")
+    with pytest.raises(P.PipelineError, match="tokenized for 'default'.*rerun stage sft_data"):
+        P.check_shards_model(tmp_path, "/models/other")
+
+
+def _done(sd, h, rows):
+    P._prepare(sd, h)
+    sd.write_part(rows, [])
+    sd.write_manifest(config_hash=h)
+
+
+def test_stage_refuses_input_made_under_another_config(tmp_path):
+    """Issue 15.1: `--stages align judge.threshold=0.3` built align from the 0.5 cuts and stamped it current."""
+    old = load_config(None, [f"run.run_dir={tmp_path}", "judge.threshold=0.5"])
+    new = load_config(None, [f"run.run_dir={tmp_path}", "judge.threshold=0.3"])
+    h_old = P.stage_hashes(old, P.stages_for(old))
+    for name in ("problems", "teacher", "truncate"):
+        _done(StageDir(tmp_path / name), h_old[name], [{"problem_id": "a"}])
+    with pytest.raises(P.PipelineError, match=r"'align' needs the output of 'truncate', which was made under another config"):
+        P.run_pipeline(new, ["align"])
+    assert not (tmp_path / "align" / "manifest.json").exists()
+    with pytest.raises(P.PipelineError, match=r"'train' needs the output of 'sft_data', which has not finished"):
+        P.run_pipeline(new, ["train"])
 
 
 def test_empty_stage_stops_with_reasons(tmp_path):
-    cfg = load_config(None)
     sd = StageDir(tmp_path / "t")
     P._prepare(sd, "h")
-    fn = lambda rows, c: ([], [{"stage": "t", "problem_id": r["problem_id"], "reason": "wrong_answer", "detail": ""} for r in rows], {})  # noqa: E731
+    sd.write_part([], [{"stage": "t", "problem_id": r, "reason": "wrong_answer", "detail": ""} for r in "ab"])
     with pytest.raises(P.PipelineError, match=r"stage 't' produced no output rows.*wrong_answer': 2"):
-        P.run_row_stage("t", fn, [{"problem_id": "a"}, {"problem_id": "b"}], cfg, sd, "h")
-    assert not sd.manifest_path.exists()
+        P._check_not_empty("t", sd)
 
 
 def test_prepare_clears_a_stage_left_by_another_config(tmp_path):

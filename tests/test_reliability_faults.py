@@ -20,8 +20,7 @@ import pytest
 
 from palign_ray import records as R
 from palign_ray.artifacts import TMP_PREFIX, StageDir, read_rows, write_parquet
-from palign_ray.config import Config, config_from_dict
-from palign_ray.pipeline import run_row_stage
+from palign_ray.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,8 +48,11 @@ def test_crash_mid_parquet_write_leaves_no_visible_part(tmp_path: Path, monkeypa
     with pytest.raises(OSError):
         write_parquet(tmp_path / "plain.parquet", [{"a": 1}])
     monkeypatch.undo()
-    visible = sorted(p.name for p in sd.root.rglob("*") if p.is_file())
-    assert len(visible) == 1 and visible[0].startswith("part-")  # only the good part; the tmp file was removed
+    visible = sorted(p.relative_to(sd.root).as_posix() for p in sd.root.rglob("*") if p.is_file())
+    part = sd.commits()[0]["part"]
+    # the good part (file + commit marker) and the crashed part's first file, which no marker names: invisible
+    assert [v for v in visible if not v.startswith("quarantine/")] == [f"commits/{part}.json", f"{part}.parquet"]
+    assert len(sd.commits()) == 1 and not [v for v in visible if "/.tmp-" in v or v.startswith(".tmp-")]
     assert not (tmp_path / "plain.parquet").exists() and not list(tmp_path.glob(TMP_PREFIX + "*"))
     assert [r[R.PROBLEM_ID] for r in sd.output_rows()] == ["a"] and sd.quarantine_rows() == []
     assert not sd.manifest_path.exists()
@@ -71,67 +73,6 @@ def test_readers_ignore_leftover_tmp_files(tmp_path: Path) -> None:
     assert [r[R.PROBLEM_ID] for r in rows] == ["a"] and bad == []
 
 
-def _cfg(chunk: int) -> Config:
-    return config_from_dict({"run": {"chunk_size": chunk}})
-
-
-def _rows(n: int) -> list[dict[str, Any]]:
-    return [{R.PROBLEM_ID: f"p{i:02d}", "v": i} for i in range(n)]
-
-
-def test_crash_in_a_chunk_keeps_finished_chunks_and_no_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Chunk 3 dies while writing: chunks 1-2 survive, no manifest; the rerun does only the rest."""
-    seen: list[str] = []
-
-    def fn(chunk: list[dict], cfg: Config) -> tuple[list[dict], list[dict], dict]:
-        seen.extend(r[R.PROBLEM_ID] for r in chunk)
-        out = [{**r, "y": r["v"] * 2} for r in chunk if r["v"] % 5]
-        quar = [{R.STAGE: "t", R.PROBLEM_ID: r[R.PROBLEM_ID], R.REASON: "div5", R.DETAIL: ""} for r in chunk if not r["v"] % 5]
-        return out, quar, {"num_in": len(chunk)}
-
-    rows, sd = _rows(10), StageDir(tmp_path / "t")
-    import pyarrow.parquet as pq
-
-    real = pq.write_table
-    calls = {"n": 0}
-
-    def flaky(table: Any, where: Any, *a: Any, **k: Any) -> None:
-        calls["n"] += 1
-        if calls["n"] == 5:  # chunk 1: 2 files (out + quarantine), chunk 2: 1 file, chunk 3: dies on its 2nd file
-            Path(where).write_bytes(b"PAR1 half")
-            raise OSError("killed")
-        real(table, where, *a, **k)
-
-    monkeypatch.setattr(pq, "write_table", flaky)
-    with pytest.raises(OSError, match="killed"):
-        run_row_stage("t", fn, rows, _cfg(3), sd, "h1")
-    monkeypatch.undo()
-    assert not sd.manifest_path.exists()
-    assert not [p for p in sd.root.rglob(TMP_PREFIX + "*")]
-    done_before = sd.done_ids()
-    assert done_before == {f"p{i:02d}" for i in range(6)}  # chunks 1-2 complete, chunk 3 left nothing
-    seen.clear()
-    run_row_stage("t", fn, rows, _cfg(3), sd, "h1")
-    assert sorted(seen) == sorted(r[R.PROBLEM_ID] for r in rows if r[R.PROBLEM_ID] not in done_before)  # no recompute
-    out, quar = sd.output_rows(), sd.quarantine_rows()
-    ids = [r[R.PROBLEM_ID] for r in out + quar]
-    assert len(ids) == len(set(ids)) == len(rows)  # in = out + quarantined, no duplicates
-    assert {q[R.PROBLEM_ID] for q in quar} == {"p00", "p05"}
-    m = json.loads(sd.manifest_path.read_text())
-    assert m["num_output"] + m["num_quarantined"] == m["num_input"] == 10
-
-
-def test_rows_lost_by_a_stage_are_quarantined_not_dropped(tmp_path: Path) -> None:
-    def lossy(chunk: list[dict], cfg: Config) -> tuple[list[dict], list[dict], dict]:
-        return [r for r in chunk if r["v"] % 3], [], {}
-
-    sd = StageDir(tmp_path / "t")
-    run_row_stage("t", lossy, _rows(7), _cfg(2), sd, "h")
-    quar = sd.quarantine_rows()
-    assert len(sd.output_rows()) + len(quar) == 7
-    assert {q[R.PROBLEM_ID]: q[R.REASON] for q in quar} == {"p00": "lost_in_stage", "p03": "lost_in_stage", "p06": "lost_in_stage"}
-
-
 # --------------------------------------------------------------------------- judge actor killed mid-round
 
 
@@ -142,7 +83,7 @@ def _my_judge_workers() -> list[tuple[int, str]]:
     me, found = os.getpid(), []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info.get("cmdline") or [])
-        if "JudgeUDF" not in cmd:
+        if "PartUDF" not in cmd:
             continue
         try:
             if me in {a.pid for a in p.parents()}:  # never touch another developer's Ray on a shared box
@@ -163,7 +104,7 @@ class ActorKiller(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set() and time.monotonic() < self.deadline:
-            # Ray titles a worker "ray::MapWorker(MapBatches(JudgeUDF)).<method>" while it runs a method
+            # Ray titles a worker "ray::MapWorker(MapBatches(PartUDF)).<method>" while it runs a method
             busy = [(pid, t) for pid, t in _my_judge_workers() if ")." in t and not t.endswith(".__init__")]
             if busy:
                 time.sleep(self.delay_s)  # let the first round's engine call get going
@@ -253,7 +194,8 @@ def _stage_rows(run_dir: Path, stage: str) -> tuple[list[dict], list[dict]]:
 
 
 def _summaries(run_dir: Path, stage: str) -> dict[str, dict]:
-    return {p.name: json.loads(p.read_text()) for p in (run_dir / stage / "summaries").glob("*.json")}
+    """Committed parts of a stage by name (their num_input: rows that part processed)."""
+    return {c["part"]: c for c in StageDir(run_dir / stage).commits()}
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -298,7 +240,8 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
 
     # finished chunks were not recomputed: the rerun's chunk summaries cover exactly the missing problems
     new = {k: v for k, v in _summaries(run_dir, "teacher").items() if k not in summaries_before}
-    assert sum(s["num_in"] for s in new.values()) == 8 - len(done_before)
+    assert sum(s["num_input"] for s in new.values()) == 8 - len(done_before)
+    assert json.loads((run_dir / "teacher" / "manifest.json").read_text())["engine_starts"] == 1  # one actor, one start
     assert json.loads((run_dir / "problems" / "manifest.json").read_text())["num_output"] == 8
     for stage in ("teacher", "truncate"):
         out, quar = _stage_rows(run_dir, stage)
@@ -375,7 +318,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_
     assert not (train / "manifest.json").exists()
     killed_at_step = checkpoint_step(latest_complete_checkpoint(ckpts))
     new = {k: v for k, v in _summaries(run_dir, "align").items() if k not in summaries_before}
-    assert sum(s["num_in"] for s in new.values()) == 8 - len(done_before)  # finished align chunks not redone
+    assert sum(s["num_input"] for s in new.values()) == 8 - len(done_before)  # finished align parts not redone
 
     _kill_when(cmd, tmp_path, logs / "3.out", lambda: (ev / "base" / ".done").is_file(), "mid-eval")
     assert not (ev / "manifest.json").exists()
