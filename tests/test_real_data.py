@@ -23,12 +23,17 @@ from palign_ray.teacher import ingest_traces
 S1K = "s1k_v1_sepo_test50.jsonl"
 # name → (file, rows, rows the source repository scored correct)
 R1 = {"aime24": ("r1_distill_qwen7b_aime24_outputs.jsonl", 30, 18), "amc23": ("r1_distill_qwen7b_amc23_outputs.jsonl", 40, 38)}
-# Runs a `palign` command in a fresh interpreter and reports its own peak RSS (the test process's is not the CLI's).
+# Runs a `palign` command in a fresh interpreter and reports its own peak RSS: Linux's VmHWM, which exec
+# resets (ru_maxrss can carry the forking test process's size across exec); ru_maxrss elsewhere (bytes on macOS).
 MEASURED = (
-    "import json, resource, sys\n"
+    "import json, re, resource, sys\n"
     "from palign_ray.cli import main\n"
     "rc = main(sys.argv[1:])\n"
-    "sys.stderr.write('\\nMEASURED ' + json.dumps({'rc': rc, 'max_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))\n"
+    "try:\n"
+    "    kb = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    "except OSError:\n"
+    "    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == 'darwin' else 1)\n"
+    "sys.stderr.write('\\nMEASURED ' + json.dumps({'rc': rc, 'max_rss_kb': kb}))\n"
 )
 
 

@@ -117,7 +117,7 @@ def test_shards_contract(tokenizer, tmp_path: Path) -> None:
     assert [r["problem_id"] for r in rows_out] == [f"p{i}" for i in range(5)]
     assert all(r["num_tokens"] == len(r["input_ids"]) and r["num_loss_tokens"] == sum(r["loss_mask"]) for r in rows_out)
     meta = json.loads((out / "sft_meta.json").read_text())
-    assert meta["num_examples"] == 5 and meta["model"] == "default" and meta["max_seq_len"] == 2048 and meta["chat_template"]
+    assert meta["num_examples"] == 5 and meta["model"] == "default" and meta["max_seq_len"] == cfg.align.max_seq_len and meta["chat_template"]
     quar = pq.read_table(tmp_path / "shards.quarantine.parquet").to_pylist()
     assert [(q["problem_id"], q["reason"]) for q in quar] == [("bad", "missing_field")]
     assert summary["num_examples"] == 5 and summary["num_quarantined"] == 1
@@ -153,7 +153,8 @@ def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path:
 
     src = Path(shared_data) / "external" / "palign_sample.jsonl"
     released = [json.loads(line) for line in src.read_text().splitlines()]
-    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--format", "alpaca"])
+    # 693-1,454 tokens with SmolLM2's template: half exceed the default align.max_seq_len (1024) and would be too_long.
+    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--format", "alpaca", "align.max_seq_len=2048"])
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["num_examples"] == 16 and summary["num_quarantined"] == 0
     assert summary["num_with_prefix_markers"] == 16 and summary["method"] == "file:alpaca"
