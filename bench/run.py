@@ -25,7 +25,7 @@ from bench.report import markdown
 log = logging.getLogger("bench")
 
 # judge covers judge speed-up, search optimality and prefix-cache efficiency; threads = the OMP_NUM_THREADS policy
-SECTIONS = ("judge", "ray", "threads", "sft")
+SECTIONS = ("judge", "ray", "threads", "sft", "scale")
 ALIASES = {"cache": "judge", "search": "judge"}
 # Applied when no --config is given: the issue's engine/judge settings for the authors' long traces.
 BENCH_DEFAULTS = ("engine.max_model_len=2048", "judge.max_cot_tokens=1536", "ray.num_actors=1",
@@ -47,10 +47,16 @@ class Sizes:
     gen_repeats: int = 2
     sft_examples: int = 64
     sft_steps: int = 4  # optimizer steps per SFT run (step 1 is warm-up, excluded from the means)
+    scale_gen_prompts: int = 256  # teacher stage through Ray Data vs a bare engine (natural stops)
+    scale_gen_max_tokens: int = 256
+    scale_rss_small: int = 1000  # rows of ~20 KB traces streamed through truncate (driver RSS)
+    scale_rss_large: int = 20000
+    scale_judge_traces: int = 64  # judge before/after interleaving
 
 
 QUICK = Sizes(judge_traces=8, judge_subset=1, judge_repeats=1, judge_generate_traces=0, cache_off_traces=4, gen_prompts=8, gen_max_tokens=32,
-              gen_repeats=1, sft_examples=16, sft_steps=3)
+              gen_repeats=1, sft_examples=16, sft_steps=3, scale_gen_prompts=16, scale_gen_max_tokens=32,
+              scale_rss_small=100, scale_rss_large=400, scale_judge_traces=8)
 
 
 def parse_sections(only: str) -> list[str]:
@@ -129,6 +135,13 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import sft_bench
 
         return sft_bench.run(cfg, args.data_dir, sizes.sft_examples, sizes.sft_steps, (2, 3))
+    if name == "scale":
+        from bench import judge_bench as J
+        from bench import scale_bench
+
+        traces = J.load_traces(args.data_dir, sizes.scale_judge_traces)
+        return scale_bench.run(cfg, traces, sizes.scale_gen_prompts, sizes.scale_gen_max_tokens,
+                               [sizes.scale_rss_small, sizes.scale_rss_large], sizes.scale_judge_traces)
     raise ValueError(f"unknown section {name!r}")
 
 
@@ -136,7 +149,7 @@ def child_main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args.section in ("judge", "ray"):
+    if args.section in ("judge", "ray", "scale"):
         # Ray gives every fractional-CPU actor OMP_NUM_THREADS=1; an in-process engine without it binds
         # OMP threads to every core, and on a shared 2-core box their spin-waits made the same generate
         # call 10x slower (measured here: 16x32 tokens 45-76 s vs 3-6 s). Same threads on both sides.

@@ -39,10 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pipeline_argv(args: argparse.Namespace) -> list[str]:
-    """The same request in `palign run CONFIG [key=value ...] [--stages a,b]` form."""
-    argv = [args.config, *args.overrides]
-    return argv + (["--stages", args.stages] if args.stages else [])
+def stages_of(args: argparse.Namespace) -> list[str] | None:
+    return [s for s in args.stages.split(",") if s] or None
 
 
 def _warn_if_run_dir_is_local(cfg: Config) -> None:
@@ -89,10 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         ray_address(cfg.ray) or "local (no RAY_ADDRESS)",
     )
     _warn_if_run_dir_is_local(cfg)
-    join_cluster(cfg)
-    from palign_ray.pipeline import run_main  # after validation: a bad config fails in milliseconds
+    from palign_ray.pipeline import PipelineError, run_pipeline
 
-    return run_main(pipeline_argv(args))
+    try:
+        join_cluster(cfg)
+        # run_pipeline validates every planned stage's settings before the first stage starts
+        manifests = run_pipeline(cfg, stages_of(args))
+    except PipelineError as e:
+        log.error("%s", e)
+        return 3
+    except ValueError as e:  # a bad setting: nothing ran
+        sys.stderr.write(f"jobs.distill: error: {e}\n")
+        return 2
+    log.info("finished stages %s", ", ".join(manifests))
+    return 0
 
 
 if __name__ == "__main__":

@@ -129,10 +129,12 @@ class AlignWorker:
         start = time.perf_counter()
         R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
         ok, quar = check_prefix_rows(rows)
-        t_gen = time.perf_counter()
+        if ok:
+            self.gen.start()  # once per actor; kept out of the generation time below
+        t_gen, started_at = time.perf_counter(), time.time()
         gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
                                              R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in ok])
-        extra = generation_stats(gen_rows, time.perf_counter() - t_gen) if ok else {}
+        extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at) if ok else {}
         # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
         out, rejected = await asyncio.to_thread(filter_all, ok, gen_rows, self.cfg.align)
         quar += rejected

@@ -57,14 +57,14 @@ class Stage:
 
 
 def run_problems(s: StageRun) -> dict[str, Any]:
-    from palign_ray.problems import load_problems
+    from palign_ray.problems import load_problems, load_summary
 
     rows, quar = load_problems(s.cfg.problems)
     s.sd.reset()
     _prepare(s.sd, s.config_hash)
     s.sd.write_part(rows, quar)
     _check_not_empty("problems", s.sd)
-    return {"num_input": len(rows) + len(quar)}
+    return {"num_input": len(rows) + len(quar), "summary": load_summary(rows, quar)}
 
 
 def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str, Any]]:
@@ -328,9 +328,10 @@ def _run_stage(stage: Stage, run: StageRun) -> None:
 
 def _release(stage: str, before: dict[str, float]) -> None:
     """Hand the hardware on: wait until the stage's vLLM actors have exited (GPUs free for the next stage)."""
-    from palign_ray.ray_env import wait_for_release
+    from palign_ray.ray_env import wait_for_device_memory, wait_for_release
 
     waited = wait_for_release(before)
+    waited += wait_for_device_memory()
     log.info("stage %s: engines released (waited %.1f s for %s)", stage, waited, before)
 
 

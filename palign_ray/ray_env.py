@@ -103,3 +103,55 @@ def wait_for_release(before: dict[str, float], timeout_s: float = 120.0, poll_s:
             log.warning("engines of the last stage still hold %s after %.0f s (free now %s); going on", short, waited, now)
             return waited
         time.sleep(poll_s)
+
+
+# ---- device memory: on GPU nodes, the hand-off also waits for the memory itself -------------------
+
+
+def gpu_processes_on_this_node() -> list[dict[str, Any]]:
+    """Compute processes holding memory on this node's GPUs (NVML sees every GPU, whatever CUDA_VISIBLE_DEVICES)."""
+    import pynvml  # nvidia-ml-py, installed with CUDA vLLM
+
+    pynvml.nvmlInit()
+    try:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                out.append({"gpu": i, "pid": int(p.pid), "used_mib": int((p.usedGpuMemory or 0) // 2**20)})
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def describe_holders(holders: dict[str, list[dict[str, Any]]]) -> str:
+    """'node n1: GPU 0 pid 123 (20480 MiB); ...' for an error message."""
+    return "; ".join(f"node {node}: " + ", ".join(f"GPU {p['gpu']} pid {p['pid']} ({p['used_mib']} MiB)" for p in procs)
+                     for node, procs in sorted(holders.items()) if procs)
+
+
+def wait_for_device_memory(timeout_s: float = 120.0, poll_s: float = 1.0) -> float:
+    """Block until no process holds GPU memory on any GPU node; raise naming the holders after `timeout_s`.
+
+    Ray frees an actor's logical GPUs when its process exits, but a tensor-parallel worker process
+    that lingers keeps its memory, and the next stage's engines (or Ray Train) would fail their
+    free-memory check. One NVML probe task per GPU node, pinned to it. A no-op without GPUs.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
+        return 0.0
+    probe = ray.remote(num_cpus=0)(gpu_processes_on_this_node)
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
+    t0 = time.monotonic()
+    while True:
+        refs = {n: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes}
+        holders = {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
+        waited = time.monotonic() - t0
+        if not any(holders.values()):
+            return waited
+        if waited > timeout_s:
+            raise RuntimeError(f"GPU memory still held {waited:.0f} s after the stage's engines exited: "
+                               f"{describe_holders(holders)}; kill those processes (or raise the wait) before the next stage")
+        time.sleep(poll_s)

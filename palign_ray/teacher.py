@@ -96,8 +96,6 @@ def reason_counts(samples: list[Sample]) -> str:
     return ", ".join(f"{counts[r]} {r}" for r in shown)
 
 
-_THINK_OPEN = "<think>"
-_THINK_CLOSE = "</think>"
 
 
 def strip_think(text: str) -> str:
@@ -198,10 +196,11 @@ class TeacherWorker:
         out, quar = await asyncio.to_thread(ingest_traces, given, f"ingested:{self.cfg.problems.trace_field or R.COT}") if given else ([], [])
         extra: dict[str, Any] = {}
         if todo:
-            t_gen = time.perf_counter()
+            self.gen.start()  # once per actor; kept out of the generation time below
+            t_gen, started_at = time.perf_counter(), time.time()
             gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])}
                                                 for p in todo])
-            extra = generation_stats(gen_rows, time.perf_counter() - t_gen)
+            extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at)
             # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
             kept, rejected, sample_reasons = await asyncio.to_thread(select_rows, todo, gen_rows, self.cfg.teacher)
             out, quar = out + kept, quar + rejected
@@ -215,10 +214,15 @@ class TeacherWorker:
         self.gen.close()
 
 
-def generation_stats(gen_rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
-    """Token counts of generation rows (summed over parts in the stage summary)."""
+def generation_stats(gen_rows: list[dict[str, Any]], wall_s: float, started_at: float = 0.0) -> dict[str, Any]:
+    """Token counts of generation rows (summed over parts in the stage summary) and the part's generation window.
+
+    Parts of one actor overlap (continuous batching), so a stage's generation time is the span of the
+    windows [started_at, ended_at] (epoch seconds), not the sum of generation_wall_s.
+    """
     tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in gen_rows)
     return {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
+            "generation_window": [started_at, started_at + wall_s] if started_at else [],
             "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
             "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
             "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
@@ -240,7 +244,7 @@ def run_teacher(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str,
 def teacher_main(argv: list[str]) -> int:
     """Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]"""
     from palign_ray.cli import config_parser, parse_config
-    from palign_ray.problems import load_problems, write_stage_outputs
+    from palign_ray.problems import load_problems, load_summary, write_stage_outputs
 
     p = config_parser("teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*).")
     p.add_argument("--input", default=None, help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)")
@@ -249,6 +253,7 @@ def teacher_main(argv: list[str]) -> int:
     problems, bad = load_problems(cfg.problems, args.input)
     out, quar, summary = run_teacher(problems, cfg)
     summary["problems_quarantined"] = len(bad)
+    summary["problems"] = load_summary(problems, bad)
     write_stage_outputs(Path(args.output), out, bad + quar, summary)
     return 0 if out else 3
 

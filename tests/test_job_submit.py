@@ -87,21 +87,12 @@ def test_cluster_configs_match_the_brief():
     )
 
 
-def test_pipeline_argv_is_the_palign_run_form():
-    from jobs.distill import build_parser, pipeline_argv
+def test_stages_flag_is_the_palign_run_form():
+    from jobs.distill import build_parser, stages_of
 
-    args = build_parser().parse_args(
-        ["--config", "c.yaml", "--stages", "problems", "run.seed=1", "ray.num_actors=2"]
-    )
-    assert pipeline_argv(args) == [
-        "c.yaml",
-        "run.seed=1",
-        "ray.num_actors=2",
-        "--stages",
-        "problems",
-    ]
-    args = build_parser().parse_args(["--config", "c.yaml"])
-    assert pipeline_argv(args) == ["c.yaml"]
+    args = build_parser().parse_args(["--config", "c.yaml", "--stages", "problems,teacher", "run.seed=1"])
+    assert stages_of(args) == ["problems", "teacher"] and args.overrides == ["run.seed=1"]
+    assert stages_of(build_parser().parse_args(["--config", "c.yaml"])) is None
 
 
 def _distill(
@@ -134,26 +125,28 @@ def test_unknown_key_in_config_file_exits_2_naming_it(tmp_path):
     assert r.returncode == 2 and "sft.lora_rank" in r.stderr, r.stderr
 
 
-def test_main_validates_then_calls_the_pipeline(monkeypatch, tmp_path, caplog):
+def test_main_calls_the_pipeline_directly(monkeypatch, tmp_path, caplog):
     import jobs.distill as distill
 
-    calls: list[list[str]] = []
+    calls: list[tuple[object, object]] = []
     fake = types.ModuleType("palign_ray.pipeline")
-    fake.run_main = lambda argv: calls.append(argv) or 7  # type: ignore[attr-defined]
+    fake.PipelineError = RuntimeError  # type: ignore[attr-defined]
+    fake.run_pipeline = lambda cfg, stages: calls.append((cfg.run.run_dir, stages)) or {"problems": {}}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "palign_ray.pipeline", fake)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    rc = distill.main(
-        ["--config", "jobs/configs/default.yaml", "--stages", "problems", f"run.run_dir={tmp_path}"]
-    )
-    assert rc == 7 and calls == [
-        ["jobs/configs/default.yaml", f"run.run_dir={tmp_path}", "--stages", "problems"]
-    ]
+    rc = distill.main(["--config", "jobs/configs/default.yaml", "--stages", "problems", f"run.run_dir={tmp_path}"])
+    assert rc == 0 and calls == [(str(tmp_path), ["problems"])]
     # On a cluster a relative run_dir would live in the job's temporary working dir: warn.
     joined: list[object] = []
     monkeypatch.setattr(distill, "join_cluster", joined.append)
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
-    assert distill.main(["--config", "jobs/configs/default.yaml"]) == 7 and len(joined) == 1
+    assert distill.main(["--config", "jobs/configs/default.yaml"]) == 0 and len(joined) == 1
     assert "run.run_dir='runs/default' is relative" in caplog.text
+
+
+def test_main_rejects_bad_settings_before_any_stage(tmp_path):
+    r = _distill("--config", "jobs/configs/default.yaml", f"run.run_dir={tmp_path}", "judge.threshold=7")
+    assert r.returncode == 2 and "judge.threshold" in r.stderr and not (tmp_path / "problems").exists(), r.stderr
 
 
 # --- a real `ray job submit` against a loopback head ------------------------------------------

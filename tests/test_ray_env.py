@@ -46,3 +46,16 @@ def test_generation_pool_is_gone_after_the_stage(ray_session, tiny_model):
     assert sorted(r[R.PROBLEM_ID] for r in rows) == ["0", "1", "2", "3"]
     waited = wait_for_release(before, timeout_s=120.0)
     assert waited < 120.0 and free_resources()["CPU"] >= before["CPU"]
+
+
+def test_device_memory_wait_is_a_no_op_without_gpus(ray_session):
+    from palign_ray.ray_env import wait_for_device_memory
+
+    assert wait_for_device_memory(timeout_s=1.0) == 0.0
+
+
+def test_holders_of_gpu_memory_are_named():
+    from palign_ray.ray_env import describe_holders
+
+    text = describe_holders({"a1b2c3d4": [{"gpu": 0, "pid": 4242, "used_mib": 20480}], "e5f6": []})
+    assert text == "node a1b2c3d4: GPU 0 pid 4242 (20480 MiB)"
