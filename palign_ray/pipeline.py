@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,8 +260,13 @@ def _progress(stage: str, total: int, done: int) -> Any:
     return tqdm(total=total, initial=done, desc=f"stage {stage}", unit="problem", disable=None, mininterval=1.0)
 
 
-def run_pipeline(cfg: Config, stages: list[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) the configured stages; returns {stage: manifest}."""
+def run_pipeline(cfg: Config, stages: list[str] | None = None, *, dirs: Mapping[str, Path] | None = None,
+                 report: bool = True) -> dict[str, Any]:
+    """Run (or resume) the configured stages; returns {stage: manifest}.
+
+    `dirs` places stages elsewhere than `<run_dir>/<stage>` (e.g. `palign compare` shares the stages
+    whose hash is the same for several methods); `report=False` skips `<run_dir>/report.md`.
+    """
     cfg = effective_config(cfg)
     plan = stages_for(cfg)
     unknown = sorted(set(stages or []) - set(STAGE_NAMES))
@@ -272,18 +277,19 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None) -> dict[str, Any]
     run_dir = Path(cfg.run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
+    where = {s.name: Path((dirs or {}).get(s.name, run_dir / s.name)) for s in plan}
     manifests: dict[str, Any] = {}
     for stage in plan:
         if stages and stage.name not in stages:
             continue
-        sd = StageDir(run_dir / stage.name)
+        sd = StageDir(where[stage.name])
         if sd.is_done(hashes[stage.name]):
             log.info("stage %s: done (manifest present), skipping", stage.name)
         else:
-            inputs = {i: _current_input(stage.name, StageDir(run_dir / i), hashes[i]) for i in stage.inputs}
+            inputs = {i: _current_input(stage.name, StageDir(where[i]), hashes[i]) for i in stage.inputs}
             _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
         manifests[stage.name] = sd.manifest()
-    if not stages or "eval" in stages:
+    if report and (not stages or "eval" in stages):
         from palign_ray.report import write_run_report
 
         write_run_report(run_dir, cfg, [s.name for s in plan])
