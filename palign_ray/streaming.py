@@ -90,7 +90,7 @@ class PartUDF:
 
     async def __call__(self, batch: Any) -> dict[str, list[Any]]:
         rows = batch.to_pylist()
-        out, quar, summary = await self.job_process(rows)
+        out, quar, summary = await self.worker.process(rows)
         retry = [q for q in quar if q[R.REASON] in RETRYABLE_REASONS]
         quar = [q for q in quar if q[R.REASON] not in RETRYABLE_REASONS]
         quar += lost_rows(self.job.stage, rows, out, quar, retry)
@@ -98,9 +98,6 @@ class PartUDF:
                                        schema=self.schema)
         return {"part": [part], "num_input": [len(rows)], "num_output": [len(out)], "num_quarantined": [len(quar)],
                 "retry": [json.dumps(retry, default=str)]}
-
-    async def job_process(self, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict[str, Any]]:
-        return await self.worker.process(rows)
 
     def __del__(self) -> None:  # Ray Data deletes the UDF when the actor exits gracefully: free the engine
         worker = getattr(self, "worker", None)
