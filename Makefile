@@ -39,8 +39,8 @@ endif
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-run: install ## Run the main job on the embedded default model (CONFIG=...)
-	$(VENV)/bin/palign run $(CONFIG)
+run: install ## Run the main job on the embedded default model (CONFIG=...; VERBOSE=1 streams every log)
+	$(VENV)/bin/palign run $(CONFIG) $(if $(VERBOSE),--verbose)
 
 test: install ## Lint + tests that are not marked slow
 	$(VENV)/bin/ruff check palign_ray jobs tests

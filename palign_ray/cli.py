@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 
 from palign_ray.config import Config, ConfigError, help_lines, load_config, stage_pool
+from palign_ray.console import setup_console
 
 # name → ("module:function", one-line help). Each function takes argv (list[str]) and returns an exit code.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -107,7 +108,7 @@ def _resolve(target: str) -> Callable[[list[str]], int]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_console()  # INFO to stderr; `palign run` narrows it (see palign_ray.console)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         width = max(len(n) for n in COMMANDS)
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in sorted(COMMANDS.items())]

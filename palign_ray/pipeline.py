@@ -329,7 +329,16 @@ def _run_stage(stage: Stage, run: StageRun) -> None:
         if stage.engines:
             _release(stage.name, before)
     run.sd.write_manifest(config_hash=run.config_hash, wall_s=time.perf_counter() - t0, **info)
+    _log_summary(stage, run)
     log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - t0)
+
+
+def _log_summary(stage: Stage, run: StageRun) -> None:
+    """The stage's console line from its manifest, with what the actors saw (engine restarts, degenerate judge)."""
+    from palign_ray.console import CONSOLE, summary_lines
+
+    for level, line in summary_lines(stage.name, run.sd.manifest(), run.cfg):
+        log.log(level, line, extra=CONSOLE)
 
 
 def _release(stage: str, before: dict[str, float]) -> None:
@@ -347,11 +356,15 @@ def run_main(argv: list[str]) -> int:
 
     from palign_ray.cli import parse_config
     from palign_ray.config import help_lines
+    from palign_ray.console import run_console
 
     p = argparse.ArgumentParser(prog="palign run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="config keys (override with key=value):\n" + "\n".join(help_lines()))
     p.add_argument("config", nargs="?", default=None, help="YAML run config (e.g. jobs/configs/default.yaml)")
     p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
+    p.add_argument("--verbose", action="store_true",
+                   help="stream every log (Ray, Ray Data, vLLM, DeepSpeed, the Ray workers) to the console as well; "
+                        "without it they go to <run_dir>/logs/ (run.log, <stage>.log)")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = p.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # `palign run key=value` without a file
@@ -360,11 +373,12 @@ def run_main(argv: list[str]) -> int:
     argv2 = (["--config", args.config] if args.config else []) + args.overrides
     _, cfg = parse_config(_plain_config_parser(), argv2)
     stages = [s for s in args.stages.split(",") if s] or None
-    try:
-        manifests = run_pipeline(cfg, stages)
-    except PipelineError as e:
-        log.error("%s", e)
-        return 3
+    with run_console(Path(cfg.run.run_dir), verbose=args.verbose):
+        try:
+            manifests = run_pipeline(cfg, stages)
+        except PipelineError as e:
+            log.error("%s", e)
+            return 3
     print(json.dumps({k: {kk: v.get(kk) for kk in ("num_output", "num_quarantined", "wall_s") if kk in v} for k, v in manifests.items()}, indent=1))
     report = Path(cfg.run.run_dir) / "report.md"
     if report.is_file():

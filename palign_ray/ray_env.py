@@ -26,12 +26,16 @@ def init_ray(cfg: RayConfig) -> Any:
     """Idempotent `ray.init`: join the configured cluster, or start a loopback-only local Ray."""
     import ray
 
+    from palign_ray import console
+
     if ray.is_initialized():
         return ray
+    console.prepare_ray()  # quiet `palign run`: Ray Data's bars off, Ray's stderr handlers onto our log files
     address = ray_address(cfg)
     if address:
         log.info("joining Ray cluster at %s", address)
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=console.log_to_driver())
+        console.adopt_library_loggers()  # ray.init(configure_logging=True) attached a stderr handler again
         return ray
     for key, value in _LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
@@ -47,9 +51,12 @@ def init_ray(cfg: RayConfig) -> Any:
         num_cpus=num_cpus,
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
-        log_to_driver=True,
+        # Quiet: the workers' output (vLLM engines, DeepSpeed ranks) stays in Ray's session logs, from
+        # which palign_ray.console copies it into <run_dir>/logs/<stage>.log.
+        log_to_driver=console.log_to_driver(),
         configure_logging=False,
     )
+    console.adopt_library_loggers()
     return ray
 
 
