@@ -18,7 +18,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint fmt bench submit k8s-validate clean
+.PHONY: help install run compare test test-slow lint fmt bench submit k8s-validate clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -41,6 +41,10 @@ endif
 
 run: install ## Run the main job on the embedded default model (CONFIG=...; VERBOSE=1 streams every log)
 	$(VENV)/bin/palign run $(CONFIG) $(if $(VERBOSE),--verbose)
+
+compare: CONFIG = jobs/configs/compare_mini.yaml
+compare: install ## Methods side by side on shared stages, Table-1 report in <run_dir>/compare/ (CONFIG=..., default compare_mini.yaml)
+	$(VENV)/bin/palign compare $(CONFIG)
 
 test: install ## Lint + tests that are not marked slow
 	$(VENV)/bin/ruff check palign_ray jobs tests

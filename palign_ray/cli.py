@@ -18,6 +18,7 @@ from palign_ray.console import setup_console
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("palign_ray.cli:generate_main", "prompts (JSONL/Parquet) → generations through a Ray Data pool of vLLM engines"),
     "run": ("palign_ray.pipeline:run_main", "the whole pipeline (resumable): problems → teacher → truncate → align → sft_data → train → eval"),
+    "compare": ("palign_ray.compare:compare_main", "several methods (palign, full_cot, fixed_ratio:R, prefix_only) on shared stages → Table-1 report"),
     "config": ("palign_ray.cli:config_main", "print the resolved config (YAML) after overrides"),
     "teacher": ("palign_ray.teacher:teacher_main", "problems → one graded long-CoT trace per problem (or ingest traces)"),
     "align": ("palign_ray.align:align_main", "prefixes → student continuations, kept only when the answer matches gold (Eq. 9)"),

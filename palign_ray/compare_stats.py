@@ -69,7 +69,7 @@ def sign_test_p(diffs: Iterable[float]) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    return float(min(1.0, 2 * tail))
 
 
 EXACT_MAX_NONZERO = 16  # up to 2^16 sign patterns are enumerated; beyond that, Monte Carlo

@@ -97,6 +97,11 @@ class RunConfig:
         "Which SFT set to build: palign (prefix + continuation), full_cot (long-CoT SFT), "
         "fixed_ratio (prefix of judge.fixed_ratio + continuation), prefix_only, continuation_only.",
     )
+    methods: tuple[str, ...] = _f(
+        (), "`palign compare`: the methods side by side (fixed_ratio:0.25 = fixed_ratio with judge.fixed_ratio=0.25); "
+        "empty = palign,full_cot. Each method's stages are hashed by their own settings, so this list is not.",
+        hashed=False,
+    )
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     """Write report.md (+ PNGs) from whatever stages have finished."""
     run_dir = Path(run_dir)
     lines = [f"# P-ALIGN run report: `{run_dir}`", "", f"method: **{cfg.run.method}**, seed {cfg.run.seed}", "",
+             *(["> Smoke run (embedded SmolLM2-135M student, a few training steps): its numbers say nothing about the method; `make compare` measures P-ALIGN against its baselines with CIs and paired differences.", ""] if cfg.sft.model == "default" else []),
              "## Rows per stage", "", *counts_table(run_dir, stages), "",
              f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
              "train's out is the exported model; eval lists the models evaluated.)", ""]
