@@ -31,6 +31,7 @@ STAGE_SKIPPED = "stage %s: done (manifest present), skipping"
 # streaming._one_pass's per-part record: the quiet console's progress when stderr is no terminal (no bar).
 PART_LINE = "stage %s: part %s: %d out, %d quarantined"
 WORKER_LOG_GLOBS = ("worker-*.out", "worker-*.err")
+_MARKERS = (":job_id:", ":actor_name:", ":task_name:")  # Ray's log-monitor bookkeeping lines, not output
 _HANDLER_NAME = "palign-console"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _state: dict[str, Any] = {"quiet": False}
@@ -317,10 +318,10 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
         start = offsets.get(path, 0)
         with contextlib.suppress(OSError), open(path, "rb") as f:
             f.seek(start)
-            new = f.read()
-            if new.strip():
-                out.write(f"==> Ray worker log {path.name} <==\n{new.decode('utf-8', 'replace')}\n")
-                copied += 1
+            lines = [x for x in f.read().decode("utf-8", "replace").splitlines() if x.strip() and not x.startswith(_MARKERS)]
+        if lines:
+            out.write(f"==> Ray worker log {path.name} <==\n" + "\n".join(lines) + "\n")
+            copied += 1
     return copied
 
 

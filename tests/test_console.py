@@ -70,6 +70,8 @@ def test_quiet_console_shows_summaries_warnings_errors_and_files_get_the_rest(tm
         assert C.is_quiet() and not C.log_to_driver()
         _emit_a_stage()
     assert not C.is_quiet() and C.log_to_driver()
+    os.write(2, b"after the run: fd 2 is the terminal again\n")
+    assert sys.stderr is not None and not any("after the run" in p.read_text() for p in logs.iterdir())
     shown = term.getvalue()
     assert own.getvalue() == ""  # the library's own terminal handler was taken off
     for line in ("summary line", "pass 2 for 1 problems", "library error line", "part part-0: 3 out, 1 quarantined",
@@ -171,12 +173,14 @@ def test_worker_log_output_is_copied_from_where_the_stage_started(tmp_path, monk
     offsets = {old: old.stat().st_size}
     with old.open("a") as f:
         f.write("engine started\n")
-    new.write_text("rank 0 ready\n")
-    monkeypatch.setattr(C, "worker_logs", lambda: [old, new])
+    new.write_text(":job_id:01000000\n:actor_name:MapWorker\nrank 0 ready\n")
+    (tmp_path / "worker-c.out").write_text(":job_id:01000000\n:task_name:ReadFiles\n")  # bookkeeping only
+    monkeypatch.setattr(C, "worker_logs", lambda: [old, new, tmp_path / "worker-c.out"])
     out = io.StringIO()
     assert C.copy_new_output(offsets, out) == 2
     text = out.getvalue()
     assert "engine started" in text and "rank 0 ready" in text and "before the stage" not in text
+    assert ":job_id:" not in text and "worker-c" not in text
     assert C.copy_new_output({old: old.stat().st_size, new: new.stat().st_size}, io.StringIO()) == 0
 
 
