@@ -105,32 +105,37 @@ def _sft(s: dict[str, Any]) -> list[str]:
 
 
 def _scale(sec: dict[str, Any]) -> list[str]:
-    g, rss, j = sec.get("generation", {}), sec.get("driver_rss", {}), sec.get("judge_interleaving", {})
-    r, b = g.get("ray_data", {}), g.get("bare", {})
-    lines = [f"**a. Generation** ({g.get('prompts')} prompts, max_tokens {g.get('max_tokens')}, T {g.get('temperature')}, "
-             "natural stops): tokens/s over the generation window, engine start excluded.", "",
-             "| path | generated tokens | seconds | tokens/s | engine start s |", "|---|---|---|---|---|",
-             f"| teacher stage, Ray Data, 1 actor | {r.get('generated_tokens')} | {r.get('generation_span_s')} | "
-             f"{r.get('tokens_per_s')} | {r.get('engine_start_s')} |",
-             f"| bare in-process LLM.generate | {b.get('generated_tokens')} | {b.get('generate_s')} | {b.get('tokens_per_s')} | "
-             f"{b.get('engine_start_s')} |", "",
-             f"Ratio Ray/bare: **{g.get('tokens_per_s_ratio_ray_vs_bare')}** (goal ≥ 0.95). "
-             f"**b.** {r.get('num_parts')} parts of {g.get('part_rows')}: **{r.get('engine_starts')} engine start(s)** for "
-             f"{r.get('num_actors')} actor(s).", "",
-             "**c. Driver peak RSS** while truncate streams ~20 KB traces (tiny model):", "",
-             "| rows | parts | wall s | RSS before MB | peak MB | growth MB |", "|---|---|---|---|---|---|"]
-    for n, v in rss.items():
-        if isinstance(v, dict):
-            lines.append(f"| {n} | {v.get('parts')} | {v.get('wall_s')} | {v.get('rss_before_mb')} | {v.get('rss_peak_mb')} | "
-                         f"{v.get('growth_mb')} |")
-    lines += ["", f"Largest growth {rss.get('growth_mb_max')} MB (goal < 200 MB).", "",
-              f"**d. Judge** on {j.get('traces')} real traces, batch {j.get('batch_size')}, 1 actor:", "",
-              "| mode | wall s | engine calls | probes |", "|---|---|---|---|"]
-    for mode in ("one_batch_at_a_time", "interleaved"):
-        m = j.get(mode, {})
-        lines.append(f"| {mode} (parts {m.get('part_rows')}, {m.get('max_concurrent_batches')} in flight) | {m.get('wall_s')} | "
-                     f"{m.get('engine_calls')} | {m.get('num_probes')} |")
-    lines += ["", f"Same cuts: {j.get('same_cuts')} ({j.get('num_cut_differences')} differ); speed-up {j.get('speedup')}×."]
+    lines: list[str] = []
+    if "generation" in sec:
+        g = sec["generation"]
+        r, b = g.get("ray_data", {}), g.get("bare", {})
+        lines += [f"**a. Generation** ({g.get('prompts')} prompts, max_tokens {g.get('max_tokens')}, T {g.get('temperature')}, "
+                  "natural stops): tokens/s over the generation window, engine start excluded.", "",
+                  "| path | generated tokens | seconds | tokens/s | engine start s |", "|---|---|---|---|---|",
+                  f"| teacher stage, Ray Data, 1 actor | {r.get('generated_tokens')} | {r.get('generation_span_s')} | "
+                  f"{r.get('tokens_per_s')} | {r.get('engine_start_s')} |",
+                  f"| bare in-process LLM.generate | {b.get('generated_tokens')} | {b.get('generate_s')} | {b.get('tokens_per_s')} | "
+                  f"{b.get('engine_start_s')} |", "",
+                  f"Ratio Ray/bare: **{g.get('tokens_per_s_ratio_ray_vs_bare')}** (goal ≥ 0.95). "
+                  f"**b.** {r.get('num_parts')} parts of {g.get('part_rows')}: **{r.get('engine_starts')} engine start(s)** for "
+                  f"{r.get('num_actors')} actor(s).", ""]
+    if "driver_rss" in sec:
+        lines += ["**c. Driver peak RSS** while truncate streams ~20 KB traces (tiny model):", "",
+                  "| rows | parts | wall s | RSS before MB | peak MB | growth MB |", "|---|---|---|---|---|---|"]
+        for n, v in sec["driver_rss"].items():
+            if isinstance(v, dict):
+                lines.append(f"| {n} | {v.get('parts')} | {v.get('wall_s')} | {v.get('rss_before_mb')} | {v.get('rss_peak_mb')} | "
+                             f"{v.get('growth_mb')} |" if "error" not in v else f"| {n} | failed: {v['error'][-200:]} |")
+        lines += ["", f"Largest growth {sec['driver_rss'].get('growth_mb_max')} MB (goal < 200 MB).", ""]
+    if "judge_interleaving" in sec:
+        j = sec["judge_interleaving"]
+        lines += [f"**d. Judge** on {j.get('traces')} real traces, batch {j.get('batch_size')}, 1 actor:", "",
+                  "| mode | wall s | engine calls | probes |", "|---|---|---|---|"]
+        for mode in ("one_batch_at_a_time", "interleaved"):
+            m = j.get(mode, {})
+            lines.append(f"| {mode} (parts {m.get('part_rows')}, {m.get('max_concurrent_batches')} in flight) | "
+                         f"{m.get('wall_s')} | {m.get('engine_calls')} | {m.get('num_probes')} |")
+        lines += ["", f"Same cuts: {j.get('same_cuts')} ({j.get('num_cut_differences')} differ); speed-up {j.get('speedup')}×."]
     return lines
 
 

@@ -198,14 +198,18 @@ def judge_interleaving(cfg: Config, traces: list[dict[str, Any]]) -> dict[str, A
 
 def run(cfg: Config, traces: list[dict[str, Any]], gen_prompts: int, gen_max_tokens: int, rss_rows: list[int],
         judge_traces: int) -> dict[str, Any]:
+    """Every part whose size is > 0 (`--set-size scale_gen_prompts=0` skips a)."""
     out: dict[str, Any] = {}
-    out["generation"] = generation_vs_bare(cfg, gen_prompts, gen_max_tokens, part_rows=32)
-    from palign_ray.models import build_tiny_model
+    if gen_prompts:
+        out["generation"] = generation_vs_bare(cfg, gen_prompts, gen_max_tokens, part_rows=32)
+    if any(rss_rows):
+        from palign_ray.models import build_tiny_model
 
-    tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-llama")  # fast: it is the driver we measure
-    rss_cfg = _cfg(cfg, Path(tempfile.mkdtemp()), judge__model=str(tiny), judge__max_cot_tokens=64, run__chunk_size=64)
-    out["driver_rss"] = driver_rss(rss_cfg, rss_rows, trace_chars=20_000)
-    out["judge_interleaving"] = judge_interleaving(cfg, traces[:judge_traces])
+        tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-llama")  # fast: it is the driver we measure
+        rss_cfg = _cfg(cfg, Path(tempfile.mkdtemp()), judge__model=str(tiny), judge__max_cot_tokens=64, run__chunk_size=64)
+        out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
+    if judge_traces:
+        out["judge_interleaving"] = judge_interleaving(cfg, traces[:judge_traces])
     return out
 
 
