@@ -1,28 +1,33 @@
 """Judge prompts as token ids that share a cacheable prefix, and verdict parsing (pure apart from a tokenizer).
 
-A probe of prefix length c (characters of the CoT) is `head + cot_ids[:j] + tail (+ prefill)`, where
-head = chat-template head + instruction + question + "Partial reasoning:\n" (tokenized once per
-problem), cot_ids = the CoT tokenized ONCE with offsets, j = number of CoT tokens ending at or
-before c, and tail = "\n" + template end + assistant start. Every probe of a problem is therefore a
-token-prefix extension of the same head, and probes of longer prefixes extend shorter ones up to
-their tails, which is what vLLM's prefix cache reuses across rounds.
+A probe of prefix length c (characters of the CoT) is the rendered chat head + cot[:c] + tail, where
+head = chat-template head + instruction + question + "Partial reasoning:\n" and tail = "\n" +
+template end + assistant start, plus the logprob prefill appended as ids. Its ids are exactly what
+tokenizing that text gives (the model sees the splits it was trained on, also at the two joints:
+SmolLM2 encodes the k = 0 anchor's ':\n' + '\n' as ':', '\n\n'; a Qwen2-style tokenizer turns a
+sentence-final '.' + the tail's '\n' into one '.\n' token).
 
-Tokenization boundary: the ids are the concatenation of three separately tokenized pieces, so they
-may differ from tokenizing the whole rendered string at the two joints (head|CoT, CoT|tail), but
-they decode to exactly the rendered text. Within the CoT, a cut at c that falls inside a token
-(never the case for byte-level BPE at a non-space/space boundary, which is where rstripped
-sentence ends lie) is completed by tokenizing the leftover characters on their own, so the decoded
-text is always exactly the prompt rendered with `cot[:c]`.
+Cheaply: head + the whole CoT is tokenized once per problem; a probe keeps those tokens up to the
+last safe cut before its end (a point where the tokenizer's pre-tokenization splits whatever
+follows, see _SAFE_CUT) and re-encodes only the characters from there together with the tail. So
+every probe of a problem is a token-prefix extension of the same head, probes of longer prefixes
+repeat shorter ones up to their last few tokens, and vLLM's prefix cache reuses them across rounds.
+A tokenizer without such cut points (checked once per builder) gets each probe encoded whole.
 """
 
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import logging
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from palign_ray.chat import render_chat, user_turn
+
+log = logging.getLogger(__name__)
 
 # The authors' judge prompt, verbatim (an f-string that begins and ends with a newline).
 PAPER_V1 = """
@@ -89,36 +94,69 @@ def verdict_tokens(tokenizer: Any) -> VerdictTokens:
     return VerdictTokens(tuple(e[:i]), e[i], n[i])
 
 
+# Offsets where a byte-level BPE with a GPT-2/Qwen2/Llama-3 style pre-tokenizer splits the text, and
+# where the tokens before do not depend on anything after: before a space that ends a non-space run,
+# and after a lone newline between two non-space characters (a longer whitespace run may be split
+# differently once its next character is known). No pre-token spans them: a word takes a space
+# before it, never after; punctuation takes the newlines after it, never the next word.
+_SAFE_CUT = re.compile(r"(?<=\S)(?= )|(?<=\S\n)(?=\S)")
+# A CoT-like sample with every kind of joint (spaces, blank lines, tabs, punctuation before newlines,
+# LaTeX, digits, non-ASCII): the builder checks once per tokenizer that cutting it at _SAFE_CUT
+# reproduces the tokenization of every probe.
+_SELF_TEST_COT = ("First, note that 3.14 is close to pi.  Then compute $x^2 = 9$, so x = 3.\n\n"
+                  "Next:\tcheck e.g. the case x = -3! Does it work? Yes.\n- Since (a+b)^2 = 4, we get \\frac{1}{2}.\n"
+                  "It's 42%, i.e. 0.42...\n\n\nWait -- caf\u00e9 \u4e2d\u6587 \u2211.\nSo the answer is \\boxed{3}.")
+
+
 @dataclass(frozen=True)
 class ProblemPrompt:
-    """One problem's pieces; `ids(c)` is the probe of prefix cot[:c]."""
+    """One problem's probes; `ids(c)` is the probe of prefix cot[:c], the tokenization of its rendered text.
 
-    head: tuple[int, ...]
-    cot_ids: tuple[int, ...]
-    cot_ends: tuple[int, ...]  # character end offset of each CoT token (non-decreasing)
-    cot: str
-    tail: tuple[int, ...]  # includes the logprob prefill when built for logprob verdicts
+    `text` = head text + the whole CoT, tokenized once; a probe of cot[:c] takes those tokens up to
+    the last safe cut before its end and re-encodes the few characters from there together with the
+    template tail, as one string (where the tokenizer merges across the tail joint: '.' + '\n').
+    """
+
+    text: str
+    head_chars: int  # len(head text): the probe of cot[:c] ends its reasoning at text[head_chars + c]
+    cuts: tuple[int, ...]  # safe cut offsets into text, ascending, starting at 0
+    counts: tuple[int, ...]  # counts[i] = number of stable tokens of text[:cuts[i]]
+    stable: tuple[int, ...]  # the tokens of text
+    tail_text: str
+    prefill: tuple[int, ...]  # the reply's first tokens (logprob verdicts), appended as ids
+    head: tuple[int, ...]  # the ids every probe of this problem starts with (the k = 0 anchor's stable part)
+    tail: tuple[int, ...]  # the tail's own ids + prefill: the fixed end of a probe, for token budgets
     tokenizer: Any
+    _fresh: dict[int, list[int]] = field(default_factory=dict, compare=False, repr=False)  # re-encoded ends by offset
 
-    def cot_tokens(self, char_end: int) -> list[int]:
-        """CoT token ids covering exactly cot[:char_end] (tokens ending at or before it, plus any leftover)."""
-        j = bisect.bisect_right(self.cot_ends, char_end)
-        ids = list(self.cot_ids[:j])
-        covered = self.cot_ends[j - 1] if j else 0
-        if covered < char_end:  # the cut falls inside a token: tokenize the leftover characters alone
-            ids += _encode(self.tokenizer, self.cot[covered:char_end])
-        return ids
-
-    def num_cot_tokens(self, char_end: int) -> int:
-        j = bisect.bisect_right(self.cot_ends, char_end)
-        covered = self.cot_ends[j - 1] if j else 0
-        return j + (len(_encode(self.tokenizer, self.cot[covered:char_end])) if covered < char_end else 0)
-
-    def num_tokens(self, char_end: int) -> int:
-        return len(self.head) + self.num_cot_tokens(char_end) + len(self.tail)
+    def _split(self, char_end: int) -> tuple[int, list[int]]:
+        """(stable tokens kept, re-encoded ids) of the probe of cot[:char_end]."""
+        if not 0 <= char_end <= len(self.text) - self.head_chars:
+            raise ValueError(f"cut {char_end} is outside the CoT (0..{len(self.text) - self.head_chars})")
+        x = self.head_chars + char_end
+        i = max(0, bisect.bisect_left(self.cuts, x) - 1)  # the last safe cut strictly before x
+        if x not in self._fresh:
+            self._fresh[x] = _encode(self.tokenizer, self.text[self.cuts[i] : x] + self.tail_text)
+        return self.counts[i], self._fresh[x]
 
     def ids(self, char_end: int) -> list[int]:
-        return list(self.head) + self.cot_tokens(char_end) + list(self.tail)
+        kept, fresh = self._split(char_end)
+        return list(self.stable[:kept]) + fresh + list(self.prefill)
+
+    def num_tokens(self, char_end: int) -> int:
+        kept, fresh = self._split(char_end)
+        return kept + len(fresh) + len(self.prefill)
+
+    def num_cot_tokens(self, char_end: int) -> int:
+        """Tokens of the probe beyond `head` and `tail`: the CoT's, give or take the few re-encoded at the joints.
+
+        head + tail + this = num_tokens exactly, so budgets computed from the three hold.
+        """
+        return self.num_tokens(char_end) - len(self.head) - len(self.tail)
+
+    def num_stable_tokens(self, char_end: int) -> int:
+        """Leading tokens of ids(char_end) that the probe of every longer prefix repeats (what the prefix cache reuses)."""
+        return self._split(char_end)[0]
 
 
 class JudgePromptBuilder:
@@ -126,8 +164,7 @@ class JudgePromptBuilder:
 
     def __init__(self, tokenizer: Any, version: str = "paper-v1", prefill: tuple[int, ...] = ()):
         self.tokenizer, self.version, self.prefill = tokenizer, version, tuple(prefill)
-        if not getattr(tokenizer, "is_fast", True):
-            raise ValueError("the judge needs a fast tokenizer (return_offsets_mapping); load it with use_fast=True")
+        self._cuts_hold: bool | None = None  # checked on the first build
 
     def split(self, question: str) -> tuple[str, str]:
         """(head text, tail text) around the reasoning slot, as the chat template renders them."""
@@ -138,14 +175,51 @@ class JudgePromptBuilder:
         return head, tail
 
     def build(self, question: str, cot: str) -> ProblemPrompt:
+        if self._cuts_hold is None:
+            self._cuts_hold = self._check_cuts()
         head, tail = self.split(question)
-        enc = self.tokenizer(cot, add_special_tokens=False, return_offsets_mapping=True)
-        ends = tuple(int(e) for _, e in enc["offset_mapping"])
-        # Offsets must not go backwards for bisect; a tokenizer with odd offsets fails loudly here.
-        if any(b < a for a, b in zip(ends, ends[1:], strict=False)):
-            raise ValueError("tokenizer offsets are not monotone; cannot cut the CoT by character offset")
-        tail_ids = tuple(_encode(self.tokenizer, tail)) + self.prefill
-        return ProblemPrompt(tuple(_encode(self.tokenizer, head)), tuple(enc["input_ids"]), ends, cot, tail_ids, self.tokenizer)
+        return self._build(head, tail, cot, self._cuts_hold)
+
+    def _build(self, head: str, tail: str, cot: str, use_cuts: bool) -> ProblemPrompt:
+        text = head + cot
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        stable = tuple(enc["input_ids"])
+        cuts, counts = [0], [0]
+        if use_cuts:
+            for c, j in _token_cuts(text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]):
+                cuts.append(c)
+                counts.append(j)
+        pp = ProblemPrompt(text, len(head), tuple(cuts), tuple(counts), stable, tail, self.prefill, (), (), self.tokenizer)
+        fixed_tail = tuple(_encode(self.tokenizer, tail)) + self.prefill
+        return dataclasses.replace(pp, head=stable[: pp.num_stable_tokens(0)], tail=fixed_tail)
+
+    def _check_cuts(self) -> bool:
+        """Whether cutting at _SAFE_CUT reproduces every probe's tokenization with this tokenizer (once)."""
+        head, tail = self.split("What is 2 + 2?")
+        pp = self._build(head[-80:], tail, _SELF_TEST_COT, True)  # the head's end is what meets the CoT
+        texts = [pp.text[: pp.head_chars + c] + tail for c in range(len(_SELF_TEST_COT) + 1)]
+        want = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        bad = [c for c, ids in enumerate(want) if pp.ids(c) != list(ids) + list(self.prefill)]
+        if bad:
+            # Not a regex-pre-tokenized byte-level BPE: encode every probe whole (still exact; the
+            # engine's prefix cache still matches it token by token, only tokenizing costs more).
+            log.warning("judge tokenizer %s merges tokens across word boundaries (%d of %d self-test cuts differ); "
+                        "each probe is tokenized whole", type(self.tokenizer).__name__, len(bad), len(_SELF_TEST_COT) + 1)
+        return not bad
+
+
+def _token_cuts(text: str, offsets: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(offset, number of tokens before it) for each _SAFE_CUT offset that the tokenization also splits at."""
+    starts, ends = [a for a, _ in offsets], [b for _, b in offsets]
+    if any(b < a for a, b in zip(ends, ends[1:], strict=False)):
+        return []  # odd offsets: no cuts, every probe is tokenized whole
+    out = []
+    for m in _SAFE_CUT.finditer(text):
+        c = m.start()
+        j = bisect.bisect_right(ends, c)
+        if j and ends[j - 1] == c and (j == len(ends) or starts[j] >= c):
+            out.append((c, j))
+    return out
 
 
 # ---- verdicts ---------------------------------------------------------------------------------
