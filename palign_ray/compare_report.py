@@ -63,10 +63,10 @@ def score_rows(rows: dict[str, dict[str, dict[str, list[bool]]]], benches: list[
 
 def paired_rows(rows: dict[str, dict[str, dict[str, list[bool]]]], baseline: str, benches: list[str], ks: list[int],
                 num_resamples: int, seed: int) -> dict[str, Any]:
-    """label → {"pass@k": {bench or "average": paired cell}}: label − baseline over the same problems."""
+    """label → {"pass@k": {bench or "average": paired cell}}: label − baseline over the same problems (base left out)."""
     out: dict[str, Any] = {}
     for label, correct in rows.items():
-        if label == baseline:
+        if label in (baseline, BASE):
             continue
         cells: dict[str, Any] = {}
         for k in ks:
@@ -177,6 +177,7 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
                                        "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p},
         "scores": score_rows(rows, benches, ks, nb, seed),
         "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, nb, seed) if baseline in rows else {},
+        "paired_vs_base": paired_rows(rows, BASE, benches, ks, nb, seed) if BASE in rows else {},  # did training move it?
         "mean_response_tokens": lengths,
         "base_consistency": base_consistency({m: c for m, (c, _) in bases.items()}),
         "facts": {r.label: method_facts(r, shared) for r in runs},
@@ -226,15 +227,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         for label, cells in res["scores"].items():
             lines.append(f"| {label} | " + " | ".join(_cell(cells[f'pass@{k}'].get(c)) for c in cols) + " |")
         lines.append("")
-    if res["paired_vs_baseline"]:
-        lines += [f"## Paired differences against `{res['baseline']}` (same problems)", "",
-                  "Δ in points [95% bootstrap CI], two-sided sign-flip permutation p, (wins/losses/ties over problems); "
-                  "compare.json also has the sign-test p.", ""]
-        for k in ks:
-            lines += [f"### pass@{k}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-            for label, cells in res["paired_vs_baseline"].items():
-                lines.append(f"| {label} − {res['baseline']} | " + " | ".join(_pcell(cells[f'pass@{k}'].get(c)) for c in cols) + " |")
-            lines.append("")
+    lines += _paired_lines(res["paired_vs_baseline"], res["baseline"], ks, cols)
+    lines += _paired_lines(res["paired_vs_base"], BASE, ks, cols)
     lines += _facts_lines(res)
     bc = res["base_consistency"]
     lines += ["## Base student", "",
@@ -243,6 +237,20 @@ def render_markdown(res: dict[str, Any]) -> str:
                  f"({', '.join(bc['differing_problems'][:10])}); the table shows the first."), "",
               "![scores](scores.png)", "", "![length vs accuracy](length_vs_accuracy.png)", ""]
     return "\n".join(lines)
+
+
+def _paired_lines(paired: dict[str, Any], against: str, ks: list[int], cols: list[str]) -> list[str]:
+    if not paired:
+        return []
+    lines = [f"## Paired differences against `{against}` (same problems)", "",
+             "Δ in points [95% bootstrap CI], two-sided sign-flip permutation p, (wins/losses/ties over problems); "
+             "compare.json also has the sign-test p.", ""]
+    for k in ks:
+        lines += [f"### pass@{k}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for label, cells in paired.items():
+            lines.append(f"| {label} − {against} | " + " | ".join(_pcell(cells[f'pass@{k}'].get(c)) for c in cols) + " |")
+        lines.append("")
+    return lines
 
 
 def _facts_lines(res: dict[str, Any]) -> list[str]:

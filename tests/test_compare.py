@@ -126,6 +126,7 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(tmp_path, tiny_model,
     assert json.loads((out / "compare.json").read_text())["methods"] == methods
     assert (out / "scores.png").is_file() and (out / "length_vs_accuracy.png").is_file()
     assert list(res["scores"]) == ["base", *methods] and list(res["paired_vs_baseline"]) == ["prefix_only"]
+    assert list(res["paired_vs_base"]) == methods
     for m in methods:
         metrics = json.loads((run / "methods" / m / "eval" / "trained" / "metrics.json").read_text())
         for k in ("1", "2"):
@@ -181,11 +182,15 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
     d = res["paired_vs_baseline"]["palign"]["pass@1"]["b"]
     # diffs 0.5, 0.5: of the 4 sign patterns ++ and -- reach |mean| 0.5; sign test 2 wins of 2
     assert d["diff"] == pytest.approx(0.5) and d["p_permutation"] == pytest.approx(0.5) and d["p_sign_test"] == pytest.approx(0.5)
-    assert res["paired_vs_baseline"]["palign"]["pass@2"]["b"]["ties"] == 2
+    assert res["paired_vs_baseline"]["palign"]["pass@2"]["b"]["ties"] == 2 and list(res["paired_vs_baseline"]) == ["palign"]
+    vs_base = res["paired_vs_base"]["full_cot"]["pass@1"]["b"]  # diffs 0.5 (p1), 0 (p2)
+    assert list(res["paired_vs_base"]) == ["palign", "full_cot"] and vs_base["diff"] == pytest.approx(0.25)
+    assert (vs_base["wins"], vs_base["ties"], vs_base["p_permutation"]) == (1, 1, 1.0)
     assert res["mean_response_tokens"] == {"base": 50, "palign": 10, "full_cot": 30}
     assert res["base_consistency"]["agree"] and res["facts"]["palign"]["stages"]["eval"]["tokens"] == {"generated": 4 * 10 + 4 * 50}
     report = (tmp_path / "compare" / "report.md").read_text()
     assert "| palign | 100.00 [100.00, 100.00] |" in report and "| palign − full_cot | +50.00" in report
+    assert "| full_cot − base | +25.00" in report
     assert "| palign | not done (shared: full_cot) |" in report  # stages that did not run say so
     assert (tmp_path / "compare" / "scores.png").is_file() and (tmp_path / "compare" / "length_vs_accuracy.png").is_file()
     _fake_eval(runs[1].dirs["eval"] / "base2", {"p1": [True, False], "p2": [True, False]}, 50)
