@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.artifacts import quarantine_row
+from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import AlignConfig, Config, stage_engine
-from palign_ray.problems import retention
 from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
 log = logging.getLogger(__name__)
@@ -164,9 +163,8 @@ def run_align(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, A
 
 def align_main(argv: list[str]) -> int:
     """Run as: palign align --input prefixes.parquet --output aligned.parquet [key=value ...]"""
-    from palign_ray.artifacts import read_rows
+    from palign_ray.artifacts import read_rows, write_stage_outputs
     from palign_ray.cli import config_parser, parse_config
-    from palign_ray.problems import write_stage_outputs
 
     p = config_parser("align", "Prefix rows (problem_id, question, answer, prefix) → filtered student continuations (align.*).")
     p.add_argument("--input", required=True, help="prefix rows: Parquet/JSONL from the truncation stage or your own")

@@ -291,3 +291,39 @@ def _read_files(files: list[Path]) -> list[dict[str, Any]]:
     for f in files:
         rows += pq.read_table(f).to_pylist()
     return rows
+
+
+# --------------------------------------------------------------------------- stage accounting
+
+
+def retention(stage: str, num_in: int, out: list[dict[str, Any]], quarantined: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """Per-stage retention: rows in, out, quarantined by reason, distinct problems kept (+ stage extras)."""
+    reasons = dict(Counter(str(q[R.REASON]) for q in quarantined))
+    kept = len({str(r[R.PROBLEM_ID]) for r in out})
+    return {"stage": stage, "num_in": num_in, "num_out": len(out), "num_problems_out": kept,
+            "num_quarantined": len(quarantined), "reasons": reasons,
+            "retention": round(kept / num_in, 4) if num_in else 0.0, **extra}
+
+
+def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every row with the union of keys (pyarrow infers a table's columns from the first row only)."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+    return [{k: r.get(k) for k in keys} for r in rows]
+
+
+def quarantine_path(output: Path) -> Path:
+    """`<dir>/<stem>.quarantine.parquet` beside an output file or directory."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return output.with_name(f"{stem}.quarantine.parquet")
+
+
+def write_stage_outputs(output: Path, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    """CLI helper: rows to `output`, quarantine and summary beside it, the summary on stdout."""
+    import sys
+
+    write_rows(output, uniform_rows(rows))
+    write_rows(quarantine_path(output), uniform_rows(quarantined))
+    write_json(output.with_name(quarantine_path(output).name.replace(".quarantine.parquet", ".summary.json")), summary)
+    sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")

@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,12 +244,11 @@ def _prepare(sd: StageDir, h: str) -> None:
 def _check_not_empty(stage: str, sd: StageDir) -> None:
     commits = sd.commits()
     if not sum(c.get("num_output", 0) for c in commits):
-        reasons: dict[str, int] = {}
+        reasons: Counter[str] = Counter()
         for c in commits:
-            for r, n in c.get("reasons", {}).items():
-                reasons[r] = reasons.get(r, 0) + n
+            reasons.update(c.get("reasons", {}))
         raise PipelineError(
-            f"stage '{stage}' produced no output rows ({sum(reasons.values())} quarantined: {reasons}); "
+            f"stage '{stage}' produced no output rows ({sum(reasons.values())} quarantined: {dict(reasons)}); "
             f"see {sd.quarantine_dir} for details"
         )
 

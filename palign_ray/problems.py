@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.artifacts import quarantine_row, read_rows
+from palign_ray.artifacts import quarantine_row, read_rows, uniform_rows
 from palign_ray.config import ProblemsConfig
 
 log = logging.getLogger(__name__)
@@ -286,46 +286,6 @@ def load_summary(rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) 
         summary["think_split"] = dict(Counter(r[THINK_SPLIT] for r in rows))
         summary["trace_format"] = dict(Counter(r[TRACE_FORMAT] for r in rows))
     return summary
-
-
-# --------------------------------------------------------------------------- stage accounting
-
-
-def retention(stage: str, num_in: int, out: list[dict[str, Any]], quarantined: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-    """Per-stage retention: rows in, out, quarantined by reason, distinct problems kept (+ stage extras)."""
-    reasons: dict[str, int] = {}
-    for q in quarantined:
-        reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
-    kept = len({str(r[R.PROBLEM_ID]) for r in out})
-    return {"stage": stage, "num_in": num_in, "num_out": len(out), "num_problems_out": kept,
-            "num_quarantined": len(quarantined), "reasons": reasons,
-            "retention": round(kept / num_in, 4) if num_in else 0.0, **extra}
-
-
-def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every row with the union of keys (pyarrow infers a table's columns from the first row only)."""
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    return [{k: r.get(k) for k in keys} for r in rows]
-
-
-def quarantine_path(output: Path) -> Path:
-    """`<dir>/<stem>.quarantine.parquet` beside an output file or directory."""
-    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
-    return output.with_name(f"{stem}.quarantine.parquet")
-
-
-def write_stage_outputs(output: Path, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """CLI helper: rows to `output`, quarantine and summary beside it, the summary on stdout."""
-    import sys
-
-    from palign_ray.artifacts import write_json, write_rows
-
-    write_rows(output, uniform_rows(rows))
-    write_rows(quarantine_path(output), uniform_rows(quarantined))
-    write_json(output.with_name(quarantine_path(output).name.replace(".quarantine.parquet", ".summary.json")), summary)
-    sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- built-in problems

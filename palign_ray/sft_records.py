@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.artifacts import TMP_PREFIX, quarantine_row
+from palign_ray.artifacts import TMP_PREFIX, quarantine_row, retention
 from palign_ray.config import AlignConfig, Config
-from palign_ray.problems import retention
 from palign_ray.teacher import teacher_prompt
 
 log = logging.getLogger(__name__)
@@ -240,8 +239,7 @@ def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: 
     With `fmt` (alpaca/sharegpt/messages) the rows are an existing SFT file instead and `method` is
     not used. Quarantine goes to `quarantine_file` (default `<out_dir>.quarantine.parquet` beside the directory).
     """
-    from palign_ray.artifacts import write_parquet
-    from palign_ray.problems import quarantine_path, uniform_rows
+    from palign_ray.artifacts import quarantine_path, uniform_rows, write_parquet
 
     out = Path(out_dir)
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.sft.model)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from palign_ray import records as R
-from palign_ray.artifacts import StageDir, quarantine_row, write_json
+from palign_ray.artifacts import StageDir, quarantine_row, uniform_rows, write_json
 from palign_ray.config import RayConfig
 
 log = logging.getLogger(__name__)
@@ -241,21 +241,14 @@ def run_rows(job: StreamJob, rows: list[dict[str, Any]], scratch: Path | None = 
         src, dst = StageDir(Path(tmp) / "input"), StageDir(Path(tmp) / job.stage)
         if not rows:
             return [], [], [], StreamResult()
-        src.write_part(_uniform(rows), [])
+        src.write_part(uniform_rows(rows), [])
         res = run_stream(job, src.output_files(), dst)
         out, quar = dst.output_rows(), dst.quarantine_rows() + res.retry_failed
         summaries = [c["summary"] for c in dst.commits()]
     return out, quar, summaries, res
 
 
-def _uniform(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keys: dict[str, None] = {}
-    for r in rows:
-        keys.update(dict.fromkeys(r))
-    return [{k: r.get(k) for k in keys} for r in rows]
-
-
-# Keys of problems.retention(): recomputed over all rows, never summed over parts.
+# Keys of artifacts.retention(): recomputed over all rows, never summed over parts.
 RETENTION_KEYS = frozenset({"stage", "num_in", "num_out", "num_problems_out", "num_quarantined", "reasons", "retention"})
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.artifacts import quarantine_row
+from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import Config, TeacherConfig, stage_engine
 from palign_ray.problems import (
     AFTER_THINK,
@@ -26,7 +26,6 @@ from palign_ray.problems import (
     TEMPLATE,
     THINK_SPLIT,
     TRACE_FORMAT,
-    retention,
 )
 from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
@@ -243,8 +242,9 @@ def run_teacher(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str,
 
 def teacher_main(argv: list[str]) -> int:
     """Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]"""
+    from palign_ray.artifacts import write_stage_outputs
     from palign_ray.cli import config_parser, parse_config
-    from palign_ray.problems import load_problems, load_summary, write_stage_outputs
+    from palign_ray.problems import load_problems, load_summary
 
     p = config_parser("teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*).")
     p.add_argument("--input", default=None, help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)")

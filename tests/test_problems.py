@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from palign_ray.artifacts import quarantine_path, retention
 from palign_ray.config import ProblemsConfig
 from palign_ray.problems import (
     TEMPLATES,
@@ -17,8 +18,6 @@ from palign_ray.problems import (
     load_problems,
     load_summary,
     normalize_problems,
-    quarantine_path,
-    retention,
 )
 from palign_ray.sentences import split_sentences
 

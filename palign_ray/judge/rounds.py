@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -511,9 +512,7 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.
 def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: int, wall_s: float, jcfg: JudgeConfig,
               *, paper_reference: bool, engine_calls: int, judge_s: float) -> dict[str, Any]:
     """Counts, prefix-ratio distribution, rounds and probes against the binary bound, token and cache shares."""
-    reasons: dict[str, int] = {}
-    for q in bad:
-        reasons[q[R.REASON]] = reasons.get(q[R.REASON], 0) + 1
+    reasons = dict(Counter(str(q[R.REASON]) for q in bad))
     probes = [p for r in out for p in r["probe_trace"] if not p.get("anchor")]
     prompt = sum(r["prompt_tokens"] for r in out)
     cached = sum(r["cached_tokens"] for r in out)
