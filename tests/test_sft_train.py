@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_sft_curves import curves
 from test_sft_data import build_shards
 
 from palign_ray.config import RayConfig, SFTConfig
@@ -71,19 +72,32 @@ def test_zero2_trains_checkpoints_exports_and_vllm_generates(ref_run, tiny_model
     assert metrics["padding_share_packed"] == metrics["padding_share_unpacked"] == 0.0
     assert metrics["num_sequences_packed"] < metrics["num_sequences_unpacked"] == 8
     assert all(h["tokens_per_s"] > 0 and h["step_time_s"] > 0 and h["lr"] > 0 for h in metrics["history"])
-    # Ray merged both ranks' ZeRO shards into one checkpoint directory; 2 kept (keep_checkpoints=2).
+    # Both ranks wrote their ZeRO shards straight into one checkpoint directory; 2 kept (keep_checkpoints=2).
     ckpts = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))
     assert [c.name for c in ckpts] == ["checkpoint_000004", "checkpoint_000006"]
     names = {p.name for p in (ckpts[-1] / "zero").iterdir()}
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+    # Written in place, not staged per rank and copied: each rank listed the other's shard as well.
+    listed = json.loads((ckpts[-1] / "files_rank1.json").read_text())
+    assert "zero/zero_pp_rank_0_mp_rank_00_optim_states.pt" in listed
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+    # The export ran on rank 0 (not the driver) and reports its host memory; both ranks report their load.
+    mem = metrics["memory"]
+    assert len(mem["load_peak_rss_mb"]) == 2 and all(m > 0 for m in mem["load_peak_rss_mb"])
+    assert mem["export"]["files"] == ["model.safetensors"] and mem["export"]["peak_increase_mb"] >= 0
+    # Training curves: one point per step, the same numbers as metrics.json's history.
+    tb = curves(out.parent / "tensorboard")
+    assert set(tb) >= {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"}
+    assert tb["train/loss"] == pytest.approx({h["step"]: h["loss"] for h in metrics["history"]}, rel=1e-6)
+    assert tb["train/lr"] == pytest.approx({h["step"]: h["lr"] for h in metrics["history"]}, rel=1e-6)
 
     from palign_ray.chat import chat_ids, user_turn
-    from palign_ray.config import EngineConfig
+    from palign_ray.config import EngineConfig, resolve_engine_defaults
     from palign_ray.engines.base import SamplingSpec
     from palign_ray.engines.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(str(out), EngineConfig(max_model_len=512, max_num_seqs=4, enable_prefix_caching=False))
+    ecfg = EngineConfig(max_model_len=512, max_num_seqs=4, enable_prefix_caching=False)
+    engine = VLLMEngine(str(out), resolve_engine_defaults(ecfg, on_cuda=False))
     try:
         prompt = chat_ids(engine.tokenizer, user_turn("What is 2 + 3?"))
         [res] = engine.generate([prompt], SamplingSpec(max_tokens=8, temperature=0.0))
@@ -115,6 +129,9 @@ def test_stopped_run_resumes_at_its_last_checkpoint(ref_run, shards, base_cfg, t
         assert got["lr"] == pytest.approx(want["lr"], rel=1e-9)
     with pytest.raises(ValueError, match="nothing to resume"):
         run_sft(dataclasses.replace(base_cfg, resume=True), shards, tmp_path / "other", ray_cfg=RAY)
+    # The killed attempt logged steps 1-3, the resumed one 3-6 (purging its step 3): one clean curve.
+    tb = curves(tmp_path / "tensorboard")["train/loss"]
+    assert tb == pytest.approx({h["step"]: h["loss"] for h in metrics["history"]}, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -194,3 +211,28 @@ def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint_000004"
     ckpt(14)
     assert latest_complete_checkpoint(tmp_path).name == "checkpoint_000014"
+
+
+def test_ranks_writing_one_shared_checkpoint_dir_list_whole_files_only(tmp_path):
+    """Direct checkpoints: every rank lists the dir after a barrier; the other ranks' lists (which may still
+    be growing) are never listed, so a finished checkpoint is complete by the same rule as a staged one."""
+    from palign_ray.sft.train import (
+        TAG,
+        TRAIN_STATE,
+        _checkpoints_direct,
+        checkpoint_is_complete,
+        write_file_sizes,
+    )
+
+    d = tmp_path / "checkpoint_000002"
+    (d / TAG).mkdir(parents=True)
+    for r in range(2):
+        (d / TAG / f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * (100 + r))
+    (d / TRAIN_STATE).write_text(json.dumps({"global_step": 2, "geometry": {"world_size": 2}}))
+    write_file_sizes(d, 0)
+    write_file_sizes(d, 1)
+    assert "files_rank0.json" not in json.loads((d / "files_rank1.json").read_text())
+    assert json.loads((d / "files_rank0.json").read_text()) == json.loads((d / "files_rank1.json").read_text())
+    assert checkpoint_is_complete(d)
+    assert _checkpoints_direct("/mnt/shared/palign/runs/x/train/model/ray_train")
+    assert not _checkpoints_direct("s3://bucket/runs/x")  # remote storage: staged, Ray uploads

@@ -19,8 +19,8 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import write_json, write_parquet
 from palign_ray.config import RayConfig, SFTConfig
+from palign_ray.sft import core
 from palign_ray.sft import data as D
-from palign_ray.sft.deepspeed_config import ds_config, lr_ratio, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ TAG = "zero"  # DeepSpeed checkpoint tag inside every reported checkpoint direct
 TRAIN_STATE = "train_state.json"  # rank 0 writes it next to the ZeRO shards
 RUN_NAME = "sft"
 RUN_SUBDIR = "ray_train"  # <output>/ray_train/sft/checkpoint_000004/...
+EXPORT_INFO = "export.json"  # rank 0's export numbers, beside the checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,50 +42,10 @@ class FailureInjection:
 # ---------------------------------------------------------------- per-worker helpers
 
 
-def _skip_shm_op_build() -> None:
-    # deepspeed.init_distributed JIT-builds a shared-memory allreduce op (~30 s on a fresh
-    # extensions dir) on the CPU accelerator. ZeRO over gloo never uses it, so skip the build
-    # (measured: init 30 s → 1.7 s). Remove when DeepSpeed builds it lazily or makes it optional.
-    import importlib
-
-    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-
-def lora_config(cfg: SFTConfig) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
-
-
-def _load_model(cfg: SFTConfig, model_path: str) -> Any:
-    """fp32 weights (DeepSpeed casts to bf16 itself and keeps fp32 masters), LoRA and checkpointing applied."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32, use_safetensors=True)
-    model.config.use_cache = False  # a KV cache would also disable packed-sequence mask detection
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, lora_config(cfg))
-    return model
-
-
-def _optimizer(cfg: SFTConfig, model: Any, on_gpu: bool) -> Any:
-    import torch
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.offload_optimizer and on_gpu:
-        # Offloaded optimizer state lives in host memory: DeepSpeed's vectorised CPU Adam is far
-        # faster there than torch's (it JIT-compiles once per machine, ~45 s).
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-        return DeepSpeedCPUAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adamw_mode=True)
-    # A client AdamW: DeepSpeed's own fused Adam would JIT-compile (~45 s) on every fresh machine.
-    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+def _checkpoints_direct(storage_path: str) -> bool:
+    """Ranks write checkpoints straight into the run's storage when it is a filesystem path (local or
+    shared, e.g. the cluster's /mnt/shared); a URI (s3://, gs://...) is remote: stage locally, Ray uploads."""
+    return "://" not in storage_path
 
 
 def _schedule(plans: list[D.EpochPlan], max_steps: int) -> list[tuple[int, int]]:
@@ -93,33 +54,48 @@ def _schedule(plans: list[D.EpochPlan], max_steps: int) -> list[tuple[int, int]]
     return sched[:max_steps] if max_steps > 0 else sched
 
 
-def _micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, float]:
-    """Summed next-token cross-entropy over the batch's labelled tokens (fp32 logits)."""
-    import torch
-    import torch.nn.functional as F
+def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: dict[str, Any], rank: int,
+                     run_dir: Path) -> None:
+    """Every rank writes its ZeRO shard of one checkpoint, then all report it to Ray Train.
 
-    ids = torch.tensor(batch["input_ids"], device=device)
-    labels = torch.tensor(batch["labels"], device=device)
-    pos = torch.tensor(batch["position_ids"], device=device)
-    logits = engine(input_ids=ids, position_ids=pos, use_cache=False).logits
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=D.IGNORE_INDEX, reduction="sum")
-    return loss, float(loss.item())
+    Direct (filesystem storage): straight into <run_dir>/checkpoint_N, reported with NO_UPLOAD, so a
+    checkpoint is written once instead of into /tmp and then copied (an 8B ZeRO-3 checkpoint with
+    optimizer state is ~115 GB). Remote storage: a local temp dir per rank that Ray uploads and merges.
+    """
+    import ray.train
+
+    name = f"checkpoint_{state['global_step']:06d}"
+    if not _checkpoints_direct(str(run_dir)):
+        _save_staged(engine, cfg, metrics, state, rank, name)
+        return
+    import torch.distributed as dist
+
+    ckpt = run_dir / name
+    if rank == 0 and ckpt.exists():
+        # Left by an attempt that died while writing this step (a complete one would have been resumed from).
+        shutil.rmtree(ckpt)
+    dist.barrier()
+    # LoRA: the frozen base weights are not checkpointed (the model reloads them from sft.model).
+    engine.save_checkpoint(str(ckpt), tag=TAG, exclude_frozen_parameters=cfg.lora)
+    if rank == 0:
+        (ckpt / TRAIN_STATE).write_text(json.dumps(state))
+    dist.barrier()  # every rank's files are whole before any rank lists their sizes
+    write_file_sizes(ckpt, rank)
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(ckpt)), checkpoint_dir_name=name,
+                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
 
 
-def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: dict[str, Any], rank: int) -> None:
-    """Every rank writes its ZeRO shard into a temp dir; Ray merges them into one checkpoint dir."""
+def _save_staged(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: dict[str, Any], rank: int,
+                 name: str) -> None:
     import ray.train
 
     tmp = tempfile.mkdtemp(prefix="palign-sft-ckpt-")
     try:
-        # LoRA: the frozen base weights are not checkpointed (export reloads them from sft.model).
         engine.save_checkpoint(tmp, tag=TAG, exclude_frozen_parameters=cfg.lora)
         if rank == 0:
             Path(tmp, TRAIN_STATE).write_text(json.dumps(state))
         write_file_sizes(Path(tmp), rank)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_{state['global_step']:06d}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -156,28 +132,10 @@ def _check_failure_injection(inject: FailureInjection | None, step: int, rank: i
         os._exit(1)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: data plan → deepspeed.initialize → steps → checkpoints via ray.train.report."""
-    import deepspeed
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
-
+def _plan(config: dict[str, Any], rows: list[dict[str, Any]], world: int
+          ) -> tuple[list[D.Example], list[D.EpochPlan], list[tuple[int, int]], dict[str, Any]]:
+    """Examples, per-epoch plans, the step schedule and the run's geometry (what a resume must match)."""
     cfg: SFTConfig = config["sft"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    on_gpu = cfg.use_gpu
-    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
-    if not on_gpu:
-        _skip_shm_op_build()
-    # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
-
-    t_setup = time.perf_counter()
-    # Every rank reads the whole (small) shard set and derives the same deterministic plan.
-    rows = list(ray.train.get_dataset_shard("train").iter_rows())
-    t_read = time.perf_counter()
     examples, _ = D.validate_rows(rows, cfg.max_seq_len)
     if not examples:
         raise ValueError(f"no trainable examples in {len(rows)} shard rows (see quarantine)")
@@ -185,43 +143,71 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     plans = [D.plan_epoch(lengths, config["seed"], ep, cfg.max_seq_len, cfg.packing, world,
                           cfg.micro_batch_size, cfg.grad_accum_steps) for ep in range(cfg.epochs)]
     schedule = _schedule(plans, cfg.max_steps)
-    total = len(schedule)
     geometry = {"fingerprint": D.fingerprint(examples), "world_size": world, "seed": config["seed"],
                 "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": cfg.grad_accum_steps,
-                "packing": cfg.packing, "max_seq_len": cfg.max_seq_len, "epochs": cfg.epochs, "total_steps": total}
+                "packing": cfg.packing, "max_seq_len": cfg.max_seq_len, "epochs": cfg.epochs,
+                "total_steps": len(schedule)}
+    return examples, plans, schedule, geometry
 
-    model = _load_model(cfg, config["model_path"])
-    optimizer = _optimizer(cfg, model, on_gpu)
-    num_warmup = warmup_steps(cfg, total)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_ratio(s, total, num_warmup))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config(cfg, world, on_gpu))
-    state = _restore(engine, cfg, geometry, Path(config["run_dir"])) or {"global_step": 0, "history": [], "geometry": geometry}
+
+def _per_rank(value: dict[str, float]) -> dict[str, list[float]]:
+    """Every rank's numbers, rank order: {"load_peak_rss_mb": [r0, r1, ...], ...}."""
+    import torch.distributed as dist
+
+    got: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(got, value)
+    return {k: [g[k] for g in got] for k in value}
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: data plan → deepspeed.initialize → steps → checkpoints → the HF export."""
+    import deepspeed
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from palign_ray.sft.curves import TrainCurves
+
+    cfg: SFTConfig = config["sft"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    on_gpu = cfg.use_gpu
+    device = ray.train.torch.get_device() if on_gpu else torch.device("cpu")
+    if not on_gpu:
+        core.skip_shm_op_build()
+    # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+
+    t_setup = time.perf_counter()
+    # Every rank reads the whole (small) shard set and derives the same deterministic plan.
+    rows = list(ray.train.get_dataset_shard("train").iter_rows())
+    t_read = time.perf_counter()
+    examples, plans, schedule, geometry = _plan(config, rows, world)
+    total = len(schedule)
+    engine, load_mem = core.build_engine(cfg, config["model_path"], world, on_gpu, total)
+    run_dir = Path(config["run_dir"])
+    state = _restore(engine, cfg, geometry, run_dir) or {"global_step": 0, "history": [], "geometry": geometry}
+    state["memory"] = _per_rank(load_mem)
     start = state["global_step"]
     if rank == 0:
-        log.info("sft: %d examples, %d steps (start at %d), %d warmup, world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s)",
-                 len(examples), total, start, num_warmup, world, cfg.zero_stage, cfg.precision,
-                 time.perf_counter() - t_setup, t_read - t_setup)
+        log.info("sft: %d examples, %d steps (start at %d), world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s), "
+                 "load peak RSS per rank %s MiB", len(examples), total, start, world, cfg.zero_stage, cfg.precision,
+                 time.perf_counter() - t_setup, t_read - t_setup, state["memory"]["load_peak_rss_mb"])
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, desc="sft", disable=rank != 0, mininterval=2.0)
+    curves = TrainCurves(config["tensorboard_dir"] if rank == 0 and cfg.tensorboard else None, first_step=start + 1)
     every = cfg.checkpoint_every or total
-    pad_id = config["pad_id"]
     for gstep in range(start, total):
         epoch, s = schedule[gstep]
         plan_step = plans[epoch].steps[s]
         denom = max(1, D.step_loss_tokens(plan_step, examples))
         lr = engine.get_lr()[0]
         t0 = time.perf_counter()
-        loss_sum, n_tok, n_pad = 0.0, 0, 0
-        for micro in plan_step:
-            batch = D.collate(micro[rank], examples, pad_id)
-            loss, value = _micro_loss(engine, batch, device)
-            # DeepSpeed divides by grad_accum_steps and averages over ranks; this scale turns the
-            # sum into the per-token mean over the whole optimizer step (every rank knows `denom`).
-            engine.backward(loss * (world * cfg.grad_accum_steps / denom))
-            engine.step()
-            loss_sum, n_tok, n_pad = loss_sum + value, n_tok + batch["num_tokens"], n_pad + batch["num_pad_tokens"]
+        loss_sum, n_tok, n_pad = core.run_step(engine, plan_step, examples, rank=rank, world=world,
+                                               grad_accum_steps=cfg.grad_accum_steps, pad_id=config["pad_id"],
+                                               device=device)
         totals = torch.tensor([loss_sum, n_tok, n_pad], dtype=torch.float64, device=device)  # nccl: on the GPU
         dist.all_reduce(totals)
         dt = time.perf_counter() - t0
@@ -232,13 +218,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                "num_tokens": int(totals[1].item()), "num_pad_tokens": int(totals[2].item())}
         state["history"].append(rec)
         state["global_step"] = gstep + 1
+        curves.log(rec)
         if rank == 0:
             log.info("step %d/%d loss %.4f lr %.3g %.1f tok/s %.2f s", gstep + 1, total, rec["loss"], lr, rec["tokens_per_s"], dt)
             bar.update(1)
         _check_failure_injection(config.get("inject_failure"), gstep + 1, rank, world)
         if (gstep + 1) % every == 0 or gstep + 1 == total:
-            _save_and_report(engine, cfg, rec, state, rank)
+            _save_and_report(engine, cfg, rec, state, rank, run_dir)
     bar.close()
+    curves.close()
+    # The model is assembled here, on the ranks that hold it, never on the driver. Its numbers go to a
+    # file: Ray Train's Result carries only the metrics reported with the last checkpoint.
+    exported = export_from_engine(engine, cfg, config["model_path"], Path(config["output"]),
+                                  config["chat_template"], rank)
+    if rank == 0:
+        write_json(run_dir / EXPORT_INFO, exported)
 
 
 # ---------------------------------------------------------------- driver side
@@ -274,7 +268,9 @@ def _sizes_file(rank: int) -> str:
 
 def write_file_sizes(ckpt_dir: Path, rank: int) -> None:
     """List this rank's checkpoint files with their byte sizes, so a reader can tell a finished upload from a cut one."""
-    sizes = {str(p.relative_to(ckpt_dir)): p.stat().st_size for p in sorted(ckpt_dir.rglob("*")) if p.is_file()}
+    # Other ranks' lists are left out: written directly into a shared checkpoint dir they may still be growing.
+    sizes = {str(p.relative_to(ckpt_dir)): p.stat().st_size for p in sorted(ckpt_dir.rglob("*"))
+             if p.is_file() and not (p.parent == ckpt_dir and p.name.startswith("files_rank"))}
     (ckpt_dir / _sizes_file(rank)).write_text(json.dumps(sizes))
 
 
@@ -359,7 +355,8 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"sft": cfg, "seed": seed, "model_path": model_path, "pad_id": pad_id,
-                           "run_dir": str(run_dir), "inject_failure": inject_failure},
+                           "run_dir": str(run_dir), "inject_failure": inject_failure, "output": str(output),
+                           "chat_template": meta.get("chat_template"), "tensorboard_dir": str(tensorboard_dir_of(output))},
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
@@ -375,19 +372,37 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
         dataset_config=DataConfig(datasets_to_split=[]),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()  # raises TrainingFailedError when the workers failed for good
     finally:
         data_ctx.enable_progress_bars = bars
     train_s = time.perf_counter() - t0
-    with result.checkpoint.as_directory() as d:
-        state = json.loads(Path(d, TRAIN_STATE).read_text())
-        export_model(Path(d), cfg, model_path, output, meta.get("chat_template"))
-    log.info("sft: Ray Train run %.1f s, export %.1f s", train_s, time.perf_counter() - t0 - train_s)
+    state = _final_state(run_dir, output)
     metrics, bad = _summary(cfg, files, state, train_s, seed)
+    metrics["memory"] = {**state.get("memory", {}), "export": json.loads((run_dir / EXPORT_INFO).read_text())}
+    log.info("sft: Ray Train run (training + export on the workers) %.1f s; host memory %s", train_s, metrics["memory"])
     if bad:  # rows in = examples trained on + quarantined (with a reason each)
         write_parquet(output / "quarantine" / "part-sft.parquet", bad)
     write_json(output / "metrics.json", metrics)
     return metrics
+
+
+def tensorboard_dir_of(output: str | Path) -> Path:
+    """TensorBoard event files of the run exported to `output`: beside it (<run_dir>/train/tensorboard)."""
+    return Path(output).resolve().parent / "tensorboard"
+
+
+def _final_state(run_dir: Path, output: Path) -> dict[str, Any]:
+    """The train state of the run's last checkpoint, checked to be the end of training with its export in place."""
+    last = latest_complete_checkpoint(run_dir)
+    if last is None:
+        raise RuntimeError(f"Ray Train finished but {run_dir} holds no complete checkpoint")
+    state = json.loads((last / TRAIN_STATE).read_text())
+    if state["global_step"] != state["geometry"]["total_steps"]:
+        raise RuntimeError(f"the last complete checkpoint {last} is at step {state['global_step']} of "
+                           f"{state['geometry']['total_steps']}: training did not finish")
+    if not (run_dir / EXPORT_INFO).is_file() or not list(output.glob("model*.safetensors")):
+        raise RuntimeError(f"training finished but the workers' export to {output} is missing")
+    return state
 
 
 def _pad_id(model_path: str) -> int:
@@ -430,44 +445,71 @@ def _count(items: Any) -> dict[str, int]:
 
 
 def consolidated_state_dict(ckpt_dir: Path, lora: bool) -> dict[str, Any]:
-    """ZeRO-2/3 shards of a checkpoint → one fp32 state dict (DeepSpeed's zero_to_fp32)."""
+    """ZeRO-2/3 shards of a checkpoint → one fp32 state dict (DeepSpeed's zero_to_fp32).
+
+    For inspecting small checkpoints (tests): it holds the whole model in fp32. The export does not use it.
+    """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG, exclude_frozen_parameters=lora)
 
 
-def export_model(ckpt_dir: Path, cfg: SFTConfig, model_path: str, out_dir: Path, chat_template: str | None) -> None:
-    """Full weights (LoRA merged) as HF safetensors + tokenizer + chat template in `out_dir` (vLLM-loadable)."""
+def export_from_engine(engine: Any, cfg: SFTConfig, model_path: str, out_dir: Path, chat_template: str | None,
+                       rank: int) -> dict[str, Any]:
+    """HF safetensors (LoRA merged) + config + tokenizer in `out_dir`, written by rank 0, vLLM-loadable.
+
+    Every rank calls it (ZeRO-3 gathers each tensor collectively); rank 0 streams the tensors into a
+    temp dir inside `out_dir` and moves the files in when all are written. Returns rank 0's numbers:
+    files, bytes, seconds and the host memory the export added (peak RSS over the RSS before it).
+    """
     import torch
+    import torch.distributed as dist
+
+    from palign_ray.sft import export as X
+    from palign_ray.sft.memory import MIB, peak_rss_during
+
+    dtype = torch.bfloat16 if cfg.export_dtype == "bf16" else torch.float32
+    writer = rank == 0
+    tmp = out_dir
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".tmp-export-*"):  # an export killed midway
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-export-"))
+    t0 = time.perf_counter()
+    with peak_rss_during() as mem:
+        layout = X.write_hf_weights(engine.module, tmp, export_dtype=dtype, max_shard_bytes=cfg.export_shard_mb * MIB,
+                                    writer=writer)
+    info: dict[str, Any] = {}
+    if writer:
+        X.write_hf_config(engine.module, tmp, dtype)
+        _save_tokenizer(model_path, chat_template, tmp)
+        _replace_model_files(tmp, out_dir)
+        info = {**layout, "dtype": cfg.export_dtype, "seconds": round(time.perf_counter() - t0, 2),
+                "rss_before_mb": round(mem["rss_before"] / MIB, 1), "peak_rss_mb": round(mem["peak"] / MIB, 1),
+                "peak_increase_mb": round(mem["peak_increase"] / MIB, 1)}
+        log.info("exported %s model to %s: %s", cfg.export_dtype, out_dir, info)
+    dist.barrier()  # the files are in place before any rank reports the run finished
+    return info
+
+
+def _save_tokenizer(model_path: str, chat_template: str | None, out_dir: Path) -> None:
     from transformers import AutoTokenizer
 
-    state = consolidated_state_dict(ckpt_dir, cfg.lora)
-    model = _load_model(dataclasses.replace(cfg, gradient_checkpointing=False), model_path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected:
-        raise ValueError(f"checkpoint {ckpt_dir} has weights the model lacks: {unexpected[:5]}")
-    tied = {"lm_head.weight", "base_model.model.lm_head.weight"} if model.config.tie_word_embeddings else set()
-    # LoRA checkpoints hold only the adapters: the frozen base weights come from sft.model.
-    untrained = [k for k in missing if k not in tied and not (cfg.lora and "lora_" not in k)]
-    if untrained:
-        raise ValueError(f"checkpoint {ckpt_dir} lacks trained weights: {untrained[:5]}")
-    if cfg.lora:
-        model = model.merge_and_unload()
-    model.config.use_cache = True
-    model = model.to(torch.bfloat16 if cfg.export_dtype == "bf16" else torch.float32)
     tok = AutoTokenizer.from_pretrained(model_path)
     if chat_template:  # the template the shards were rendered with
         tok.chat_template = chat_template
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-export-"))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        for f in tmp.iterdir():
-            os.replace(f, out_dir / f.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("exported %s model to %s", cfg.export_dtype, out_dir)
+    tok.save_pretrained(out_dir)
+
+
+def _replace_model_files(tmp: Path, out_dir: Path) -> None:
+    """Move the new files in; weight files of an earlier export with another shard layout go first."""
+    for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
+        if not (tmp / old.name).exists():
+            old.unlink()
+    for f in tmp.iterdir():
+        os.replace(f, out_dir / f.name)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,0 +1,133 @@
+"""The SFT step on one rank, without Ray: model load (ZeRO-3 partitioned), optimizer, DeepSpeed engine, loss.
+
+train.py runs it under Ray Train; bench/gpu_sft_check.py runs it alone on one CUDA device (no Ray, no vLLM).
+torch, transformers, deepspeed and peft are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from palign_ray.config import SFTConfig
+from palign_ray.sft import data as D
+from palign_ray.sft.deepspeed_config import ds_config, lr_ratio, warmup_steps
+from palign_ray.sft.memory import MIB, peak_rss_during
+
+log = logging.getLogger(__name__)
+
+
+def skip_shm_op_build() -> None:
+    # deepspeed.init_distributed JIT-builds a shared-memory allreduce op (~30 s on a fresh
+    # extensions dir) on the CPU accelerator. ZeRO over gloo never uses it, so skip the build
+    # (measured: init 30 s → 1.7 s). Remove when DeepSpeed builds it lazily or makes it optional.
+    import importlib
+
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+
+def lora_config(cfg: SFTConfig) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+
+
+def train_dtype(cfg: SFTConfig) -> Any:
+    import torch
+
+    return torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+
+
+def load_model(cfg: SFTConfig, model_path: str, ds_cfg: dict[str, Any]) -> Any:
+    """Weights in the training dtype, LoRA and gradient checkpointing applied.
+
+    The training dtype, not fp32: DeepSpeed casts the module to bf16 anyway and builds its fp32 master
+    weights from those bf16 values, so an fp32 load only doubled the host peak. ZeRO-3: the model is
+    built under deepspeed.zero.Init, so each rank holds only its partition from the start instead of
+    a full copy that DeepSpeed partitions later.
+    """
+    from transformers import AutoModelForCausalLM
+
+    zero3 = None
+    if cfg.zero_stage == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        # transformers keeps only a weak reference: from_pretrained (and peft's layer init) see
+        # ZeRO-3 only while this object is alive, so it lives until the model is built.
+        zero3 = HfDeepSpeedConfig(ds_cfg)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=train_dtype(cfg), use_safetensors=True)
+        model.config.use_cache = False  # a KV cache would also disable packed-sequence mask detection
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, lora_config(cfg))
+    finally:
+        del zero3
+    return model
+
+
+def build_optimizer(cfg: SFTConfig, model: Any, on_gpu: bool) -> Any:
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.offload_optimizer and on_gpu:
+        # Offloaded optimizer state lives in host memory: DeepSpeed's vectorised CPU Adam is far
+        # faster there than torch's (it JIT-compiles once per machine, ~45 s).
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adamw_mode=True)
+    # A client AdamW: DeepSpeed's own fused Adam would JIT-compile (~45 s) on every fresh machine.
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def build_engine(cfg: SFTConfig, model_path: str, world: int, on_gpu: bool, total_steps: int
+                 ) -> tuple[Any, dict[str, Any]]:
+    """Load + deepspeed.initialize; returns the engine and this rank's host memory of the load (MiB)."""
+    import deepspeed
+    import torch
+
+    ds_cfg = ds_config(cfg, world, on_gpu)
+    with peak_rss_during() as mem:
+        model = load_model(cfg, model_path, ds_cfg)
+        partitioned = all(hasattr(p, "ds_id") for p in model.parameters())  # built under zero.Init
+        optimizer = build_optimizer(cfg, model, on_gpu)
+        num_warmup = warmup_steps(cfg, total_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_ratio(s, total_steps, num_warmup))
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    load = {"load_rss_before_mb": round(mem["rss_before"] / MIB, 1), "load_peak_rss_mb": round(mem["peak"] / MIB, 1),
+            "load_peak_increase_mb": round(mem["peak_increase"] / MIB, 1), "partitioned_at_load": partitioned}
+    return engine, load
+
+
+def micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, float]:
+    """Summed next-token cross-entropy over the batch's labelled tokens (fp32 logits)."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor(batch["input_ids"], device=device)
+    labels = torch.tensor(batch["labels"], device=device)
+    pos = torch.tensor(batch["position_ids"], device=device)
+    logits = engine(input_ids=ids, position_ids=pos, use_cache=False).logits
+    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=D.IGNORE_INDEX, reduction="sum")
+    return loss, float(loss.item())
+
+
+def run_step(engine: Any, plan_step: tuple, examples: list[D.Example], *, rank: int, world: int,
+             grad_accum_steps: int, pad_id: int, device: Any) -> tuple[float, int, int]:
+    """One optimizer step of this rank: (loss sum, real tokens, pad tokens) before the all-reduce."""
+    denom = max(1, D.step_loss_tokens(plan_step, examples))
+    loss_sum, n_tok, n_pad = 0.0, 0, 0
+    for micro in plan_step:
+        batch = D.collate(micro[rank], examples, pad_id)
+        loss, value = micro_loss(engine, batch, device)
+        # DeepSpeed divides by grad_accum_steps and averages over ranks; this scale turns the
+        # sum into the per-token mean over the whole optimizer step (every rank knows `denom`).
+        engine.backward(loss * (world * grad_accum_steps / denom))
+        engine.step()
+        loss_sum, n_tok, n_pad = loss_sum + value, n_tok + batch["num_tokens"], n_pad + batch["num_pad_tokens"]
+    return loss_sum, n_tok, n_pad
