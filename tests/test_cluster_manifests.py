@@ -350,6 +350,15 @@ def test_rayjob_lifecycle_settings():
         )
 
 
+def test_rayjob_driver_does_not_run_on_the_head():
+    """The entrypoint asks for a CPU; the head offers none, so Ray places the driver on a worker node."""
+    ((_, cluster),) = _docs("RayCluster")
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    for path, job in _docs("RayJob"):
+        assert job["spec"].get("entrypointNumCpus", 0) >= 1, path.name
+        assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", path.name
+
+
 def _entrypoint_config(entrypoint: str) -> Path:
     m = re.fullmatch(r"python -m jobs\.distill --config (\S+)( .*)?", entrypoint)
     assert m, f"entrypoint {entrypoint!r} is not `python -m jobs.distill --config FILE ...`"
@@ -505,7 +514,9 @@ def test_dockerfile_installs_the_project_for_gpu():
     lines = dockerfile_instructions(text)
     assert lines[0].startswith("FROM nvidia/cuda:"), "CUDA base image"
     assert "COPY requirements/ requirements/" in lines
-    assert any(ln.startswith("RUN") and "requirements/gpu.txt" in ln for ln in lines)
+    # The frozen CUDA lock, as `make install DEVICE=gpu` installs it (not a fresh pip resolution of gpu.txt).
+    assert any(ln.startswith("RUN") and "--no-deps -r requirements/gpu.lock" in ln for ln in lines)
+    assert not any("requirements/gpu.txt" in ln for ln in lines)
     assert any("make install DEVICE=gpu" in ln for ln in lines), "installs through the Makefile"
     assert lines.index("COPY requirements/ requirements/") < lines.index("COPY . .")
     assert "WORKDIR /app" in lines and any(
