@@ -65,7 +65,10 @@ class RayConfig:
         0.5, "CPUs reserved per vLLM actor. Fractional on small CPU boxes, or read tasks starve and Ray Data deadlocks."
     )
     num_gpus_per_actor: float = _f(0.0, "GPUs per vLLM actor (set to engine.tensor_parallel_size on GPU clusters).")
-    batch_size: int = _f(16, "Rows per map_batches call (one judge batch advances in rounds).")
+    batch_size: int = _f(16, "Rows submitted to the engine together (a judge batch advances in rounds).", hashed=False)
+    max_concurrent_batches: int = _f(
+        4, "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
+        hashed=False)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class StageEngineConfig:
     num_gpus_per_actor: float | None = _f(None, "ray.num_gpus_per_actor for this stage (= its tensor_parallel_size on GPUs).",
                                           hashed=False)
     batch_size: int | None = _f(None, "ray.batch_size for this stage.", hashed=False)
+    max_concurrent_batches: int | None = _f(None, "ray.max_concurrent_batches for this stage.", hashed=False)
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,7 @@ class AlignConfig:
     max_tokens: int = _f(512, "Most new tokens per continuation.")
     prefix_begin: str = _f("<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response.")
     prefix_end: str = _f("<End_of_Prefix>", "Marker after the teacher prefix in the SFT response.")
-    max_seq_len: int = _f(2048, "Longest tokenized SFT example; longer ones are quarantined (never silently cut).")
+    max_seq_len: int = _f(1024, "Longest tokenized SFT example; longer ones are quarantined (never silently cut). At most sft.max_seq_len.")
     grader: Literal["boxed", "paper"] = _f(
         "boxed",
         "Eq. 9 answer check: boxed = the last \\boxed{} must match gold (strict); paper = the authors' grader, "
