@@ -379,7 +379,9 @@ def run_main(argv: list[str]) -> int:
         except PipelineError as e:
             log.error("%s", e)
             return 3
-    print(json.dumps({k: {kk: v.get(kk) for kk in ("num_output", "num_quarantined", "wall_s") if kk in v} for k, v in manifests.items()}, indent=1))
+    for name, m in manifests.items():  # one line per stage: the details are in the manifests and report.md
+        print(f"{name}: " + ", ".join(f"{k}={m[k] if k != 'wall_s' else round(m[k], 1)}"
+                                      for k in ("num_output", "num_quarantined", "wall_s") if k in m))
     report = Path(cfg.run.run_dir) / "report.md"
     if report.is_file():
         print(f"report: {report}")
