@@ -66,16 +66,23 @@ def test_zero3_exports_what_zero2_exports_on_the_tiny_model(tiny_model, tmp_path
     assert any(not torch.equal(a[k], base[k]) for k in a)  # two steps did train
 
 
-@pytest.mark.slow  # SmolLM2 on 2 ranks, twice: ~2-3 min on 2 loaded cores
+@pytest.mark.slow  # SmolLM2 on 2 ranks, twice: ~3-4 min on 2 loaded cores
 @pytest.mark.timeout(1200)
 def test_zero3_loads_partitioned_smollm2_and_exports_in_bounded_memory(default_model, tmp_path):
-    """Per-rank host peak at load: ZeRO-3 (zero.Init) below ZeRO-2 (a full copy per rank); export ≤ 1.5× bf16."""
+    """Per rank, ZeRO-3's from_pretrained holds less than the full fp32 copy every rank used to load; one step
+    trains like ZeRO-2 (bf16 noise); the streamed export adds at most 1.5x the bf16 model to rank 0's host memory.
+
+    Not asserted: the whole setup's peak (load + deepspeed.initialize). For a 135M model it is set by
+    DeepSpeed's fp32 masters and its 50M-element buckets, and is about equal for both stages (README numbers).
+    """
     z2 = run_ranks(default_model, 2, 2, tmp_path, steps=1)  # bf16 steps are slow on CPU; the load is the point
     z3 = run_ranks(default_model, 3, 2, tmp_path, steps=1)
     bf16_mb = sum(f.stat().st_size for f in Path(default_model).glob("*.safetensors")) / 2**20
     for r in range(2):
-        assert z3[r]["load"]["load_peak_increase_mb"] < z2[r]["load"]["load_peak_increase_mb"], (z2[r], z3[r])
-    assert z3[0]["losses"] == pytest.approx(z2[0]["losses"], rel=2e-2)
+        assert z3[r]["load"]["partitioned_at_load"] and not z2[r]["load"]["partitioned_at_load"]
+        assert z3[r]["load"]["load_peak_increase_mb"] < 2 * bf16_mb, z3[r]["load"]  # an fp32 copy is 2x bf16
+    # The same weights and fp32 RoPE buffers: the same first-step loss (a bf16 inv_freq gave -0.5%).
+    assert z3[0]["losses"] == pytest.approx(z2[0]["losses"], rel=1e-4)
     for run in (z2, z3):
         assert run[0]["export"]["peak_increase"] <= 1.5 * bf16_mb, run[0]["export"]
     print(json.dumps({"bf16_model_mb": round(bf16_mb, 1), "zero2": z2, "zero3": z3}))
