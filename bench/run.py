@@ -28,9 +28,17 @@ log = logging.getLogger("bench")
 SECTIONS = ("judge", "ray", "threads", "sft", "scale")
 ALIASES = {"cache": "judge", "search": "judge"}
 # Applied when no --config is given: the issue's engine/judge settings for the authors' long traces.
-BENCH_DEFAULTS = ("engine.max_model_len=2048", "judge.max_cot_tokens=1536", "ray.num_actors=1",
-                  "ray.num_cpus_per_actor=0.5", "ray.batch_size=64", "sft.max_seq_len=512", "sft.micro_batch_size=1",
-                  "sft.num_workers=2", "sft.cpus_per_worker=1")
+BENCH_DEFAULTS = (
+    "engine.max_model_len=2048",
+    "judge.max_cot_tokens=1536",
+    "ray.num_actors=1",
+    "ray.num_cpus_per_actor=0.5",
+    "ray.batch_size=64",
+    "sft.max_seq_len=512",
+    "sft.micro_batch_size=1",
+    "sft.num_workers=2",
+    "sft.cpus_per_worker=1",
+)
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,12 @@ class Sizes:
 
     judge_traces: int = 64  # batched modes through Ray Data
     judge_subset: int = 16  # all four modes side by side, paper reference included (~28 s/trace on an idle 2-core box)
-    judge_repeats: int = 3  # repeats of the logprob modes on the subset (decode-and-parse modes run once)
-    judge_generate_traces: int = 0  # batched generate through Ray Data (0 = only on the subset; 64 on a GPU)
+    judge_repeats: int = (
+        3  # repeats of the logprob modes on the subset (decode-and-parse modes run once)
+    )
+    judge_generate_traces: int = (
+        0  # batched generate through Ray Data (0 = only on the subset; 64 on a GPU)
+    )
     cache_off_traces: int = 16  # logprob binary with engine.enable_prefix_caching=false
     gen_prompts: int = 16
     gen_max_tokens: int = 32
@@ -54,9 +66,23 @@ class Sizes:
     scale_judge_traces: int = 64  # judge before/after interleaving
 
 
-QUICK = Sizes(judge_traces=8, judge_subset=1, judge_repeats=1, judge_generate_traces=0, cache_off_traces=4, gen_prompts=8, gen_max_tokens=32,
-              gen_repeats=1, sft_examples=16, sft_steps=3, scale_gen_prompts=16, scale_gen_max_tokens=32,
-              scale_rss_small=100, scale_rss_large=400, scale_judge_traces=8)
+QUICK = Sizes(
+    judge_traces=8,
+    judge_subset=1,
+    judge_repeats=1,
+    judge_generate_traces=0,
+    cache_off_traces=4,
+    gen_prompts=8,
+    gen_max_tokens=32,
+    gen_repeats=1,
+    sft_examples=16,
+    sft_steps=3,
+    scale_gen_prompts=16,
+    scale_gen_max_tokens=32,
+    scale_rss_small=100,
+    scale_rss_large=400,
+    scale_judge_traces=8,
+)
 
 
 def parse_sections(only: str) -> list[str]:
@@ -66,21 +92,47 @@ def parse_sections(only: str) -> list[str]:
     names = {ALIASES.get(s.strip(), s.strip()) for s in only.split(",") if s.strip()}
     unknown = sorted(names - set(SECTIONS))
     if unknown:
-        raise ValueError(f"--only: unknown section(s) {unknown}; known: {sorted(set(SECTIONS) | set(ALIASES))}")
+        raise ValueError(
+            f"--only: unknown section(s) {unknown}; known: {sorted(set(SECTIONS) | set(ALIASES))}"
+        )
     return [s for s in SECTIONS if s in names]
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run of every section)")
-    p.add_argument("--only", default="", help=f"comma-separated sections: {', '.join(SECTIONS)} (aliases: cache, search → judge)")
-    p.add_argument("--config", default=None, help="palign YAML config (engine/judge/ray/sft sections); bench defaults are not applied then")
-    p.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"), help="shared data folder")
-    p.add_argument("--out-dir", default=str(common.RESULTS_DIR), help="where <date>-<host>.json/.md go")
-    p.add_argument("--set-size", action="append", default=[], metavar="NAME=N", help="override one size (see Sizes), e.g. judge_subset=8")
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes (a smoke run of every section)"
+    )
+    p.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated sections: {', '.join(SECTIONS)} (aliases: cache, search → judge)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        help="palign YAML config (engine/judge/ray/sft sections); bench defaults are not applied then",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+        help="shared data folder",
+    )
+    p.add_argument(
+        "--out-dir", default=str(common.RESULTS_DIR), help="where <date>-<host>.json/.md go"
+    )
+    p.add_argument(
+        "--set-size",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="override one size (see Sizes), e.g. judge_subset=8",
+    )
     p.add_argument("--section", default="", help=argparse.SUPPRESS)
     p.add_argument("--section-out", default="", help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="palign config overrides key=value (e.g. judge.kary_k=4)")
+    p.add_argument(
+        "overrides", nargs="*", help="palign config overrides key=value (e.g. judge.kary_k=4)"
+    )
     return p
 
 
@@ -112,19 +164,31 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if name == "judge":
         from bench import judge_bench as J
 
-        traces = J.load_traces(args.data_dir, max(sizes.judge_traces, sizes.judge_subset, sizes.cache_off_traces))
+        traces = J.load_traces(
+            args.data_dir, max(sizes.judge_traces, sizes.judge_subset, sizes.cache_off_traces)
+        )
         subset = J.run_subset(traces[: sizes.judge_subset], cfg, sizes.judge_repeats)
-        full = J.run_full(traces[: sizes.judge_traces], cfg, sizes.cache_off_traces, sizes.judge_generate_traces)
-        return {"traces": "authors' released AIME24+AIME25 generations (output 0 of each problem first)",
-                "judge_model": cfg.judge.model, "max_model_len": cfg.engine.max_model_len,
-                "max_cot_tokens": cfg.judge.max_cot_tokens, "max_new_tokens": cfg.judge.max_new_tokens,
-                "kary_k": cfg.judge.kary_k, "subset": subset, "full": full}
+        full = J.run_full(
+            traces[: sizes.judge_traces], cfg, sizes.cache_off_traces, sizes.judge_generate_traces
+        )
+        return {
+            "traces": "authors' released AIME24+AIME25 generations (output 0 of each problem first)",
+            "judge_model": cfg.judge.model,
+            "max_model_len": cfg.engine.max_model_len,
+            "max_cot_tokens": cfg.judge.max_cot_tokens,
+            "max_new_tokens": cfg.judge.max_new_tokens,
+            "kary_k": cfg.judge.kary_k,
+            "subset": subset,
+            "full": full,
+        }
     if name == "ray":
         from bench import judge_bench as J
         from bench import ray_bench
 
         traces = J.load_traces(args.data_dir, 0)
-        return ray_bench.run(traces, cfg, sizes.gen_prompts, sizes.gen_max_tokens, sizes.gen_repeats, (1, 2))
+        return ray_bench.run(
+            traces, cfg, sizes.gen_prompts, sizes.gen_max_tokens, sizes.gen_repeats, (1, 2)
+        )
     if name == "threads":
         from bench import judge_bench as J
         from bench import ray_bench
@@ -140,8 +204,14 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
         from bench import scale_bench
 
         traces = J.load_traces(args.data_dir, sizes.scale_judge_traces)
-        return scale_bench.run(cfg, traces, sizes.scale_gen_prompts, sizes.scale_gen_max_tokens,
-                               [sizes.scale_rss_small, sizes.scale_rss_large], sizes.scale_judge_traces)
+        return scale_bench.run(
+            cfg,
+            traces,
+            sizes.scale_gen_prompts,
+            sizes.scale_gen_max_tokens,
+            [sizes.scale_rss_small, sizes.scale_rss_large],
+            sizes.scale_judge_traces,
+        )
     raise ValueError(f"unknown section {name!r}")
 
 
@@ -174,10 +244,17 @@ def spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> dict
     load_before = common.load_avg()
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "bench.run", *argv, "--section", name, "--section-out", path],
-                              cwd=Path(__file__).resolve().parents[1], env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.run", *argv, "--section", name, "--section-out", path],
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+        )
         text = Path(path).read_text()
-        out = json.loads(text) if text.strip() else {"error": f"section process exited {proc.returncode} without a result"}
+        out = (
+            json.loads(text)
+            if text.strip()
+            else {"error": f"section process exited {proc.returncode} without a result"}
+        )
     finally:
         Path(path).unlink(missing_ok=True)
     out["section_wall_s"] = round(time.perf_counter() - t0, 1)
@@ -195,14 +272,20 @@ def threads_section(argv: list[str]) -> dict[str, Any]:
     without = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     one = spawn("threads", argv, env={**without, "OMP_NUM_THREADS": "1"})
     unset = spawn("threads", argv, env=without)
-    out: dict[str, Any] = {"omp_1": one, "omp_unset": unset,
-                           "section_wall_s": round(one["section_wall_s"] + unset["section_wall_s"], 1),
-                           "load_avg_before": one["load_avg_before"], "load_avg_after": unset["load_avg_after"]}
+    out: dict[str, Any] = {
+        "omp_1": one,
+        "omp_unset": unset,
+        "section_wall_s": round(one["section_wall_s"] + unset["section_wall_s"], 1),
+        "load_avg_before": one["load_avg_before"],
+        "load_avg_after": unset["load_avg_after"],
+    }
     errors = [r["error"] for r in (one, unset) if "error" in r]
     if errors:
         out["error"] = "; ".join(errors)
     else:
-        out["tokens_per_s_ratio_unset_vs_1"] = common.ratio(unset.get("tokens_per_s_generate"), one.get("tokens_per_s_generate"))
+        out["tokens_per_s_ratio_unset_vs_1"] = common.ratio(
+            unset.get("tokens_per_s_generate"), one.get("tokens_per_s_generate")
+        )
     return out
 
 
@@ -228,24 +311,40 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     hw = common.hardware()
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "hardware": hw, "quick": args.quick,
-                               "sizes": dataclasses.asdict(sizes), "sections": {},
-                               "config_overrides": list(args.overrides) if args.config else [*BENCH_DEFAULTS, *args.overrides],
-                               "config_file": args.config,
-                               "engine": {"max_model_len": cfg.engine.max_model_len, "dtype": cfg.engine.dtype,
-                                          "enable_prefix_caching": cfg.engine.enable_prefix_caching,
-                                          "max_num_seqs": cfg.engine.max_num_seqs}}
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "hardware": hw,
+        "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
+        "sections": {},
+        "config_overrides": list(args.overrides)
+        if args.config
+        else [*BENCH_DEFAULTS, *args.overrides],
+        "config_file": args.config,
+        "engine": {
+            "max_model_len": cfg.engine.max_model_len,
+            "dtype": cfg.engine.dtype,
+            "enable_prefix_caching": cfg.engine.enable_prefix_caching,
+            "max_num_seqs": cfg.engine.max_num_seqs,
+        },
+    }
     json_path, md_path = common.result_paths(hw["host"], out_dir=Path(args.out_dir))
     own: dict[str, Any] = {}
     t0 = time.perf_counter()
     for name in sections:
         log.info("bench section %s ...", name)
         result = threads_section(argv) if name == "threads" else spawn(name, argv)
-        own[name] = {**result, "sizes": dataclasses.asdict(sizes), "run_started": results["started"]}
+        own[name] = {
+            **result,
+            "sizes": dataclasses.asdict(sizes),
+            "run_started": results["started"],
+        }
         results["total_wall_s"] = round(time.perf_counter() - t0, 1)
         # Re-read at every write: sections of another run today (e.g. `--only sft`) are kept, not clobbered.
         results["sections"] = {**merge_earlier(json_path, sections), **own}
-        common.write_results(results, json_path, markdown(results))  # partial results survive a later crash
+        common.write_results(
+            results, json_path, markdown(results)
+        )  # partial results survive a later crash
         log.info("bench section %s done in %.0f s", name, own[name]["section_wall_s"])
     results["load_avg_end"] = common.load_avg()
     results["sections"] = {**merge_earlier(json_path, sections), **own}

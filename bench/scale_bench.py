@@ -37,14 +37,24 @@ def _cfg(cfg: Config, run_dir: Path, **over: Any) -> Config:
     return config_from_dict(d)
 
 
-def generation_vs_bare(cfg: Config, num_prompts: int, max_tokens: int, part_rows: int) -> dict[str, Any]:
+def generation_vs_bare(
+    cfg: Config, num_prompts: int, max_tokens: int, part_rows: int
+) -> dict[str, Any]:
     """(a) and (b): the teacher stage on built-in problems vs a bare engine on the same token ids and seeds."""
     from palign_ray import pipeline as P
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    run_cfg = _cfg(cfg, tmp / "run", problems__num_problems=num_prompts, teacher__num_samples=1,
-                   teacher__max_tokens=max_tokens, teacher__temperature=0.6, run__chunk_size=part_rows,
-                   teacher__use_reference_solutions=True, ray__num_actors=1)
+    run_cfg = _cfg(
+        cfg,
+        tmp / "run",
+        problems__num_problems=num_prompts,
+        teacher__num_samples=1,
+        teacher__max_tokens=max_tokens,
+        teacher__temperature=0.6,
+        run__chunk_size=part_rows,
+        teacher__use_reference_solutions=True,
+        ray__num_actors=1,
+    )
     t0 = time.perf_counter()
     manifests = P.run_pipeline(run_cfg, ["problems", "teacher"])
     stage_wall = time.perf_counter() - t0
@@ -56,14 +66,26 @@ def generation_vs_bare(cfg: Config, num_prompts: int, max_tokens: int, part_rows
     span = max(w[1] for w in windows) - min(w[0] for w in windows)
     tokens = sum(int(p.get("generated_tokens", 0)) for p in parts)
     starts = [json.loads(f.read_text()) for f in (sd.root / "engines").glob("*.json")]
-    ray_side = {"generated_tokens": tokens, "generation_span_s": round(span, 2), "tokens_per_s": round(tokens / span, 2),
-                "engine_start_s": [s.get("start_s") for s in starts], "stage_wall_s": round(stage_wall, 1),
-                "num_parts": manifests["teacher"]["num_parts"], "engine_starts": manifests["teacher"]["engine_starts"],
-                "num_actors": 1}
+    ray_side = {
+        "generated_tokens": tokens,
+        "generation_span_s": round(span, 2),
+        "tokens_per_s": round(tokens / span, 2),
+        "engine_start_s": [s.get("start_s") for s in starts],
+        "stage_wall_s": round(stage_wall, 1),
+        "num_parts": manifests["teacher"]["num_parts"],
+        "engine_starts": manifests["teacher"]["engine_starts"],
+        "num_actors": 1,
+    }
     bare = _bare_generate(run_cfg, tmp / "run")
-    return {"prompts": num_prompts, "max_tokens": max_tokens, "temperature": 0.6, "part_rows": part_rows,
-            "ray_data": ray_side, "bare": bare,
-            "tokens_per_s_ratio_ray_vs_bare": round(ray_side["tokens_per_s"] / bare["tokens_per_s"], 3)}
+    return {
+        "prompts": num_prompts,
+        "max_tokens": max_tokens,
+        "temperature": 0.6,
+        "part_rows": part_rows,
+        "ray_data": ray_side,
+        "bare": bare,
+        "tokens_per_s_ratio_ray_vs_bare": round(ray_side["tokens_per_s"] / bare["tokens_per_s"], 3),
+    }
 
 
 def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -83,10 +105,23 @@ def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
     engine = VLLMEngine(resolve_model(cfg.teacher.model), engine_cfg)
     start_s = time.perf_counter() - t0
     try:
-        ids = [chat_ids(engine.tokenizer, user_turn(teacher_prompt(p["question"]), cfg.teacher.system_prompt)) for p in problems]
+        ids = [
+            chat_ids(
+                engine.tokenizer,
+                user_turn(teacher_prompt(p["question"]), cfg.teacher.system_prompt),
+            )
+            for p in problems
+        ]
         t = cfg.teacher
-        specs = [SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p,
-                              seed=derive_seed(cfg.run.seed, str(p["problem_id"]), STAGE)) for p in problems]
+        specs = [
+            SamplingSpec(
+                max_tokens=t.max_tokens,
+                temperature=t.temperature,
+                top_p=t.top_p,
+                seed=derive_seed(cfg.run.seed, str(p["problem_id"]), STAGE),
+            )
+            for p in problems
+        ]
         t0 = time.perf_counter()
         res = engine.generate(ids, specs)
         secs = time.perf_counter() - t0
@@ -94,9 +129,14 @@ def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
         engine.shutdown()
     tokens = sum(r.num_generated_tokens for r in res)
     lengths = sorted(len(c.token_ids) for r in res for c in r.completions)
-    return {"generated_tokens": tokens, "generate_s": round(secs, 2), "tokens_per_s": round(tokens / secs, 2),
-            "engine_start_s": round(start_s, 2), "median_tokens": lengths[len(lengths) // 2],
-            "finished_by_stop": sum(c.finish_reason == "stop" for r in res for c in r.completions)}
+    return {
+        "generated_tokens": tokens,
+        "generate_s": round(secs, 2),
+        "tokens_per_s": round(tokens / secs, 2),
+        "engine_start_s": round(start_s, 2),
+        "median_tokens": lengths[len(lengths) // 2],
+        "finished_by_stop": sum(c.finish_reason == "stop" for r in res for c in r.completions),
+    }
 
 
 def driver_rss(cfg: Config, num_rows: list[int], trace_chars: int) -> dict[str, Any]:
@@ -105,8 +145,20 @@ def driver_rss(cfg: Config, num_rows: list[int], trace_chars: int) -> dict[str, 
     for n in num_rows:
         tmp = Path(tempfile.mkdtemp(prefix="bench-rss-"))
         _write_traces(tmp / "input", n, trace_chars)
-        proc = subprocess.run([sys.executable, "-m", "bench.scale_bench", "rss-child", str(tmp), json.dumps(_child_cfg(cfg))],
-                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=3600)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.scale_bench",
+                "rss-child",
+                str(tmp),
+                json.dumps(_child_cfg(cfg)),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            timeout=3600,
+        )
         line = [x for x in proc.stdout.splitlines() if x.startswith("RSS ")]
         out[str(n)] = json.loads(line[-1][4:]) if line else {"error": proc.stderr[-2000:]}
     sizes = [str(n) for n in num_rows]
@@ -129,8 +181,18 @@ def _write_traces(src_dir: Path, n: int, trace_chars: int, part: int = 500) -> N
     sentence = "We add the next two numbers and check the running total once more. "
     cot = (sentence * (trace_chars // len(sentence) + 1))[:trace_chars]
     for lo in range(0, n, part):
-        sd.write_part([{"problem_id": f"r{i:06d}", "question": f"What is {i} + 1?", "cot": cot, "answer": str(i + 1)}
-                       for i in range(lo, min(n, lo + part))], [])
+        sd.write_part(
+            [
+                {
+                    "problem_id": f"r{i:06d}",
+                    "question": f"What is {i} + 1?",
+                    "cot": cot,
+                    "answer": str(i + 1),
+                }
+                for i in range(lo, min(n, lo + part))
+            ],
+            [],
+        )
 
 
 def rss_child(tmp: str, cfg_json: str) -> None:
@@ -166,11 +228,22 @@ def rss_child(tmp: str, cfg_json: str) -> None:
     th.join()
     peak[0] = max(peak[0], me.memory_info().rss)
     m = sd.commits()
-    print("RSS " + json.dumps({"rows": res.num_input, "parts": len(m), "wall_s": round(wall, 1),
-                               "engine_starts": res.engine_starts,
-                               "rss_before_mb": round(before / 2**20, 1), "rss_peak_mb": round(peak[0] / 2**20, 1),
-                               "growth_mb": round((peak[0] - before) / 2**20, 1),
-                               "out_plus_quarantine": sum(c["num_output"] + c["num_quarantined"] for c in m)}), flush=True)
+    print(
+        "RSS "
+        + json.dumps(
+            {
+                "rows": res.num_input,
+                "parts": len(m),
+                "wall_s": round(wall, 1),
+                "engine_starts": res.engine_starts,
+                "rss_before_mb": round(before / 2**20, 1),
+                "rss_peak_mb": round(peak[0] / 2**20, 1),
+                "growth_mb": round((peak[0] - before) / 2**20, 1),
+                "out_plus_quarantine": sum(c["num_output"] + c["num_quarantined"] for c in m),
+            }
+        ),
+        flush=True,
+    )
 
 
 def judge_interleaving(cfg: Config, traces: list[dict[str, Any]]) -> dict[str, Any]:
@@ -180,15 +253,27 @@ def judge_interleaving(cfg: Config, traces: list[dict[str, Any]]) -> dict[str, A
     out: dict[str, Any] = {"traces": len(traces), "batch_size": 16}
     cuts = {}
     for name, chunk, concurrent in (("one_batch_at_a_time", 16, 1), ("interleaved", 64, 4)):
-        run = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, chunk_size=chunk),
-                                  ray=dataclasses.replace(cfg.ray, num_actors=1, batch_size=16, max_concurrent_batches=concurrent))
+        run = dataclasses.replace(
+            cfg,
+            run=dataclasses.replace(cfg.run, chunk_size=chunk),
+            ray=dataclasses.replace(
+                cfg.ray, num_actors=1, batch_size=16, max_concurrent_batches=concurrent
+            ),
+        )
         t0 = time.perf_counter()
         rows, bad, summary = truncate_rows(traces, run)
         wall = time.perf_counter() - t0
         cuts[name] = {r["problem_id"]: r["prefix_sentences"] for r in rows}
-        out[name] = {"wall_s": round(wall, 1), "engine_calls": summary["engine_calls"], "num_probes": summary["num_probes"],
-                     "engine_starts": summary["engine_starts"], "num_output": len(rows), "num_quarantined": len(bad),
-                     "part_rows": chunk, "max_concurrent_batches": concurrent}
+        out[name] = {
+            "wall_s": round(wall, 1),
+            "engine_calls": summary["engine_calls"],
+            "num_probes": summary["num_probes"],
+            "engine_starts": summary["engine_starts"],
+            "num_output": len(rows),
+            "num_quarantined": len(bad),
+            "part_rows": chunk,
+            "max_concurrent_batches": concurrent,
+        }
     a, b = cuts["one_batch_at_a_time"], cuts["interleaved"]
     out["same_cuts"] = a == b
     out["num_cut_differences"] = sum(a.get(k) != b.get(k) for k in set(a) | set(b))
@@ -196,8 +281,14 @@ def judge_interleaving(cfg: Config, traces: list[dict[str, Any]]) -> dict[str, A
     return out
 
 
-def run(cfg: Config, traces: list[dict[str, Any]], gen_prompts: int, gen_max_tokens: int, rss_rows: list[int],
-        judge_traces: int) -> dict[str, Any]:
+def run(
+    cfg: Config,
+    traces: list[dict[str, Any]],
+    gen_prompts: int,
+    gen_max_tokens: int,
+    rss_rows: list[int],
+    judge_traces: int,
+) -> dict[str, Any]:
     """Every part whose size is > 0 (`--set-size scale_gen_prompts=0` skips a)."""
     out: dict[str, Any] = {}
     if gen_prompts:
@@ -205,8 +296,16 @@ def run(cfg: Config, traces: list[dict[str, Any]], gen_prompts: int, gen_max_tok
     if any(rss_rows):
         from palign_ray.models import build_tiny_model
 
-        tiny = build_tiny_model(Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-llama")  # fast: it is the driver we measure
-        rss_cfg = _cfg(cfg, Path(tempfile.mkdtemp()), judge__model=str(tiny), judge__max_cot_tokens=64, run__chunk_size=64)
+        tiny = build_tiny_model(
+            Path(tempfile.mkdtemp(prefix="bench-tiny-")) / "tiny-llama"
+        )  # fast: it is the driver we measure
+        rss_cfg = _cfg(
+            cfg,
+            Path(tempfile.mkdtemp()),
+            judge__model=str(tiny),
+            judge__max_cot_tokens=64,
+            run__chunk_size=64,
+        )
         out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
     if judge_traces:
         out["judge_interleaving"] = judge_interleaving(cfg, traces[:judge_traces])

@@ -28,35 +28,57 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="config keys (override with key=value):\n" + "\n".join(help_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML config file (see jobs/configs/compare_*.yaml)")
-    p.add_argument("--methods", default="", help="comma-separated methods (default: run.methods, else palign,full_cot)")
-    p.add_argument("--stages", default="", help="comma-separated subset of stages, for every method")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x")
+    p.add_argument(
+        "--config", required=True, help="YAML config file (see jobs/configs/compare_*.yaml)"
+    )
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated methods (default: run.methods, else palign,full_cot)",
+    )
+    p.add_argument(
+        "--stages", default="", help="comma-separated subset of stages, for every method"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.stderr.write(f"jobs.compare: error: {e}\n")
         return 2
-    log.info("config %s → run_dir %s; Ray: %s", args.config, cfg.run.run_dir, ray_address(cfg.ray) or "local (no RAY_ADDRESS)")
+    log.info(
+        "config %s → run_dir %s; Ray: %s",
+        args.config,
+        cfg.run.run_dir,
+        ray_address(cfg.ray) or "local (no RAY_ADDRESS)",
+    )
     _warn_if_run_dir_is_local(cfg)
     from palign_ray.compare import run_compare
     from palign_ray.pipeline import PipelineError
 
     try:
         join_cluster(cfg)
-        result = run_compare(cfg, [m for m in args.methods.split(",") if m] or None,
-                             [s for s in args.stages.split(",") if s] or None)
+        result = run_compare(
+            cfg,
+            [m for m in args.methods.split(",") if m] or None,
+            [s for s in args.stages.split(",") if s] or None,
+        )
     except PipelineError as e:
         log.error("%s", e)
         return 3
-    except ValueError as e:  # a bad setting or method: nothing ran (every method's plan is validated first)
+    except (
+        ValueError
+    ) as e:  # a bad setting or method: nothing ran (every method's plan is validated first)
         sys.stderr.write(f"jobs.compare: error: {e}\n")
         return 2
     log.info("compare report: %s", result["report"])

@@ -39,35 +39,55 @@ def continuation_prompt(question: str, prefix: str) -> str:
     return CONTINUATION_HEAD + "*Question*:" + question + "\n*Prefix*:" + prefix
 
 
-def check_prefix_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def check_prefix_rows(
+    rows: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows fit to continue, and quarantine for empty prefixes/questions and repeated problem_ids."""
     ok, bad, seen = [], [], set()
     for r in rows:
         pid = str(r[R.PROBLEM_ID])
         if pid in seen:
-            bad.append(quarantine_row(STAGE, pid, "duplicate_problem_id", "a prefix row for this id came earlier"))
+            bad.append(
+                quarantine_row(
+                    STAGE, pid, "duplicate_problem_id", "a prefix row for this id came earlier"
+                )
+            )
         elif not isinstance(r.get(R.PREFIX), str) or not r[R.PREFIX].strip():
-            bad.append(quarantine_row(STAGE, pid, "missing_prefix", "prefix is empty or not a string"))
+            bad.append(
+                quarantine_row(STAGE, pid, "missing_prefix", "prefix is empty or not a string")
+            )
         elif not isinstance(r.get(R.QUESTION), str) or not r[R.QUESTION].strip():
-            bad.append(quarantine_row(STAGE, pid, "missing_question", "question is empty or not a string"))
+            bad.append(
+                quarantine_row(STAGE, pid, "missing_question", "question is empty or not a string")
+            )
         else:
             seen.add(pid)
             ok.append(r)
     return ok, bad
 
 
-def accepted_row(row: dict[str, Any], text: str, index: int, tokens: int, finish: str) -> dict[str, Any]:
-    out = {R.PROBLEM_ID: str(row[R.PROBLEM_ID]), R.QUESTION: row[R.QUESTION], R.ANSWER: str(row[R.ANSWER]),
-           R.PREFIX: row[R.PREFIX], R.CONTINUATION: text, SAMPLE_INDEX: index,
-           CONTINUATION_TOKENS: tokens, FINISH_REASON: finish}
+def accepted_row(
+    row: dict[str, Any], text: str, index: int, tokens: int, finish: str
+) -> dict[str, Any]:
+    out = {
+        R.PROBLEM_ID: str(row[R.PROBLEM_ID]),
+        R.QUESTION: row[R.QUESTION],
+        R.ANSWER: str(row[R.ANSWER]),
+        R.PREFIX: row[R.PREFIX],
+        R.CONTINUATION: text,
+        SAMPLE_INDEX: index,
+        CONTINUATION_TOKENS: tokens,
+        FINISH_REASON: finish,
+    }
     for key in CARRIED:
         if key in row:
             out[key] = row[key]
     return out
 
 
-def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeout_s: float,
-                         grader: str = "boxed") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def filter_continuations(
+    row: dict[str, Any], gen: dict[str, Any] | None, timeout_s: float, grader: str = "boxed"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Eq. 9 for one problem: accept continuations whose last boxed answer matches gold; quarantine the rest.
 
     Every rejected sample becomes one quarantine row with its own reason (wrong_answer,
@@ -79,7 +99,9 @@ def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeou
     pid = str(row[R.PROBLEM_ID])
     if gen is None or gen.get("error") or not gen.get(R.GENERATIONS):
         detail = (gen or {}).get("error") or "no generation row came back"
-        reason = "prompt_too_long" if str(detail).startswith("prompt_too_long") else "generation_failed"
+        reason = (
+            "prompt_too_long" if str(detail).startswith("prompt_too_long") else "generation_failed"
+        )
         return [], [quarantine_row(STAGE, pid, reason, str(detail), **{SAMPLE_INDEX: -1})]
     texts = list(gen[R.GENERATIONS])
     tokens = list(gen[R.NUM_GENERATED_TOKENS])
@@ -95,12 +117,16 @@ def filter_continuations(row: dict[str, Any], gen: dict[str, Any] | None, timeou
     return accepted, rejected
 
 
-def filter_all(rows: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: AlignConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def filter_all(
+    rows: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: AlignConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Join generations on problem_id (never by order) and apply the filter to every problem."""
     by_id = {str(g[R.PROBLEM_ID]): g for g in gen_rows}
     out, quar = [], []
     for r in rows:
-        acc, rej = filter_continuations(r, by_id.get(str(r[R.PROBLEM_ID])), cfg.grade_timeout_s, cfg.grader)
+        acc, rej = filter_continuations(
+            r, by_id.get(str(r[R.PROBLEM_ID])), cfg.grade_timeout_s, cfg.grader
+        )
         out += acc
         quar += rej
     return out, quar
@@ -115,24 +141,40 @@ class AlignWorker:
 
         a = cfg.align
         self.cfg = cfg
-        sampling = SamplingSpec(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p,
-                                repetition_penalty=a.repetition_penalty, n=a.num_samples)
+        sampling = SamplingSpec(
+            max_tokens=a.max_tokens,
+            temperature=a.temperature,
+            top_p=a.top_p,
+            repetition_penalty=a.repetition_penalty,
+            n=a.num_samples,
+        )
         engine, _ = stage_engine(cfg, "align")
         self.gen = Generator(a.model, engine, sampling, "", cfg.run.seed, STAGE, on_engine_start)
 
-    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    async def process(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         import asyncio
 
         from palign_ray.teacher import generation_stats
 
         start = time.perf_counter()
-        R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
+        R.require_columns(
+            STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED
+        )
         ok, quar = check_prefix_rows(rows)
         if ok:
             self.gen.start()  # once per actor; kept out of the generation time below
         t_gen, started_at = time.perf_counter(), time.time()
-        gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
-                                             R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX])} for r in ok])
+        gen_rows = await self.gen.generate(
+            [
+                {
+                    R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
+                    R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX]),
+                }
+                for r in ok
+            ]
+        )
         extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at) if ok else {}
         # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
         out, rejected = await asyncio.to_thread(filter_all, ok, gen_rows, self.cfg.align)
@@ -150,15 +192,23 @@ class AlignWorker:
 def align_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The align stage as a streaming job (one AlignWorker per actor)."""
     _, ray_cfg = stage_engine(cfg, "align")
-    return StreamJob(STAGE, AlignWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows))
+    return StreamJob(
+        STAGE, AlignWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows)
+    )
 
 
-def run_align(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def run_align(
+    rows: list[dict[str, Any]], cfg: Config
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Prefix rows in memory → accepted (prefix, continuation) rows, quarantine, retention summary."""
     R.require_columns(STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED)
     out, quar, parts, res = run_rows(align_job(cfg, len(rows)), rows)
     extra = {k: v for k, v in merge_summaries(parts).items() if k not in RETENTION_KEYS}
-    return out, quar, retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts)
+    return (
+        out,
+        quar,
+        retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts),
+    )
 
 
 def align_main(argv: list[str]) -> int:
@@ -166,8 +216,15 @@ def align_main(argv: list[str]) -> int:
     from palign_ray.artifacts import read_rows, write_stage_outputs
     from palign_ray.cli import config_parser, parse_config
 
-    p = config_parser("align", "Prefix rows (problem_id, question, answer, prefix) → filtered student continuations (align.*).")
-    p.add_argument("--input", required=True, help="prefix rows: Parquet/JSONL from the truncation stage or your own")
+    p = config_parser(
+        "align",
+        "Prefix rows (problem_id, question, answer, prefix) → filtered student continuations (align.*).",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="prefix rows: Parquet/JSONL from the truncation stage or your own",
+    )
     p.add_argument("--output", required=True, help="output .parquet or .jsonl of accepted rows")
     args, cfg = parse_config(p, argv)
     rows, bad = read_rows(args.input, STAGE)

@@ -58,7 +58,9 @@ def write_parquet(path: str | Path, rows: list[dict[str, Any]], schema: Any = No
     if schema is None:
         table = pa.Table.from_pylist(rows)
     else:
-        table = pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
+        table = pa.Table.from_pylist(
+            [{c: r.get(c) for c in schema.names} for r in rows], schema=schema
+        )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".parquet")
     os.close(fd)
     try:
@@ -81,9 +83,17 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
         raise ValueError(f"output {p}: unknown suffix (use .parquet or .jsonl)")
 
 
-def quarantine_row(stage: str, problem_id: str, reason: str, detail: str = "", **extra: Any) -> dict[str, Any]:
+def quarantine_row(
+    stage: str, problem_id: str, reason: str, detail: str = "", **extra: Any
+) -> dict[str, Any]:
     """A rejected row: where, which problem, a reason code and a human-readable detail."""
-    return {R.STAGE: stage, R.PROBLEM_ID: str(problem_id), R.REASON: reason, R.DETAIL: detail[:2000], **extra}
+    return {
+        R.STAGE: stage,
+        R.PROBLEM_ID: str(problem_id),
+        R.REASON: reason,
+        R.DETAIL: detail[:2000],
+        **extra,
+    }
 
 
 def _clean_value(v: Any) -> Any:
@@ -92,7 +102,9 @@ def _clean_value(v: Any) -> Any:
     return v
 
 
-def read_jsonl(path: Path, stage: str = "read") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_jsonl(
+    path: Path, stage: str = "read"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """JSONL rows, plus quarantine rows (with file and line) for lines that are not JSON objects."""
     rows, bad = [], []
     with open(path, "rb") as fh:
@@ -111,7 +123,14 @@ def read_jsonl(path: Path, stage: str = "read") -> tuple[list[dict[str, Any]], l
                 bad.append(quarantine_row(stage, f"line-{lineno}", "invalid_json", f"{where}: {e}"))
                 continue
             if not isinstance(obj, dict):
-                bad.append(quarantine_row(stage, f"line-{lineno}", "not_an_object", f"{where}: got {type(obj).__name__}"))
+                bad.append(
+                    quarantine_row(
+                        stage,
+                        f"line-{lineno}",
+                        "not_an_object",
+                        f"{where}: got {type(obj).__name__}",
+                    )
+                )
                 continue
             obj["_source_line"] = lineno
             rows.append({k: _clean_value(v) for k, v in obj.items()})
@@ -124,7 +143,11 @@ def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
     if path.is_dir() and (path / COMMITS).is_dir():  # a stage directory: its committed parts only
         return StageDir(path).output_rows()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith(TMP_PREFIX) and "quarantine" not in p.parts)
+        files = sorted(
+            p
+            for p in path.rglob("*.parquet")
+            if not p.name.startswith(TMP_PREFIX) and "quarantine" not in p.parts
+        )
         rows: list[dict[str, Any]] = []
         for f in files:
             rows += pq.read_table(f).to_pylist()
@@ -132,7 +155,9 @@ def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
-def read_rows(path: str | Path, stage: str = "read") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def read_rows(
+    path: str | Path, stage: str = "read"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """JSONL / Parquet file / directory of Parquet parts / HF `datasets` dir → (rows, quarantine)."""
     p = Path(path)
     if not p.exists():
@@ -141,7 +166,9 @@ def read_rows(path: str | Path, stage: str = "read") -> tuple[list[dict[str, Any
         raise ValueError(f"input {p} is empty (0 bytes)")
     if p.suffix in (".jsonl", ".json"):
         return read_jsonl(p, stage)
-    if p.suffix == ".parquet" or (p.is_dir() and any(p.rglob("*.parquet")) and not (p / "dataset_info.json").exists()):
+    if p.suffix == ".parquet" or (
+        p.is_dir() and any(p.rglob("*.parquet")) and not (p / "dataset_info.json").exists()
+    ):
         return read_parquet_rows(p), []
     if p.is_dir() and ((p / "dataset_info.json").exists() or (p / "dataset_dict.json").exists()):
         from datasets import load_from_disk  # optional dependency, local path only
@@ -150,7 +177,9 @@ def read_rows(path: str | Path, stage: str = "read") -> tuple[list[dict[str, Any
         if hasattr(ds, "keys"):  # DatasetDict: take the first split
             ds = ds[next(iter(ds.keys()))]
         return [dict(r) for r in ds], []
-    raise ValueError(f"input {p}: unsupported format (JSONL, Parquet, a Parquet directory or a datasets dir)")
+    raise ValueError(
+        f"input {p}: unsupported format (JSONL, Parquet, a Parquet directory or a datasets dir)"
+    )
 
 
 COMMITS = "commits"  # one JSON marker per part, written after its files: only committed parts exist
@@ -181,8 +210,15 @@ class StageDir:
     def manifest(self) -> dict[str, Any]:
         return json.loads(self.manifest_path.read_text())
 
-    def write_part(self, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]], *,
-                   summary: dict[str, Any] | None = None, num_input: int | None = None, schema: Any = None) -> str:
+    def write_part(
+        self,
+        rows: list[dict[str, Any]],
+        quarantined: list[dict[str, Any]],
+        *,
+        summary: dict[str, Any] | None = None,
+        num_input: int | None = None,
+        schema: Any = None,
+    ) -> str:
         """One part of outputs and its quarantine, visible all at once (the commit marker is written last)."""
         part = f"part-{uuid.uuid4().hex[:12]}"
         files = []
@@ -194,10 +230,20 @@ class StageDir:
             files.append(f"{part}.parquet")
         reasons = Counter(str(q[R.REASON]) for q in quarantined)
         ids = sorted({str(r[R.PROBLEM_ID]) for r in (*rows, *quarantined)})
-        write_json(self.commits_dir / f"{part}.json", {
-            "part": part, "files": files, "num_input": len(rows) + len(quarantined) if num_input is None else num_input,
-            "num_output": len(rows), "num_quarantined": len(quarantined), "reasons": dict(reasons),
-            "committed_at": time.time(), "problem_ids": ids, "summary": summary or {}})
+        write_json(
+            self.commits_dir / f"{part}.json",
+            {
+                "part": part,
+                "files": files,
+                "num_input": len(rows) + len(quarantined) if num_input is None else num_input,
+                "num_output": len(rows),
+                "num_quarantined": len(quarantined),
+                "reasons": dict(reasons),
+                "committed_at": time.time(),
+                "problem_ids": ids,
+                "summary": summary or {},
+            },
+        )
         return part
 
     def commits(self) -> list[dict[str, Any]]:
@@ -207,15 +253,27 @@ class StageDir:
         return [json.loads(p.read_text()) for p in sorted(self.commits_dir.glob("part-*.json"))]
 
     def _legacy_commits(self) -> list[dict[str, Any]]:
-        files = [p.relative_to(self.root).as_posix() for d in (self.root, self.quarantine_dir)
-                 for p in sorted(d.glob("part-*.parquet"))] if self.root.is_dir() else []
+        files = (
+            [
+                p.relative_to(self.root).as_posix()
+                for d in (self.root, self.quarantine_dir)
+                for p in sorted(d.glob("part-*.parquet"))
+            ]
+            if self.root.is_dir()
+            else []
+        )
         return [{"part": "legacy", "files": files}]
 
     def output_files(self) -> list[Path]:
         return [self.root / f for c in self.commits() for f in c["files"] if "/" not in f]
 
     def quarantine_files(self) -> list[Path]:
-        return [self.root / f for c in self.commits() for f in c["files"] if f.startswith(self.quarantine_dir.name + "/")]
+        return [
+            self.root / f
+            for c in self.commits()
+            for f in c["files"]
+            if f.startswith(self.quarantine_dir.name + "/")
+        ]
 
     def output_rows(self) -> list[dict[str, Any]]:
         return _read_files(self.output_files())
@@ -227,7 +285,11 @@ class StageDir:
         """problem_ids with a committed output or quarantine row (from the commit markers)."""
         ids: set[str] = set()
         for c in self.commits():
-            ids.update(c["problem_ids"] if "problem_ids" in c else _ids_in(self.root / f for f in c["files"]))
+            ids.update(
+                c["problem_ids"]
+                if "problem_ids" in c
+                else _ids_in(self.root / f for f in c["files"])
+            )
         return ids
 
     def drop_duplicate_parts(self) -> list[str]:
@@ -255,8 +317,19 @@ class StageDir:
         if not self.root.is_dir() or not self.commits_dir.is_dir() and self.manifest_path.is_file():
             return 0
         keep = {self.root / f for c in self.commits() for f in c["files"]}
-        stale = [p for d in (self.root, self.quarantine_dir) if d.is_dir() for p in d.glob("part-*.parquet") if p not in keep]
-        stale += [p for d in (self.root, self.quarantine_dir, self.commits_dir) if d.is_dir() for p in d.glob(TMP_PREFIX + "*")]
+        stale = [
+            p
+            for d in (self.root, self.quarantine_dir)
+            if d.is_dir()
+            for p in d.glob("part-*.parquet")
+            if p not in keep
+        ]
+        stale += [
+            p
+            for d in (self.root, self.quarantine_dir, self.commits_dir)
+            if d.is_dir()
+            for p in d.glob(TMP_PREFIX + "*")
+        ]
         for p in stale:
             p.unlink(missing_ok=True)
         return len(stale)
@@ -267,9 +340,16 @@ class StageDir:
         reasons: Counter[str] = Counter()
         for c in commits:
             reasons.update(c.get("reasons", {}))
-        write_json(self.manifest_path, {"num_output": sum(c.get("num_output", 0) for c in commits),
-                                        "num_quarantined": sum(c.get("num_quarantined", 0) for c in commits),
-                                        "reasons": dict(reasons), "num_parts": len(commits), **info})
+        write_json(
+            self.manifest_path,
+            {
+                "num_output": sum(c.get("num_output", 0) for c in commits),
+                "num_quarantined": sum(c.get("num_quarantined", 0) for c in commits),
+                "reasons": dict(reasons),
+                "num_parts": len(commits),
+                **info,
+            },
+        )
 
     def reset(self) -> None:
         import shutil
@@ -281,7 +361,11 @@ class StageDir:
 def _ids_in(files: Iterable[Path]) -> set[str]:
     import pyarrow.parquet as pq
 
-    return {str(x) for f in files for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist()}
+    return {
+        str(x)
+        for f in files
+        for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist()
+    }
 
 
 def _read_files(files: list[Path]) -> list[dict[str, Any]]:
@@ -296,13 +380,26 @@ def _read_files(files: list[Path]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- stage accounting
 
 
-def retention(stage: str, num_in: int, out: list[dict[str, Any]], quarantined: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+def retention(
+    stage: str,
+    num_in: int,
+    out: list[dict[str, Any]],
+    quarantined: list[dict[str, Any]],
+    **extra: Any,
+) -> dict[str, Any]:
     """Per-stage retention: rows in, out, quarantined by reason, distinct problems kept (+ stage extras)."""
     reasons = dict(Counter(str(q[R.REASON]) for q in quarantined))
     kept = len({str(r[R.PROBLEM_ID]) for r in out})
-    return {"stage": stage, "num_in": num_in, "num_out": len(out), "num_problems_out": kept,
-            "num_quarantined": len(quarantined), "reasons": reasons,
-            "retention": round(kept / num_in, 4) if num_in else 0.0, **extra}
+    return {
+        "stage": stage,
+        "num_in": num_in,
+        "num_out": len(out),
+        "num_problems_out": kept,
+        "num_quarantined": len(quarantined),
+        "reasons": reasons,
+        "retention": round(kept / num_in, 4) if num_in else 0.0,
+        **extra,
+    }
 
 
 def uniform_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -319,11 +416,21 @@ def quarantine_path(output: Path) -> Path:
     return output.with_name(f"{stem}.quarantine.parquet")
 
 
-def write_stage_outputs(output: Path, rows: list[dict[str, Any]], quarantined: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+def write_stage_outputs(
+    output: Path,
+    rows: list[dict[str, Any]],
+    quarantined: list[dict[str, Any]],
+    summary: dict[str, Any],
+) -> None:
     """CLI helper: rows to `output`, quarantine and summary beside it, the summary on stdout."""
     import sys
 
     write_rows(output, uniform_rows(rows))
     write_rows(quarantine_path(output), uniform_rows(quarantined))
-    write_json(output.with_name(quarantine_path(output).name.replace(".quarantine.parquet", ".summary.json")), summary)
+    write_json(
+        output.with_name(
+            quarantine_path(output).name.replace(".quarantine.parquet", ".summary.json")
+        ),
+        summary,
+    )
     sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")

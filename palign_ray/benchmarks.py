@@ -54,7 +54,13 @@ def _first_present(row: dict[str, Any], fields: tuple[str, ...]) -> str:
     return next((f for f in fields if row.get(f) not in (None, "")), "")
 
 
-def guess_spec(path: str, row: dict[str, Any], question_field: str = "", answer_field: str = "", id_field: str = "") -> BenchmarkSpec:
+def guess_spec(
+    path: str,
+    row: dict[str, Any],
+    question_field: str = "",
+    answer_field: str = "",
+    id_field: str = "",
+) -> BenchmarkSpec:
     """A spec for a user file: named fields, else the usual names found in its first row."""
     q = question_field or _first_present(row, QUESTION_FIELDS) or "problem"
     if answer_field:
@@ -79,7 +85,9 @@ def _gold(row: dict[str, Any], spec: BenchmarkSpec) -> str:
         raise ValueError(f"field {spec.answer_field!r}: {e}") from None
 
 
-def problems_from_rows(name: str, rows: list[dict[str, Any]], spec: BenchmarkSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def problems_from_rows(
+    name: str, rows: list[dict[str, Any]], spec: BenchmarkSpec
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows → problems {problem_id, question, answer, benchmark} + quarantine (every row lands in one)."""
     problems: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
@@ -90,7 +98,14 @@ def problems_from_rows(name: str, rows: list[dict[str, Any]], spec: BenchmarkSpe
         where = f"{spec.path}:{row.get('_source_line', n + 1)}"
         question = row.get(spec.question_field)
         if not isinstance(question, str) or not question.strip():
-            bad.append(quarantine_row(STAGE, pid, "missing_question", f"{where}: field {spec.question_field!r} missing or empty"))
+            bad.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    "missing_question",
+                    f"{where}: field {spec.question_field!r} missing or empty",
+                )
+            )
             continue
         try:
             gold = _gold(row, spec)
@@ -98,7 +113,9 @@ def problems_from_rows(name: str, rows: list[dict[str, Any]], spec: BenchmarkSpe
             bad.append(quarantine_row(STAGE, pid, "missing_answer", f"{where}: {e}"))
             continue
         if pid in seen:
-            bad.append(quarantine_row(STAGE, pid, "duplicate_id", f"{where}: id {raw_id!r} seen before"))
+            bad.append(
+                quarantine_row(STAGE, pid, "duplicate_id", f"{where}: id {raw_id!r} seen before")
+            )
             continue
         seen.add(pid)
         problems.append({R.PROBLEM_ID: pid, R.QUESTION: question, R.ANSWER: gold, BENCHMARK: name})
@@ -111,15 +128,29 @@ def _load_builtin(num_problems: int, seed: int) -> list[dict[str, Any]]:
     except ImportError as e:
         raise ValueError(f"benchmark 'builtin' needs palign_ray.problems ({e})") from None
     if not hasattr(module, "builtin_problems"):
-        raise ValueError("benchmark 'builtin' needs palign_ray.problems.builtin_problems, which is not there yet")
+        raise ValueError(
+            "benchmark 'builtin' needs palign_ray.problems.builtin_problems, which is not there yet"
+        )
     rows = module.builtin_problems(num_problems or 32, seed)
-    return [{R.PROBLEM_ID: f"{BUILTIN}/{r[R.PROBLEM_ID]}", R.QUESTION: r[R.QUESTION], R.ANSWER: normalize_gold(r[R.ANSWER]),
-             BENCHMARK: BUILTIN} for r in rows]
+    return [
+        {
+            R.PROBLEM_ID: f"{BUILTIN}/{r[R.PROBLEM_ID]}",
+            R.QUESTION: r[R.QUESTION],
+            R.ANSWER: normalize_gold(r[R.ANSWER]),
+            BENCHMARK: BUILTIN,
+        }
+        for r in rows
+    ]
 
 
 def load_benchmark(
-    name: str, data_dir: str | Path, num_problems: int = 0, seed: int = 0,
-    question_field: str = "", answer_field: str = "", id_field: str = "",
+    name: str,
+    data_dir: str | Path,
+    num_problems: int = 0,
+    seed: int = 0,
+    question_field: str = "",
+    answer_field: str = "",
+    id_field: str = "",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(problems, quarantine) of a named benchmark or a JSONL/Parquet path; the first `num_problems` (0 = all)."""
     if name == BUILTIN:
@@ -128,18 +159,28 @@ def load_benchmark(
         spec = BENCHMARKS[name]
         path = Path(data_dir) / spec.path
         if not path.is_file():
-            raise FileNotFoundError(f"benchmark {name!r}: {path} not found (set eval.data_dir to the shared data folder)")
+            raise FileNotFoundError(
+                f"benchmark {name!r}: {path} not found (set eval.data_dir to the shared data folder)"
+            )
         rows, bad = read_rows(path, STAGE)
     else:
         path = Path(name)
         if not path.exists():
-            raise ValueError(f"benchmark {name!r} is neither a known name ({', '.join(benchmark_names())}) nor an existing file")
+            raise ValueError(
+                f"benchmark {name!r} is neither a known name ({', '.join(benchmark_names())}) nor an existing file"
+            )
         rows, bad = read_rows(path, STAGE)
-        spec = guess_spec(str(path), rows[0] if rows else {}, question_field, answer_field, id_field)
+        spec = guess_spec(
+            str(path), rows[0] if rows else {}, question_field, answer_field, id_field
+        )
         name = path.stem
     if num_problems:
         rows = rows[:num_problems]
     problems, quarantined = problems_from_rows(name, rows, spec)
-    log.info("benchmark %s: %d problems, %d quarantined", name, len(problems), len(bad) + len(quarantined))
+    log.info(
+        "benchmark %s: %d problems, %d quarantined",
+        name,
+        len(problems),
+        len(bad) + len(quarantined),
+    )
     return problems, bad + quarantined
-

@@ -37,8 +37,10 @@ def validate_plan(cfg: Config, stages: Sequence[str], check_paths: bool = True) 
     problems = plan_problems(cfg, stages, check_paths)
     if problems:
         listing = "\n".join(f"  - {p}" for p in problems)
-        raise ValueError(f"{len(problems)} problem(s) in the settings of the planned stages "
-                         f"({', '.join(stages)}); nothing was run:\n{listing}")
+        raise ValueError(
+            f"{len(problems)} problem(s) in the settings of the planned stages "
+            f"({', '.join(stages)}); nothing was run:\n{listing}"
+        )
 
 
 def plan_problems(cfg: Config, stages: Sequence[str], check_paths: bool = True) -> list[str]:
@@ -46,17 +48,24 @@ def plan_problems(cfg: Config, stages: Sequence[str], check_paths: bool = True) 
     unknown = sorted(set(stages) - set(PLAN_STAGES))
     out = [f"unknown stage(s) {unknown}; stages are {list(PLAN_STAGES)}"] if unknown else []
     checks: dict[str, Callable[[Config, bool], list[str]]] = {
-        "problems": _problems_stage, "teacher": _teacher_stage, "truncate": _truncate_stage, "align": _align_stage,
-        "sft_data": _sft_data_stage, "train": _train_stage, "eval": _eval_stage,
+        "problems": _problems_stage,
+        "teacher": _teacher_stage,
+        "truncate": _truncate_stage,
+        "align": _align_stage,
+        "sft_data": _sft_data_stage,
+        "train": _train_stage,
+        "eval": _eval_stage,
     }
     for stage in PLAN_STAGES:
         if stage in stages:
             out += [f"{stage}: {msg}" for msg in checks[stage](cfg, check_paths)]
     out += _models(cfg, stages, check_paths)
     if {"sft_data", "train"} & set(stages) and cfg.align.max_seq_len > cfg.sft.max_seq_len:
-        out.append(f"sft_data/train: align.max_seq_len={cfg.align.max_seq_len} > sft.max_seq_len={cfg.sft.max_seq_len}: "
-                   "examples between the two pass sft_data only to be dropped by training; make them equal "
-                   "(or align.max_seq_len smaller)")
+        out.append(
+            f"sft_data/train: align.max_seq_len={cfg.align.max_seq_len} > sft.max_seq_len={cfg.sft.max_seq_len}: "
+            "examples between the two pass sft_data only to be dropped by training; make them equal "
+            "(or align.max_seq_len smaller)"
+        )
     return out
 
 
@@ -72,9 +81,15 @@ def _raised(fn: Callable[..., Any], *args: Any) -> list[str]:
     return []
 
 
-def _ranges(section: str, obj: Any, rules: Iterable[tuple[str, Callable[[Any], bool], str]]) -> list[str]:
+def _ranges(
+    section: str, obj: Any, rules: Iterable[tuple[str, Callable[[Any], bool], str]]
+) -> list[str]:
     """`section.field=value: must be ...` for every (field, ok, what) rule the value breaks."""
-    return [f"{section}.{name}={getattr(obj, name)!r}: must be {what}" for name, ok, what in rules if not ok(getattr(obj, name))]
+    return [
+        f"{section}.{name}={getattr(obj, name)!r}: must be {what}"
+        for name, ok, what in rules
+        if not ok(getattr(obj, name))
+    ]
 
 
 def _at_least(n: float) -> Callable[[Any], bool]:
@@ -104,15 +119,22 @@ def _model(key: str, name: str, check_paths: bool) -> list[str]:
 
 def _models(cfg: Config, stages: Sequence[str], check_paths: bool) -> list[str]:
     """Each model key once, named with the planned stages that load it."""
-    users = {"teacher.model": ["teacher"], "judge.model": ["truncate"] if _judging(cfg) else [], "align.model": ["align"],
-             # sft_data tokenizes with its tokenizer and chat template; the pipeline's eval evaluates it as the base
-             "sft.model": ["sft_data", "train", "eval"]}
+    users = {
+        "teacher.model": ["teacher"],
+        "judge.model": ["truncate"] if _judging(cfg) else [],
+        "align.model": ["align"],
+        # sft_data tokenizes with its tokenizer and chat template; the pipeline's eval evaluates it as the base
+        "sft.model": ["sft_data", "train", "eval"],
+    }
     out = []
     for key, used_by in users.items():
         planned = [s for s in used_by if s in stages]
         if planned:
             section, field = key.split(".")
-            out += [f"{'/'.join(planned)}: {msg}" for msg in _model(key, getattr(getattr(cfg, section), field), check_paths)]
+            out += [
+                f"{'/'.join(planned)}: {msg}"
+                for msg in _model(key, getattr(getattr(cfg, section), field), check_paths)
+            ]
     return out
 
 
@@ -123,37 +145,65 @@ def _engine(cfg: Config, section: str, max_new_tokens: int) -> list[str]:
     except ValueError as e:
         return [str(e)]
     key = f"{section}.engine"
-    out = _ranges(key, engine, [("max_model_len", _at_least(1), ">= 1"), ("tensor_parallel_size", _at_least(1), ">= 1")])
-    out += _ranges(key, ray, [("num_actors", _at_least(1), ">= 1"), ("batch_size", _at_least(1), ">= 1"),
-                              ("num_cpus_per_actor", _at_least(0), ">= 0"), ("num_gpus_per_actor", _at_least(0), ">= 0")])
+    out = _ranges(
+        key,
+        engine,
+        [("max_model_len", _at_least(1), ">= 1"), ("tensor_parallel_size", _at_least(1), ">= 1")],
+    )
+    out += _ranges(
+        key,
+        ray,
+        [
+            ("num_actors", _at_least(1), ">= 1"),
+            ("batch_size", _at_least(1), ">= 1"),
+            ("num_cpus_per_actor", _at_least(0), ">= 0"),
+            ("num_gpus_per_actor", _at_least(0), ">= 0"),
+        ],
+    )
     if getattr(ray, "max_concurrent_batches", 1) < 1:
         out.append(f"{key}.max_concurrent_batches={ray.max_concurrent_batches}: must be >= 1")
     if engine.tensor_parallel_size > 1 and not ray.num_gpus_per_actor:
-        out.append(f"{key}: tensor_parallel_size={engine.tensor_parallel_size} with num_gpus_per_actor=0: the actor "
-                   f"gets no GPU to shard over; set {key}.num_gpus_per_actor={engine.tensor_parallel_size} "
-                   "(or tensor_parallel_size=1 on CPU)")
+        out.append(
+            f"{key}: tensor_parallel_size={engine.tensor_parallel_size} with num_gpus_per_actor=0: the actor "
+            f"gets no GPU to shard over; set {key}.num_gpus_per_actor={engine.tensor_parallel_size} "
+            "(or tensor_parallel_size=1 on CPU)"
+        )
     util = engine.gpu_memory_utilization
     if util is not None and not 0 < util <= 1:
         out.append(f"{key}.gpu_memory_utilization={util}: must be in (0, 1]")
     elif util is not None and util > 0.5 and not ray.num_gpus_per_actor:
-        out.append(f"{key}.gpu_memory_utilization={util} with num_gpus_per_actor=0 (a CPU engine): must be <= 0.5 "
-                   "(vLLM's CPU backend reads the NUMA node size)")
+        out.append(
+            f"{key}.gpu_memory_utilization={util} with num_gpus_per_actor=0 (a CPU engine): must be <= 0.5 "
+            "(vLLM's CPU backend reads the NUMA node size)"
+        )
     if max_new_tokens >= engine.max_model_len:
-        out.append(f"{key}.max_model_len={engine.max_model_len} leaves no room for a prompt before {max_new_tokens} "
-                   "new tokens; raise it or lower the stage's max_tokens")
+        out.append(
+            f"{key}.max_model_len={engine.max_model_len} leaves no room for a prompt before {max_new_tokens} "
+            "new tokens; raise it or lower the stage's max_tokens"
+        )
     if not ray_address(cfg.ray):  # a local Ray: the pool must leave CPUs for Ray Data's read tasks
         num_cpus = cfg.ray.num_cpus or os.cpu_count() or 2
         need = ray.num_actors * ray.num_cpus_per_actor
         if need >= num_cpus:
-            out.append(f"{key}: num_actors × num_cpus_per_actor = {need} leaves no CPU for Ray Data on a local Ray "
-                       f"with {num_cpus} CPUs (it would deadlock); lower them or raise ray.num_cpus")
+            out.append(
+                f"{key}: num_actors × num_cpus_per_actor = {need} leaves no CPU for Ray Data on a local Ray "
+                f"with {num_cpus} CPUs (it would deadlock); lower them or raise ray.num_cpus"
+            )
     return out
 
 
 def _sampling(section: str, obj: Any) -> list[str]:
-    return _ranges(section, obj, [("num_samples", _at_least(1), ">= 1"), ("max_tokens", _at_least(1), ">= 1"),
-                                  ("temperature", _at_least(0), ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
-                                  ("grade_timeout_s", _positive, "> 0")])
+    return _ranges(
+        section,
+        obj,
+        [
+            ("num_samples", _at_least(1), ">= 1"),
+            ("max_tokens", _at_least(1), ">= 1"),
+            ("temperature", _at_least(0), ">= 0"),
+            ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+            ("grade_timeout_s", _positive, "> 0"),
+        ],
+    )
 
 
 # ---- one function per stage ---------------------------------------------------------------------
@@ -161,10 +211,16 @@ def _sampling(section: str, obj: Any) -> list[str]:
 
 def _problems_stage(cfg: Config, check_paths: bool) -> list[str]:
     p = cfg.problems
-    out = _ranges("problems", p, [("num_problems", _at_least(0), ">= 0 (0 = all)"), ("trace_index", _at_least(0), ">= 0")])
+    out = _ranges(
+        "problems",
+        p,
+        [("num_problems", _at_least(0), ">= 0 (0 = all)"), ("trace_index", _at_least(0), ">= 0")],
+    )
     out += _raised(parse_filter, p.filter)
     if p.source == "file" and not p.path:
-        out.append("problems.source=file needs problems.path (a JSONL/Parquet file or a datasets directory)")
+        out.append(
+            "problems.source=file needs problems.path (a JSONL/Parquet file or a datasets directory)"
+        )
     elif p.source == "file" and check_paths and not Path(p.path).expanduser().exists():
         out.append(f"problems.path={p.path!r} does not exist")
     return out
@@ -200,41 +256,76 @@ def _align_stage(cfg: Config, check_paths: bool) -> list[str]:
 
 
 def _sft_data_stage(cfg: Config, check_paths: bool) -> list[str]:
-    return _ranges("align", cfg.align, [("max_seq_len", _at_least(1), ">= 1"), ("shard_rows", _at_least(1), ">= 1")])
+    return _ranges(
+        "align",
+        cfg.align,
+        [("max_seq_len", _at_least(1), ">= 1"), ("shard_rows", _at_least(1), ">= 1")],
+    )
 
 
 def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
     s = cfg.sft
-    out = _ranges("sft", s, [
-        ("num_workers", _at_least(1), ">= 1"), ("cpus_per_worker", _positive, "> 0"),
-        ("micro_batch_size", _at_least(1), ">= 1"), ("grad_accum_steps", _at_least(1), ">= 1"),
-        ("max_steps", _at_least(0), ">= 0 (0 = epochs decide)"), ("learning_rate", _positive, "> 0"),
-        ("weight_decay", _at_least(0), ">= 0"), ("grad_clip", _at_least(0), ">= 0"), ("max_seq_len", _at_least(1), ">= 1"),
-        ("checkpoint_every", _at_least(0), ">= 0"), ("keep_checkpoints", _at_least(1), ">= 1"),
-        ("max_failures", _at_least(0), ">= 0"),
-    ])
+    out = _ranges(
+        "sft",
+        s,
+        [
+            ("num_workers", _at_least(1), ">= 1"),
+            ("cpus_per_worker", _positive, "> 0"),
+            ("micro_batch_size", _at_least(1), ">= 1"),
+            ("grad_accum_steps", _at_least(1), ">= 1"),
+            ("max_steps", _at_least(0), ">= 0 (0 = epochs decide)"),
+            ("learning_rate", _positive, "> 0"),
+            ("weight_decay", _at_least(0), ">= 0"),
+            ("grad_clip", _at_least(0), ">= 0"),
+            ("max_seq_len", _at_least(1), ">= 1"),
+            ("checkpoint_every", _at_least(0), ">= 0"),
+            ("keep_checkpoints", _at_least(1), ">= 1"),
+            ("max_failures", _at_least(0), ">= 0"),
+        ],
+    )
     if s.max_steps == 0 and s.epochs < 1:
-        out.append(f"sft.epochs={s.epochs} with sft.max_steps=0: nothing would be trained; set one of them >= 1")
+        out.append(
+            f"sft.epochs={s.epochs} with sft.max_steps=0: nothing would be trained; set one of them >= 1"
+        )
     if s.lora:
-        out += _ranges("sft", s, [("lora_r", _at_least(1), ">= 1"), ("lora_alpha", _positive, "> 0"),
-                                  ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
-                                  ("lora_target_modules", bool, "non-empty with sft.lora=true")])
-    return out + _raised(ds_config, s, max(1, s.num_workers), s.use_gpu) + _raised(warmup_steps, s, 1)
+        out += _ranges(
+            "sft",
+            s,
+            [
+                ("lora_r", _at_least(1), ">= 1"),
+                ("lora_alpha", _positive, "> 0"),
+                ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+                ("lora_target_modules", bool, "non-empty with sft.lora=true"),
+            ],
+        )
+    return (
+        out + _raised(ds_config, s, max(1, s.num_workers), s.use_gpu) + _raised(warmup_steps, s, 1)
+    )
 
 
 def _eval_stage(cfg: Config, check_paths: bool) -> list[str]:
     e = cfg.eval
-    out = _sampling("eval", e) + _ranges("eval", e, [
-        ("num_problems", _at_least(0), ">= 0 (0 = all)"), ("bootstrap_samples", _at_least(0), ">= 0"),
-        ("grade_workers", _at_least(1), ">= 1"), ("repetition_penalty", _positive, "> 0"),
-        ("benchmarks", bool, "a non-empty list"),
-    ])
+    out = _sampling("eval", e) + _ranges(
+        "eval",
+        e,
+        [
+            ("num_problems", _at_least(0), ">= 0 (0 = all)"),
+            ("bootstrap_samples", _at_least(0), ">= 0"),
+            ("grade_workers", _at_least(1), ">= 1"),
+            ("repetition_penalty", _positive, "> 0"),
+            ("benchmarks", bool, "a non-empty list"),
+        ],
+    )
     for name in e.benchmarks:
         if name == BUILTIN or not check_paths:
             continue
         if name in BENCHMARKS and not (Path(e.data_dir) / BENCHMARKS[name].path).is_file():
-            out.append(f"eval.benchmarks: {name!r} needs {Path(e.data_dir) / BENCHMARKS[name].path}, which is missing "
-                       "(set eval.data_dir to the shared data folder)")
+            out.append(
+                f"eval.benchmarks: {name!r} needs {Path(e.data_dir) / BENCHMARKS[name].path}, which is missing "
+                "(set eval.data_dir to the shared data folder)"
+            )
         elif name not in BENCHMARKS and not Path(name).exists():
-            out.append(f"eval.benchmarks: {name!r} is neither a known name ({', '.join(benchmark_names())}) nor an existing file")
+            out.append(
+                f"eval.benchmarks: {name!r} is neither a known name ({', '.join(benchmark_names())}) nor an existing file"
+            )
     return out + _engine(cfg, "eval", e.max_tokens)

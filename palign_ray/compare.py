@@ -48,11 +48,15 @@ def method_config(cfg: Config, label: str) -> Config:
     method, _, arg = label.partition(":")
     allowed = get_args(get_type_hints(RunConfig)["method"])  # the Literal's choices
     if method not in allowed:
-        raise ValueError(f"unknown method {label!r}; methods are {list(allowed)} (fixed_ratio:R sets judge.fixed_ratio=R)")
+        raise ValueError(
+            f"unknown method {label!r}; methods are {list(allowed)} (fixed_ratio:R sets judge.fixed_ratio=R)"
+        )
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method))  # type: ignore[arg-type]  # checked against the Literal above
     if arg:
         if method != "fixed_ratio":
-            raise ValueError(f"method {label!r}: only fixed_ratio takes an argument (fixed_ratio:0.25)")
+            raise ValueError(
+                f"method {label!r}: only fixed_ratio takes an argument (fixed_ratio:0.25)"
+            )
         try:
             ratio = float(arg)
         except ValueError:
@@ -72,7 +76,11 @@ def method_labels(cfg: Config, methods: list[str] | None) -> list[str]:
         if m == "fixed_ratio":  # the bare name means the configured ratio; the label says which
             m = f"fixed_ratio:{cfg.judge.fixed_ratio:g}"
         elif m.startswith("fixed_ratio:"):
-            m = f"fixed_ratio:{float(m.partition(':')[2]):g}" if _is_float(m.partition(":")[2]) else m
+            m = (
+                f"fixed_ratio:{float(m.partition(':')[2]):g}"
+                if _is_float(m.partition(":")[2])
+                else m
+            )
         labels.append(m)
     dup = sorted({m for m in labels if labels.count(m) > 1})
     if dup:
@@ -109,11 +117,20 @@ def plan_compare(cfg: Config, labels: list[str]) -> list[MethodRun]:
             if stage in hashes[m]:
                 owners.setdefault(hashes[m][stage], m)
         for h, owner in owners.items():
-            where[stage, h] = run_dir / stage if len(owners) == 1 else run_dir / "methods" / _dir_name(owner) / stage
-    return [MethodRun(m, cfgs[m], hashes[m], {s: where[s, h] for s, h in hashes[m].items()}) for m in labels]
+            where[stage, h] = (
+                run_dir / stage
+                if len(owners) == 1
+                else run_dir / "methods" / _dir_name(owner) / stage
+            )
+    return [
+        MethodRun(m, cfgs[m], hashes[m], {s: where[s, h] for s, h in hashes[m].items()})
+        for m in labels
+    ]
 
 
-def run_compare(cfg: Config, methods: list[str] | None = None, stages: list[str] | None = None) -> dict[str, Any]:
+def run_compare(
+    cfg: Config, methods: list[str] | None = None, stages: list[str] | None = None
+) -> dict[str, Any]:
     """Run (or resume) every method's pipeline on shared stages, then write the report; returns compare.json's dict."""
     from palign_ray.artifacts import write_json
     from palign_ray.config import to_dict
@@ -122,19 +139,30 @@ def run_compare(cfg: Config, methods: list[str] | None = None, stages: list[str]
     runs = plan_compare(cfg, method_labels(cfg, methods))
     out = Path(cfg.run.run_dir) / "compare"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", to_dict(cfg))  # run_pipeline's <run_dir>/config.json is the last method's
-    write_json(out / "plan.json", {r.label: {s: {"hash": r.hashes[s], "dir": str(r.dirs[s])} for s in r.dirs} for r in runs})
+    write_json(
+        out / "config.json", to_dict(cfg)
+    )  # run_pipeline's <run_dir>/config.json is the last method's
+    write_json(
+        out / "plan.json",
+        {r.label: {s: {"hash": r.hashes[s], "dir": str(r.dirs[s])} for s in r.dirs} for r in runs},
+    )
     from palign_ray.checks import validate_plan
 
-    for r in runs:  # every method's settings before the first stage runs (run_pipeline checks its own again)
+    for r in (
+        runs
+    ):  # every method's settings before the first stage runs (run_pipeline checks its own again)
         validate_plan(r.cfg, [s for s in r.dirs if not stages or s in stages])
     for r in runs:
-        log.info("compare: method %s (%s)", r.label, ", ".join(f"{s}→{d}" for s, d in r.dirs.items()))
+        log.info(
+            "compare: method %s (%s)", r.label, ", ".join(f"{s}→{d}" for s, d in r.dirs.items())
+        )
         run_pipeline(r.cfg, stages, dirs=r.dirs, report=False)
     from palign_ray.compare_report import write_compare_report
 
     labels = [r.label for r in runs]
-    return write_compare_report(cfg, runs, out, baseline=BASELINE if BASELINE in labels else labels[0])
+    return write_compare_report(
+        cfg, runs, out, baseline=BASELINE if BASELINE in labels else labels[0]
+    )
 
 
 def compare_main(argv: list[str]) -> int:
@@ -144,17 +172,37 @@ def compare_main(argv: list[str]) -> int:
     from palign_ray.cli import config_parser, parse_config
     from palign_ray.pipeline import STAGE_NAMES, PipelineError
 
-    p = argparse.ArgumentParser(prog="palign compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", default=None, help="YAML run config (e.g. jobs/configs/compare_mini.yaml)")
-    p.add_argument("--methods", default="", help="comma-separated, e.g. palign,full_cot,fixed_ratio:0.25,prefix_only "
-                                                 "(default: run.methods, else palign,full_cot)")
-    p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(STAGE_NAMES)} (for every method)")
+    p = argparse.ArgumentParser(
+        prog="palign compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "config",
+        nargs="?",
+        default=None,
+        help="YAML run config (e.g. jobs/configs/compare_mini.yaml)",
+    )
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated, e.g. palign,full_cot,fixed_ratio:0.25,prefix_only "
+        "(default: run.methods, else palign,full_cot)",
+    )
+    p.add_argument(
+        "--stages",
+        default="",
+        help=f"comma-separated subset of {','.join(STAGE_NAMES)} (for every method)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = p.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # `palign compare key=value` without a file
         args.overrides.insert(0, args.config)
         args.config = None
-    _, cfg = parse_config(config_parser("compare", "palign compare"), (["--config", args.config] if args.config else []) + args.overrides)
+    _, cfg = parse_config(
+        config_parser("compare", "palign compare"),
+        (["--config", args.config] if args.config else []) + args.overrides,
+    )
     methods = [m for m in args.methods.split(",") if m] or None
     try:
         result = run_compare(cfg, methods, [s for s in args.stages.split(",") if s] or None)

@@ -29,40 +29,65 @@ def _eval_rows(model_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
     if not (model_dir / ".done").is_file():
         return None
     samples, _ = read_jsonl(model_dir / "samples.jsonl")
-    quar, _ = read_jsonl(model_dir / "quarantine.jsonl") if (model_dir / "quarantine.jsonl").is_file() else ([], [])
+    quar, _ = (
+        read_jsonl(model_dir / "quarantine.jsonl")
+        if (model_dir / "quarantine.jsonl").is_file()
+        else ([], [])
+    )
     return samples, [q for q in quar if q.get("reason") in FAILED_REASONS]
 
 
-def _correct(rows: tuple[list[dict[str, Any]], list[dict[str, Any]]], num_samples: int) -> dict[str, dict[str, list[bool]]]:
+def _correct(
+    rows: tuple[list[dict[str, Any]], list[dict[str, Any]]], num_samples: int
+) -> dict[str, dict[str, list[bool]]]:
     return S.correct_by_problem(rows[0], rows[1], num_samples)
 
 
 def _ks(correct: list[dict[str, dict[str, list[bool]]]]) -> list[int]:
     """pass@1 and pass@n with n the smallest sample count of any problem (the paper: Pass@1, Pass@3)."""
-    n = min((len(c) for cb in correct for by_pid in cb.values() for c in by_pid.values()), default=1)
+    n = min(
+        (len(c) for cb in correct for by_pid in cb.values() for c in by_pid.values()), default=1
+    )
     return sorted({1, max(1, n)})
 
 
-def _strata(correct: dict[str, dict[str, list[bool]]], benches: list[str], k: int) -> dict[str, dict[str, float]]:
+def _strata(
+    correct: dict[str, dict[str, list[bool]]], benches: list[str], k: int
+) -> dict[str, dict[str, float]]:
     return {b: S.pass_k_by_problem(correct.get(b, {}), k) for b in benches}
 
 
-def score_rows(rows: dict[str, dict[str, dict[str, list[bool]]]], benches: list[str], ks: list[int],
-               num_resamples: int, seed: int) -> dict[str, Any]:
+def score_rows(
+    rows: dict[str, dict[str, dict[str, list[bool]]]],
+    benches: list[str],
+    ks: list[int],
+    num_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
     """label → {"pass@k": {bench or "average": cell}} with bootstrap CIs."""
     out: dict[str, Any] = {}
     for label, correct in rows.items():
         cells: dict[str, Any] = {}
         for k in ks:
             per = _strata(correct, benches, k)
-            cells[f"pass@{k}"] = {b: S.score_cell([list(per[b].values())], num_resamples, seed + k) for b in benches}
-            cells[f"pass@{k}"]["average"] = S.score_cell([list(per[b].values()) for b in benches], num_resamples, seed + k)
+            cells[f"pass@{k}"] = {
+                b: S.score_cell([list(per[b].values())], num_resamples, seed + k) for b in benches
+            }
+            cells[f"pass@{k}"]["average"] = S.score_cell(
+                [list(per[b].values()) for b in benches], num_resamples, seed + k
+            )
         out[label] = cells
     return out
 
 
-def paired_rows(rows: dict[str, dict[str, dict[str, list[bool]]]], baseline: str, benches: list[str], ks: list[int],
-                num_resamples: int, seed: int) -> dict[str, Any]:
+def paired_rows(
+    rows: dict[str, dict[str, dict[str, list[bool]]]],
+    baseline: str,
+    benches: list[str],
+    ks: list[int],
+    num_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
     """label → {"pass@k": {bench or "average": paired cell}}: label − baseline over the same problems (base left out)."""
     out: dict[str, Any] = {}
     for label, correct in rows.items():
@@ -72,9 +97,16 @@ def paired_rows(rows: dict[str, dict[str, dict[str, list[bool]]]], baseline: str
         for k in ks:
             mine, theirs = _strata(correct, benches, k), _strata(rows[baseline], benches, k)
             pairs = {b: S.paired(mine[b], theirs[b]) for b in benches}
-            cells[f"pass@{k}"] = {b: S.paired_cell([pairs[b][0]], num_resamples, seed + k, len(pairs[b][1])) for b in benches}
-            cells[f"pass@{k}"]["average"] = S.paired_cell([pairs[b][0] for b in benches], num_resamples, seed + k,
-                                                          sum(len(pairs[b][1]) for b in benches))
+            cells[f"pass@{k}"] = {
+                b: S.paired_cell([pairs[b][0]], num_resamples, seed + k, len(pairs[b][1]))
+                for b in benches
+            }
+            cells[f"pass@{k}"]["average"] = S.paired_cell(
+                [pairs[b][0] for b in benches],
+                num_resamples,
+                seed + k,
+                sum(len(pairs[b][1]) for b in benches),
+            )
         out[label] = cells
     return out
 
@@ -96,7 +128,11 @@ def _mean_prefix_ratio(d: Path) -> float | None:
     vals: list[float] = []
     for f in StageDir(d).output_files():
         if "prefix_ratio_sentences" in pq.read_schema(f).names:
-            vals += [v for v in pq.read_table(f, columns=["prefix_ratio_sentences"]).column(0).to_pylist() if v is not None]
+            vals += [
+                v
+                for v in pq.read_table(f, columns=["prefix_ratio_sentences"]).column(0).to_pylist()
+                if v is not None
+            ]
     return sum(vals) / len(vals) if vals else None
 
 
@@ -107,30 +143,58 @@ def _mean_tokens(samples: list[dict[str, Any]]) -> float | None:
 
 def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
     """SFT set, prefix ratio, training, cost (tokens computed per stage) and wall time of one method."""
-    sft = (_manifest(run.dirs["sft_data"]) or {}).get("summary", {}) if "sft_data" in run.dirs else {}
+    sft = (
+        (_manifest(run.dirs["sft_data"]) or {}).get("summary", {}) if "sft_data" in run.dirs else {}
+    )
     train = (_manifest(run.dirs["train"]) or {}).get("metrics", {}) if "train" in run.dirs else {}
     stages: dict[str, Any] = {}
     for stage, d in run.dirs.items():
         m = _manifest(d)
-        entry: dict[str, Any] = {"dir": str(d), "done": m is not None, "wall_s": (m or {}).get("wall_s"),
-                                 "shared_with": [x for x in shared_with.get(str(d), []) if x != run.label]}
+        entry: dict[str, Any] = {
+            "dir": str(d),
+            "done": m is not None,
+            "wall_s": (m or {}).get("wall_s"),
+            "shared_with": [x for x in shared_with.get(str(d), []) if x != run.label],
+        }
         if stage in ("teacher", "truncate", "align"):
             entry["tokens"] = _stage_tokens(d)
         if stage == "eval":
-            entry["tokens"] = {"generated": sum(_eval_generated(d / x) for x in ("base", "trained"))}
+            entry["tokens"] = {
+                "generated": sum(_eval_generated(d / x) for x in ("base", "trained"))
+            }
         stages[stage] = entry
-    computed = sum(t.get("prefilled", 0) - t.get("cached", 0) + t.get("generated", 0)
-                   for s in stages.values() if (t := s.get("tokens")))
-    ratio = 1.0 if run.cfg.run.method == "full_cot" else (_mean_prefix_ratio(run.dirs["truncate"]) if "truncate" in run.dirs else None)
-    return {"method": run.cfg.run.method, "judge_search": run.cfg.judge.search, "fixed_ratio": run.cfg.judge.fixed_ratio,
-            "sft_examples": sft.get("num_examples"), "sft_tokens": sft.get("num_tokens"), "sft_loss_tokens": sft.get("num_loss_tokens"),
-            "mean_prefix_ratio_sentences": ratio, "train_steps": train.get("num_steps"), "train_final_loss": train.get("final_loss"),
-            "tokens_computed": computed, "stages": stages}
+    computed = sum(
+        t.get("prefilled", 0) - t.get("cached", 0) + t.get("generated", 0)
+        for s in stages.values()
+        if (t := s.get("tokens"))
+    )
+    ratio = (
+        1.0
+        if run.cfg.run.method == "full_cot"
+        else (_mean_prefix_ratio(run.dirs["truncate"]) if "truncate" in run.dirs else None)
+    )
+    return {
+        "method": run.cfg.run.method,
+        "judge_search": run.cfg.judge.search,
+        "fixed_ratio": run.cfg.judge.fixed_ratio,
+        "sft_examples": sft.get("num_examples"),
+        "sft_tokens": sft.get("num_tokens"),
+        "sft_loss_tokens": sft.get("num_loss_tokens"),
+        "mean_prefix_ratio_sentences": ratio,
+        "train_steps": train.get("num_steps"),
+        "train_final_loss": train.get("final_loss"),
+        "tokens_computed": computed,
+        "stages": stages,
+    }
 
 
 def _eval_generated(d: Path) -> int:
     p = d / "metrics.json"
-    return int(json.loads(p.read_text()).get("timing", {}).get("generated_tokens", 0)) if p.is_file() else 0
+    return (
+        int(json.loads(p.read_text()).get("timing", {}).get("generated_tokens", 0))
+        if p.is_file()
+        else 0
+    )
 
 
 def base_consistency(bases: dict[str, dict[str, dict[str, list[bool]]]]) -> dict[str, Any]:
@@ -139,9 +203,15 @@ def base_consistency(bases: dict[str, dict[str, dict[str, list[bool]]]]) -> dict
     if len(labels) < 2:
         return {"num_evaluations": len(labels), "agree": True, "differing_problems": []}
     ref = bases[labels[0]]
-    diff = sorted({f"{b}/{pid}" for lab in labels[1:] for b in set(ref) | set(bases[lab])
-                   for pid in set(ref.get(b, {})) | set(bases[lab].get(b, {}))
-                   if ref.get(b, {}).get(pid) != bases[lab].get(b, {}).get(pid)})
+    diff = sorted(
+        {
+            f"{b}/{pid}"
+            for lab in labels[1:]
+            for b in set(ref) | set(bases[lab])
+            for pid in set(ref.get(b, {})) | set(bases[lab].get(b, {}))
+            if ref.get(b, {}).get(pid) != bases[lab].get(b, {}).get(pid)
+        }
+    )
     return {"num_evaluations": len(labels), "agree": not diff, "differing_problems": diff}
 
 
@@ -162,8 +232,12 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
             trained[r.label] = (_correct(t, n), _mean_tokens(t[0]))
         if (b := _eval_rows(r.dirs["eval"] / BASE)) is not None:
             bases[r.label] = (_correct(b, n), _mean_tokens(b[0]))
-    rows = ({BASE: next(iter(bases.values()))[0]} if bases else {}) | {m: c for m, (c, _) in trained.items()}
-    lengths = ({BASE: next(iter(bases.values()))[1]} if bases else {}) | {m: ln for m, (_, ln) in trained.items()}
+    rows = ({BASE: next(iter(bases.values()))[0]} if bases else {}) | {
+        m: c for m, (c, _) in trained.items()
+    }
+    lengths = ({BASE: next(iter(bases.values()))[1]} if bases else {}) | {
+        m: ln for m, (_, ln) in trained.items()
+    }
     benches = sorted({b for c in rows.values() for b in c})
     ks = _ks(list(rows.values()))
     nb, seed = cfg.eval.bootstrap_samples, cfg.run.seed
@@ -172,12 +246,25 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
         for d in r.dirs.values():
             shared.setdefault(str(d), []).append(r.label)
     result: dict[str, Any] = {
-        "run_dir": cfg.run.run_dir, "methods": [r.label for r in runs], "benchmarks": benches, "ks": ks,
-        "baseline": baseline, "eval": {"num_samples": n, "num_problems": cfg.eval.num_problems, "seed": seed,
-                                       "temperature": cfg.eval.temperature, "top_p": cfg.eval.top_p},
+        "run_dir": cfg.run.run_dir,
+        "methods": [r.label for r in runs],
+        "benchmarks": benches,
+        "ks": ks,
+        "baseline": baseline,
+        "eval": {
+            "num_samples": n,
+            "num_problems": cfg.eval.num_problems,
+            "seed": seed,
+            "temperature": cfg.eval.temperature,
+            "top_p": cfg.eval.top_p,
+        },
         "scores": score_rows(rows, benches, ks, nb, seed),
-        "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, nb, seed) if baseline in rows else {},
-        "paired_vs_base": paired_rows(rows, BASE, benches, ks, nb, seed) if BASE in rows else {},  # did training move it?
+        "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, nb, seed)
+        if baseline in rows
+        else {},
+        "paired_vs_base": paired_rows(rows, BASE, benches, ks, nb, seed)
+        if BASE in rows
+        else {},  # did training move it?
         "mean_response_tokens": lengths,
         "base_consistency": base_consistency({m: c for m, (c, _) in bases.items()}),
         "facts": {r.label: method_facts(r, shared) for r in runs},
@@ -216,58 +303,121 @@ def _num(x: Any, fmt: str = "{:,.0f}") -> str:
 def render_markdown(res: dict[str, Any]) -> str:
     benches, ks = res["benchmarks"], res["ks"]
     cols = [*benches, "average"]
-    lines = [f"# Method comparison: `{res['run_dir']}`", "",
-             f"Methods: {', '.join(res['methods'])}; evaluation: {res['eval']['num_samples']} samples per problem, "
-             f"temperature {res['eval']['temperature']}, top_p {res['eval']['top_p']}, seed {res['eval']['seed']} "
-             "(the same for every row). Values in percent, [95% bootstrap CI over problems]; the average is the macro "
-             "average over benchmarks (problems resampled within their benchmark).", ""]
+    lines = [
+        f"# Method comparison: `{res['run_dir']}`",
+        "",
+        f"Methods: {', '.join(res['methods'])}; evaluation: {res['eval']['num_samples']} samples per problem, "
+        f"temperature {res['eval']['temperature']}, top_p {res['eval']['top_p']}, seed {res['eval']['seed']} "
+        "(the same for every row). Values in percent, [95% bootstrap CI over problems]; the average is the macro "
+        "average over benchmarks (problems resampled within their benchmark).",
+        "",
+    ]
     for k in ks:
-        lines += [f"## Table 1: pass@{k}" + (" (mean accuracy over samples, the paper's Pass@1)" if k == 1 else ""), "",
-                  "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [
+            f"## Table 1: pass@{k}"
+            + (" (mean accuracy over samples, the paper's Pass@1)" if k == 1 else ""),
+            "",
+            "| | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
         for label, cells in res["scores"].items():
-            lines.append(f"| {label} | " + " | ".join(_cell(cells[f'pass@{k}'].get(c)) for c in cols) + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(_cell(cells[f"pass@{k}"].get(c)) for c in cols) + " |"
+            )
         lines.append("")
     lines += _paired_lines(res["paired_vs_baseline"], res["baseline"], ks, cols)
     lines += _paired_lines(res["paired_vs_base"], BASE, ks, cols)
     lines += _facts_lines(res)
     bc = res["base_consistency"]
-    lines += ["## Base student", "",
-              f"Every method's eval stage evaluated the base student ({bc['num_evaluations']} evaluations); they "
-              + ("agree sample by sample." if bc["agree"] else f"DIFFER on {len(bc['differing_problems'])} problems "
-                 f"({', '.join(bc['differing_problems'][:10])}); the table shows the first."), "",
-              "![scores](scores.png)", "", "![length vs accuracy](length_vs_accuracy.png)", ""]
+    lines += [
+        "## Base student",
+        "",
+        f"Every method's eval stage evaluated the base student ({bc['num_evaluations']} evaluations); they "
+        + (
+            "agree sample by sample."
+            if bc["agree"]
+            else f"DIFFER on {len(bc['differing_problems'])} problems "
+            f"({', '.join(bc['differing_problems'][:10])}); the table shows the first."
+        ),
+        "",
+        "![scores](scores.png)",
+        "",
+        "![length vs accuracy](length_vs_accuracy.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def _paired_lines(paired: dict[str, Any], against: str, ks: list[int], cols: list[str]) -> list[str]:
+def _paired_lines(
+    paired: dict[str, Any], against: str, ks: list[int], cols: list[str]
+) -> list[str]:
     if not paired:
         return []
-    lines = [f"## Paired differences against `{against}` (same problems)", "",
-             "Δ in points [95% bootstrap CI], two-sided sign-flip permutation p, (wins/losses/ties over problems); "
-             "compare.json also has the sign-test p.", ""]
+    lines = [
+        f"## Paired differences against `{against}` (same problems)",
+        "",
+        "Δ in points [95% bootstrap CI], two-sided sign-flip permutation p, (wins/losses/ties over problems); "
+        "compare.json also has the sign-test p.",
+        "",
+    ]
     for k in ks:
-        lines += [f"### pass@{k}", "", "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        lines += [
+            f"### pass@{k}",
+            "",
+            "| | " + " | ".join(cols) + " |",
+            "|---" * (len(cols) + 1) + "|",
+        ]
         for label, cells in paired.items():
-            lines.append(f"| {label} − {against} | " + " | ".join(_pcell(cells[f'pass@{k}'].get(c)) for c in cols) + " |")
+            lines.append(
+                f"| {label} − {against} | "
+                + " | ".join(_pcell(cells[f"pass@{k}"].get(c)) for c in cols)
+                + " |"
+            )
         lines.append("")
     return lines
 
 
 def _facts_lines(res: dict[str, Any]) -> list[str]:
-    head = ["method", "SFT examples", "SFT tokens (loss)", "mean prefix ratio", "mean response tokens", "train steps",
-            "final loss", "tokens computed (all its stages)"]
-    lines = ["## Data, length and cost per method", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    head = [
+        "method",
+        "SFT examples",
+        "SFT tokens (loss)",
+        "mean prefix ratio",
+        "mean response tokens",
+        "train steps",
+        "final loss",
+        "tokens computed (all its stages)",
+    ]
+    lines = [
+        "## Data, length and cost per method",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
     for label, f in res["facts"].items():
-        cells = [label, _num(f["sft_examples"]), f"{_num(f['sft_tokens'])} ({_num(f['sft_loss_tokens'])})",
-                 _num(f["mean_prefix_ratio_sentences"], "{:.3f}"), _num(res["mean_response_tokens"].get(label), "{:.1f}"),
-                 _num(f["train_steps"]), _num(f["train_final_loss"], "{:.4f}"), _num(f["tokens_computed"])]
+        cells = [
+            label,
+            _num(f["sft_examples"]),
+            f"{_num(f['sft_tokens'])} ({_num(f['sft_loss_tokens'])})",
+            _num(f["mean_prefix_ratio_sentences"], "{:.3f}"),
+            _num(res["mean_response_tokens"].get(label), "{:.1f}"),
+            _num(f["train_steps"]),
+            _num(f["train_final_loss"], "{:.4f}"),
+            _num(f["tokens_computed"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Base student mean response tokens: {_num(res['mean_response_tokens'].get(BASE), '{:.1f}')}. "
-                  "Tokens computed = prefill not served from the prefix cache + generated, summed over the method's stages "
-                  "(shared stages count in full for every method that uses them; eval counts its base and trained "
-                  "generations). Prefix ratio: kept sentences / trace sentences in truncate's output (full_cot: 1).", "",
-              "### Stages per method (wall s; shared stages ran once)", "",
-              "| method | " + " | ".join(s for s in _all_stages(res)) + " |", "|---" * (len(_all_stages(res)) + 1) + "|"]
+    lines += [
+        "",
+        f"Base student mean response tokens: {_num(res['mean_response_tokens'].get(BASE), '{:.1f}')}. "
+        "Tokens computed = prefill not served from the prefix cache + generated, summed over the method's stages "
+        "(shared stages count in full for every method that uses them; eval counts its base and trained "
+        "generations). Prefix ratio: kept sentences / trace sentences in truncate's output (full_cot: 1).",
+        "",
+        "### Stages per method (wall s; shared stages ran once)",
+        "",
+        "| method | " + " | ".join(s for s in _all_stages(res)) + " |",
+        "|---" * (len(_all_stages(res)) + 1) + "|",
+    ]
     for label, f in res["facts"].items():
         cells = []
         for s in _all_stages(res):
@@ -276,7 +426,9 @@ def _facts_lines(res: dict[str, Any]) -> list[str]:
                 cells.append("skipped")
                 continue
             wall = _num(e["wall_s"], "{:.1f}") if e["done"] else "not done"
-            cells.append(wall + (f" (shared: {', '.join(e['shared_with'])})" if e["shared_with"] else ""))
+            cells.append(
+                wall + (f" (shared: {', '.join(e['shared_with'])})" if e["shared_with"] else "")
+            )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -313,8 +465,17 @@ def _plots(res: dict[str, Any], out: Path) -> None:
     for ax, k in zip(axes[0], res["ks"], strict=True):
         for i, label in enumerate(labels):
             vals, err = _bar_values([res["scores"][label][f"pass@{k}"].get(c) for c in cols])
-            ax.bar([j + i * width for j in range(len(cols))], vals, width, yerr=err, capsize=3, label=label)
-        ax.set_xticks([j + width * (len(labels) - 1) / 2 for j in range(len(cols))], cols, fontsize=8)
+            ax.bar(
+                [j + i * width for j in range(len(cols))],
+                vals,
+                width,
+                yerr=err,
+                capsize=3,
+                label=label,
+            )
+        ax.set_xticks(
+            [j + width * (len(labels) - 1) / 2 for j in range(len(cols))], cols, fontsize=8
+        )
         ax.set_ylabel(f"pass@{k} (%)")
         ax.set_title(f"pass@{k} with 95% bootstrap CI")
         ax.grid(axis="y", alpha=0.3)
@@ -327,8 +488,14 @@ def _plots(res: dict[str, Any], out: Path) -> None:
         x, cell = res["mean_response_tokens"].get(label), res["scores"][label]["pass@1"]["average"]
         if x is not None:
             lo, hi = cell["ci95"]
-            ax.errorbar([x], [100 * cell["value"]], yerr=[[100 * (cell["value"] - lo)], [100 * (hi - cell["value"])]],
-                        fmt="o", capsize=3, label=label)
+            ax.errorbar(
+                [x],
+                [100 * cell["value"]],
+                yerr=[[100 * (cell["value"] - lo)], [100 * (hi - cell["value"])]],
+                fmt="o",
+                capsize=3,
+                label=label,
+            )
     ax.set_xlabel("mean response length (tokens)")
     ax.set_ylabel("average pass@1 (%)")
     ax.set_title("length vs accuracy")

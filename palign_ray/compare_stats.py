@@ -18,8 +18,9 @@ from palign_ray.metrics import pass_at_k
 Strata = Sequence[Sequence[float]]
 
 
-def correct_by_problem(samples: Iterable[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]],
-                       num_samples: int) -> dict[str, dict[str, list[bool]]]:
+def correct_by_problem(
+    samples: Iterable[Mapping[str, Any]], failed: Iterable[Mapping[str, Any]], num_samples: int
+) -> dict[str, dict[str, list[bool]]]:
     """benchmark → problem_id → correctness per sample (in sample order).
 
     `failed`: problems whose generation failed (evaluate's quarantine rows with a failure reason);
@@ -28,10 +29,16 @@ def correct_by_problem(samples: Iterable[Mapping[str, Any]], failed: Iterable[Ma
     rows: dict[str, dict[str, list[tuple[int, bool]]]] = {}
     for s in samples:
         rows.setdefault(str(s["benchmark"]), {}).setdefault(str(s["problem_id"]), []).append(
-            (int(s["sample_index"]), bool(s["correct"])))
-    out = {b: {pid: [c for _, c in sorted(v)] for pid, v in by_pid.items()} for b, by_pid in rows.items()}
+            (int(s["sample_index"]), bool(s["correct"]))
+        )
+    out = {
+        b: {pid: [c for _, c in sorted(v)] for pid, v in by_pid.items()}
+        for b, by_pid in rows.items()
+    }
     for f in failed:
-        out.setdefault(str(f["benchmark"]), {}).setdefault(str(f["problem_id"]), [False] * num_samples)
+        out.setdefault(str(f["benchmark"]), {}).setdefault(
+            str(f["problem_id"]), [False] * num_samples
+        )
     return out
 
 
@@ -46,14 +53,22 @@ def strata_mean(strata: Strata) -> float:
     return sum(means) / len(means) if means else float("nan")
 
 
-def bootstrap_ci(strata: Strata, num_resamples: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+def bootstrap_ci(
+    strata: Strata, num_resamples: int, seed: int, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of `strata_mean`, resampling problems with replacement within each stratum."""
     strata = [list(s) for s in strata if len(s)]
     if not strata or num_resamples <= 0:
         return (float("nan"), float("nan"))
     rng = random.Random(seed)
-    stats = sorted(strata_mean([[s[rng.randrange(len(s))] for _ in s] for s in strata]) for _ in range(num_resamples))
-    return (stats[int((1 - level) / 2 * (num_resamples - 1))], stats[int((1 + level) / 2 * (num_resamples - 1))])
+    stats = sorted(
+        strata_mean([[s[rng.randrange(len(s))] for _ in s] for s in strata])
+        for _ in range(num_resamples)
+    )
+    return (
+        stats[int((1 - level) / 2 * (num_resamples - 1))],
+        stats[int((1 + level) / 2 * (num_resamples - 1))],
+    )
 
 
 def paired(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[list[float], list[str]]:
@@ -98,20 +113,34 @@ def sign_flip_p(strata: Strata, num_resamples: int, seed: int) -> float:
         patterns = list(itertools.product((1, -1), repeat=len(cells)))
         return sum(stat(p) >= observed - eps for p in patterns) / len(patterns)
     rng = random.Random(seed)
-    hits = sum(stat([rng.choice((1, -1)) for _ in cells]) >= observed - eps for _ in range(num_resamples))
+    hits = sum(
+        stat([rng.choice((1, -1)) for _ in cells]) >= observed - eps for _ in range(num_resamples)
+    )
     return (hits + 1) / (num_resamples + 1)
 
 
 def score_cell(strata: Strata, num_resamples: int, seed: int) -> dict[str, Any]:
     """A Table-1 cell: the value, its bootstrap CI and the number of problems."""
     lo, hi = bootstrap_ci(strata, num_resamples, seed)
-    return {"value": strata_mean(strata), "ci95": [lo, hi], "num_problems": sum(len(s) for s in strata)}
+    return {
+        "value": strata_mean(strata),
+        "ci95": [lo, hi],
+        "num_problems": sum(len(s) for s in strata),
+    }
 
 
 def paired_cell(strata: Strata, num_resamples: int, seed: int, num_unpaired: int) -> dict[str, Any]:
     """A paired-difference cell: mean difference, its bootstrap CI, sign-flip and sign-test p-values."""
     flat = [d for s in strata for d in s]
     lo, hi = bootstrap_ci(strata, num_resamples, seed)
-    return {"diff": strata_mean(strata), "ci95": [lo, hi], "p_permutation": sign_flip_p(strata, num_resamples, seed),
-            "p_sign_test": sign_test_p(flat), "wins": sum(d > 0 for d in flat), "losses": sum(d < 0 for d in flat),
-            "ties": sum(d == 0 for d in flat), "num_problems": len(flat), "num_unpaired": num_unpaired}
+    return {
+        "diff": strata_mean(strata),
+        "ci95": [lo, hi],
+        "p_permutation": sign_flip_p(strata, num_resamples, seed),
+        "p_sign_test": sign_test_p(flat),
+        "wins": sum(d > 0 for d in flat),
+        "losses": sum(d < 0 for d in flat),
+        "ties": sum(d == 0 for d in flat),
+        "num_problems": len(flat),
+        "num_unpaired": num_unpaired,
+    }

@@ -37,21 +37,31 @@ class EngineConfig:
     """vLLM engine settings shared by every stage that generates."""
 
     max_model_len: int = _f(2048, "Context length of the engine (prompt + generation), tokens.")
-    dtype: str = _f("bfloat16", "Weight/activation dtype passed to vLLM (bfloat16, float16, float32).")
+    dtype: str = _f(
+        "bfloat16", "Weight/activation dtype passed to vLLM (bfloat16, float16, float32)."
+    )
     tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallelism); 1 on CPU.")
     gpu_memory_utilization: float | None = _f(
-        None, "Share of accelerator memory for vLLM; null = platform default (CPU 0.5, CUDA 0.9). "
-        "On CPU it must stay <= 0.5 (vLLM reads the NUMA node size)."
+        None,
+        "Share of accelerator memory for vLLM; null = platform default (CPU 0.5, CUDA 0.9). "
+        "On CPU it must stay <= 0.5 (vLLM reads the NUMA node size).",
     )
     cpu_kvcache_space_gib: int = _f(1, "KV-cache size on CPU in GiB (VLLM_CPU_KVCACHE_SPACE).")
-    enable_prefix_caching: bool = _f(True, "Reuse KV blocks of shared prompt prefixes (the judge relies on it).")
-    enforce_eager: bool | None = _f(
-        None, "Skip graph compilation; null = platform default (CPU true: compiling costs ~100 s for ~15% speed; "
-        "CUDA false: CUDA graphs)."
+    enable_prefix_caching: bool = _f(
+        True, "Reuse KV blocks of shared prompt prefixes (the judge relies on it)."
     )
-    max_num_seqs: int | None = _f(None, "Most sequences vLLM schedules at once; null = platform default (CPU 64, CUDA 256).")
+    enforce_eager: bool | None = _f(
+        None,
+        "Skip graph compilation; null = platform default (CPU true: compiling costs ~100 s for ~15% speed; "
+        "CUDA false: CUDA graphs).",
+    )
+    max_num_seqs: int | None = _f(
+        None, "Most sequences vLLM schedules at once; null = platform default (CPU 64, CUDA 256)."
+    )
     seed: int = _f(0, "Engine seed; per-request seeds are derived from run.seed and problem_id.")
-    trust_remote_code: bool = _f(False, "Allow model repos to run their own Python code. Off unless you trust the source.")
+    trust_remote_code: bool = _f(
+        False, "Allow model repos to run their own Python code. Off unless you trust the source."
+    )
 
 
 @dataclass(frozen=True)
@@ -59,16 +69,27 @@ class RayConfig:
     """How stages are placed on the Ray cluster."""
 
     address: str = _f("", "Ray address; empty = RAY_ADDRESS if set, else a local Ray on 127.0.0.1.")
-    num_cpus: int = _f(0, "Logical CPUs for a local Ray (0 = all cores). Ignored when joining a cluster.")
+    num_cpus: int = _f(
+        0, "Logical CPUs for a local Ray (0 = all cores). Ignored when joining a cluster."
+    )
     num_actors: int = _f(1, "vLLM actors per generation/judge stage (the actor pool size).")
     num_cpus_per_actor: float = _f(
-        0.5, "CPUs reserved per vLLM actor. Fractional on small CPU boxes, or read tasks starve and Ray Data deadlocks."
+        0.5,
+        "CPUs reserved per vLLM actor. Fractional on small CPU boxes, or read tasks starve and Ray Data deadlocks.",
     )
-    num_gpus_per_actor: float = _f(0.0, "GPUs per vLLM actor (set to engine.tensor_parallel_size on GPU clusters).")
-    batch_size: int = _f(16, "Rows submitted to the engine together (a judge batch advances in rounds).", hashed=False)
+    num_gpus_per_actor: float = _f(
+        0.0, "GPUs per vLLM actor (set to engine.tensor_parallel_size on GPU clusters)."
+    )
+    batch_size: int = _f(
+        16,
+        "Rows submitted to the engine together (a judge batch advances in rounds).",
+        hashed=False,
+    )
     max_concurrent_batches: int = _f(
-        4, "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
-        hashed=False)
+        4,
+        "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
+        hashed=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -77,36 +98,54 @@ class StageEngineConfig:
 
     max_model_len: int | None = _f(None, "engine.max_model_len for this stage.")
     dtype: str | None = _f(None, "engine.dtype for this stage.")
-    tensor_parallel_size: int | None = _f(None, "engine.tensor_parallel_size for this stage (a 32B teacher: 4; a 7B student: 1).")
+    tensor_parallel_size: int | None = _f(
+        None, "engine.tensor_parallel_size for this stage (a 32B teacher: 4; a 7B student: 1)."
+    )
     gpu_memory_utilization: float | None = _f(None, "engine.gpu_memory_utilization for this stage.")
     cpu_kvcache_space_gib: int | None = _f(None, "engine.cpu_kvcache_space_gib for this stage.")
     enable_prefix_caching: bool | None = _f(None, "engine.enable_prefix_caching for this stage.")
     enforce_eager: bool | None = _f(None, "engine.enforce_eager for this stage.")
     max_num_seqs: int | None = _f(None, "engine.max_num_seqs for this stage.")
-    num_actors: int | None = _f(None, "ray.num_actors for this stage (engines in the pool).", hashed=False)
-    num_cpus_per_actor: float | None = _f(None, "ray.num_cpus_per_actor for this stage.", hashed=False)
-    num_gpus_per_actor: float | None = _f(None, "ray.num_gpus_per_actor for this stage (= its tensor_parallel_size on GPUs).",
-                                          hashed=False)
+    num_actors: int | None = _f(
+        None, "ray.num_actors for this stage (engines in the pool).", hashed=False
+    )
+    num_cpus_per_actor: float | None = _f(
+        None, "ray.num_cpus_per_actor for this stage.", hashed=False
+    )
+    num_gpus_per_actor: float | None = _f(
+        None,
+        "ray.num_gpus_per_actor for this stage (= its tensor_parallel_size on GPUs).",
+        hashed=False,
+    )
     batch_size: int | None = _f(None, "ray.batch_size for this stage.", hashed=False)
-    max_concurrent_batches: int | None = _f(None, "ray.max_concurrent_batches for this stage.", hashed=False)
+    max_concurrent_batches: int | None = _f(
+        None, "ray.max_concurrent_batches for this stage.", hashed=False
+    )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Where a run lives and what it does."""
 
-    run_dir: str = _f("runs/default", "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).",
-                      hashed=False)
+    run_dir: str = _f(
+        "runs/default",
+        "Run directory: every stage writes <run_dir>/<stage>/ (shared storage on clusters).",
+        hashed=False,
+    )
     seed: int = _f(0, "Root seed; per-problem seeds are derived from it and problem_id.")
-    chunk_size: int = _f(64, "Rows per atomic output part of a row stage: a crash loses at most one chunk (0 = one chunk).",
-                         hashed=False)
+    chunk_size: int = _f(
+        64,
+        "Rows per atomic output part of a row stage: a crash loses at most one chunk (0 = one chunk).",
+        hashed=False,
+    )
     method: Literal["palign", "full_cot", "fixed_ratio", "prefix_only", "continuation_only"] = _f(
         "palign",
         "Which SFT set to build: palign (prefix + continuation), full_cot (long-CoT SFT), "
         "fixed_ratio (prefix of judge.fixed_ratio + continuation), prefix_only, continuation_only.",
     )
     methods: tuple[str, ...] = _f(
-        (), "`palign compare`: the methods side by side (fixed_ratio:0.25 = fixed_ratio with judge.fixed_ratio=0.25); "
+        (),
+        "`palign compare`: the methods side by side (fixed_ratio:0.25 = fixed_ratio with judge.fixed_ratio=0.25); "
         "empty = palign,full_cot. Each method's stages are hashed by their own settings, so this list is not.",
         hashed=False,
     )
@@ -116,25 +155,50 @@ class RunConfig:
 class ProblemsConfig:
     """The problem set fed to the teacher (or the traces to ingest)."""
 
-    source: Literal["builtin", "file"] = _f("builtin", "builtin = the generated word problems; file = read `path`.")
+    source: Literal["builtin", "file"] = _f(
+        "builtin", "builtin = the generated word problems; file = read `path`."
+    )
     path: str = _f("", "JSONL/Parquet file or HF datasets directory (source=file).")
     num_problems: int = _f(32, "Problems to use (first N after loading; 0 = all).")
-    question_field: str = _f("", "Field holding the question; empty = first of problem/question/prompt.")
-    answer_field: str = _f("", "Field holding the gold answer; empty = answer, else extracted from solution.")
-    id_field: str = _f("", "Field holding a stable id; empty = id/unique_id if present, else a content hash.")
-    trace_field: str = _f("", "Ingest existing traces from this field (e.g. deepseek_thinking_trajectory); empty = generate.")
-    trace_index: int = _f(0, "Element taken when the trace or answer field is a list of strings (or a string serialising one).")
-    filter: str = _f("", "Keep rows whose column matches: col=value, col=a|b or col!=value (e.g. cot_type=math); "
-                         "the others are quarantined as filtered_out. Empty = all rows.")
-    group_field: str = _f("", "Column the load summary counts by; empty = first of cot_type/source_type/source/subject present.")
-    builtin_seed: int = _f(0, "Seed of the built-in problem generator (same seed and num_problems → same problems).")
+    question_field: str = _f(
+        "", "Field holding the question; empty = first of problem/question/prompt."
+    )
+    answer_field: str = _f(
+        "", "Field holding the gold answer; empty = answer, else extracted from solution."
+    )
+    id_field: str = _f(
+        "", "Field holding a stable id; empty = id/unique_id if present, else a content hash."
+    )
+    trace_field: str = _f(
+        "",
+        "Ingest existing traces from this field (e.g. deepseek_thinking_trajectory); empty = generate.",
+    )
+    trace_index: int = _f(
+        0,
+        "Element taken when the trace or answer field is a list of strings (or a string serialising one).",
+    )
+    filter: str = _f(
+        "",
+        "Keep rows whose column matches: col=value, col=a|b or col!=value (e.g. cot_type=math); "
+        "the others are quarantined as filtered_out. Empty = all rows.",
+    )
+    group_field: str = _f(
+        "",
+        "Column the load summary counts by; empty = first of cot_type/source_type/source/subject present.",
+    )
+    builtin_seed: int = _f(
+        0, "Seed of the built-in problem generator (same seed and num_problems → same problems)."
+    )
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
     """Long-CoT generation by the teacher."""
 
-    model: str = _f(DEFAULT_MODEL, "Teacher model: 'default', a local HF directory, or an HF id already in the local cache.")
+    model: str = _f(
+        DEFAULT_MODEL,
+        "Teacher model: 'default', a local HF directory, or an HF id already in the local cache.",
+    )
     system_prompt: str = _f("", "Optional system message for the teacher.")
     num_samples: int = _f(4, "Samples per problem; one correct trace is kept by `selection`.")
     temperature: float = _f(0.7, "Sampling temperature.")
@@ -144,10 +208,13 @@ class TeacherConfig:
         "shortest_correct", "Which correct sample becomes the problem's trace."
     )
     use_reference_solutions: bool = _f(
-        False, "Where no sample is correct but the problem has a worked `solution`, keep that as the trace (trace_source=reference)."
+        False,
+        "Where no sample is correct but the problem has a worked `solution`, keep that as the trace (trace_source=reference).",
     )
     grade_timeout_s: float = _f(10.0, "Time bound per graded sample (math-verify).")
-    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
+    engine: StageEngineConfig = _section(
+        StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
+    )
 
 
 @dataclass(frozen=True)
@@ -155,15 +222,23 @@ class JudgeConfig:
     """Sentence segmentation and the student's sufficiency search."""
 
     model: str = _f(DEFAULT_MODEL, "Judge model (the paper uses the student itself).")
-    segmentation: Literal["robust", "paper"] = _f("robust", "robust = span-based splitter; paper = the authors' split('. ').")
-    max_sentence_chars: int = _f(400, "Longest sentence before text without boundaries is cut into chunks.")
+    segmentation: Literal["robust", "paper"] = _f(
+        "robust", "robust = span-based splitter; paper = the authors' split('. ')."
+    )
+    max_sentence_chars: int = _f(
+        400, "Longest sentence before text without boundaries is cut into chunks."
+    )
     search: Literal["binary", "kary", "linear", "fixed_ratio"] = _f(
-        "binary", "binary = the paper's search; kary = k cuts per round; linear = oracle scan; fixed_ratio = no judging."
+        "binary",
+        "binary = the paper's search; kary = k cuts per round; linear = oracle scan; fixed_ratio = no judging.",
     )
     kary_k: int = _f(3, "Cut points probed per round in k-ary search.")
-    fixed_ratio: float = _f(0.25, "Share of sentences kept by fixed_ratio truncation (the paper's baseline).")
+    fixed_ratio: float = _f(
+        0.25, "Share of sentences kept by fixed_ratio truncation (the paper's baseline)."
+    )
     verdict: Literal["logprob", "generate"] = _f(
-        "logprob", "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse."
+        "logprob",
+        "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse.",
     )
     calibration: Literal["absolute", "contextual", "relative"] = _f(
         "absolute",
@@ -176,23 +251,40 @@ class JudgeConfig:
         "non-degenerate cuts (AIME: 54% ENOUGH, prefix-ratio median 0.22, 22% at sentence 1, 16% full). Use "
         "absolute for strong judges, contextual for small biased ones (jobs/configs/default.yaml).",
     )
-    threshold: float = _f(0.5, "Decision threshold: on p(ENOUGH) (absolute) or the normalised score (relative).")
-    contextual_threshold: float = _f(0.0, "contextual mode: least logit-margin gain over the empty prefix for ENOUGH.")
+    threshold: float = _f(
+        0.5, "Decision threshold: on p(ENOUGH) (absolute) or the normalised score (relative)."
+    )
+    contextual_threshold: float = _f(
+        0.0, "contextual mode: least logit-margin gain over the empty prefix for ENOUGH."
+    )
     min_margin_range: float = _f(
-        0.1, "relative mode: if margin(full) - margin(empty) <= this, the judge cannot tell; keep the full trace."
+        0.1,
+        "relative mode: if margin(full) - margin(empty) <= this, the judge cannot tell; keep the full trace.",
     )
     flat_fallback: Literal["full", "fixed_ratio"] = _f(
-        "full", "relative/contextual: cut of a problem whose judge cannot be calibrated (full trace or judge.fixed_ratio)."
+        "full",
+        "relative/contextual: cut of a problem whose judge cannot be calibrated (full trace or judge.fixed_ratio).",
     )
-    isotonic: bool = _f(False, "Decide on a monotone (PAV) fit of the probed scores instead of the raw verdicts.")
+    isotonic: bool = _f(
+        False, "Decide on a monotone (PAV) fit of the probed scores instead of the raw verdicts."
+    )
     votes: int = _f(1, "Judgements per probe (majority); >1 samples at judge temperature.")
     temperature: float = _f(0.0, "Judge sampling temperature (0 = greedy, reproducible).")
     max_new_tokens: int = _f(256, "Decode budget per probe in generate mode (the paper's 256).")
-    unparseable: Literal["not_enough", "enough"] = _f("not_enough", "Verdict for judge output with no tag (the paper: not enough).")
+    unparseable: Literal["not_enough", "enough"] = _f(
+        "not_enough", "Verdict for judge output with no tag (the paper: not enough)."
+    )
     prompt_version: str = _f("paper-v1", "Judge prompt template version.")
-    max_cot_tokens: int = _f(1536, "CoT tokens given to the judge; longer traces are cut at a sentence boundary first.")
-    paper_reference: bool = _f(False, "Serial, one probe at a time, generate verdicts: the authors' algorithm on our engine.")
-    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
+    max_cot_tokens: int = _f(
+        1536, "CoT tokens given to the judge; longer traces are cut at a sentence boundary first."
+    )
+    paper_reference: bool = _f(
+        False,
+        "Serial, one probe at a time, generate verdicts: the authors' algorithm on our engine.",
+    )
+    engine: StageEngineConfig = _section(
+        StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
+    )
 
 
 @dataclass(frozen=True)
@@ -205,9 +297,14 @@ class AlignConfig:
     top_p: float = _f(0.9, "The paper's top_p.")
     repetition_penalty: float = _f(1.05, "The paper's repetition penalty.")
     max_tokens: int = _f(512, "Most new tokens per continuation.")
-    prefix_begin: str = _f("<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response.")
+    prefix_begin: str = _f(
+        "<Begin_of_Prefix>", "Marker before the teacher prefix in the SFT response."
+    )
     prefix_end: str = _f("<End_of_Prefix>", "Marker after the teacher prefix in the SFT response.")
-    max_seq_len: int = _f(1024, "Longest tokenized SFT example; longer ones are quarantined (never silently cut). At most sft.max_seq_len.")
+    max_seq_len: int = _f(
+        1024,
+        "Longest tokenized SFT example; longer ones are quarantined (never silently cut). At most sft.max_seq_len.",
+    )
     grader: Literal["boxed", "paper"] = _f(
         "boxed",
         "Eq. 9 answer check: boxed = the last \\boxed{} must match gold (strict); paper = the authors' grader, "
@@ -215,7 +312,9 @@ class AlignConfig:
     )
     grade_timeout_s: float = _f(10.0, "Time bound per graded continuation (math-verify).")
     shard_rows: int = _f(1024, "SFT examples per Parquet shard (part-*.parquet).")
-    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
+    engine: StageEngineConfig = _section(
+        StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
+    )
 
 
 @dataclass(frozen=True)
@@ -225,7 +324,9 @@ class SFTConfig:
     model: str = _f(DEFAULT_MODEL, "Student model to fine-tune.")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage (2 or 3).")
     offload_optimizer: bool = _f(False, "Offload optimizer state to CPU (ZeRO-Offload).")
-    precision: Literal["bf16", "fp32"] = _f("bf16", "Training precision; bf16 on GPU, bf16 or fp32 on CPU.")
+    precision: Literal["bf16", "fp32"] = _f(
+        "bf16", "Training precision; bf16 on GPU, bf16 or fp32 on CPU."
+    )
     num_workers: int = _f(2, "Ray Train workers (ranks).")
     use_gpu: bool = _f(False, "One GPU per worker.")
     cpus_per_worker: float = _f(1.0, "CPUs per Ray Train worker.")
@@ -238,26 +339,41 @@ class SFTConfig:
     warmup_ratio: float = _f(0.1, "Share of steps with linear warmup before the cosine decay.")
     grad_clip: float = _f(1.0, "Gradient norm clip.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
-    packing: bool = _f(True, "Pack several examples per sequence (attention kept apart by position-id resets).")
-    max_seq_len: int = _f(1024, "Longest packed sequence; an example longer than this is quarantined (never cut).")
-    lora: bool = _f(False, "Train LoRA adapters (the paper's setting) instead of all weights; merged on export.")
+    packing: bool = _f(
+        True, "Pack several examples per sequence (attention kept apart by position-id resets)."
+    )
+    max_seq_len: int = _f(
+        1024, "Longest packed sequence; an example longer than this is quarantined (never cut)."
+    )
+    lora: bool = _f(
+        False, "Train LoRA adapters (the paper's setting) instead of all weights; merged on export."
+    )
     lora_r: int = _f(16, "LoRA rank.")
     lora_alpha: int = _f(16, "LoRA alpha.")
     lora_dropout: float = _f(0.05, "LoRA dropout.")
     lora_target_modules: tuple[str, ...] = _f(
-        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"), "Modules that get LoRA adapters."
+        ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        "Modules that get LoRA adapters.",
     )
-    checkpoint_every: int = _f(0, "Report a checkpoint every N optimizer steps (0 = only at the end).")
-    keep_checkpoints: int = _f(2, "Most recent checkpoints kept under <output>/ray_train/ (older ones are deleted).")
+    checkpoint_every: int = _f(
+        0, "Report a checkpoint every N optimizer steps (0 = only at the end)."
+    )
+    keep_checkpoints: int = _f(
+        2, "Most recent checkpoints kept under <output>/ray_train/ (older ones are deleted)."
+    )
     max_failures: int = _f(1, "Ray Train restarts from the last checkpoint on worker failure.")
     resume: bool = _f(False, "Continue a stopped run from its last checkpoint (same --output).")
-    export_dtype: Literal["bf16", "fp32"] = _f("bf16", "dtype of the exported HF safetensors model.")
+    export_dtype: Literal["bf16", "fp32"] = _f(
+        "bf16", "dtype of the exported HF safetensors model."
+    )
     export_shard_mb: int = _f(
-        4096, "Largest safetensors file of the exported model, MiB (rank 0 streams tensors into it one at a time).",
+        4096,
+        "Largest safetensors file of the exported model, MiB (rank 0 streams tensors into it one at a time).",
         hashed=False,
     )
     tensorboard: bool = _f(
-        True, "Rank 0 logs loss, lr, grad norm and tokens/s per step to <output>/../tensorboard/ (offline event files).",
+        True,
+        "Rank 0 logs loss, lr, grad norm and tokens/s per step to <output>/../tensorboard/ (offline event files).",
         hashed=False,
     )
 
@@ -266,7 +382,10 @@ class SFTConfig:
 class EvalConfig:
     """pass@k evaluation."""
 
-    benchmarks: tuple[str, ...] = _f(("builtin",), "Benchmarks: builtin, gsm8k, math500, aime24, aime25, amc23, amc12, or file paths.")
+    benchmarks: tuple[str, ...] = _f(
+        ("builtin",),
+        "Benchmarks: builtin, gsm8k, math500, aime24, aime25, amc23, amc12, or file paths.",
+    )
     data_dir: str = _f("../shared/data", "Where benchmark files live.")
     num_problems: int = _f(16, "Problems per benchmark (0 = all).")
     num_samples: int = _f(3, "Samples per problem (the paper: 3).")
@@ -276,13 +395,22 @@ class EvalConfig:
     max_tokens: int = _f(512, "Most new tokens per sample.")
     grade_timeout_s: float = _f(10.0, "Time bound per graded answer (math-verify).")
     bootstrap_samples: int = _f(1000, "Bootstrap resamples for confidence intervals.")
-    model: str = _f(DEFAULT_MODEL, "Model to evaluate ('default', a local HF directory); `palign eval --model` overrides it.")
+    model: str = _f(
+        DEFAULT_MODEL,
+        "Model to evaluate ('default', a local HF directory); `palign eval --model` overrides it.",
+    )
     grade_workers: int = _f(2, "Threads grading at once (each owns one math-verify child process).")
     grader: Literal["paper", "boxed"] = _f(
-        "paper", "paper = the authors' grader (last boxed answer, OR math-verify on the whole output); boxed = last boxed answer only."
+        "paper",
+        "paper = the authors' grader (last boxed answer, OR math-verify on the whole output); boxed = last boxed answer only.",
     )
-    builtin_seed: int = _f(1, "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).")
-    engine: StageEngineConfig = _section(StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray]).")
+    builtin_seed: int = _f(
+        1,
+        "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).",
+    )
+    engine: StageEngineConfig = _section(
+        StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
+    )
 
 
 @dataclass(frozen=True)
@@ -342,11 +470,15 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"section '{prefix}'" if prefix else "top level"
-        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; known: {sorted(names)}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} in {where}; known: {sorted(names)}"
+        )
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a section (isinstance: for the type checker)
+        if isinstance(tp, type) and dataclasses.is_dataclass(
+            tp
+        ):  # a section (isinstance: for the type checker)
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")
         else:
             kwargs[name] = _check_type(prefix + name, tp, value)
@@ -412,8 +544,14 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     def conv(v: Any) -> Any:
         return list(v) if isinstance(v, tuple) else v
 
-    return {f.name: (to_dict(getattr(cfg, f.name)) if dataclasses.is_dataclass(getattr(cfg, f.name)) else conv(getattr(cfg, f.name)))
-            for f in dataclasses.fields(cfg)}
+    return {
+        f.name: (
+            to_dict(getattr(cfg, f.name))
+            if dataclasses.is_dataclass(getattr(cfg, f.name))
+            else conv(getattr(cfg, f.name))
+        )
+        for f in dataclasses.fields(cfg)
+    }
 
 
 def dump_yaml(cfg: Config) -> str:
@@ -427,11 +565,19 @@ def _hashed_view(cfg: Any) -> dict[str, Any]:
         if not f.metadata.get("hashed", True):
             continue
         v = getattr(cfg, f.name)
-        if v is None and isinstance(cfg, EngineConfig) and f.name in PLATFORM_ENGINE_DEFAULTS["cpu"]:
+        if (
+            v is None
+            and isinstance(cfg, EngineConfig)
+            and f.name in PLATFORM_ENGINE_DEFAULTS["cpu"]
+        ):
             # A platform default hashes as its CPU value: runs finished before these fields became
             # platform-dependent (when they were these CPU values) keep their stage hashes.
             v = PLATFORM_ENGINE_DEFAULTS["cpu"][f.name]
-        out[f.name] = _hashed_view(v) if dataclasses.is_dataclass(v) else (list(v) if isinstance(v, tuple) else v)
+        out[f.name] = (
+            _hashed_view(v)
+            if dataclasses.is_dataclass(v)
+            else (list(v) if isinstance(v, tuple) else v)
+        )
     return out
 
 
@@ -455,7 +601,9 @@ def resolve_engine_defaults(engine: EngineConfig, on_cuda: bool) -> EngineConfig
     Call it where the engine is built (the node that runs it knows its platform), and in `palign config`.
     """
     defaults = PLATFORM_ENGINE_DEFAULTS["cuda" if on_cuda else "cpu"]
-    return dataclasses.replace(engine, **{k: v for k, v in defaults.items() if getattr(engine, k) is None})
+    return dataclasses.replace(
+        engine, **{k: v for k, v in defaults.items() if getattr(engine, k) is None}
+    )
 
 
 ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
@@ -464,16 +612,28 @@ ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `eng
 def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:
     """The engine and actor-pool settings one stage runs with: [engine]/[ray] overlaid by <section>.engine."""
     if section not in ENGINE_SECTIONS:
-        raise ValueError(f"no engine settings for section {section!r}; sections with engines: {list(ENGINE_SECTIONS)}")
+        raise ValueError(
+            f"no engine settings for section {section!r}; sections with engines: {list(ENGINE_SECTIONS)}"
+        )
     over = getattr(cfg, section).engine
-    set_fields = {f.name: getattr(over, f.name) for f in dataclasses.fields(over) if getattr(over, f.name) is not None}
+    set_fields = {
+        f.name: getattr(over, f.name)
+        for f in dataclasses.fields(over)
+        if getattr(over, f.name) is not None
+    }
     engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
-    engine = dataclasses.replace(cfg.engine, **{k: v for k, v in set_fields.items() if k in engine_keys})
-    ray = dataclasses.replace(cfg.ray, **{k: v for k, v in set_fields.items() if k not in engine_keys})
+    engine = dataclasses.replace(
+        cfg.engine, **{k: v for k, v in set_fields.items() if k in engine_keys}
+    )
+    ray = dataclasses.replace(
+        cfg.ray, **{k: v for k, v in set_fields.items() if k not in engine_keys}
+    )
     if ray.num_gpus_per_actor and ray.num_gpus_per_actor < engine.tensor_parallel_size:
-        raise ConfigError(f"{section}: num_gpus_per_actor={ray.num_gpus_per_actor} is less than tensor_parallel_size="
-                          f"{engine.tensor_parallel_size}; an engine needs one GPU per tensor-parallel rank "
-                          f"(set {section}.engine.num_gpus_per_actor)")
+        raise ConfigError(
+            f"{section}: num_gpus_per_actor={ray.num_gpus_per_actor} is less than tensor_parallel_size="
+            f"{engine.tensor_parallel_size}; an engine needs one GPU per tensor-parallel rank "
+            f"(set {section}.engine.num_gpus_per_actor)"
+        )
     return engine, ray
 
 

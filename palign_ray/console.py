@@ -22,8 +22,19 @@ PACKAGE = "palign_ray"
 CONSOLE = {"console": True}  # `extra=` of an INFO record the quiet console shows (stage summaries)
 # Library loggers that attach their own stderr handlers (and often propagate=False); quiet mode takes
 # those handlers off so that their records reach the log files instead of the terminal.
-LIBRARIES = ("ray", "vllm", "deepspeed", "DeepSpeed", "transformers", "torch", "accelerate", "datasets",
-             "filelock", "urllib3", "py.warnings")
+LIBRARIES = (
+    "ray",
+    "vllm",
+    "deepspeed",
+    "DeepSpeed",
+    "transformers",
+    "torch",
+    "accelerate",
+    "datasets",
+    "filelock",
+    "urllib3",
+    "py.warnings",
+)
 # pipeline._run_stage's records: they switch `<stage>.log` on and off (the format strings, not the text).
 STAGE_START = "stage %s: start"
 STAGE_END = "stage %s: finished in %.1f s"
@@ -31,7 +42,11 @@ STAGE_SKIPPED = "stage %s: done (manifest present), skipping"
 # streaming._one_pass's per-part record: the quiet console's progress when stderr is no terminal (no bar).
 PART_LINE = "stage %s: part %s: %d out, %d quarantined"
 WORKER_LOG_GLOBS = ("worker-*.out", "worker-*.err")
-_MARKERS = (":job_id:", ":actor_name:", ":task_name:")  # Ray's log-monitor bookkeeping lines, not output
+_MARKERS = (
+    ":job_id:",
+    ":actor_name:",
+    ":task_name:",
+)  # Ray's log-monitor bookkeeping lines, not output
 _HANDLER_NAME = "palign-console"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _state: dict[str, Any] = {"quiet": False}
@@ -67,8 +82,11 @@ def run_console(run_dir: Path, *, verbose: bool) -> Iterator[Path]:
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
     root.addHandler(files)
     undo = _quiet(tty, stderr) if stderr is not None else None
-    logging.getLogger(__name__).info("logs: %s (run.log: the driver; <stage>.log: libraries and Ray workers)", logs,
-                                     extra=CONSOLE)
+    logging.getLogger(__name__).info(
+        "logs: %s (run.log: the driver; <stage>.log: libraries and Ray workers)",
+        logs,
+        extra=CONSOLE,
+    )
     try:
         yield logs
     except BaseException:  # the traceback still reaches the terminal; the logs get it as well
@@ -89,13 +107,21 @@ def run_console(run_dir: Path, *, verbose: bool) -> Iterator[Path]:
 def _quiet(tty: bool, stderr: StderrToLogs) -> Callable[[], None]:
     """Narrow the console to QuietConsole's lines (written to the terminal, not fd 2); returns the undo."""
     _state["quiet"] = True
-    logging.getLogger(PACKAGE).setLevel(logging.DEBUG)  # the per-part lines are DEBUG: run.log keeps them
-    logging.captureWarnings(True)  # DeprecationWarnings and DeepSpeed's accelerator warnings → the stage log
+    logging.getLogger(PACKAGE).setLevel(
+        logging.DEBUG
+    )  # the per-part lines are DEBUG: run.log keeps them
+    logging.captureWarnings(
+        True
+    )  # DeprecationWarnings and DeepSpeed's accelerator warnings → the stage log
     adopt_library_loggers()
     console = _console_handler()
     if console is None:
         return lambda: logging.captureWarnings(False)
-    quiet_filter, formatter, stream = QuietConsole(tty), console.formatter, getattr(console, "stream", None)
+    quiet_filter, formatter, stream = (
+        QuietConsole(tty),
+        console.formatter,
+        getattr(console, "stream", None),
+    )
     console.addFilter(quiet_filter)
     console.setFormatter(QuietFormatter())
     if stream is stderr.saved_sys_stderr:  # it wrote to fd 2, which now points at the log files
@@ -237,7 +263,9 @@ class RunLogs(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            if len(logging.Logger.manager.loggerDict) != self.num_loggers:  # a library was imported meanwhile
+            if (
+                len(logging.Logger.manager.loggerDict) != self.num_loggers
+            ):  # a library was imported meanwhile
                 adopt_library_loggers()
                 self.num_loggers = len(logging.Logger.manager.loggerDict)
             if record.name == "palign_ray.pipeline" and record.msg == STAGE_START and record.args:
@@ -275,8 +303,10 @@ class RunLogs(logging.Handler):
             self.stderr.point_to(self.run_file)
         self.stage_file.close()
         if copied:
-            self.run_file.write(f"stage {self.stage}: {copied} Ray worker logs appended to {self.logs / (self.stage or '')}.log"
-                                f" (Ray session logs: {worker_log_dir()})\n")
+            self.run_file.write(
+                f"stage {self.stage}: {copied} Ray worker logs appended to {self.logs / (self.stage or '')}.log"
+                f" (Ray session logs: {worker_log_dir()})\n"
+            )
         self.stage, self.stage_file = None, None
 
     def write_exception(self) -> None:
@@ -308,7 +338,11 @@ def worker_log_dir() -> Path | None:
 
 def worker_logs() -> list[Path]:
     d = worker_log_dir()
-    return sorted(p for g in WORKER_LOG_GLOBS for p in d.glob(g)) if d is not None and d.is_dir() else []
+    return (
+        sorted(p for g in WORKER_LOG_GLOBS for p in d.glob(g))
+        if d is not None and d.is_dir()
+        else []
+    )
 
 
 def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
@@ -318,7 +352,11 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
         start = offsets.get(path, 0)
         with contextlib.suppress(OSError), open(path, "rb") as f:
             f.seek(start)
-            lines = [x for x in f.read().decode("utf-8", "replace").splitlines() if x.strip() and not x.startswith(_MARKERS)]
+            lines = [
+                x
+                for x in f.read().decode("utf-8", "replace").splitlines()
+                if x.strip() and not x.startswith(_MARKERS)
+            ]
         if lines:
             out.write(f"==> Ray worker log {path.name} <==\n" + "\n".join(lines) + "\n")
             copied += 1
@@ -332,12 +370,18 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
 ENGINE_SECTION = {"teacher": "teacher", "truncate": "judge", "align": "align", "eval": "eval"}
 
 
-def summary_lines(stage: str, manifest: Mapping[str, Any], cfg: Any = None) -> list[tuple[int, str]]:
+def summary_lines(
+    stage: str, manifest: Mapping[str, Any], cfg: Any = None
+) -> list[tuple[int, str]]:
     """(level, line) for the console: counts and wall time, then warnings (engine restarts, degenerate judge...)."""
     m = manifest
     num_actors = stage_actors(cfg, stage) if cfg is not None else 0
-    head = f"{stage:<9}" + " · ".join(x for x in (_counts(stage, m), _extra(stage, m), f"{m.get('wall_s', 0):.0f} s") if x)
-    return [(logging.INFO, head)] + [(logging.WARNING, f"{stage}: {w}") for w in _warnings(stage, m, num_actors)]
+    head = f"{stage:<9}" + " · ".join(
+        x for x in (_counts(stage, m), _extra(stage, m), f"{m.get('wall_s', 0):.0f} s") if x
+    )
+    return [(logging.INFO, head)] + [
+        (logging.WARNING, f"{stage}: {w}") for w in _warnings(stage, m, num_actors)
+    ]
 
 
 def stage_actors(cfg: Any, stage: str) -> int:
@@ -350,7 +394,11 @@ def stage_actors(cfg: Any, stage: str) -> int:
 def _counts(stage: str, m: Mapping[str, Any]) -> str:
     if stage in ("train", "eval"):
         return ""
-    out = f"{m.get('num_output', 0)} rows out" if "num_input" not in m else f"{m['num_input']} in → {m.get('num_output', 0)} out"
+    out = (
+        f"{m.get('num_output', 0)} rows out"
+        if "num_input" not in m
+        else f"{m['num_input']} in → {m.get('num_output', 0)} out"
+    )
     q = int(m.get("num_quarantined", 0) or m.get("summary", {}).get("num_quarantined", 0) or 0)
     reasons = m.get("reasons") or m.get("summary", {}).get("reasons") or {}
     if q:
@@ -362,12 +410,14 @@ def _counts(stage: str, m: Mapping[str, Any]) -> str:
 def _extra(stage: str, m: Mapping[str, Any]) -> str:
     if "engine_starts" in m:
         return f"{m['engine_starts']} engine start{'s' * (m['engine_starts'] != 1)}" + (
-            f", {m['passes']} passes" if m.get("passes", 1) > 1 else "")
+            f", {m['passes']} passes" if m.get("passes", 1) > 1 else ""
+        )
     if stage == "train":
         t = m.get("metrics", {})
         loss = t.get("final_loss")
         return f"{t.get('num_examples', 0)} examples, {t.get('num_steps', 0)} steps" + (
-            f", final loss {loss:.3f}" if isinstance(loss, (int, float)) else "")
+            f", final loss {loss:.3f}" if isinstance(loss, (int, float)) else ""
+        )
     if stage == "eval":
         return " → ".join(f"{k} {_pass1(m[k])}" for k in ("base", "trained") if m.get(k))
     return ""
@@ -382,11 +432,17 @@ def _warnings(stage: str, m: Mapping[str, Any], num_actors: int) -> list[str]:
     out: list[str] = []
     starts, passes = m.get("engine_starts"), max(1, int(m.get("passes", 1) or 1))
     if starts is not None and num_actors and starts > num_actors * passes:
-        out.append(f"{starts} engine starts for {num_actors} actor(s) × {passes} pass(es): "
-                   f"{starts - num_actors * passes} engine restart(s) (an actor died; see logs/{stage}.log)")
-    degenerate = dict.fromkeys(d for s in m.get("summaries", []) or [] for d in (s or {}).get("degenerate", []) or [])
+        out.append(
+            f"{starts} engine starts for {num_actors} actor(s) × {passes} pass(es): "
+            f"{starts - num_actors * passes} engine restart(s) (an actor died; see logs/{stage}.log)"
+        )
+    degenerate = dict.fromkeys(
+        d for s in m.get("summaries", []) or [] for d in (s or {}).get("degenerate", []) or []
+    )
     if degenerate:
-        out.append(f"degenerate judge: {'; '.join(degenerate)}; the cuts say little (see judge.calibration)")
+        out.append(
+            f"degenerate judge: {'; '.join(degenerate)}; the cuts say little (see judge.calibration)"
+        )
     restarts = m.get("metrics", {}).get("restarts") if stage == "train" else None
     if restarts:
         out.append(f"training restarted {len(restarts)} time(s) from a checkpoint: {restarts}")

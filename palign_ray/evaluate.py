@@ -56,7 +56,9 @@ def build_prompt(problem: str) -> str:
 # Grading of generations (pure apart from the grading child processes)
 
 
-def grade_samples(problems: list[dict[str, Any]], gen_rows: Iterable[dict[str, Any]], cfg: EvalConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def grade_samples(
+    problems: list[dict[str, Any]], gen_rows: Iterable[dict[str, Any]], cfg: EvalConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Join generation rows to problems on problem_id and grade every sample → (sample rows, quarantine)."""
     by_id = {p[R.PROBLEM_ID]: p for p in problems}
     jobs: list[dict[str, Any]] = []
@@ -66,17 +68,38 @@ def grade_samples(problems: list[dict[str, Any]], gen_rows: Iterable[dict[str, A
         pid = str(row[R.PROBLEM_ID])
         problem = by_id.get(pid)
         if problem is None or pid in seen:
-            bad.append(quarantine_row(STAGE, pid, "unknown_problem_id", "generation row matches no (or an already graded) problem"))
+            bad.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    "unknown_problem_id",
+                    "generation row matches no (or an already graded) problem",
+                )
+            )
             continue
         seen.add(pid)
         if row.get("error") or not row.get(R.GENERATIONS):
-            bad.append(quarantine_row(STAGE, pid, GENERATION_FAILED, str(row.get("error") or "no generations"),
-                                      **{BENCHMARK: problem[BENCHMARK]}))
+            bad.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    GENERATION_FAILED,
+                    str(row.get("error") or "no generations"),
+                    **{BENCHMARK: problem[BENCHMARK]},
+                )
+            )
             continue
         jobs += _sample_jobs(problem, row)
     for pid in sorted(set(by_id) - seen):
-        bad.append(quarantine_row(STAGE, pid, NO_GENERATION, "the generation stage returned no row for this problem",
-                                  **{BENCHMARK: by_id[pid][BENCHMARK]}))
+        bad.append(
+            quarantine_row(
+                STAGE,
+                pid,
+                NO_GENERATION,
+                "the generation stage returned no row for this problem",
+                **{BENCHMARK: by_id[pid][BENCHMARK]},
+            )
+        )
     return grade_jobs(jobs, cfg), bad
 
 
@@ -85,20 +108,38 @@ def _sample_jobs(problem: dict[str, Any], row: dict[str, Any]) -> list[dict[str,
     finish = list(row.get(R.FINISH_REASONS) or [""] * len(gens))
     tokens = list(row.get(R.NUM_GENERATED_TOKENS) or [None] * len(gens))
     refs = list(row.get(REFERENCE_LABEL) or [None] * len(gens))
-    return [{BENCHMARK: problem[BENCHMARK], R.PROBLEM_ID: problem[R.PROBLEM_ID], SAMPLE_INDEX: i, GOLD: problem[R.ANSWER],
-             FINISH_REASON: finish[i] if i < len(finish) else "", NUM_TOKENS: tokens[i] if i < len(tokens) else None,
-             NUM_CHARS: len(text), REFERENCE_LABEL: refs[i] if i < len(refs) else None, GENERATION: text}
-            for i, text in enumerate(gens)]
+    return [
+        {
+            BENCHMARK: problem[BENCHMARK],
+            R.PROBLEM_ID: problem[R.PROBLEM_ID],
+            SAMPLE_INDEX: i,
+            GOLD: problem[R.ANSWER],
+            FINISH_REASON: finish[i] if i < len(finish) else "",
+            NUM_TOKENS: tokens[i] if i < len(tokens) else None,
+            NUM_CHARS: len(text),
+            REFERENCE_LABEL: refs[i] if i < len(refs) else None,
+            GENERATION: text,
+        }
+        for i, text in enumerate(gens)
+    ]
 
 
 def grade_jobs(jobs: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, Any]]:
     """Grade sample rows in a few threads (each grading thread owns its own math-verify child)."""
+
     def one(job: dict[str, Any]) -> dict[str, Any]:
         g = grade(job[GENERATION], job[GOLD], timeout_s=cfg.grade_timeout_s, mode=cfg.grader)
         boxed = extract_boxed(job[GENERATION])
         # "text" marks samples only the paper grader's whole-output math-verify found correct.
         source = "" if not g.correct else ("boxed" if g.extracted == boxed else "text")
-        return {**job, CORRECT: g.correct, LABEL: int(g.correct), R.REASON: g.reason, EXTRACTED: g.extracted, ANSWER_SOURCE: source}
+        return {
+            **job,
+            CORRECT: g.correct,
+            LABEL: int(g.correct),
+            R.REASON: g.reason,
+            EXTRACTED: g.extracted,
+            ANSWER_SOURCE: source,
+        }
 
     with ThreadPoolExecutor(max_workers=max(1, cfg.grade_workers)) as pool:
         out = list(pool.map(one, jobs))
@@ -118,61 +159,108 @@ def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResu
         out[bench] = []
         for pid, rows in problems.items():
             rows = sorted(rows, key=lambda r: r[SAMPLE_INDEX])
-            tokens = tuple(r[NUM_TOKENS] for r in rows) if all(r.get(NUM_TOKENS) is not None for r in rows) else ()
-            out[bench].append(ProblemResult(
-                pid, tuple(bool(r[CORRECT]) for r in rows), num_tokens=tokens, num_chars=tuple(r[NUM_CHARS] for r in rows),
-                finish_reasons=tuple(r[FINISH_REASON] for r in rows if r.get(FINISH_REASON)), reasons=tuple(r[R.REASON] for r in rows)))
+            tokens = (
+                tuple(r[NUM_TOKENS] for r in rows)
+                if all(r.get(NUM_TOKENS) is not None for r in rows)
+                else ()
+            )
+            out[bench].append(
+                ProblemResult(
+                    pid,
+                    tuple(bool(r[CORRECT]) for r in rows),
+                    num_tokens=tokens,
+                    num_chars=tuple(r[NUM_CHARS] for r in rows),
+                    finish_reasons=tuple(r[FINISH_REASON] for r in rows if r.get(FINISH_REASON)),
+                    reasons=tuple(r[R.REASON] for r in rows),
+                )
+            )
     return out
 
 
-def failed_results(quarantined: Iterable[dict[str, Any]], num_samples: int) -> dict[str, list[ProblemResult]]:
+def failed_results(
+    quarantined: Iterable[dict[str, Any]], num_samples: int
+) -> dict[str, list[ProblemResult]]:
     """Problems whose generation failed (quarantine rows of grade_samples) as all-incorrect ProblemResults per benchmark."""
     out: dict[str, list[ProblemResult]] = {}
     for row in quarantined:
         if row[R.REASON] in FAILED_REASONS:
-            out.setdefault(row[BENCHMARK], []).append(ProblemResult(row[R.PROBLEM_ID], (False,) * num_samples, failed=row[R.REASON]))
+            out.setdefault(row[BENCHMARK], []).append(
+                ProblemResult(row[R.PROBLEM_ID], (False,) * num_samples, failed=row[R.REASON])
+            )
     return out
 
 
-def _with_failed(graded: dict[str, list[ProblemResult]], failed: dict[str, list[ProblemResult]]) -> dict[str, list[ProblemResult]]:
+def _with_failed(
+    graded: dict[str, list[ProblemResult]], failed: dict[str, list[ProblemResult]]
+) -> dict[str, list[ProblemResult]]:
     return {b: graded.get(b, []) + failed.get(b, []) for b in sorted(set(graded) | set(failed))}
 
 
-def compute_metrics(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int = 0,
-                    failed: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+def compute_metrics(
+    samples: list[dict[str, Any]],
+    cfg: EvalConfig,
+    seed: int = 0,
+    failed: Iterable[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """Per-benchmark summaries plus their macro average (and agreement with reference labels if any).
 
     `failed`: grade_samples' quarantine rows; problems without samples count as incorrect (the paper's
     denominator is every problem) and are reported as num_failed_problems / failed_problem_rate.
     """
     lost = failed_results(failed, cfg.num_samples)
-    per = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in _with_failed(problem_results(samples), lost).items()}
+    per = {
+        b: summarize(p, cfg.bootstrap_samples, seed)
+        for b, p in _with_failed(problem_results(samples), lost).items()
+    }
     out: dict[str, Any] = {"grader": cfg.grader, "benchmarks": per, "average": macro_average(per)}
     if cfg.grader == "paper":  # the strict numbers too: only the last boxed answer counts
-        strict = [{**s, CORRECT: bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"} for s in samples]
-        out["boxed_only"] = {b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
-                             for b, p in _with_failed(problem_results(strict), lost).items() for m in [summarize(p, 0, seed)]}
+        strict = [
+            {**s, CORRECT: bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"} for s in samples
+        ]
+        out["boxed_only"] = {
+            b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
+            for b, p in _with_failed(problem_results(strict), lost).items()
+            for m in [summarize(p, 0, seed)]
+        }
     refs = [s for s in samples if s.get(REFERENCE_LABEL) is not None]
     if refs:
         out["reference_agreement"] = reference_agreement(refs, cfg, seed)
     return out
 
 
-def reference_agreement(samples: list[dict[str, Any]], cfg: EvalConfig, seed: int) -> dict[str, Any]:
+def reference_agreement(
+    samples: list[dict[str, Any]], cfg: EvalConfig, seed: int
+) -> dict[str, Any]:
     """How our labels compare with labels shipped in the input (e.g. the authors' `label`)."""
     ours = [int(bool(s[CORRECT])) for s in samples]
     theirs = [int(bool(s[REFERENCE_LABEL])) for s in samples]
     ref_samples = [{**s, CORRECT: bool(t)} for s, t in zip(samples, theirs, strict=True)]
-    ref_metrics = {b: summarize(p, cfg.bootstrap_samples, seed) for b, p in sorted(problem_results(ref_samples).items())}
+    ref_metrics = {
+        b: summarize(p, cfg.bootstrap_samples, seed)
+        for b, p in sorted(problem_results(ref_samples).items())
+    }
     return {
         "num_samples": len(ours),
         "agreement": sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(ours),
         "ours_1_reference_0": sum(a > b for a, b in zip(ours, theirs, strict=True)),
         "ours_0_reference_1": sum(a < b for a, b in zip(ours, theirs, strict=True)),
-        "reference_metrics": {b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")} for b, m in ref_metrics.items()},
-        "disagreements": [{R.PROBLEM_ID: s[R.PROBLEM_ID], SAMPLE_INDEX: s[SAMPLE_INDEX], "ours": a, "reference": b,
-                           EXTRACTED: s[EXTRACTED], GOLD: s[GOLD], R.REASON: s[R.REASON]}
-                          for s, a, b in zip(samples, ours, theirs, strict=True) if a != b],
+        "reference_metrics": {
+            b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
+            for b, m in ref_metrics.items()
+        },
+        "disagreements": [
+            {
+                R.PROBLEM_ID: s[R.PROBLEM_ID],
+                SAMPLE_INDEX: s[SAMPLE_INDEX],
+                "ours": a,
+                "reference": b,
+                EXTRACTED: s[EXTRACTED],
+                GOLD: s[GOLD],
+                R.REASON: s[R.REASON],
+            }
+            for s, a, b in zip(samples, ours, theirs, strict=True)
+            if a != b
+        ],
     }
 
 
@@ -188,23 +276,46 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     """benchmark × pass@k (with 95% bootstrap intervals), the paper's conventions, lengths, truncation."""
     per = metrics["benchmarks"]
     ks = sorted({k for m in per.values() for k in m.get("pass@k", {})}, key=int)
-    head = ["benchmark", "problems", "n"] + [f"pass@{k}" for k in ks] + ["mean acc (paper Pass@1)", "any of n (paper Pass@n)",
-                                                                        "first sample", "truncated", "mean tokens",
-                                                                        "failed problems"]
+    head = (
+        ["benchmark", "problems", "n"]
+        + [f"pass@{k}" for k in ks]
+        + [
+            "mean acc (paper Pass@1)",
+            "any of n (paper Pass@n)",
+            "first sample",
+            "truncated",
+            "mean tokens",
+            "failed problems",
+        ]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in per.items():
         cells = [name, str(m.get("num_problems", 0)), str(m.get("num_samples", 0))]
         for k in ks:
             v, ci = m.get("pass@k", {}).get(k), m.get("pass@k_ci95", {}).get(k)
             cells.append(f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]" if ci else _pct(v))
-        cells += [_pct(m.get("mean_accuracy")), _pct(m.get("pass@n_any_correct")), _pct(m.get("first_sample_accuracy")),
-                  _pct(m.get("truncation_rate")), _num(m.get("mean_generation_tokens")), _failed(m)]
+        cells += [
+            _pct(m.get("mean_accuracy")),
+            _pct(m.get("pass@n_any_correct")),
+            _pct(m.get("first_sample_accuracy")),
+            _pct(m.get("truncation_rate")),
+            _num(m.get("mean_generation_tokens")),
+            _failed(m),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     avg = metrics["average"]
     if len(per) > 1 and avg.get("num_benchmarks"):
-        cells = ["**average**", str(avg["num_problems"]), ""] + [_pct(avg["pass@k"].get(k)) for k in ks]
-        cells += [_pct(avg.get("mean_accuracy")), _pct(avg.get("pass@n_any_correct")), _pct(avg.get("first_sample_accuracy")),
-                  _pct(avg.get("truncation_rate")), _num(avg.get("mean_generation_tokens")), _failed(avg)]
+        cells = ["**average**", str(avg["num_problems"]), ""] + [
+            _pct(avg["pass@k"].get(k)) for k in ks
+        ]
+        cells += [
+            _pct(avg.get("mean_accuracy")),
+            _pct(avg.get("pass@n_any_correct")),
+            _pct(avg.get("first_sample_accuracy")),
+            _pct(avg.get("truncation_rate")),
+            _num(avg.get("mean_generation_tokens")),
+            _failed(avg),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -217,11 +328,19 @@ def _failed(m: dict[str, Any]) -> str:
     """Failed problems as "count (rate%)"; "—" for metrics written before they were counted."""
     if "num_failed_problems" not in m:
         return "—"
-    rate = m.get("failed_problem_rate", m["num_failed_problems"] / m["num_problems"] if m.get("num_problems") else None)
+    rate = m.get(
+        "failed_problem_rate",
+        m["num_failed_problems"] / m["num_problems"] if m.get("num_problems") else None,
+    )
     return f"{m['num_failed_problems']} ({_pct(rate)}%)"
 
 
-def write_report(out_dir: Path, metrics: dict[str, Any], samples: list[dict[str, Any]], quarantined: list[dict[str, Any]]) -> None:
+def write_report(
+    out_dir: Path,
+    metrics: dict[str, Any],
+    samples: list[dict[str, Any]],
+    quarantined: list[dict[str, Any]],
+) -> None:
     """metrics.json, report.md, samples.jsonl, quarantine.jsonl and the PNG plots in `out_dir`."""
     from palign_ray.report_plots import plot_length_histogram, plot_pass_at_k
 
@@ -234,9 +353,19 @@ def write_report(out_dir: Path, metrics: dict[str, Any], samples: list[dict[str,
     md = [f"# Evaluation of `{metrics.get('model', '?')}`", "", markdown_table(metrics)]
     timing = metrics.get("timing")
     if timing:
-        md += [f"Generation: {timing['generated_tokens']} tokens in {timing['generation_wall_s']:.1f} s "
-               f"({timing['tokens_per_s']:.1f} tokens/s); total wall {timing['wall_s']:.1f} s.", ""]
-    md += [f"Quarantined problems: {len(quarantined)}.", "", "![pass@k](pass_at_k.png)", "", "![lengths](generation_length.png)", ""]
+        md += [
+            f"Generation: {timing['generated_tokens']} tokens in {timing['generation_wall_s']:.1f} s "
+            f"({timing['tokens_per_s']:.1f} tokens/s); total wall {timing['wall_s']:.1f} s.",
+            "",
+        ]
+    md += [
+        f"Quarantined problems: {len(quarantined)}.",
+        "",
+        "![pass@k](pass_at_k.png)",
+        "",
+        "![lengths](generation_length.png)",
+        "",
+    ]
     (out_dir / "report.md").write_text("\n".join(md))
 
 
@@ -251,7 +380,11 @@ def compare_table(paths: list[str]) -> str:
         cells = [label]
         for b in benches:
             s = m["benchmarks"].get(b)
-            cells.append(f"{_pct(s['mean_accuracy'])} / {_pct(s['pass@n_any_correct'])}" if s and s.get("num_problems") else "—")
+            cells.append(
+                f"{_pct(s['mean_accuracy'])} / {_pct(s['pass@n_any_correct'])}"
+                if s and s.get("num_problems")
+                else "—"
+            )
         a = m.get("average", {})
         cells.append(f"{_pct(a.get('mean_accuracy'))} / {_pct(a.get('pass@n_any_correct'))}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -275,24 +408,56 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
         got, bad = load_benchmark(name, e.data_dir, e.num_problems, e.builtin_seed)
         problems += got
         quarantined += bad
-    sampling = SamplingSpec(max_tokens=e.max_tokens, temperature=e.temperature, top_p=e.top_p,
-                            repetition_penalty=e.repetition_penalty, n=e.num_samples)
-    items = [{R.PROBLEM_ID: p[R.PROBLEM_ID], R.PROMPT: build_prompt(p[R.QUESTION])} for p in problems]
+    sampling = SamplingSpec(
+        max_tokens=e.max_tokens,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        repetition_penalty=e.repetition_penalty,
+        n=e.num_samples,
+    )
+    items = [
+        {R.PROBLEM_ID: p[R.PROBLEM_ID], R.PROMPT: build_prompt(p[R.QUESTION])} for p in problems
+    ]
     engine, ray_cfg = stage_engine(cfg, "eval")
     t_gen = time.monotonic()
-    gen_rows = [r for batch in generate_batches(items, model=model, engine=engine, ray_cfg=ray_cfg, sampling=sampling,
-                                                seed=cfg.run.seed, salt=STAGE) for r in batch]
+    gen_rows = [
+        r
+        for batch in generate_batches(
+            items,
+            model=model,
+            engine=engine,
+            ray_cfg=ray_cfg,
+            sampling=sampling,
+            seed=cfg.run.seed,
+            salt=STAGE,
+        )
+        for r in batch
+    ]
     gen_wall = time.monotonic() - t_gen
     samples, bad = grade_samples(problems, gen_rows, e)
     quarantined += bad
     metrics = compute_metrics(samples, e, cfg.run.seed)
     gen_tokens = sum(sum(r.get(R.NUM_GENERATED_TOKENS) or []) for r in gen_rows)
-    metrics.update(model=model, config={"eval": to_dict(e), "engine": to_dict(engine), "seed": cfg.run.seed},
-                   timing={"wall_s": time.monotonic() - t0, "generation_wall_s": gen_wall, "generated_tokens": gen_tokens,
-                           "tokens_per_s": gen_tokens / gen_wall if gen_wall > 0 else 0.0},
-                   quarantine=_reason_counts(quarantined))
+    metrics.update(
+        model=model,
+        config={"eval": to_dict(e), "engine": to_dict(engine), "seed": cfg.run.seed},
+        timing={
+            "wall_s": time.monotonic() - t0,
+            "generation_wall_s": gen_wall,
+            "generated_tokens": gen_tokens,
+            "tokens_per_s": gen_tokens / gen_wall if gen_wall > 0 else 0.0,
+        },
+        quarantine=_reason_counts(quarantined),
+    )
     write_report(Path(out_dir), metrics, samples, quarantined)
-    log.info("eval of %s: %d problems, %d samples, %d quarantined → %s", model, len(problems), len(samples), len(quarantined), out_dir)
+    log.info(
+        "eval of %s: %d problems, %d samples, %d quarantined → %s",
+        model,
+        len(problems),
+        len(samples),
+        len(quarantined),
+        out_dir,
+    )
     return metrics
 
 
@@ -307,8 +472,14 @@ def _reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
 # Grading a file of existing generations
 
 
-def generations_from_file(path: str, question_field: str, answer_field: str, output_field: str, id_field: str = "",
-                          label_field: str = "label") -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+def generations_from_file(
+    path: str,
+    question_field: str,
+    answer_field: str,
+    output_field: str,
+    id_field: str = "",
+    label_field: str = "label",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """A file of generations → (problems, generation rows, quarantine); one benchmark named after the file."""
     rows, bad = read_rows(path, "grade")
     bench = Path(path).stem
@@ -319,25 +490,63 @@ def generations_from_file(path: str, question_field: str, answer_field: str, out
         outputs = row.get(output_field)
         if isinstance(outputs, str):
             outputs = [outputs]
-        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
-            bad.append(quarantine_row("grade", pid, "bad_output", f"{where}: field {output_field!r} must be a string or a list of strings"))
+        if (
+            not isinstance(outputs, list)
+            or not outputs
+            or not all(isinstance(o, str) for o in outputs)
+        ):
+            bad.append(
+                quarantine_row(
+                    "grade",
+                    pid,
+                    "bad_output",
+                    f"{where}: field {output_field!r} must be a string or a list of strings",
+                )
+            )
             continue
         try:
             gold = normalize_gold(row.get(answer_field))
         except ValueError as e:
-            bad.append(quarantine_row("grade", pid, "missing_answer", f"{where}: field {answer_field!r}: {e}"))
+            bad.append(
+                quarantine_row(
+                    "grade", pid, "missing_answer", f"{where}: field {answer_field!r}: {e}"
+                )
+            )
             continue
         refs = row.get(label_field)
-        problems.append({R.PROBLEM_ID: pid, R.QUESTION: str(row.get(question_field) or ""), R.ANSWER: gold, BENCHMARK: bench})
-        gens.append({R.PROBLEM_ID: pid, R.GENERATIONS: outputs,
-                     REFERENCE_LABEL: refs if isinstance(refs, list) and len(refs) == len(outputs) else None})
+        problems.append(
+            {
+                R.PROBLEM_ID: pid,
+                R.QUESTION: str(row.get(question_field) or ""),
+                R.ANSWER: gold,
+                BENCHMARK: bench,
+            }
+        )
+        gens.append(
+            {
+                R.PROBLEM_ID: pid,
+                R.GENERATIONS: outputs,
+                REFERENCE_LABEL: refs
+                if isinstance(refs, list) and len(refs) == len(outputs)
+                else None,
+            }
+        )
     return problems, gens, bad
 
 
-def grade_file(path: str, cfg: EvalConfig, question_field: str = "prompt_ori", answer_field: str = "answer",
-               output_field: str = "output", id_field: str = "", seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+def grade_file(
+    path: str,
+    cfg: EvalConfig,
+    question_field: str = "prompt_ori",
+    answer_field: str = "answer",
+    output_field: str = "output",
+    id_field: str = "",
+    seed: int = 0,
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """Grade a file of generations without generating → (metrics, per-sample labels, quarantine)."""
-    problems, gens, bad = generations_from_file(path, question_field, answer_field, output_field, id_field)
+    problems, gens, bad = generations_from_file(
+        path, question_field, answer_field, output_field, id_field
+    )
     samples, more_bad = grade_samples(problems, gens, cfg)
     metrics = compute_metrics(samples, cfg, seed)
     metrics.update(input=str(path), quarantine=_reason_counts(bad + more_bad))
@@ -352,16 +561,40 @@ def grade_main(argv: list[str]) -> int:
     """Run as: palign grade FILE.jsonl [--question-field prompt_ori] [--answer-field answer] [--output-field output] [--labels-out labels.jsonl]"""
     from palign_ray.cli import config_parser
 
-    p = config_parser("grade", "Grade a file of generations (no generation); labels → JSONL, metrics JSON → stdout.")
+    p = config_parser(
+        "grade",
+        "Grade a file of generations (no generation); labels → JSONL, metrics JSON → stdout.",
+    )
     p.usage = "palign grade FILE.jsonl [--question-field F] [--answer-field F] [--output-field F] [--labels-out PATH] [key=value ...]"
-    p.add_argument("--question-field", default="prompt_ori", help="column holding the question (kept for reference)")
+    p.add_argument(
+        "--question-field",
+        default="prompt_ori",
+        help="column holding the question (kept for reference)",
+    )
     p.add_argument("--answer-field", default="answer", help="column holding the gold answer")
-    p.add_argument("--output-field", default="output", help="column holding the generations (a list of samples or one string)")
-    p.add_argument("--id-field", default="", help="column holding a problem id (default: row number)")
-    p.add_argument("--labels-out", default="", help="per-sample labels JSONL (default: ./<file stem>.labels.jsonl)")
+    p.add_argument(
+        "--output-field",
+        default="output",
+        help="column holding the generations (a list of samples or one string)",
+    )
+    p.add_argument(
+        "--id-field", default="", help="column holding a problem id (default: row number)"
+    )
+    p.add_argument(
+        "--labels-out",
+        default="",
+        help="per-sample labels JSONL (default: ./<file stem>.labels.jsonl)",
+    )
     args, cfg = _parse_with_positional(p, argv)
-    metrics, samples, bad = grade_file(args.file, cfg.eval, args.question_field, args.answer_field, args.output_field,
-                                       args.id_field, cfg.run.seed)
+    metrics, samples, bad = grade_file(
+        args.file,
+        cfg.eval,
+        args.question_field,
+        args.answer_field,
+        args.output_field,
+        args.id_field,
+        cfg.run.seed,
+    )
     labels_out = args.labels_out or f"{Path(args.file).stem}.labels.jsonl"
     write_jsonl(labels_out, [{k: v for k, v in s.items() if k != GENERATION} for s in samples])
     for b in bad:
@@ -370,11 +603,19 @@ def grade_main(argv: list[str]) -> int:
     if agreement:  # the full list is in the JSON; keep stdout to one object
         agreement["disagreements"] = agreement["disagreements"][:50]
     sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
-    log.info("graded %d samples from %s → %s (%d rows quarantined)", len(samples), args.file, labels_out, len(bad))
+    log.info(
+        "graded %d samples from %s → %s (%d rows quarantined)",
+        len(samples),
+        args.file,
+        labels_out,
+        len(bad),
+    )
     return 0
 
 
-def _parse_with_positional(p: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, Config]:
+def _parse_with_positional(
+    p: argparse.ArgumentParser, argv: list[str]
+) -> tuple[argparse.Namespace, Config]:
     """FILE shares the positional slot with `key=value` overrides: the one item without '=' is the file."""
     args, cfg = _parse_intermixed(p, argv, allow_file=True)
     files = [o for o in args.overrides if "=" not in o]
@@ -384,7 +625,9 @@ def _parse_with_positional(p: argparse.ArgumentParser, argv: list[str]) -> tuple
     return args, cfg
 
 
-def _parse_intermixed(p: argparse.ArgumentParser, argv: list[str], allow_file: bool = False) -> tuple[argparse.Namespace, Config]:
+def _parse_intermixed(
+    p: argparse.ArgumentParser, argv: list[str], allow_file: bool = False
+) -> tuple[argparse.Namespace, Config]:
     """Like cli.parse_config, but `key=value` overrides may sit before, between or after options."""
     from palign_ray.config import ConfigError, load_config
 
@@ -400,11 +643,30 @@ def eval_main(argv: list[str]) -> int:
     """Run as: palign eval --model PATH --benchmarks gsm8k,math500 --output DIR [key=value ...] | --compare a.json b.json"""
     from palign_ray.cli import config_parser
 
-    p = config_parser("eval", "Generate with the paper's prompt and sampling, grade, and write metrics.json, report.md, plots.")
-    p.add_argument("--model", default="", help="model to evaluate: 'default' (embedded SmolLM2) or an HF directory (default: eval.model)")
-    p.add_argument("--benchmarks", default="", help="comma-separated names or files (default: eval.benchmarks)")
-    p.add_argument("--output", default="", help="output directory for metrics.json, report.md, samples.jsonl, *.png")
-    p.add_argument("--compare", nargs="+", default=None, metavar="METRICS_JSON", help="print one table comparing runs and exit")
+    p = config_parser(
+        "eval",
+        "Generate with the paper's prompt and sampling, grade, and write metrics.json, report.md, plots.",
+    )
+    p.add_argument(
+        "--model",
+        default="",
+        help="model to evaluate: 'default' (embedded SmolLM2) or an HF directory (default: eval.model)",
+    )
+    p.add_argument(
+        "--benchmarks", default="", help="comma-separated names or files (default: eval.benchmarks)"
+    )
+    p.add_argument(
+        "--output",
+        default="",
+        help="output directory for metrics.json, report.md, samples.jsonl, *.png",
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        metavar="METRICS_JSON",
+        help="print one table comparing runs and exit",
+    )
     args, cfg = _parse_intermixed(p, argv)
     if args.compare:
         sys.stdout.write(compare_table(args.compare))

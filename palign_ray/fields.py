@@ -34,7 +34,9 @@ class Picked:
     """One field value after unwrapping lists; `reason` (a quarantine code) is set when it cannot be used."""
 
     value: Any
-    form: str = "string"  # one of FORMATS (for non-strings: the Python type's form before unwrapping)
+    form: str = (
+        "string"  # one of FORMATS (for non-strings: the Python type's form before unwrapping)
+    )
     reason: str = ""
     detail: str = ""
 
@@ -59,7 +61,12 @@ def _element(items: list[Any], index: int, name: str, form: str) -> Picked:
     if not items:
         return Picked(None, form)
     if not -len(items) <= index < len(items):
-        return Picked(None, form, "index_out_of_range", f"{name} has {len(items)} element(s); problems.trace_index={index}")
+        return Picked(
+            None,
+            form,
+            "index_out_of_range",
+            f"{name} has {len(items)} element(s); problems.trace_index={index}",
+        )
     return Picked(items[index], form)
 
 
@@ -75,8 +82,12 @@ def pick(value: Any, index: int, name: str, role: str) -> Picked:
         items = _decode_list(value)
         if items is None or not all(isinstance(x, str) for x in items):
             what = "does not parse as a list" if items is None else "is a list, but not of strings"
-            return Picked(None, "serialised_list", f"{role}_is_serialised_list",
-                          f"{name} holds a string that looks like a serialised list and {what}: {value[:120]!r}")
+            return Picked(
+                None,
+                "serialised_list",
+                f"{role}_is_serialised_list",
+                f"{name} holds a string that looks like a serialised list and {what}: {value[:120]!r}",
+            )
         return _element(items, index, name, "serialised_list")
     return Picked(value, "string")
 
@@ -170,5 +181,7 @@ def parse_filter(spec: str) -> RowFilter | None:
     column = column.strip()
     options = tuple(v.strip() for v in values.split("|") if v.strip())
     if not sep or not column or not options:
-        raise ValueError(f"problems.filter={spec!r}: use col=value, col=a|b or col!=value (e.g. cot_type=math)")
+        raise ValueError(
+            f"problems.filter={spec!r}: use col=value, col=a|b or col!=value (e.g. cot_type=math)"
+        )
     return RowFilter(column, options, negate)

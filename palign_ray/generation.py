@@ -35,8 +35,16 @@ class Generator:
     running batch (continuous batching) instead of each waiting for its slowest sequence.
     """
 
-    def __init__(self, model: str, engine: EngineConfig, sampling: SamplingSpec, system_prompt: str = "", seed: int = 0,
-                 salt: str = "", on_engine_start: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        model: str,
+        engine: EngineConfig,
+        sampling: SamplingSpec,
+        system_prompt: str = "",
+        seed: int = 0,
+        salt: str = "",
+        on_engine_start: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.model, self.engine_cfg, self.sampling = model, engine, sampling
         self.system_prompt, self.seed, self.salt = system_prompt, seed, salt
         self.on_engine_start = on_engine_start
@@ -55,24 +63,45 @@ class Generator:
             return []
         engine = self.start()
         pids = [str(i[R.PROBLEM_ID]) for i in items]
-        ids = [chat_ids(engine.tokenizer, user_turn(str(i[R.PROMPT]), self.system_prompt)) for i in items]
+        ids = [
+            chat_ids(engine.tokenizer, user_turn(str(i[R.PROMPT]), self.system_prompt))
+            for i in items
+        ]
         limit = self.engine_cfg.max_model_len - 1
         ok = [i for i, x in enumerate(ids) if len(x) < limit]
-        params = [dataclasses.replace(self.sampling, seed=derive_seed(self.seed, pids[i], self.salt),
-                                      max_tokens=min(self.sampling.max_tokens, self.engine_cfg.max_model_len - len(ids[i])))
-                  for i in ok]
+        params = [
+            dataclasses.replace(
+                self.sampling,
+                seed=derive_seed(self.seed, pids[i], self.salt),
+                max_tokens=min(
+                    self.sampling.max_tokens, self.engine_cfg.max_model_len - len(ids[i])
+                ),
+            )
+            for i in ok
+        ]
         results = dict(zip(ok, await engine.agenerate([ids[i] for i in ok], params), strict=True))
         return [self._row(pid, results.get(i), len(ids[i])) for i, pid in enumerate(pids)]
 
     def _row(self, pid: str, res: Any, num_prompt: int) -> dict[str, Any]:
         if res is None:
-            return {R.PROBLEM_ID: pid, R.GENERATIONS: [], R.FINISH_REASONS: [], R.NUM_PROMPT_TOKENS: num_prompt,
-                    R.NUM_CACHED_TOKENS: 0, R.NUM_GENERATED_TOKENS: [],
-                    ERROR: f"prompt_too_long: {num_prompt} tokens >= engine.max_model_len {self.engine_cfg.max_model_len}"}
-        return {R.PROBLEM_ID: pid, R.GENERATIONS: [c.text for c in res.completions],
-                R.FINISH_REASONS: [c.finish_reason for c in res.completions], R.NUM_PROMPT_TOKENS: res.num_prompt_tokens,
-                R.NUM_CACHED_TOKENS: res.num_cached_tokens,
-                R.NUM_GENERATED_TOKENS: [len(c.token_ids) for c in res.completions], ERROR: ""}
+            return {
+                R.PROBLEM_ID: pid,
+                R.GENERATIONS: [],
+                R.FINISH_REASONS: [],
+                R.NUM_PROMPT_TOKENS: num_prompt,
+                R.NUM_CACHED_TOKENS: 0,
+                R.NUM_GENERATED_TOKENS: [],
+                ERROR: f"prompt_too_long: {num_prompt} tokens >= engine.max_model_len {self.engine_cfg.max_model_len}",
+            }
+        return {
+            R.PROBLEM_ID: pid,
+            R.GENERATIONS: [c.text for c in res.completions],
+            R.FINISH_REASONS: [c.finish_reason for c in res.completions],
+            R.NUM_PROMPT_TOKENS: res.num_prompt_tokens,
+            R.NUM_CACHED_TOKENS: res.num_cached_tokens,
+            R.NUM_GENERATED_TOKENS: [len(c.token_ids) for c in res.completions],
+            ERROR: "",
+        }
 
     def close(self) -> None:
         if self.engine is not None:
@@ -80,7 +109,9 @@ class Generator:
             self.engine = None
 
 
-def start_engine(model: str, engine: EngineConfig, on_start: Callable[[dict[str, Any]], None] | None = None) -> Any:
+def start_engine(
+    model: str, engine: EngineConfig, on_start: Callable[[dict[str, Any]], None] | None = None
+) -> Any:
     """A vLLM engine for `model` (resolved on this node), reporting its start to `on_start`."""
     import time
 
@@ -97,13 +128,33 @@ def start_engine(model: str, engine: EngineConfig, on_start: Callable[[dict[str,
 class GenerateUDF:
     """Async actor-pool UDF owning one Generator; batch columns `problem_id`, `prompt` → generation rows."""
 
-    def __init__(self, model: str, engine: dict[str, Any], sampling: dict[str, Any], system_prompt: str, seed: int, salt: str):
-        self.gen = Generator(model, EngineConfig(**engine), SamplingSpec(**sampling), system_prompt, seed, salt)
+    def __init__(
+        self,
+        model: str,
+        engine: dict[str, Any],
+        sampling: dict[str, Any],
+        system_prompt: str,
+        seed: int,
+        salt: str,
+    ):
+        self.gen = Generator(
+            model, EngineConfig(**engine), SamplingSpec(**sampling), system_prompt, seed, salt
+        )
 
     async def __call__(self, batch: Any) -> dict[str, list[Any]]:
         rows = await self.gen.generate(batch.to_pylist())
-        return {k: [r[k] for r in rows] for k in (R.PROBLEM_ID, R.GENERATIONS, R.FINISH_REASONS, R.NUM_PROMPT_TOKENS,
-                                                   R.NUM_CACHED_TOKENS, R.NUM_GENERATED_TOKENS, ERROR)}
+        return {
+            k: [r[k] for r in rows]
+            for k in (
+                R.PROBLEM_ID,
+                R.GENERATIONS,
+                R.FINISH_REASONS,
+                R.NUM_PROMPT_TOKENS,
+                R.NUM_CACHED_TOKENS,
+                R.NUM_GENERATED_TOKENS,
+                ERROR,
+            )
+        }
 
     def __del__(self) -> None:
         gen = getattr(self, "gen", None)
@@ -128,18 +179,27 @@ def generate_batches(
     if not items:
         return
     ray = init_ray(ray_cfg)
-    ds = ray.data.from_items([{R.PROBLEM_ID: str(i[R.PROBLEM_ID]), R.PROMPT: i[R.PROMPT]} for i in items])
+    ds = ray.data.from_items(
+        [{R.PROBLEM_ID: str(i[R.PROBLEM_ID]), R.PROMPT: i[R.PROMPT]} for i in items]
+    )
     c = max(1, ray_cfg.max_concurrent_batches)
     out = ds.map_batches(
         GenerateUDF,
         fn_constructor_kwargs={
-            "model": model, "engine": dataclasses.asdict(engine), "sampling": dataclasses.asdict(sampling),
-            "system_prompt": system_prompt, "seed": seed, "salt": salt,
+            "model": model,
+            "engine": dataclasses.asdict(engine),
+            "sampling": dataclasses.asdict(sampling),
+            "system_prompt": system_prompt,
+            "seed": seed,
+            "salt": salt,
         },
         batch_size=ray_cfg.batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=ray_cfg.num_actors, max_concurrent_calls_per_actor=c,
-                                           max_tasks_in_flight_per_actor=c),
+        compute=ray.data.ActorPoolStrategy(
+            size=ray_cfg.num_actors,
+            max_concurrent_calls_per_actor=c,
+            max_tasks_in_flight_per_actor=c,
+        ),
         **actor_resources(ray_cfg),
     )
     for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="pyarrow"):

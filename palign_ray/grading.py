@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 GRADER_MODES = ("boxed", "paper")
 REASONS = ("correct", "wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error")
-WORKER_START_TIMEOUT_S = 120.0  # a cold child on a loaded 2-core box; not charged to the per-item bound
+WORKER_START_TIMEOUT_S = (
+    120.0  # a cold child on a loaded 2-core box; not charged to the per-item bound
+)
 _CACHE_MAX = 200_000
 MAX_BOXES_TRIED = 8
 MAX_BOX_CHARS = 20_000
@@ -126,17 +128,23 @@ _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?")
 # A number followed by something that may be a unit: "10 \text{ cm}", "10\mbox{cm}", "10 cm^2",
 # "10 square units" (a bare word needs a space and two letters, so "5x" and "5 m" never are). Only one
 # whose words are all in _UNIT_WORDS is stripped: "5 pi", "2 \mathrm{i}" or "3 e" are other answers.
-_UNIT_RE = re.compile(r"^(.*?\d)(?:\s*\\(?:text|mbox|mathrm)\{([^{}]*)\}|\s+([a-zA-Z]{2,}(?:[ /][a-zA-Z]+)*))"
-                      r"(?:\^\{?[23]\}?)?$")
-_UNIT_WORDS = frozenset("""
+_UNIT_RE = re.compile(
+    r"^(.*?\d)(?:\s*\\(?:text|mbox|mathrm)\{([^{}]*)\}|\s+([a-zA-Z]{2,}(?:[ /][a-zA-Z]+)*))"
+    r"(?:\^\{?[23]\}?)?$"
+)
+_UNIT_WORDS = frozenset(
+    """
     mm cm m km in inch inches ft foot feet yd yard yards mile miles meter meters metre metres millimeter millimeters
     centimeter centimeters kilometer kilometers g mg kg gram grams kilogram kilograms milligram milligrams lb lbs pound
     pounds oz ounce ounces ton tons ml l liter liters litre litres milliliter milliliters gallon gallons cup cups quart
     quarts pint pints s sec secs second seconds min mins minute minutes h hr hrs hour hours day days week weeks month
     months year years dollar dollars cent cents euro euros yuan deg degree degrees rad radian radians mph kph
     unit units square sq cubic per percent percentage pct
-""".split())
-_TIMES_CONSTANT_RE = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:i|e|pi|\\pi)")  # a normal form: "2i", "5\pi"
+""".split()
+)
+_TIMES_CONSTANT_RE = re.compile(
+    r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:i|e|pi|\\pi)"
+)  # a normal form: "2i", "5\pi"
 _SPACING_RE = re.compile(r"\\[!,;:> ]|\\q?quad|~")
 _TEXT_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
 
@@ -170,7 +178,11 @@ def _canonical(s: str) -> str:
         s = s.replace(deg, "")
     s = s.strip().rstrip(".").strip()
     m = _UNIT_RE.match(s)
-    if m and _NUMBER_RE.fullmatch(m.group(1).replace(",", "").strip()) and _is_unit(m.group(2) or m.group(3)):
+    if (
+        m
+        and _NUMBER_RE.fullmatch(m.group(1).replace(",", "").strip())
+        and _is_unit(m.group(2) or m.group(3))
+    ):
         s = m.group(1)  # "10 \text{ cm}" / "10 cm" → "10"
     s = _TEXT_RE.sub(r"\1", s)
     s = re.sub(r"\s+", "", s)
@@ -191,7 +203,11 @@ def _cheap_verdict(pred: str, gold: str) -> bool | None:
     if a == b:
         return True
     # Two different plain numbers are a wrong answer, unless a percent sign makes "50%" vs "0.5" arguable.
-    if _canonical_number(a) is not None and _canonical_number(b) is not None and "%" not in pred + gold:
+    if (
+        _canonical_number(a) is not None
+        and _canonical_number(b) is not None
+        and "%" not in pred + gold
+    ):
         return False
     # A nonzero multiple of i, e or pi is never a plain number; decided here because math-verify drops
     # "\mathrm{i}" and "\text{ i}" like units and would call "2 \mathrm{i}" equal to 2.
@@ -250,8 +266,12 @@ class _Worker:
         pkg_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "palign_ray.grading"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env=env, close_fds=True,
+            [sys.executable, "-m", "palign_ray.grading"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
         )
         self._buf = b""
         if self._readline(WORKER_START_TIMEOUT_S) != "ready":
@@ -273,7 +293,9 @@ class _Worker:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
 
-    def ask(self, pred: str, gold: str, whole_text: bool, timeout_s: float) -> dict[str, object] | None:
+    def ask(
+        self, pred: str, gold: str, whole_text: bool, timeout_s: float
+    ) -> dict[str, object] | None:
         """The child's reply, or None on timeout or death (the caller then kills this worker)."""
         assert self.proc.stdin is not None
         try:
@@ -312,7 +334,9 @@ def shutdown_workers() -> None:
             return
 
 
-def _verify_bounded(pred: str, gold: str, timeout_s: float, whole_text: bool = False) -> tuple[str, str | None]:
+def _verify_bounded(
+    pred: str, gold: str, timeout_s: float, whole_text: bool = False
+) -> tuple[str, str | None]:
     """math-verify's verdict as (reason code, extracted answer), within `timeout_s` seconds."""
     try:
         worker = _acquire()
@@ -332,7 +356,9 @@ def _verify_bounded(pred: str, gold: str, timeout_s: float, whole_text: bool = F
         log.debug("math-verify error on %r vs %r: %s", pred[:200], gold, reply["error"])
         return "grader_error", None
     extracted = reply.get("extracted")
-    return ("correct" if reply["ok"] else "wrong_answer"), (str(extracted) if extracted is not None else None)
+    return ("correct" if reply["ok"] else "wrong_answer"), (
+        str(extracted) if extracted is not None else None
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,7 +368,9 @@ _cache: dict[tuple[str, str, str], tuple[str, str | None]] = {}
 _cache_lock = threading.Lock()
 
 
-def _cached(kind: str, pred: str, gold: str, compute: Callable[[], tuple[str, str | None]]) -> tuple[str, str | None]:
+def _cached(
+    kind: str, pred: str, gold: str, compute: Callable[[], tuple[str, str | None]]
+) -> tuple[str, str | None]:
     """Memoise decided verdicts on (kind, prediction, gold); timeouts and errors are retried next time."""
     key = (kind, pred if len(pred) < 1000 else hashlib.sha256(pred.encode()).hexdigest(), gold)
     with _cache_lock:
@@ -360,6 +388,7 @@ def _cached(kind: str, pred: str, gold: str, compute: Callable[[], tuple[str, st
 
 def compare(extracted: str, gold: str, timeout_s: float = 10.0) -> str:
     """Reason code for an extracted (boxed) answer against a gold answer: cheap path, else math-verify."""
+
     def compute() -> tuple[str, str | None]:
         cheap = _cheap_verdict(extracted, gold)
         if cheap is not None:
@@ -383,10 +412,15 @@ def grade(prediction: str, gold: str, timeout_s: float = 10.0, mode: str = "boxe
     if reason == "correct":
         return Grade(True, extracted, reason)
     if mode == "paper":
-        text_reason, text_answer = _cached("text", prediction, gold, lambda: _verify_bounded(prediction, gold, timeout_s, True))
+        text_reason, text_answer = _cached(
+            "text", prediction, gold, lambda: _verify_bounded(prediction, gold, timeout_s, True)
+        )
         if text_reason == "correct":
             return Grade(True, text_answer, "correct")
-        if reason in ("no_boxed_answer", "wrong_answer") and text_reason in ("grader_timeout", "grader_error"):
+        if reason in ("no_boxed_answer", "wrong_answer") and text_reason in (
+            "grader_timeout",
+            "grader_error",
+        ):
             reason = text_reason
     return Grade(False, extracted, reason)
 

@@ -68,7 +68,9 @@ def _convert_default(out_dir: Path) -> None:
     log.info("converting %s to %s (once)", gguf.name, out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Dequantize in fp32 (transformers' fast path for GGUF) and store bf16.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).to(torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    ).to(torch.bfloat16)
     # transformers refuses to save a model it believes is GGUF-quantized; the weights are
     # already dequantized, so drop the quantizer state (measured: loads fine in vLLM afterwards).
     if hasattr(model.config, "quantization_config"):
@@ -79,7 +81,9 @@ def _convert_default(out_dir: Path) -> None:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "palign_conversion.json").write_text(json.dumps({"source": str(gguf), "version": CONVERSION_VERSION}))
+        (tmp / "palign_conversion.json").write_text(
+            json.dumps({"source": str(gguf), "version": CONVERSION_VERSION})
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -122,7 +126,11 @@ def resolve_model(name: str) -> str:
         try:
             from huggingface_hub import snapshot_download
 
-            snap = snapshot_download(name, local_files_only=True, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+            snap = snapshot_download(
+                name,
+                local_files_only=True,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+            )
             return str(check_model_dir(Path(snap)))
         except Exception as e:  # noqa: BLE001 - any hub error means "not on disk"
             raise FileNotFoundError(

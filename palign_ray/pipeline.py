@@ -47,8 +47,12 @@ class StageRun:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    inputs: tuple[str, ...]  # stages whose output this one reads (a skipped one is replaced by its own input)
-    keys: tuple[str, ...]  # config sections ("judge") or fields ("sft.model") whose change invalidates it
+    inputs: tuple[
+        str, ...
+    ]  # stages whose output this one reads (a skipped one is replaced by its own input)
+    keys: tuple[
+        str, ...
+    ]  # config sections ("judge") or fields ("sft.model") whose change invalidates it
     engines: bool  # starts vLLM actor pools: the next stage waits until they have released their hardware
     run: Callable[[StageRun], dict[str, Any]]  # does the work; returns the manifest's extra fields
 
@@ -76,17 +80,36 @@ def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str
 
         (src,) = s.inputs.values()
         job = job_of(s.cfg)
-        res = run_stream(job, src.output_files(), s.sd, progress=lambda total, done: _progress(job.stage, total, done))
+        res = run_stream(
+            job,
+            src.output_files(),
+            s.sd,
+            progress=lambda total, done: _progress(job.stage, total, done),
+        )
         if res.retry_failed:
             reasons = sorted({r["reason"] for r in res.retry_failed})
-            raise PipelineError(f"stage '{job.stage}': {len(res.retry_failed)} problems failed with {reasons} after "
-                                f"{res.passes} passes (first: {res.retry_failed[0].get('detail', '')[:300]}); "
-                                "nothing was committed for them: rerun the same command to retry them")
+            raise PipelineError(
+                f"stage '{job.stage}': {len(res.retry_failed)} problems failed with {reasons} after "
+                f"{res.passes} passes (first: {res.retry_failed[0].get('detail', '')[:300]}); "
+                "nothing was committed for them: rerun the same command to retry them"
+            )
         _check_not_empty(job.stage, s.sd)
-        log.info("stage %s: %d parts, %d engine starts (%d actors), %d rows processed now, %d done before",
-                 job.stage, res.num_parts, res.engine_starts, job.ray_cfg.num_actors, res.num_processed, res.num_done_before)
-        return {"num_input": res.num_input, "engine_starts": res.engine_starts, "passes": res.passes,
-                "num_done_before": res.num_done_before, "summaries": [c["summary"] for c in s.sd.commits()]}
+        log.info(
+            "stage %s: %d parts, %d engine starts (%d actors), %d rows processed now, %d done before",
+            job.stage,
+            res.num_parts,
+            res.engine_starts,
+            job.ray_cfg.num_actors,
+            res.num_processed,
+            res.num_done_before,
+        )
+        return {
+            "num_input": res.num_input,
+            "engine_starts": res.engine_starts,
+            "passes": res.passes,
+            "num_done_before": res.num_done_before,
+            "summaries": [c["summary"] for c in s.sd.commits()],
+        }
 
     return run
 
@@ -113,11 +136,20 @@ def run_sft_data(s: StageRun) -> dict[str, Any]:
     from palign_ray.sft_records import build_shards
 
     (src,) = s.inputs.values()
-    rows = src.output_rows()  # tokenizing into shards happens on the driver: SFT sets are small next to traces
-    summary = build_shards(rows, s.cfg, method=s.cfg.run.method, out_dir=s.sd.root / "shards",
-                           quarantine_file=s.sd.quarantine_dir / "part-sft.parquet")
+    rows = (
+        src.output_rows()
+    )  # tokenizing into shards happens on the driver: SFT sets are small next to traces
+    summary = build_shards(
+        rows,
+        s.cfg,
+        method=s.cfg.run.method,
+        out_dir=s.sd.root / "shards",
+        quarantine_file=s.sd.quarantine_dir / "part-sft.parquet",
+    )
     if not summary.get("num_out"):
-        raise PipelineError(f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {s.sd.quarantine_dir}")
+        raise PipelineError(
+            f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {s.sd.quarantine_dir}"
+        )
     return {"num_input": len(rows), "num_output": summary["num_out"], "summary": summary}
 
 
@@ -127,7 +159,9 @@ def run_train(s: StageRun) -> dict[str, Any]:
     data_dir = s.inputs["sft_data"].root / "shards"
     check_shards_model(data_dir, s.cfg.sft.model)
     out = s.sd.root / "model"
-    resume = run_dir_of(out).is_dir()  # an interrupted training continues from its last complete checkpoint
+    resume = run_dir_of(
+        out
+    ).is_dir()  # an interrupted training continues from its last complete checkpoint
     sft = dataclasses.replace(s.cfg.sft, resume=resume or s.cfg.sft.resume)
     return {"metrics": run_sft(sft, data_dir, out, seed=s.cfg.run.seed, ray_cfg=s.cfg.ray)}
 
@@ -138,14 +172,20 @@ def check_shards_model(data_dir: Path, model: str) -> None:
 
     made_for = read_meta(data_dir).get("model")
     if made_for is not None and made_for != model:
-        raise PipelineError(f"stage 'train': the SFT shards in {data_dir} were tokenized for {made_for!r}, not sft.model="
-                            f"{model!r}; rerun stage sft_data")
+        raise PipelineError(
+            f"stage 'train': the SFT shards in {data_dir} were tokenized for {made_for!r}, not sft.model="
+            f"{model!r}; rerun stage sft_data"
+        )
 
 
 def run_eval(s: StageRun) -> dict[str, Any]:
     base = _eval_once(s.cfg, s.sd.root / "base", s.cfg.sft.model)
     train = s.inputs.get("train")
-    trained = _eval_once(s.cfg, s.sd.root / "trained", str(train.root / "model")) if train is not None else None
+    trained = (
+        _eval_once(s.cfg, s.sd.root / "trained", str(train.root / "model"))
+        if train is not None
+        else None
+    )
     return {"base": _headline(base), "trained": _headline(trained) if trained else None}
 
 
@@ -186,8 +226,10 @@ STAGES: tuple[Stage, ...] = (
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages a method leaves out: full_cot trains on whole traces; prefix_only trains on prefixes without continuation.
-SKIPPED_BY_METHOD: dict[str, frozenset[str]] = {"full_cot": frozenset({"truncate", "align"}),
-                                                 "prefix_only": frozenset({"align"})}
+SKIPPED_BY_METHOD: dict[str, frozenset[str]] = {
+    "full_cot": frozenset({"truncate", "align"}),
+    "prefix_only": frozenset({"align"}),
+}
 ENGINE_STAGES = tuple(s.name for s in STAGES if s.engines)
 
 
@@ -204,16 +246,28 @@ def stages_for(cfg: Config) -> list[Stage]:
     by_name = {s.name: s for s in STAGES}
 
     def planned(name: str) -> tuple[str, ...]:
-        return (name,) if name not in skip else tuple(x for i in by_name[name].inputs for x in planned(i))
+        return (
+            (name,)
+            if name not in skip
+            else tuple(x for i in by_name[name].inputs for x in planned(i))
+        )
 
-    return [dataclasses.replace(s, inputs=tuple(x for i in s.inputs for x in planned(i))) for s in STAGES if s.name not in skip]
+    return [
+        dataclasses.replace(s, inputs=tuple(x for i in s.inputs for x in planned(i)))
+        for s in STAGES
+        if s.name not in skip
+    ]
 
 
 def _key_hash(cfg: Config, key: str) -> str:
     """A config section's hash (hashed fields only), or one field's value ("sft.model")."""
     section, _, name = key.partition(".")
     value = getattr(cfg, section)
-    return config_hash(value) if not name else json.dumps(getattr(value, name), sort_keys=True, default=str)
+    return (
+        config_hash(value)
+        if not name
+        else json.dumps(getattr(value, name), sort_keys=True, default=str)
+    )
 
 
 def stage_hashes(cfg: Config, plan: list[Stage]) -> dict[str, str]:
@@ -257,11 +311,23 @@ def _progress(stage: str, total: int, done: int) -> Any:
     from tqdm import tqdm
 
     # off when stderr is not a terminal (job logs)
-    return tqdm(total=total, initial=done, desc=f"stage {stage}", unit="problem", disable=None, mininterval=1.0)
+    return tqdm(
+        total=total,
+        initial=done,
+        desc=f"stage {stage}",
+        unit="problem",
+        disable=None,
+        mininterval=1.0,
+    )
 
 
-def run_pipeline(cfg: Config, stages: list[str] | None = None, *, dirs: Mapping[str, Path] | None = None,
-                 report: bool = True) -> dict[str, Any]:
+def run_pipeline(
+    cfg: Config,
+    stages: list[str] | None = None,
+    *,
+    dirs: Mapping[str, Path] | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
     """Run (or resume) the configured stages; returns {stage: manifest}.
 
     `dirs` places stages elsewhere than `<run_dir>/<stage>` (e.g. `palign compare` shares the stages
@@ -286,7 +352,9 @@ def run_pipeline(cfg: Config, stages: list[str] | None = None, *, dirs: Mapping[
         if sd.is_done(hashes[stage.name]):
             log.info("stage %s: done (manifest present), skipping", stage.name)
         else:
-            inputs = {i: _current_input(stage.name, StageDir(where[i]), hashes[i]) for i in stage.inputs}
+            inputs = {
+                i: _current_input(stage.name, StageDir(where[i]), hashes[i]) for i in stage.inputs
+            }
             _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
         manifests[stage.name] = sd.manifest()
     if report and (not stages or "eval" in stages):
@@ -306,11 +374,15 @@ def _validate(cfg: Config, names: list[str]) -> None:
 def _current_input(stage: str, src: StageDir, h: str) -> StageDir:
     """An input stage finished under the current config, or a PipelineError naming what to rerun."""
     if not src.is_done():
-        raise PipelineError(f"stage '{stage}' needs the output of '{src.root.name}', which has not finished; "
-                            f"run it first (drop --stages or add {src.root.name})")
+        raise PipelineError(
+            f"stage '{stage}' needs the output of '{src.root.name}', which has not finished; "
+            f"run it first (drop --stages or add {src.root.name})"
+        )
     if not src.is_done(h):
-        raise PipelineError(f"stage '{stage}' needs the output of '{src.root.name}', which was made under another "
-                            f"config; rerun it first (--stages {src.root.name},{stage}, or drop --stages)")
+        raise PipelineError(
+            f"stage '{stage}' needs the output of '{src.root.name}', which was made under another "
+            f"config; rerun it first (--stages {src.root.name},{stage}, or drop --stages)"
+        )
     return src
 
 
@@ -321,7 +393,9 @@ def _run_stage(stage: Stage, run: StageRun) -> None:
     _prepare(run.sd, run.config_hash)
     log.info("stage %s: start", stage.name)
     if stage.engines:
-        init_ray(run.cfg.ray)  # before the stage, so the resources it frees again can be checked after it
+        init_ray(
+            run.cfg.ray
+        )  # before the stage, so the resources it frees again can be checked after it
     before = free_resources()
     try:
         info = stage.run(run)
@@ -358,13 +432,24 @@ def run_main(argv: list[str]) -> int:
     from palign_ray.config import help_lines
     from palign_ray.console import run_console
 
-    p = argparse.ArgumentParser(prog="palign run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="config keys (override with key=value):\n" + "\n".join(help_lines()))
-    p.add_argument("config", nargs="?", default=None, help="YAML run config (e.g. jobs/configs/default.yaml)")
-    p.add_argument("--stages", default="", help=f"comma-separated subset of {','.join(STAGE_NAMES)}")
-    p.add_argument("--verbose", action="store_true",
-                   help="stream every log (Ray, Ray Data, vLLM, DeepSpeed, the Ray workers) to the console as well; "
-                        "without it they go to <run_dir>/logs/ (run.log, <stage>.log)")
+    p = argparse.ArgumentParser(
+        prog="palign run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (override with key=value):\n" + "\n".join(help_lines()),
+    )
+    p.add_argument(
+        "config", nargs="?", default=None, help="YAML run config (e.g. jobs/configs/default.yaml)"
+    )
+    p.add_argument(
+        "--stages", default="", help=f"comma-separated subset of {','.join(STAGE_NAMES)}"
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every log (Ray, Ray Data, vLLM, DeepSpeed, the Ray workers) to the console as well; "
+        "without it they go to <run_dir>/logs/ (run.log, <stage>.log)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = p.parse_intermixed_args(argv)
     if args.config and "=" in args.config:  # `palign run key=value` without a file
@@ -379,9 +464,18 @@ def run_main(argv: list[str]) -> int:
         except PipelineError as e:
             log.error("%s", e)
             return 3
-    for name, m in manifests.items():  # one line per stage: the details are in the manifests and report.md
-        print(f"{name}: " + ", ".join(f"{k}={m[k] if k != 'wall_s' else round(m[k], 1)}"
-                                      for k in ("num_output", "num_quarantined", "wall_s") if k in m))
+    for (
+        name,
+        m,
+    ) in manifests.items():  # one line per stage: the details are in the manifests and report.md
+        print(
+            f"{name}: "
+            + ", ".join(
+                f"{k}={m[k] if k != 'wall_s' else round(m[k], 1)}"
+                for k in ("num_output", "num_quarantined", "wall_s")
+                if k in m
+            )
+        )
     report = Path(cfg.run.run_dir) / "report.md"
     if report.is_file():
         print(f"report: {report}")

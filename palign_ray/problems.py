@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 STAGE = "problems"
 SOLUTION = "solution"
 DECISIVE_SENTENCE = "decisive_sentence"  # 0-based index of the sentence that determines the answer
-DECISIVE_CHAR_END = "decisive_char_end"  # end offset of that sentence in `solution` (splitter-independent)
+DECISIVE_CHAR_END = (
+    "decisive_char_end"  # end offset of that sentence in `solution` (splitter-independent)
+)
 SOURCE = "source"
 TEMPLATE = "template"
 QUESTION_FIELDS = ("problem", "question", "prompt")
@@ -51,7 +53,11 @@ def _first_present(row: dict[str, Any], names: Iterable[str]) -> str | None:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and value != value)
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, float) and value != value)
+    )
 
 
 @dataclass(frozen=True)
@@ -70,8 +76,12 @@ def _gold_from_text(text: str, solution: str, field: str) -> Gold:
 
     gold = final_answer(text)
     if gold is None:
-        return Gold(None, solution or text, "gold_not_extractable",
-                    f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}")
+        return Gold(
+            None,
+            solution or text,
+            "gold_not_extractable",
+            f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}",
+        )
     return Gold(gold, solution or text)
 
 
@@ -88,7 +98,12 @@ def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
     if picked.reason:
         return Gold(None, solution, picked.reason, picked.detail)
     if picked.form != "string" and raw is not None and not isinstance(raw, str):
-        return Gold(None, solution, "wrong_type", f"{field} is a list of {type(raw).__name__}, not of strings")
+        return Gold(
+            None,
+            solution,
+            "wrong_type",
+            f"{field} is a list of {type(raw).__name__}, not of strings",
+        )
     if _missing(raw):
         if not solution.strip():
             return Gold(None, solution, "missing_answer", f"no {field!r} and no {SOLUTION!r}")
@@ -97,7 +112,9 @@ def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
         return Gold(None, solution, "wrong_type", f"{field} is {type(raw).__name__}")
     # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it; s1K's
     # `solution` is a bare answer for AIME rows and a paragraph for science rows.
-    if isinstance(raw, str) and ("####" in raw or "\\boxed" in raw or "\\fbox" in raw or looks_like_solution(raw)):
+    if isinstance(raw, str) and (
+        "####" in raw or "\\boxed" in raw or "\\fbox" in raw or looks_like_solution(raw)
+    ):
         return _gold_from_text(raw, solution, field)
     try:
         return Gold(normalize_gold(raw), solution)
@@ -127,7 +144,9 @@ def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
     value = picked.value
     if not isinstance(value, str) or not value.strip():
         what = "no text" if _missing(value) else f"a {type(value).__name__}, not text"
-        return Trace(None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}")
+        return Trace(
+            None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}"
+        )
     split = split_think(value)
     if not split.reasoning:
         # Nothing but tags: the teacher's ingest quarantines it as empty_trace (one place for that check).
@@ -151,7 +170,9 @@ def _group(row: dict[str, Any], group_field: str) -> dict[str, Any]:
     return {GROUP: None if row.get(group_field) is None else str(row[group_field])}
 
 
-def normalize_problem(row: dict[str, Any], cfg: ProblemsConfig, where: str, group_field: str = "") -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def normalize_problem(
+    row: dict[str, Any], cfg: ProblemsConfig, where: str, group_field: str = ""
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One raw row → (problem row, None) or (None, quarantine row with a reason code)."""
     qfield = cfg.question_field or _first_present(row, QUESTION_FIELDS)
     id_field = cfg.id_field or _first_present(row, ID_FIELDS)
@@ -160,19 +181,46 @@ def normalize_problem(row: dict[str, Any], cfg: ProblemsConfig, where: str, grou
     fallback_id = str(raw_id) if raw_id not in (None, "") else where
     group = _group(row, group_field)
     if question is None or (isinstance(question, str) and not question.strip()):
-        return None, quarantine_row(STAGE, fallback_id, "missing_question", f"{where}: no non-empty {qfield or '/'.join(QUESTION_FIELDS)}", **group)
+        return None, quarantine_row(
+            STAGE,
+            fallback_id,
+            "missing_question",
+            f"{where}: no non-empty {qfield or '/'.join(QUESTION_FIELDS)}",
+            **group,
+        )
     if not isinstance(question, str):
-        return None, quarantine_row(STAGE, fallback_id, "wrong_type", f"{where}: {qfield} is {type(question).__name__}, not a string", **group)
+        return None, quarantine_row(
+            STAGE,
+            fallback_id,
+            "wrong_type",
+            f"{where}: {qfield} is {type(question).__name__}, not a string",
+            **group,
+        )
     pid = str(raw_id) if raw_id not in (None, "") else content_id(question)
     gold = _gold(row, cfg)
     if gold.answer is None:
         return None, quarantine_row(STAGE, pid, gold.reason, f"{where}: {gold.detail}", **group)
-    out = {R.PROBLEM_ID: pid, R.QUESTION: question.strip(), R.ANSWER: gold.answer, SOLUTION: gold.solution, **group}
+    out = {
+        R.PROBLEM_ID: pid,
+        R.QUESTION: question.strip(),
+        R.ANSWER: gold.answer,
+        SOLUTION: gold.solution,
+        **group,
+    }
     if cfg.trace_field:
         trace = _trace(row, cfg)
         if trace.text is None:
-            return None, quarantine_row(STAGE, pid, trace.reason, f"{where}: {trace.detail}", **group)
-        out.update({R.COT: trace.text, TRACE_FORMAT: trace.form, THINK_SPLIT: trace.case, AFTER_THINK: trace.after})
+            return None, quarantine_row(
+                STAGE, pid, trace.reason, f"{where}: {trace.detail}", **group
+            )
+        out.update(
+            {
+                R.COT: trace.text,
+                TRACE_FORMAT: trace.form,
+                THINK_SPLIT: trace.case,
+                AFTER_THINK: trace.after,
+            }
+        )
     return out, None
 
 
@@ -183,7 +231,9 @@ def group_column(rows: list[dict[str, Any]], cfg: ProblemsConfig) -> str:
     return next((f for f in GROUP_FIELDS if any(f in r for r in rows)), "")
 
 
-def _filtered_out(rows: list[dict[str, Any]], cfg: ProblemsConfig, source: str) -> Callable[[dict[str, Any]], str]:
+def _filtered_out(
+    rows: list[dict[str, Any]], cfg: ProblemsConfig, source: str
+) -> Callable[[dict[str, Any]], str]:
     """A check giving the filtered_out detail of a row ("" when problems.filter keeps it)."""
     from palign_ray.fields import parse_filter
 
@@ -192,11 +242,19 @@ def _filtered_out(rows: list[dict[str, Any]], cfg: ProblemsConfig, source: str) 
         return lambda row: ""
     if rows and not any(rule.column in r for r in rows):
         present = sorted({k for r in rows[:100] for k in r if not k.startswith("_")})
-        raise ValueError(f"problems.filter={cfg.filter!r}: no row of {source} has a column {rule.column!r}; columns: {present}")
-    return lambda row: "" if rule.keeps(row) else f"{rule.column}={row.get(rule.column)!r} (problems.filter={rule.describe()})"
+        raise ValueError(
+            f"problems.filter={cfg.filter!r}: no row of {source} has a column {rule.column!r}; columns: {present}"
+        )
+    return lambda row: (
+        ""
+        if rule.keeps(row)
+        else f"{rule.column}={row.get(rule.column)!r} (problems.filter={rule.describe()})"
+    )
 
 
-def normalize_problems(rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def normalize_problems(
+    rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, source: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Filter, map fields, normalise gold, dedupe ids; stop after cfg.num_problems good rows (0 = all)."""
     rows = list(rows)
     group_field = group_column(rows, cfg)
@@ -207,18 +265,37 @@ def normalize_problems(rows: Iterable[dict[str, Any]], cfg: ProblemsConfig, sour
     for n, row in enumerate(rows):
         if cfg.num_problems and len(out) >= cfg.num_problems:
             break
-        where = f"{source}:{row.get('_source_line', n + 1)}" if "_source_line" in row else f"{source}[row {n}]"
+        where = (
+            f"{source}:{row.get('_source_line', n + 1)}"
+            if "_source_line" in row
+            else f"{source}[row {n}]"
+        )
         why = filtered(row)
         if why:
-            bad.append(quarantine_row(STAGE, _row_id(row, cfg, where), "filtered_out", f"{where}: {why}", **_group(row, group_field)))
+            bad.append(
+                quarantine_row(
+                    STAGE,
+                    _row_id(row, cfg, where),
+                    "filtered_out",
+                    f"{where}: {why}",
+                    **_group(row, group_field),
+                )
+            )
             continue
         good, rejected = normalize_problem(row, cfg, where, group_field)
         if good is None:
             assert rejected is not None  # normalize_problem returns exactly one of the two
             bad.append(rejected)
         elif good[R.PROBLEM_ID] in seen:
-            bad.append(quarantine_row(STAGE, good[R.PROBLEM_ID], "duplicate_problem_id", f"{where}: id seen earlier in {source}",
-                                      **_group(row, group_field)))
+            bad.append(
+                quarantine_row(
+                    STAGE,
+                    good[R.PROBLEM_ID],
+                    "duplicate_problem_id",
+                    f"{where}: id seen earlier in {source}",
+                    **_group(row, group_field),
+                )
+            )
         else:
             seen.add(good[R.PROBLEM_ID])
             out.append(good)
@@ -251,19 +328,28 @@ def read_problem_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[dict
     return read_rows(p, STAGE)
 
 
-def load_problems(cfg: ProblemsConfig, path: str | Path | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def load_problems(
+    cfg: ProblemsConfig, path: str | Path | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Problems from `path` (or cfg.path when source=file, or the built-in set) → (rows, quarantine)."""
     if path is None and cfg.source == "builtin":
         return builtin_problems(cfg.num_problems or 32, cfg.builtin_seed), []
     src = path or cfg.path
     if not src:
-        raise ValueError("problems.source=file needs problems.path (a JSONL/Parquet file or a datasets directory)")
+        raise ValueError(
+            "problems.source=file needs problems.path (a JSONL/Parquet file or a datasets directory)"
+        )
     raw, bad = read_problem_rows(src)
     rows, rejected = normalize_problems(raw, cfg, str(src))
     # Same keys in every row: Parquet writers take a table's columns from its first row.
     rows, quarantined = uniform_rows(rows), uniform_rows(bad + rejected)
-    log.info("problems: %d from %s, %d quarantined; %s", len(rows), src, len(quarantined),
-             json.dumps(load_summary(rows, quarantined), default=str))
+    log.info(
+        "problems: %d from %s, %d quarantined; %s",
+        len(rows),
+        src,
+        len(quarantined),
+        json.dumps(load_summary(rows, quarantined), default=str),
+    )
     return rows, quarantined
 
 
@@ -278,8 +364,11 @@ def load_summary(rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) 
     for q in quarantined:
         if GROUP in q:
             by_group.setdefault(str(q.get(GROUP)), Counter())[q[R.REASON]] += 1
-    summary: dict[str, Any] = {"num_in": len(rows) + len(quarantined), "num_out": len(rows),
-                               "reasons": dict(Counter(q[R.REASON] for q in quarantined))}
+    summary: dict[str, Any] = {
+        "num_in": len(rows) + len(quarantined),
+        "num_out": len(rows),
+        "reasons": dict(Counter(q[R.REASON] for q in quarantined)),
+    }
     if by_group:
         summary["by_group"] = {g: dict(c) for g, c in sorted(by_group.items())}
     if any(THINK_SPLIT in r for r in rows):
@@ -302,8 +391,28 @@ class Worked:
     decisive: int
 
 
-NAMES = ("Maria", "Omar", "Lena", "Kenji", "Aisha", "Tom", "Priya", "Diego", "Sofia", "Ravi", "Emma", "Yusuf")
-ITEMS = (("notebook", "notebooks"), ("pen", "pens"), ("apple", "apples"), ("mug", "mugs"), ("ticket", "tickets"), ("candle", "candles"))
+NAMES = (
+    "Maria",
+    "Omar",
+    "Lena",
+    "Kenji",
+    "Aisha",
+    "Tom",
+    "Priya",
+    "Diego",
+    "Sofia",
+    "Ravi",
+    "Emma",
+    "Yusuf",
+)
+ITEMS = (
+    ("notebook", "notebooks"),
+    ("pen", "pens"),
+    ("apple", "apples"),
+    ("mug", "mugs"),
+    ("ticket", "tickets"),
+    ("candle", "candles"),
+)
 
 
 def _shopping(r: random.Random) -> Worked:
@@ -314,8 +423,10 @@ def _shopping(r: random.Random) -> Worked:
     total = ca + cb
     bill = next(b for b in (20, 50, 100, 200) if b > total)
     change = bill - total
-    q = (f"{name} buys {na} {a2} for {pa_} dollars each and {nb} {b2} for {pb} dollars each. "
-         f"{name} pays with a {bill} dollar bill. How many dollars of change does {name} get back?")
+    q = (
+        f"{name} buys {na} {a2} for {pa_} dollars each and {nb} {b2} for {pb} dollars each. "
+        f"{name} pays with a {bill} dollar bill. How many dollars of change does {name} get back?"
+    )
     steps = (
         f"The {a2} cost {na} * {pa_} = {ca} dollars.",
         f"The {b2} cost {nb} * {pb} = {cb} dollars.",
@@ -330,8 +441,10 @@ def _rate_time(r: random.Random) -> Worked:
     rate, hours, days = r.randint(3, 15), r.randint(2, 8), r.randint(2, 6)
     per_day = rate * hours
     total = per_day * days
-    q = (f"A machine makes {rate} toys every hour. It runs for {hours} hours each day. "
-         f"How many toys does it make in {days} days?")
+    q = (
+        f"A machine makes {rate} toys every hour. It runs for {hours} hours each day. "
+        f"How many toys does it make in {days} days?"
+    )
     steps = (
         f"In one day the machine runs {hours} hours.",
         f"Each day it makes {rate} * {hours} = {per_day} toys.",
@@ -345,8 +458,10 @@ def _ages(r: random.Random) -> Worked:
     a, b = r.sample(NAMES, 2)
     young, gap, years = r.randint(4, 30), r.randint(2, 12), r.randint(2, 9)
     total = (young + years) + (young + gap + years)
-    q = (f"{a} is {gap} years older than {b}. In {years} years, the sum of their ages will be {total}. "
-         f"How old is {b} now?")
+    q = (
+        f"{a} is {gap} years older than {b}. In {years} years, the sum of their ages will be {total}. "
+        f"How old is {b} now?"
+    )
     twice = total - 2 * years - gap
     steps = (
         f"Let {b} be x years old now, so {a} is x + {gap} years old.",
@@ -381,8 +496,10 @@ def _percent(r: random.Random) -> Worked:
     each = price - off
     total = each * n
     item = r.choice(ITEMS)[0]
-    q = (f"A {item} costs {price} dollars. During a sale every {item} is {pct} percent off. "
-         f"How many dollars do {n} {item}s cost during the sale?")
+    q = (
+        f"A {item} costs {price} dollars. During a sale every {item} is {pct} percent off. "
+        f"How many dollars do {n} {item}s cost during the sale?"
+    )
     steps = (
         f"The discount on one {item} is {pct} percent of {price}, which is {price} * {pct} / 100 = {off} dollars.",
         f"So one {item} costs {price} - {off} = {each} dollars on sale.",
@@ -395,8 +512,10 @@ def _percent(r: random.Random) -> Worked:
 def _distance(r: random.Random) -> Worked:
     v1, t1, v2, t2 = r.randint(20, 70), r.randint(1, 4), r.randint(20, 70), r.randint(1, 4)
     d1, d2 = v1 * t1, v2 * t2
-    q = (f"A car drives at {v1} km per hour for {t1} hours, then at {v2} km per hour for {t2} hours. "
-         f"How many kilometers does it travel in total?")
+    q = (
+        f"A car drives at {v1} km per hour for {t1} hours, then at {v2} km per hour for {t2} hours. "
+        f"How many kilometers does it travel in total?"
+    )
     steps = (
         f"In the first part it travels {v1} * {t1} = {d1} km.",
         f"In the second part it travels {v2} * {t2} = {d2} km.",
@@ -413,9 +532,11 @@ def _sharing(r: random.Random) -> Worked:
     # What is kept makes the rest split evenly among the friends (never zero: "keeps 0" reads oddly).
     kept = baked % friends or friends
     share = (baked - kept) // friends
-    q = (f"{name} bakes {batches} batches of cookies with {per_batch} cookies in each batch. "
-         f"{name} keeps {kept} cookies and shares the rest equally among {friends} friends. "
-         f"How many cookies does each friend get?")
+    q = (
+        f"{name} bakes {batches} batches of cookies with {per_batch} cookies in each batch. "
+        f"{name} keeps {kept} cookies and shares the rest equally among {friends} friends. "
+        f"How many cookies does each friend get?"
+    )
     steps = (
         f"{name} bakes {batches} * {per_batch} = {baked} cookies.",
         f"After keeping {kept}, there are {baked} - {kept} = {baked - kept} cookies left.",
@@ -426,8 +547,13 @@ def _sharing(r: random.Random) -> Worked:
 
 
 TEMPLATES: dict[str, Callable[[random.Random], Worked]] = {
-    "shopping": _shopping, "rate_time": _rate_time, "ages": _ages, "linear": _linear,
-    "percent": _percent, "distance": _distance, "sharing": _sharing,
+    "shopping": _shopping,
+    "rate_time": _rate_time,
+    "ages": _ages,
+    "linear": _linear,
+    "percent": _percent,
+    "distance": _distance,
+    "sharing": _sharing,
 }
 
 
@@ -450,11 +576,18 @@ def builtin_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
         template = names[i % len(names)]  # round-robin: every template appears in small sets
         w = TEMPLATES[template](rng)
         solution, decisive_end = render_solution(w)
-        rows.append({
-            R.PROBLEM_ID: f"builtin-{seed}-{i:05d}", R.QUESTION: w.question, R.ANSWER: str(w.answer),
-            SOLUTION: solution, DECISIVE_SENTENCE: w.decisive, DECISIVE_CHAR_END: decisive_end,
-            TEMPLATE: template, SOURCE: "builtin",
-        })
+        rows.append(
+            {
+                R.PROBLEM_ID: f"builtin-{seed}-{i:05d}",
+                R.QUESTION: w.question,
+                R.ANSWER: str(w.answer),
+                SOLUTION: solution,
+                DECISIVE_SENTENCE: w.decisive,
+                DECISIVE_CHAR_END: decisive_end,
+                TEMPLATE: template,
+                SOURCE: "builtin",
+            }
+        )
     return rows
 
 

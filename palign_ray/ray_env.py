@@ -82,7 +82,9 @@ def free_resources() -> dict[str, float]:
     return {k: float(free.get(k, 0.0)) for k in ("CPU", "GPU")}
 
 
-def wait_for_release(before: dict[str, float], timeout_s: float = 120.0, poll_s: float = 0.25) -> float:
+def wait_for_release(
+    before: dict[str, float], timeout_s: float = 120.0, poll_s: float = 0.25
+) -> float:
     """Block until CPU/GPU are back to `before` (the level when a stage started); returns seconds waited.
 
     Ray Data drops an actor pool's handles when the dataset is exhausted and the actors exit when they
@@ -102,12 +104,21 @@ def wait_for_release(before: dict[str, float], timeout_s: float = 120.0, poll_s:
         now = free_resources()
         total = ray.cluster_resources()
         # A node that left meanwhile cannot give its share back: cap the target at what exists now.
-        short = {k: v for k, v in before.items() if now.get(k, 0.0) + 1e-6 < min(v, float(total.get(k, 0.0)))}
+        short = {
+            k: v
+            for k, v in before.items()
+            if now.get(k, 0.0) + 1e-6 < min(v, float(total.get(k, 0.0)))
+        }
         waited = time.monotonic() - t0
         if not short:
             return waited
         if waited > timeout_s:
-            log.warning("engines of the last stage still hold %s after %.0f s (free now %s); going on", short, waited, now)
+            log.warning(
+                "engines of the last stage still hold %s after %.0f s (free now %s); going on",
+                short,
+                waited,
+                now,
+            )
             return waited
         time.sleep(poll_s)
 
@@ -125,7 +136,9 @@ def gpu_processes_on_this_node() -> list[dict[str, Any]]:
         for i in range(pynvml.nvmlDeviceGetCount()):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                out.append({"gpu": i, "pid": int(p.pid), "used_mib": int((p.usedGpuMemory or 0) // 2**20)})
+                out.append(
+                    {"gpu": i, "pid": int(p.pid), "used_mib": int((p.usedGpuMemory or 0) // 2**20)}
+                )
         return out
     finally:
         pynvml.nvmlShutdown()
@@ -133,8 +146,12 @@ def gpu_processes_on_this_node() -> list[dict[str, Any]]:
 
 def describe_holders(holders: dict[str, list[dict[str, Any]]]) -> str:
     """'node n1: GPU 0 pid 123 (20480 MiB); ...' for an error message."""
-    return "; ".join(f"node {node}: " + ", ".join(f"GPU {p['gpu']} pid {p['pid']} ({p['used_mib']} MiB)" for p in procs)
-                     for node, procs in sorted(holders.items()) if procs)
+    return "; ".join(
+        f"node {node}: "
+        + ", ".join(f"GPU {p['gpu']} pid {p['pid']} ({p['used_mib']} MiB)" for p in procs)
+        for node, procs in sorted(holders.items())
+        if procs
+    )
 
 
 def wait_for_device_memory(timeout_s: float = 120.0, poll_s: float = 1.0) -> float:
@@ -150,15 +167,24 @@ def wait_for_device_memory(timeout_s: float = 120.0, poll_s: float = 1.0) -> flo
     if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
         return 0.0
     probe = ray.remote(num_cpus=0)(gpu_processes_on_this_node)
-    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
+    nodes = [
+        n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")
+    ]
     t0 = time.monotonic()
     while True:
-        refs = {n: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote() for n in nodes}
+        refs = {
+            n: probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)
+            ).remote()
+            for n in nodes
+        }
         holders = {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
         waited = time.monotonic() - t0
         if not any(holders.values()):
             return waited
         if waited > timeout_s:
-            raise RuntimeError(f"GPU memory still held {waited:.0f} s after the stage's engines exited: "
-                               f"{describe_holders(holders)}; kill those processes (or raise the wait) before the next stage")
+            raise RuntimeError(
+                f"GPU memory still held {waited:.0f} s after the stage's engines exited: "
+                f"{describe_holders(holders)}; kill those processes (or raise the wait) before the next stage"
+            )
         time.sleep(poll_s)

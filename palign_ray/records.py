@@ -25,9 +25,13 @@ class MissingColumnsError(ValueError):
     pass
 
 
-def require_columns(stage: str, columns: Iterable[str], required: Iterable[str], source: str = "") -> None:
+def require_columns(
+    stage: str, columns: Iterable[str], required: Iterable[str], source: str = ""
+) -> None:
     """Fail on entry to a stage, naming the missing columns and where they were expected."""
     missing = [c for c in required if c not in set(columns)]
     if missing:
         where = f" in {source}" if source else ""
-        raise MissingColumnsError(f"stage '{stage}': missing column(s) {missing}{where}; present: {sorted(columns)}")
+        raise MissingColumnsError(
+            f"stage '{stage}': missing column(s) {missing}{where}; present: {sorted(columns)}"
+        )

@@ -12,14 +12,17 @@ from palign_ray.artifacts import StageDir
 
 log = logging.getLogger(__name__)
 
+
 def summary_tokens(stage_dir: Path) -> dict[str, int] | None:
     """Token totals from a row stage's per-part summaries (in its commit markers)."""
     sums = [c.get("summary", {}) for c in StageDir(stage_dir).commits()]
     if not any("generated_tokens" in x for x in sums):
         return None
-    return {"prefilled": sum(int(x.get("prompt_tokens", 0)) for x in sums),
-            "cached": sum(int(x.get("cached_tokens", 0)) for x in sums),
-            "generated": sum(int(x.get("generated_tokens", 0)) for x in sums)}
+    return {
+        "prefilled": sum(int(x.get("prompt_tokens", 0)) for x in sums),
+        "cached": sum(int(x.get("cached_tokens", 0)) for x in sums),
+        "generated": sum(int(x.get("generated_tokens", 0)) for x in sums),
+    }
 
 
 def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
@@ -28,7 +31,10 @@ def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
 
 
 def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
-    lines = ["| stage | in | out | quarantined | reasons | engine starts | wall s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| stage | in | out | quarantined | reasons | engine starts | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in stages:
         m = _manifest(run_dir, s)
         if m is None:
@@ -36,17 +42,25 @@ def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
             continue
         n_in, out = m.get("num_input", "–"), m.get("num_output", "–")
         if s == "train" and m.get("metrics"):  # examples in, a model out
-            n_in, out = m["metrics"].get("num_examples", "–"), f"model ({m['metrics'].get('num_steps', '?')} steps)"
+            n_in, out = (
+                m["metrics"].get("num_examples", "–"),
+                f"model ({m['metrics'].get('num_steps', '?')} steps)",
+            )
         elif s == "eval":
             out = ", ".join(k for k in ("base", "trained") if m.get(k)) or "–"
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
         starts = m.get("engine_starts", "–")
-        lines.append(f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {starts} | {m.get('wall_s', 0):.1f} |")
+        lines.append(
+            f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {starts} | {m.get('wall_s', 0):.1f} |"
+        )
     return lines
 
 
 def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
-    lines = ["| stage | prefilled | cached | computed (prefilled − cached) | generated |", "|---|---|---|---|---|"]
+    lines = [
+        "| stage | prefilled | cached | computed (prefilled − cached) | generated |",
+        "|---|---|---|---|---|",
+    ]
     total = {"prefilled": 0, "cached": 0, "generated": 0}
     for s in stages:
         sd = StageDir(run_dir / s)
@@ -55,19 +69,28 @@ def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
         t = summary_tokens(run_dir / s) or {"prefilled": 0, "cached": 0, "generated": 0}
         for k in total:
             total[k] += t[k]
-        lines.append(f"| {s} | {t['prefilled']} | {t['cached']} | {t['prefilled'] - t['cached']} | {t['generated']} |")
-    lines.append(f"| **total** | {total['prefilled']} | {total['cached']} | {total['prefilled'] - total['cached']} | {total['generated']} |")
+        lines.append(
+            f"| {s} | {t['prefilled']} | {t['cached']} | {t['prefilled'] - t['cached']} | {t['generated']} |"
+        )
+    lines.append(
+        f"| **total** | {total['prefilled']} | {total['cached']} | {total['prefilled'] - total['cached']} | {total['generated']} |"
+    )
     if num_sft:
         cost = (total["prefilled"] - total["cached"] + total["generated"]) / num_sft
-        lines += ["", f"**Cost per accepted SFT example**: {cost:,.0f} tokens computed "
-                      f"(prefill not served from cache + generated) over {num_sft} accepted examples."]
+        lines += [
+            "",
+            f"**Cost per accepted SFT example**: {cost:,.0f} tokens computed "
+            f"(prefill not served from cache + generated) over {num_sft} accepted examples.",
+        ]
     return lines
 
 
 def truncation_stats(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(no truncation rows)"]
-    ratios = [r["prefix_ratio_sentences"] for r in rows if r.get("prefix_ratio_sentences") is not None]
+    ratios = [
+        r["prefix_ratio_sentences"] for r in rows if r.get("prefix_ratio_sentences") is not None
+    ]
     chars = [r["prefix_ratio_chars"] for r in rows if r.get("prefix_ratio_chars") is not None]
     probes = [r.get("num_probes", 0) for r in rows]
     rounds = [r.get("num_rounds", 0) for r in rows]
@@ -75,7 +98,11 @@ def truncation_stats(rows: list[dict[str, Any]]) -> list[str]:
     nonmono = sum(1 for r in rows if r.get("non_monotone"))
 
     def q(v: list[float]) -> str:
-        return f"median {statistics.median(v):.3f}, mean {statistics.fmean(v):.3f}, min {min(v):.3f}, max {max(v):.3f}" if v else "–"
+        return (
+            f"median {statistics.median(v):.3f}, mean {statistics.fmean(v):.3f}, min {min(v):.3f}, max {max(v):.3f}"
+            if v
+            else "–"
+        )
 
     return [
         f"- problems: {len(rows)}; judged sufficient before the full trace: {suff}; non-monotone verdicts: {nonmono}",
@@ -94,7 +121,9 @@ def _plot_hist(path: Path, series: dict[str, list[float]], title: str, xlabel: s
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, values in series.items():
         if values:
-            ax.hist(values, bins=20, range=(0, 1) if "ratio" in xlabel else None, alpha=0.6, label=label)
+            ax.hist(
+                values, bins=20, range=(0, 1) if "ratio" in xlabel else None, alpha=0.6, label=label
+            )
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("problems")
@@ -127,8 +156,14 @@ def _train_steps(metrics: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [s for s in steps if isinstance(s, dict) and "loss" in s]
 
 
-TRUNCATION_COLUMNS = ("prefix_ratio_sentences", "prefix_ratio_chars", "num_probes", "num_rounds", "is_sufficient",
-                      "non_monotone")
+TRUNCATION_COLUMNS = (
+    "prefix_ratio_sentences",
+    "prefix_ratio_chars",
+    "num_probes",
+    "num_rounds",
+    "is_sufficient",
+    "non_monotone",
+)
 
 
 def _columns(sd: StageDir, columns: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -145,22 +180,58 @@ def _columns(sd: StageDir, columns: tuple[str, ...]) -> list[dict[str, Any]]:
 def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     """Write report.md (+ PNGs) from whatever stages have finished."""
     run_dir = Path(run_dir)
-    lines = [f"# P-ALIGN run report: `{run_dir}`", "", f"method: **{cfg.run.method}**, seed {cfg.run.seed}", "",
-             *(["> Smoke run (embedded SmolLM2-135M student, a few training steps): its numbers say nothing about the method; `make compare` measures P-ALIGN against its baselines with CIs and paired differences.", ""] if cfg.sft.model == "default" else []),
-             "## Rows per stage", "", *counts_table(run_dir, stages), "",
-             f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
-             "train's out is the exported model; eval lists the models evaluated.)", ""]
-    trunc = _columns(StageDir(run_dir / "truncate"), TRUNCATION_COLUMNS) if "truncate" in stages else []
+    lines = [
+        f"# P-ALIGN run report: `{run_dir}`",
+        "",
+        f"method: **{cfg.run.method}**, seed {cfg.run.seed}",
+        "",
+        *(
+            [
+                "> Smoke run (embedded SmolLM2-135M student, a few training steps): its numbers say nothing about the method; `make compare` measures P-ALIGN against its baselines with CIs and paired differences.",
+                "",
+            ]
+            if cfg.sft.model == "default"
+            else []
+        ),
+        "## Rows per stage",
+        "",
+        *counts_table(run_dir, stages),
+        "",
+        f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
+        "train's out is the exported model; eval lists the models evaluated.)",
+        "",
+    ]
+    trunc = (
+        _columns(StageDir(run_dir / "truncate"), TRUNCATION_COLUMNS) if "truncate" in stages else []
+    )
     if trunc:
-        lines += ["## Truncation (sufficiency search)", "", *truncation_stats(trunc), "", "![prefix ratios](prefix_ratio.png)",
-                  "![probes](probes.png)", ""]
-        _plot_hist(run_dir / "prefix_ratio.png", {
-            "sentences": [r["prefix_ratio_sentences"] for r in trunc],
-            "characters": [r["prefix_ratio_chars"] for r in trunc],
-        }, "kept prefix / full trace", "prefix ratio")
-        _plot_hist(run_dir / "probes.png", {"probes": [float(r.get("num_probes", 0)) for r in trunc],
-                                            "rounds": [float(r.get("num_rounds", 0)) for r in trunc]},
-                   "judge work per problem", "count")
+        lines += [
+            "## Truncation (sufficiency search)",
+            "",
+            *truncation_stats(trunc),
+            "",
+            "![prefix ratios](prefix_ratio.png)",
+            "![probes](probes.png)",
+            "",
+        ]
+        _plot_hist(
+            run_dir / "prefix_ratio.png",
+            {
+                "sentences": [r["prefix_ratio_sentences"] for r in trunc],
+                "characters": [r["prefix_ratio_chars"] for r in trunc],
+            },
+            "kept prefix / full trace",
+            "prefix ratio",
+        )
+        _plot_hist(
+            run_dir / "probes.png",
+            {
+                "probes": [float(r.get("num_probes", 0)) for r in trunc],
+                "rounds": [float(r.get("num_rounds", 0)) for r in trunc],
+            },
+            "judge work per problem",
+            "count",
+        )
     sft_m = _manifest(run_dir, "sft_data")
     num_sft = int((sft_m or {}).get("num_output", 0))
     lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]
@@ -169,10 +240,28 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     if steps:
         _plot_loss(run_dir / "loss.png", steps)
         m = train_m["metrics"]
-        lines += ["## Training", "", f"- steps: {len(steps)}; first loss {steps[0]['loss']:.4f}, last loss {steps[-1]['loss']:.4f}",
-                  *[f"- {k}: {m[k]}" for k in ("num_steps", "final_loss", "mean_tokens_per_s", "mean_step_time_s", "padding_share_packed",
-                                                             "padding_share_unpacked", "restarts", "wall_time_s") if k in m],
-                  "", "![loss](loss.png)", ""]
+        lines += [
+            "## Training",
+            "",
+            f"- steps: {len(steps)}; first loss {steps[0]['loss']:.4f}, last loss {steps[-1]['loss']:.4f}",
+            *[
+                f"- {k}: {m[k]}"
+                for k in (
+                    "num_steps",
+                    "final_loss",
+                    "mean_tokens_per_s",
+                    "mean_step_time_s",
+                    "padding_share_packed",
+                    "padding_share_unpacked",
+                    "restarts",
+                    "wall_time_s",
+                )
+                if k in m
+            ],
+            "",
+            "![loss](loss.png)",
+            "",
+        ]
     lines += _eval_section(run_dir)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -181,9 +270,21 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
 
 
 def _eval_section(run_dir: Path) -> list[str]:
-    files = [p for p in (run_dir / "eval" / "base" / "metrics.json", run_dir / "eval" / "trained" / "metrics.json") if p.is_file()]
+    files = [
+        p
+        for p in (
+            run_dir / "eval" / "base" / "metrics.json",
+            run_dir / "eval" / "trained" / "metrics.json",
+        )
+        if p.is_file()
+    ]
     if not files:
         return []
     from palign_ray.evaluate import compare_table
 
-    return ["## Evaluation (pass@k): base vs trained student", "", compare_table([str(p) for p in files]), ""]
+    return [
+        "## Evaluation (pass@k): base vs trained student",
+        "",
+        compare_table([str(p) for p in files]),
+        "",
+    ]

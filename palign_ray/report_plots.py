@@ -26,8 +26,13 @@ def plot_pass_at_k(metrics: dict[str, Any], path: str | Path) -> None:
         pk = m.get("pass@k") or {}
         ks = sorted(pk, key=int)
         if ks:
-            ax.plot([int(k) for k in ks], [100 * pk[k] for k in ks], marker="o", label=name,
-                    linestyle="--" if name == "average" else "-")
+            ax.plot(
+                [int(k) for k in ks],
+                [100 * pk[k] for k in ks],
+                marker="o",
+                label=name,
+                linestyle="--" if name == "average" else "-",
+            )
     ax.set_xlabel("k")
     ax.set_ylabel("pass@k (%)")
     ax.set_title(f"pass@k: {metrics.get('model', '')}"[:80])
@@ -48,8 +53,14 @@ def plot_length_histogram(samples: list[dict[str, Any]], path: str | Path) -> No
     fig, ax = plt.subplots(figsize=(6, 4))
     top = max(correct + wrong, default=1)
     bins = [top * i / 30 for i in range(31)] if top > 0 else 10
-    ax.hist([wrong, correct], bins=bins, label=[f"incorrect ({len(wrong)})", f"correct ({len(correct)})"],
-            color=["tab:red", "tab:green"], alpha=0.7, stacked=False)
+    ax.hist(
+        [wrong, correct],
+        bins=bins,
+        label=[f"incorrect ({len(wrong)})", f"correct ({len(correct)})"],
+        color=["tab:red", "tab:green"],
+        alpha=0.7,
+        stacked=False,
+    )
     ax.set_xlabel(f"generation length ({unit})")
     ax.set_ylabel("samples")
     ax.legend(fontsize=8)

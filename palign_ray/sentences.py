@@ -41,7 +41,9 @@ _ABBREVIATIONS = frozenset(
     "e.g i.e eg ie vs cf viz al approx resp esp ca incl dr mr mrs ms prof st jr sr fig figs eq eqs".split()
 )
 # Not a sentence end before a number ("No. 5", "Sec. 2", "Thm. 3").
-_ABBREVIATIONS_BEFORE_NUMBER = frozenset("no nos p pp vol ch sec thm lem def prop cor ex art par".split())
+_ABBREVIATIONS_BEFORE_NUMBER = frozenset(
+    "no nos p pp vol ch sec thm lem def prop cor ex art par".split()
+)
 _OPENING_CHARS = frozenset("\"'\u201c\u2018\u00ab([{$\\*#`_")
 
 
@@ -64,9 +66,13 @@ def split_sentences(text: str, mode: Mode = "robust", max_chars: int = 400) -> l
         return _to_spans(_paper_boundaries(text), text)
     regions = protected_regions(text, max_chars)
     starts = [r[0] for r in regions]
-    boundaries = sorted(set(_line_boundaries(text, regions, starts)) | set(_punct_boundaries(text, regions, starts)))
+    boundaries = sorted(
+        set(_line_boundaries(text, regions, starts)) | set(_punct_boundaries(text, regions, starts))
+    )
     spans = _to_spans([0, *boundaries], text)
-    spans = [piece for span in spans for piece in _bound_length(text, span, max_chars, regions, starts)]
+    spans = [
+        piece for span in spans for piece in _bound_length(text, span, max_chars, regions, starts)
+    ]
     return _merge_tiny(text, spans, max_chars)
 
 
@@ -100,7 +106,9 @@ def _region_end(
     kind = m.lastgroup if m.lastgroup != "name" else "env"
     start, after = m.start(), m.end()
     if kind == "fence":
-        return _find_closer(text, m.group(), after, start + display_limit, searched, extend=m.group()[0])
+        return _find_closer(
+            text, m.group(), after, start + display_limit, searched, extend=m.group()[0]
+        )
     if kind == "dd":
         return _find_closer(text, "$$", after, start + display_limit, searched)
     if kind == "bracket":
@@ -112,17 +120,23 @@ def _region_end(
     if kind == "dollar":
         return _dollar_end(text, after, start + inline_limit, searched)
     newline = text.find("\n", after, start + inline_limit)
-    return _find_closer(text, "`", after, newline if newline != -1 else start + inline_limit, searched)
+    return _find_closer(
+        text, "`", after, newline if newline != -1 else start + inline_limit, searched
+    )
 
 
-def _find_closer(text: str, closer: str, after: int, limit: int, searched: dict[str, int], extend: str = "") -> int | None:
+def _find_closer(
+    text: str, closer: str, after: int, limit: int, searched: dict[str, int], extend: str = ""
+) -> int | None:
     begin = max(after, searched.get(closer, 0) - len(closer) + 1)
     i = text.find(closer, begin, limit)
     if i == -1:
         searched[closer] = max(searched.get(closer, 0), min(limit, len(text)))
         return None
     end = i + len(closer)
-    while extend and end < len(text) and text[end] == extend:  # a ```` fence closes with all its ticks
+    while (
+        extend and end < len(text) and text[end] == extend
+    ):  # a ```` fence closes with all its ticks
         end += 1
     return end
 
@@ -179,7 +193,11 @@ def _line_boundaries(text: str, regions: list[Span], starts: list[int]) -> list[
 def _punct_boundaries(text: str, regions: list[Span], starts: list[int]) -> list[int]:
     out = []
     for m in _SENTENCE_END.finditer(text):
-        if m.end() < len(text) and not _covers(m.start(), regions, starts) and _ends_sentence(text, m):
+        if (
+            m.end() < len(text)
+            and not _covers(m.start(), regions, starts)
+            and _ends_sentence(text, m)
+        ):
             out.append(m.end())
     return out
 
@@ -198,7 +216,9 @@ def _ends_sentence(text: str, m: re.Match[str]) -> bool:
             return False  # "3! 2! = 12": factorials
         return _starts_sentence(nxt)
     if term.count(".") >= 3 or "\u2026" in term:
-        return nxt.isupper() or nxt in "\"'\u201c\u2018*#"  # ellipsis: "Hmm... Let me" but "1, 2, ... 10"
+        return (
+            nxt.isupper() or nxt in "\"'\u201c\u2018*#"
+        )  # ellipsis: "Hmm... Let me" but "1, 2, ... 10"
     return _period_ends_sentence(text, m.start(), nxt)
 
 
@@ -244,7 +264,9 @@ def _content(text: str, span: Span) -> Span:
     return a + len(piece) - len(piece.lstrip()), a + len(piece.rstrip())
 
 
-def _bound_length(text: str, span: Span, max_chars: int, regions: list[Span], starts: list[int]) -> list[Span]:
+def _bound_length(
+    text: str, span: Span, max_chars: int, regions: list[Span], starts: list[int]
+) -> list[Span]:
     """Cut a sentence longer than max_chars into chunks (whitespace first, hard cut if none)."""
     pos, end = _content(text, span)
     if end - pos <= max_chars:
@@ -260,7 +282,9 @@ def _bound_length(text: str, span: Span, max_chars: int, regions: list[Span], st
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def _cut_point(text: str, pos: int, end: int, max_chars: int, regions: list[Span], starts: list[int]) -> int | None:
+def _cut_point(
+    text: str, pos: int, end: int, max_chars: int, regions: list[Span], starts: list[int]
+) -> int | None:
     """The next chunk start after pos: after the last usable whitespace within max_chars, else a hard cut."""
     limit = pos + max_chars
     best = after_punct = None
@@ -283,7 +307,11 @@ def _cut_point(text: str, pos: int, end: int, max_chars: int, regions: list[Span
     if end - r1 <= _REGION_TAIL_SLACK:
         return None
     ws = _WHITESPACE.search(text, r1, r1 + _REGION_TAIL_SLACK)
-    q = _WHITESPACE.match(text, ws.start()).end() if ws and not _inside(ws.start(), regions, starts) else r1  # type: ignore[union-attr]
+    q = (
+        _WHITESPACE.match(text, ws.start()).end()  # type: ignore[union-attr]
+        if ws and not _inside(ws.start(), regions, starts)
+        else r1
+    )
     return q if q < end else None
 
 
@@ -333,9 +361,15 @@ def split_main(argv: list[str]) -> int:
     from palign_ray.cli import config_parser
     from palign_ray.config import ConfigError, load_config
 
-    p = config_parser("split", "Split text into sentences; one JSON object per sentence: index, start, end, text.")
-    p.usage = "palign split [FILE] [--mode robust|paper] [--max-chars N] [--config YAML] [key=value ...]"
-    p.add_argument("--mode", choices=["robust", "paper"], default=None, help="default: judge.segmentation")
+    p = config_parser(
+        "split", "Split text into sentences; one JSON object per sentence: index, start, end, text."
+    )
+    p.usage = (
+        "palign split [FILE] [--mode robust|paper] [--max-chars N] [--config YAML] [key=value ...]"
+    )
+    p.add_argument(
+        "--mode", choices=["robust", "paper"], default=None, help="default: judge.segmentation"
+    )
     p.add_argument("--max-chars", type=int, default=None, help="default: judge.max_sentence_chars")
     for action in p._actions:  # the shared positional slot also takes FILE
         if action.dest == "overrides":

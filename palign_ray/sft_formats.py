@@ -7,7 +7,13 @@ from typing import Any
 
 FORMATS = ("alpaca", "sharegpt", "messages")
 # ShareGPT speakers by role; LLaMA-Factory's converter accepts the same names.
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+}
 
 
 @dataclass(frozen=True)
@@ -40,27 +46,46 @@ def from_alpaca(row: dict[str, Any], join: str) -> ChatExample | Rejected:
     if output is None or not output.strip():
         return Rejected("missing_field", "alpaca row needs a non-empty string 'output'")
     if row.get("history"):
-        return Rejected("not_single_turn", f"alpaca row has {len(row['history'])} history turn(s); build-sft trains single turns")
+        return Rejected(
+            "not_single_turn",
+            f"alpaca row has {len(row['history'])} history turn(s); build-sft trains single turns",
+        )
     parts = [p for p in (_text(row, "instruction") or "", _text(row, "input") or "") if p]
     if not parts:
         return Rejected("missing_field", "alpaca row needs a non-empty 'instruction' or 'input'")
     return ChatExample(_text(row, "system") or "", join.join(parts), output)
 
 
-def _from_turns(turns: Any, role_key: str, text_key: str, roles: dict[str, str], system: str, fmt: str) -> ChatExample | Rejected:
+def _from_turns(
+    turns: Any, role_key: str, text_key: str, roles: dict[str, str], system: str, fmt: str
+) -> ChatExample | Rejected:
     """[system,] user, assistant turns → ChatExample; anything else is rejected with what was found."""
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-        return Rejected("missing_field", f"{fmt} row needs a list of {{{role_key!r}, {text_key!r}}} objects")
-    named = [(roles.get(str(t.get(role_key)), str(t.get(role_key))), t.get(text_key)) for t in turns]
+        return Rejected(
+            "missing_field", f"{fmt} row needs a list of {{{role_key!r}, {text_key!r}}} objects"
+        )
+    named = [
+        (roles.get(str(t.get(role_key)), str(t.get(role_key))), t.get(text_key)) for t in turns
+    ]
     if named and named[0][0] == "system":
         system, named = named[0][1], named[1:]
     found = [r for r, _ in named]
     if found != ["user", "assistant"]:
-        reason = "not_single_turn" if len(found) > 2 and set(found) <= {"user", "assistant"} else "bad_roles"
-        return Rejected(reason, f"{fmt} row has roles {found}; build-sft takes [system,] user, assistant")
+        reason = (
+            "not_single_turn"
+            if len(found) > 2 and set(found) <= {"user", "assistant"}
+            else "bad_roles"
+        )
+        return Rejected(
+            reason, f"{fmt} row has roles {found}; build-sft takes [system,] user, assistant"
+        )
     (_, user), (_, response) = named
-    if not all(isinstance(x, str) and x.strip() for x in (user, response)) or not isinstance(system, str):
-        return Rejected("missing_field", f"{fmt} row: the user and assistant turns need non-empty text")
+    if not all(isinstance(x, str) and x.strip() for x in (user, response)) or not isinstance(
+        system, str
+    ):
+        return Rejected(
+            "missing_field", f"{fmt} row: the user and assistant turns need non-empty text"
+        )
     return ChatExample(system, user, response)
 
 
@@ -69,7 +94,14 @@ def from_row(row: dict[str, Any], fmt: str, join: str = "") -> ChatExample | Rej
     if fmt == "alpaca":
         return from_alpaca(row, join)
     if fmt == "sharegpt":
-        return _from_turns(row.get("conversations"), "from", "value", SHAREGPT_ROLES, _text(row, "system") or "", fmt)
+        return _from_turns(
+            row.get("conversations"),
+            "from",
+            "value",
+            SHAREGPT_ROLES,
+            _text(row, "system") or "",
+            fmt,
+        )
     if fmt == "messages":
         return _from_turns(row.get("messages"), "role", "content", {}, "", fmt)
     raise ValueError(f"format {fmt!r} is not one of {FORMATS}")

@@ -31,7 +31,9 @@ LOSS_MASK = "loss_mask"
 NUM_TOKENS = "num_tokens"
 NUM_LOSS_TOKENS = "num_loss_tokens"
 META_FILE = "sft_meta.json"
-MARKERS = re.compile(r"<Begin_of_(?:Prefix|Draft)>.*?<End_of_(?:Prefix|Draft)>", re.DOTALL)  # paper / released model
+MARKERS = re.compile(
+    r"<Begin_of_(?:Prefix|Draft)>.*?<End_of_(?:Prefix|Draft)>", re.DOTALL
+)  # paper / released model
 # Fields each method's response is built from (checked per row; a missing value quarantines the row).
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "palign": (R.QUESTION, R.PREFIX, R.CONTINUATION),
@@ -65,7 +67,11 @@ def build_response(row: dict[str, Any], method: str, cfg: AlignConfig) -> str:
         return f"{cfg.prefix_begin}{row[R.PREFIX].rstrip()}{cfg.prefix_end}\n{row[R.CONTINUATION].strip()}"
     if method == "full_cot":
         cot = row[R.COT].strip()
-        return cot if extract_boxed(cot) is not None else f"{cot}\n\n{final_answer_line(str(row[R.ANSWER]))}"
+        return (
+            cot
+            if extract_boxed(cot) is not None
+            else f"{cot}\n\n{final_answer_line(str(row[R.ANSWER]))}"
+        )
     if method == "prefix_only":
         return f"{cfg.prefix_begin}{row[R.PREFIX].rstrip()}{cfg.prefix_end}\n{final_answer_line(str(row[R.ANSWER]))}"
     if method == "continuation_only":
@@ -82,10 +88,16 @@ class Tokenized:
 
 def _end_of_turn(tokenizer: Any, closing: str) -> str:
     """The first special token the template writes after the assistant content (e.g. <|im_end|>)."""
-    specials = sorted(set(tokenizer.all_special_tokens) | {t for t in tokenizer.get_added_vocab()}, key=len, reverse=True)
+    specials = sorted(
+        set(tokenizer.all_special_tokens) | {t for t in tokenizer.get_added_vocab()},
+        key=len,
+        reverse=True,
+    )
     hits = [(closing.find(s), -len(s), s) for s in specials if s and s in closing]
     if not hits:
-        raise ValueError(f"the chat template writes no special end-of-turn token after the assistant content (got {closing!r})")
+        raise ValueError(
+            f"the chat template writes no special end-of-turn token after the assistant content (got {closing!r})"
+        )
     return min(hits)[2]
 
 
@@ -97,29 +109,42 @@ def tokenize_example(tokenizer: Any, user: str, response: str, system: str = "")
     """
     from palign_ray.chat import render_chat
 
-    msgs = [*([{"role": "system", "content": system}] if system else []), {"role": "user", "content": user}]
+    msgs = [
+        *([{"role": "system", "content": system}] if system else []),
+        {"role": "user", "content": user},
+    ]
     prompt_text = render_chat(tokenizer, msgs, add_generation_prompt=True)
-    full_text = render_chat(tokenizer, [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False)
+    full_text = render_chat(
+        tokenizer, [*msgs, {"role": "assistant", "content": response}], add_generation_prompt=False
+    )
     if not full_text.startswith(prompt_text):
-        raise ValueError("chat template: the generation prompt is not a prefix of the rendered conversation")
-    tail = full_text[len(prompt_text):]
+        raise ValueError(
+            "chat template: the generation prompt is not a prefix of the rendered conversation"
+        )
+    tail = full_text[len(prompt_text) :]
     at = tail.rfind(response)
     if at < 0:
-        raise ValueError("chat template altered the assistant content (it is not found verbatim in the rendering)")
-    closing = tail[at + len(response):]
+        raise ValueError(
+            "chat template altered the assistant content (it is not found verbatim in the rendering)"
+        )
+    closing = tail[at + len(response) :]
     eot = _end_of_turn(tokenizer, closing)
     tail = tail[: at + len(response) + closing.index(eot) + len(eot)]
     prompt_ids = list(tokenizer.encode(prompt_text, add_special_tokens=False))
     joint_ids = list(tokenizer.encode(prompt_text + tail, add_special_tokens=False))
     joint = joint_ids[: len(prompt_ids)] == prompt_ids
     # Where BPE merges across the boundary, tokenize the parts apart: the prompt then matches inference.
-    ids = joint_ids if joint else prompt_ids + list(tokenizer.encode(tail, add_special_tokens=False))
+    ids = (
+        joint_ids if joint else prompt_ids + list(tokenizer.encode(tail, add_special_tokens=False))
+    )
     mask = [0] * len(prompt_ids) + [1] * (len(ids) - len(prompt_ids))
     return Tokenized(ids, mask, joint)
 
 
 def _missing_fields(row: dict[str, Any], method: str) -> list[str]:
-    return [f for f in METHOD_FIELDS[method] if not isinstance(row.get(f), str) or not row[f].strip()]
+    return [
+        f for f in METHOD_FIELDS[method] if not isinstance(row.get(f), str) or not row[f].strip()
+    ]
 
 
 class _Collector:
@@ -138,19 +163,40 @@ class _Collector:
             self.quarantine.append(quarantine_row(STAGE, pid, "template_error", str(e)))
             return
         if len(tok.input_ids) > self.cfg.max_seq_len:
-            self.quarantine.append(quarantine_row(STAGE, pid, "too_long", f"{len(tok.input_ids)} tokens > align.max_seq_len {self.cfg.max_seq_len}"))
+            self.quarantine.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    "too_long",
+                    f"{len(tok.input_ids)} tokens > align.max_seq_len {self.cfg.max_seq_len}",
+                )
+            )
             return
         self.num_split += not tok.joint
-        self.examples.append({R.PROBLEM_ID: pid, INPUT_IDS: tok.input_ids, LOSS_MASK: tok.loss_mask,
-                              NUM_TOKENS: len(tok.input_ids), NUM_LOSS_TOKENS: sum(tok.loss_mask)})
+        self.examples.append(
+            {
+                R.PROBLEM_ID: pid,
+                INPUT_IDS: tok.input_ids,
+                LOSS_MASK: tok.loss_mask,
+                NUM_TOKENS: len(tok.input_ids),
+                NUM_LOSS_TOKENS: sum(tok.loss_mask),
+            }
+        )
 
     def stats(self, label: str) -> dict[str, Any]:
         ex = self.examples
-        return {"method": label, "num_examples": len(ex), "num_split_tokenized": self.num_split,
-                "num_tokens": sum(e[NUM_TOKENS] for e in ex), "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in ex)}
+        return {
+            "method": label,
+            "num_examples": len(ex),
+            "num_split_tokenized": self.num_split,
+            "num_tokens": sum(e[NUM_TOKENS] for e in ex),
+            "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in ex),
+        }
 
 
-def build_examples(rows: list[dict[str, Any]], tokenizer: Any, method: str, cfg: AlignConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def build_examples(
+    rows: list[dict[str, Any]], tokenizer: Any, method: str, cfg: AlignConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Rows → tokenized examples (contract columns) + quarantine (missing_field, too_long, template_error)."""
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
@@ -159,13 +205,17 @@ def build_examples(rows: list[dict[str, Any]], tokenizer: Any, method: str, cfg:
         pid = str(row.get(R.PROBLEM_ID))
         missing = _missing_fields(row, method)
         if missing:
-            out.quarantine.append(quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}"))
+            out.quarantine.append(
+                quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}")
+            )
             continue
         out.add(pid, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
     return out.examples, out.quarantine, out.stats(method)
 
 
-def build_file_examples(rows: list[dict[str, Any]], tokenizer: Any, fmt: str, cfg: AlignConfig, join: str = "") -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def build_file_examples(
+    rows: list[dict[str, Any]], tokenizer: Any, fmt: str, cfg: AlignConfig, join: str = ""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Rows of an existing SFT file (alpaca/sharegpt/messages) → the same examples, the response trained on verbatim.
 
     P-ALIGN's markers stay ordinary text of the response; the summary counts the rows that carry them.
@@ -182,14 +232,25 @@ def build_file_examples(rows: list[dict[str, Any]], tokenizer: Any, fmt: str, cf
             continue
         num_marked += bool(MARKERS.search(chat.response))
         out.add(pid, chat.user, chat.response, chat.system)
-    return out.examples, out.quarantine, {**out.stats(f"file:{fmt}"), "format": fmt, "num_with_prefix_markers": num_marked}
+    return (
+        out.examples,
+        out.quarantine,
+        {**out.stats(f"file:{fmt}"), "format": fmt, "num_with_prefix_markers": num_marked},
+    )
 
 
 def _shard_table(examples: list[dict[str, Any]]) -> Any:
     import pyarrow as pa
 
-    schema = pa.schema([(R.PROBLEM_ID, pa.string()), (INPUT_IDS, pa.list_(pa.int32())), (LOSS_MASK, pa.list_(pa.int8())),
-                        (NUM_TOKENS, pa.int32()), (NUM_LOSS_TOKENS, pa.int32())])
+    schema = pa.schema(
+        [
+            (R.PROBLEM_ID, pa.string()),
+            (INPUT_IDS, pa.list_(pa.int32())),
+            (LOSS_MASK, pa.list_(pa.int8())),
+            (NUM_TOKENS, pa.int32()),
+            (NUM_LOSS_TOKENS, pa.int32()),
+        ]
+    )
     return pa.Table.from_pylist(examples, schema=schema)
 
 
@@ -206,7 +267,9 @@ def _write_table_atomic(table: Any, path: Path) -> None:
         raise
 
 
-def write_shards(out_dir: Path, examples: list[dict[str, Any]], shard_rows: int, meta: dict[str, Any]) -> list[str]:
+def write_shards(
+    out_dir: Path, examples: list[dict[str, Any]], shard_rows: int, meta: dict[str, Any]
+) -> list[str]:
     """part-NNNNN.parquet (atomic each; stale parts removed first), then sft_meta.json last."""
     from palign_ray.artifacts import write_json
 
@@ -231,9 +294,17 @@ def load_tokenizer(model: str) -> Any:
     return AutoTokenizer.from_pretrained(resolve_model(model))
 
 
-def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: str | Path,
-                 quarantine_file: str | Path | None = None, tokenizer: Any = None,
-                 extra_quarantine: tuple[dict[str, Any], ...] = (), fmt: str = "", join: str = "") -> dict[str, Any]:
+def build_shards(
+    rows: list[dict[str, Any]],
+    cfg: Config,
+    method: str,
+    out_dir: str | Path,
+    quarantine_file: str | Path | None = None,
+    tokenizer: Any = None,
+    extra_quarantine: tuple[dict[str, Any], ...] = (),
+    fmt: str = "",
+    join: str = "",
+) -> dict[str, Any]:
     """Rows of the method's input stage → shards in out_dir (tokenized for sft.model); returns the summary.
 
     With `fmt` (alpaca/sharegpt/messages) the rows are an existing SFT file instead and `method` is
@@ -248,13 +319,30 @@ def build_shards(rows: list[dict[str, Any]], cfg: Config, method: str, out_dir: 
     else:
         examples, quar, stats = build_examples(rows, tok, method, cfg.align)
     quar = [*extra_quarantine, *quar]
-    meta = {"model": cfg.sft.model, "chat_template": tok.chat_template, "max_seq_len": cfg.align.max_seq_len,
-            "num_examples": len(examples), "method": stats["method"], "prefix_begin": cfg.align.prefix_begin,
-            "prefix_end": cfg.align.prefix_end, "num_tokens": stats["num_tokens"], "num_loss_tokens": stats["num_loss_tokens"]}
+    meta = {
+        "model": cfg.sft.model,
+        "chat_template": tok.chat_template,
+        "max_seq_len": cfg.align.max_seq_len,
+        "num_examples": len(examples),
+        "method": stats["method"],
+        "prefix_begin": cfg.align.prefix_begin,
+        "prefix_end": cfg.align.prefix_end,
+        "num_tokens": stats["num_tokens"],
+        "num_loss_tokens": stats["num_loss_tokens"],
+    }
     shards = write_shards(out, examples, cfg.align.shard_rows, meta)
-    write_parquet(Path(quarantine_file) if quarantine_file else quarantine_path(out), uniform_rows(quar))
+    write_parquet(
+        Path(quarantine_file) if quarantine_file else quarantine_path(out), uniform_rows(quar)
+    )
     reasons = Counter(q[R.REASON] for q in quar)
-    log.info("sft shards: %d examples in %d shards at %s; %d quarantined %s", len(examples), len(shards), out, len(quar), dict(reasons))
+    log.info(
+        "sft shards: %d examples in %d shards at %s; %d quarantined %s",
+        len(examples),
+        len(shards),
+        out,
+        len(quar),
+        dict(reasons),
+    )
     return retention(STAGE, len(rows), examples, quar, shards=shards, **stats)
 
 
@@ -264,22 +352,48 @@ def build_sft_main(argv: list[str]) -> int:
     from palign_ray.cli import config_parser, parse_config
     from palign_ray.sft_formats import FORMATS
 
-    p = config_parser("build-sft", "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).")
-    p.add_argument("--input", required=True, help="aligned rows (palign/fixed_ratio/continuation_only), traces (full_cot) or prefixes (prefix_only)")
+    p = config_parser(
+        "build-sft",
+        "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).",
+    )
+    p.add_argument(
+        "--input",
+        required=True,
+        help="aligned rows (palign/fixed_ratio/continuation_only), traces (full_cot) or prefixes (prefix_only)",
+    )
     p.add_argument("--output", required=True, help="output directory of part-*.parquet shards")
-    p.add_argument("--method", default=None, choices=METHODS, help="response format (default: run.method)")
-    p.add_argument("--format", default="", choices=("", *FORMATS),
-                   help="--input is an existing SFT file: alpaca (instruction/input/output), sharegpt (conversations) "
-                        "or messages (role/content); the response is trained on as written (markers stay text)")
-    p.add_argument("--join", default="", help="alpaca: text between instruction and input (default none: the paper's prompt "
-                                             "glues them, as evaluation does; LLaMA-Factory uses a newline)")
+    p.add_argument(
+        "--method", default=None, choices=METHODS, help="response format (default: run.method)"
+    )
+    p.add_argument(
+        "--format",
+        default="",
+        choices=("", *FORMATS),
+        help="--input is an existing SFT file: alpaca (instruction/input/output), sharegpt (conversations) "
+        "or messages (role/content); the response is trained on as written (markers stay text)",
+    )
+    p.add_argument(
+        "--join",
+        default="",
+        help="alpaca: text between instruction and input (default none: the paper's prompt "
+        "glues them, as evaluation does; LLaMA-Factory uses a newline)",
+    )
     args, cfg = parse_config(p, argv)
     if args.format and args.method:
-        p.error("--method builds responses from stage rows; with --format the file's responses are used as they are")
+        p.error(
+            "--method builds responses from stage rows; with --format the file's responses are used as they are"
+        )
     rows, bad = read_rows(args.input, STAGE)
     out = Path(args.output)
-    summary = build_shards(rows, cfg, args.method or cfg.run.method, out, extra_quarantine=tuple(bad),
-                           fmt=args.format, join=args.join)
+    summary = build_shards(
+        rows,
+        cfg,
+        args.method or cfg.run.method,
+        out,
+        extra_quarantine=tuple(bad),
+        fmt=args.format,
+        join=args.join,
+    )
     write_json(out.with_name(out.name + ".summary.json"), summary)
     sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
     return 0 if summary["num_examples"] else 3

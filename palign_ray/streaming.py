@@ -38,11 +38,11 @@ ENGINES = "engines"  # <stage>/engines/<attempt>-<id>.json: one file per engine 
 class RowWorker(Protocol):
     """What a stage runs inside an actor: rows of one part in, (output, quarantine, summary) out."""
 
-    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-        ...
+    async def process(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]: ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...
 
 
 # A worker factory: called once per actor with on_engine_start (call it with engine facts each time an engine starts).
@@ -69,7 +69,9 @@ class StreamResult:
     num_parts: int = 0
     passes: int = 0
     engine_starts: int = 0
-    retry_failed: list[dict[str, Any]] = field(default_factory=list)  # retryable rows still failing after every pass
+    retry_failed: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # retryable rows still failing after every pass
     wall_s: float = 0.0
 
 
@@ -85,8 +87,10 @@ class PartUDF:
 
     def _engine_started(self, info: dict[str, Any]) -> None:
         """One file per engine start: the stage counts them (engine_starts) without asking the actors."""
-        write_json(self.sd.root / ENGINES / f"{self.attempt}-{uuid.uuid4().hex[:8]}.json",
-                   {"attempt": self.attempt, "pid": os.getpid(), "time": time.time(), **info})
+        write_json(
+            self.sd.root / ENGINES / f"{self.attempt}-{uuid.uuid4().hex[:8]}.json",
+            {"attempt": self.attempt, "pid": os.getpid(), "time": time.time(), **info},
+        )
 
     async def __call__(self, batch: Any) -> dict[str, list[Any]]:
         rows = batch.to_pylist()
@@ -94,23 +98,43 @@ class PartUDF:
         retry = [q for q in quar if q[R.REASON] in RETRYABLE_REASONS]
         quar = [q for q in quar if q[R.REASON] not in RETRYABLE_REASONS]
         quar += lost_rows(self.job.stage, rows, out, quar, retry)
-        part = await asyncio.to_thread(self.sd.write_part, out, quar, summary=summary, num_input=len(rows) - len(retry),
-                                       schema=self.schema)
-        return {"part": [part], "num_input": [len(rows)], "num_output": [len(out)], "num_quarantined": [len(quar)],
-                "retry": [json.dumps(retry, default=str)]}
+        part = await asyncio.to_thread(
+            self.sd.write_part,
+            out,
+            quar,
+            summary=summary,
+            num_input=len(rows) - len(retry),
+            schema=self.schema,
+        )
+        return {
+            "part": [part],
+            "num_input": [len(rows)],
+            "num_output": [len(out)],
+            "num_quarantined": [len(quar)],
+            "retry": [json.dumps(retry, default=str)],
+        }
 
-    def __del__(self) -> None:  # Ray Data deletes the UDF when the actor exits gracefully: free the engine
+    def __del__(
+        self,
+    ) -> None:  # Ray Data deletes the UDF when the actor exits gracefully: free the engine
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.close()
 
 
-def lost_rows(stage: str, rows: list[dict[str, Any]], out: list[dict[str, Any]], quar: list[dict[str, Any]],
-              retry: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def lost_rows(
+    stage: str,
+    rows: list[dict[str, Any]],
+    out: list[dict[str, Any]],
+    quar: list[dict[str, Any]],
+    retry: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
     """Nothing may vanish silently: input ids with no output, quarantine or retry row become quarantine."""
     seen = {str(r[R.PROBLEM_ID]) for r in (*out, *quar, *retry)}
     missing = sorted({str(r[R.PROBLEM_ID]) for r in rows} - seen)
-    return [quarantine_row(stage, pid, "lost_in_stage", "no output row came back") for pid in missing]
+    return [
+        quarantine_row(stage, pid, "lost_in_stage", "no output row came back") for pid in missing
+    ]
 
 
 def input_ids(files: Sequence[Path]) -> list[str]:
@@ -134,8 +158,14 @@ def _drop_done(batch: Any, done: list[str]) -> Any:
     return batch.filter(pc.invert(pc.is_in(ids, value_set=pa.array(done, pa.string()))))
 
 
-def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max_passes: int = 3,
-               progress: Callable[[int, int], Any] | None = None) -> StreamResult:
+def run_stream(
+    job: StreamJob,
+    input_files: Sequence[Path],
+    sd: StageDir,
+    *,
+    max_passes: int = 3,
+    progress: Callable[[int, int], Any] | None = None,
+) -> StreamResult:
     """Process every input id that has no committed row yet, in up to `max_passes` passes.
 
     A pass after the first redoes retryable failures (e.g. judge engine errors) and the problems of
@@ -145,7 +175,9 @@ def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max
     attempt = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
     removed = sd.remove_uncommitted()
     if removed:
-        log.info("stage %s: removed %d uncommitted part files of an interrupted run", job.stage, removed)
+        log.info(
+            "stage %s: removed %d uncommitted part files of an interrupted run", job.stage, removed
+        )
     ids = input_ids(input_files)
     res = StreamResult(num_input=len(ids))
     retry: list[dict[str, Any]] = []
@@ -154,33 +186,62 @@ def run_stream(job: StreamJob, input_files: Sequence[Path], sd: StageDir, *, max
         todo = [i for i in ids if i not in done]
         if res.passes == 0:
             res.num_done_before = len(ids) - len(todo)
-            log.info("stage %s: %d rows in, %d already done, %d to process", job.stage, len(ids), res.num_done_before, len(todo))
+            log.info(
+                "stage %s: %d rows in, %d already done, %d to process",
+                job.stage,
+                len(ids),
+                res.num_done_before,
+                len(todo),
+            )
         if not todo:
             retry = []
             break
         if res.passes:
-            log.warning("stage %s: pass %d for %d problems (engine errors or parts dropped as duplicates)",
-                        job.stage, res.passes + 1, len(todo))
+            log.warning(
+                "stage %s: pass %d for %d problems (engine errors or parts dropped as duplicates)",
+                job.stage,
+                res.passes + 1,
+                len(todo),
+            )
         retry = _one_pass(job, input_files, sd, attempt, sorted(done), res, progress, len(ids))
         res.passes += 1
         dropped = sd.drop_duplicate_parts()
         if dropped:
-            log.warning("stage %s: %d parts committed problems a retried task had committed before; dropped: %s",
-                        job.stage, len(dropped), dropped)
+            log.warning(
+                "stage %s: %d parts committed problems a retried task had committed before; dropped: %s",
+                job.stage,
+                len(dropped),
+                dropped,
+            )
         elif not retry:
             break
     done = sd.done_ids()
     unfinished = {str(q[R.PROBLEM_ID]) for q in retry}
-    retry += [quarantine_row(job.stage, i, "not_processed", f"no committed row after {res.passes} passes")
-              for i in dict.fromkeys(ids) if i not in done and i not in unfinished]
+    retry += [
+        quarantine_row(job.stage, i, "not_processed", f"no committed row after {res.passes} passes")
+        for i in dict.fromkeys(ids)
+        if i not in done and i not in unfinished
+    ]
     res.retry_failed = retry
-    res.engine_starts = sum(1 for p in (sd.root / ENGINES).glob(f"{attempt}-*.json")) if (sd.root / ENGINES).is_dir() else 0
+    res.engine_starts = (
+        sum(1 for p in (sd.root / ENGINES).glob(f"{attempt}-*.json"))
+        if (sd.root / ENGINES).is_dir()
+        else 0
+    )
     res.wall_s = time.perf_counter() - t0
     return res
 
 
-def _one_pass(job: StreamJob, input_files: Sequence[Path], sd: StageDir, attempt: str, done: list[str],
-              res: StreamResult, progress: Callable[[int, int], Any] | None, total: int) -> list[dict[str, Any]]:
+def _one_pass(
+    job: StreamJob,
+    input_files: Sequence[Path],
+    sd: StageDir,
+    attempt: str,
+    done: list[str],
+    res: StreamResult,
+    progress: Callable[[int, int], Any] | None,
+    total: int,
+) -> list[dict[str, Any]]:
     """One Ray Data job over the not-yet-done rows; returns the retryable rows that came back."""
     from palign_ray.ray_env import init_ray
 
@@ -193,27 +254,45 @@ def _one_pass(job: StreamJob, input_files: Sequence[Path], sd: StageDir, attempt
         retry += json.loads(r["retry"])
         if bar is not None:
             bar.update(int(r["num_input"]))
-        log.debug("stage %s: part %s: %d out, %d quarantined", job.stage, r["part"], r["num_output"], r["num_quarantined"])
+        log.debug(
+            "stage %s: part %s: %d out, %d quarantined",
+            job.stage,
+            r["part"],
+            r["num_output"],
+            r["num_quarantined"],
+        )
     if bar is not None:
         bar.close()
     return retry
 
 
-def _dataset(ray: Any, job: StreamJob, input_files: Sequence[Path], sd: StageDir, attempt: str, done: list[str]) -> Any:
+def _dataset(
+    ray: Any,
+    job: StreamJob,
+    input_files: Sequence[Path],
+    sd: StageDir,
+    attempt: str,
+    done: list[str],
+) -> Any:
     from palign_ray.ray_env import actor_resources
 
     c = max(1, job.ray_cfg.max_concurrent_batches)
     ds = ray.data.read_parquet([str(f) for f in input_files])
     if done:
-        ds = ds.map_batches(_drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None)
+        ds = ds.map_batches(
+            _drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None
+        )
     return ds.map_batches(
         PartUDF,
         fn_constructor_kwargs={"job": job, "stage_dir": str(sd.root), "attempt": attempt},
         batch_size=job.part_rows,
         batch_format="pyarrow",
         # Parts in flight per actor: an async UDF lets their engine requests share one running batch.
-        compute=ray.data.ActorPoolStrategy(size=job.ray_cfg.num_actors, max_concurrent_calls_per_actor=c,
-                                           max_tasks_in_flight_per_actor=c),
+        compute=ray.data.ActorPoolStrategy(
+            size=job.ray_cfg.num_actors,
+            max_concurrent_calls_per_actor=c,
+            max_tasks_in_flight_per_actor=c,
+        ),
         **actor_resources(job.ray_cfg),
     )
 
@@ -222,15 +301,18 @@ def part_rows(chunk_size: int, ray_cfg: RayConfig, num_rows: int = 0) -> int:
     """Rows per part: run.chunk_size, or (0) enough for one part per actor of `num_rows`."""
     if chunk_size > 0:
         return chunk_size
-    return max(1, math.ceil(num_rows / max(1, ray_cfg.num_actors))) if num_rows else ray_cfg.batch_size
+    return (
+        max(1, math.ceil(num_rows / max(1, ray_cfg.num_actors))) if num_rows else ray_cfg.batch_size
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # In-memory rows (CLI commands, tests): the same streaming job through a scratch stage directory.
 
 
-def run_rows(job: StreamJob, rows: list[dict[str, Any]], scratch: Path | None = None
-             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], StreamResult]:
+def run_rows(
+    job: StreamJob, rows: list[dict[str, Any]], scratch: Path | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], StreamResult]:
     """Rows → (output rows, quarantine rows, per-part summaries, result), through `run_stream`.
 
     For inputs that fit the driver (a CLI file). Retryable rows that still fail come back as quarantine.
@@ -249,7 +331,9 @@ def run_rows(job: StreamJob, rows: list[dict[str, Any]], scratch: Path | None = 
 
 
 # Keys of artifacts.retention(): recomputed over all rows, never summed over parts.
-RETENTION_KEYS = frozenset({"stage", "num_in", "num_out", "num_problems_out", "num_quarantined", "reasons", "retention"})
+RETENTION_KEYS = frozenset(
+    {"stage", "num_in", "num_out", "num_problems_out", "num_quarantined", "reasons", "retention"}
+)
 
 
 def merge_summaries(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -40,8 +40,16 @@ COT_TOKENS = "cot_tokens"
 TEACHER_MODEL = "teacher_model"
 TRACE_SOURCE = "trace_source"  # "teacher" | "reference" | "ingested"
 SAMPLE_REASONS = ("wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error")
-CARRIED = (SOLUTION, DECISIVE_SENTENCE, DECISIVE_CHAR_END, TEMPLATE,  # kept for later checks (issue 10)
-           GROUP, TRACE_FORMAT, THINK_SPLIT, AFTER_THINK)  # how an ingested trace was stored and split (issue 18)
+CARRIED = (
+    SOLUTION,
+    DECISIVE_SENTENCE,
+    DECISIVE_CHAR_END,
+    TEMPLATE,  # kept for later checks (issue 10)
+    GROUP,
+    TRACE_FORMAT,
+    THINK_SPLIT,
+    AFTER_THINK,
+)  # how an ingested trace was stored and split (issue 18)
 
 
 def teacher_prompt(question: str) -> str:
@@ -61,7 +69,9 @@ class Sample:
     reason: str
 
 
-def grade_samples(texts: list[str], num_tokens: list[int], finish_reasons: list[str], gold: str, timeout_s: float) -> list[Sample]:
+def grade_samples(
+    texts: list[str], num_tokens: list[int], finish_reasons: list[str], gold: str, timeout_s: float
+) -> list[Sample]:
     """Grade every sample against gold with grading.grade (last boxed answer)."""
     from palign_ray.grading import grade
 
@@ -85,7 +95,9 @@ def select_trace(samples: list[Sample], policy: str) -> Sample | None:
         return min(correct, key=lambda s: (s.num_tokens, s.index))
     if policy == "longest_correct":
         return max(correct, key=lambda s: (s.num_tokens, -s.index))
-    raise ValueError(f"teacher.selection={policy!r} is not one of shortest_correct, longest_correct, first_correct")
+    raise ValueError(
+        f"teacher.selection={policy!r} is not one of shortest_correct, longest_correct, first_correct"
+    )
 
 
 def reason_counts(samples: list[Sample]) -> str:
@@ -93,8 +105,6 @@ def reason_counts(samples: list[Sample]) -> str:
     counts = Counter(s.reason for s in samples if not s.correct)
     shown = [r for r in SAMPLE_REASONS if counts[r] or r in ("wrong_answer", "no_boxed_answer")]
     return ", ".join(f"{counts[r]} {r}" for r in shown)
-
-
 
 
 def strip_think(text: str) -> str:
@@ -113,23 +123,46 @@ def reference_trace(solution: str, answer: str) -> str:
     """A worked solution as a trace: GSM8K's <<calc>> annotations dropped, `#### N` as a boxed final line."""
     text = re.sub(r"<<[^<>]*>>", "", solution).strip()
     if "####" in text:
-        text = text.rsplit("####", 1)[0].rstrip() + "\n" + f"The final answer is \\boxed{{{answer}}}."
+        text = (
+            text.rsplit("####", 1)[0].rstrip() + "\n" + f"The final answer is \\boxed{{{answer}}}."
+        )
     return text
 
 
 def _base_row(problem: dict[str, Any]) -> dict[str, Any]:
-    row = {R.PROBLEM_ID: str(problem[R.PROBLEM_ID]), R.QUESTION: problem[R.QUESTION], R.ANSWER: str(problem[R.ANSWER])}
+    row = {
+        R.PROBLEM_ID: str(problem[R.PROBLEM_ID]),
+        R.QUESTION: problem[R.QUESTION],
+        R.ANSWER: str(problem[R.ANSWER]),
+    }
     for key in CARRIED:
         row[key] = problem.get(key)
     return row
 
 
-def trace_row(problem: dict[str, Any], cot: str, num_samples: int, num_correct: int, cot_tokens: int, model: str, source: str) -> dict[str, Any]:
-    return {**_base_row(problem), R.COT: cot, NUM_SAMPLES: num_samples, NUM_CORRECT: num_correct,
-            COT_TOKENS: cot_tokens, TEACHER_MODEL: model, TRACE_SOURCE: source}
+def trace_row(
+    problem: dict[str, Any],
+    cot: str,
+    num_samples: int,
+    num_correct: int,
+    cot_tokens: int,
+    model: str,
+    source: str,
+) -> dict[str, Any]:
+    return {
+        **_base_row(problem),
+        R.COT: cot,
+        NUM_SAMPLES: num_samples,
+        NUM_CORRECT: num_correct,
+        COT_TOKENS: cot_tokens,
+        TEACHER_MODEL: model,
+        TRACE_SOURCE: source,
+    }
 
 
-def select_rows(problems: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: TeacherConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter[str]]:
+def select_rows(
+    problems: list[dict[str, Any]], gen_rows: list[dict[str, Any]], cfg: TeacherConfig
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Counter[str]]:
     """Join generations to problems on problem_id, grade, select; quarantine problems with no correct trace."""
     by_id = {str(g[R.PROBLEM_ID]): g for g in gen_rows}
     out, quar = [], []
@@ -138,23 +171,61 @@ def select_rows(problems: list[dict[str, Any]], gen_rows: list[dict[str, Any]], 
         pid = str(p[R.PROBLEM_ID])
         g = by_id.get(pid)
         if g is None or g.get("error"):
-            quar.append(quarantine_row(STAGE, pid, "generation_failed", g.get("error", "") if g else "no generation row came back"))
+            quar.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    "generation_failed",
+                    g.get("error", "") if g else "no generation row came back",
+                )
+            )
             continue
-        samples = grade_samples(list(g[R.GENERATIONS]), list(g[R.NUM_GENERATED_TOKENS]), list(g[R.FINISH_REASONS]), str(p[R.ANSWER]), cfg.grade_timeout_s)
+        samples = grade_samples(
+            list(g[R.GENERATIONS]),
+            list(g[R.NUM_GENERATED_TOKENS]),
+            list(g[R.FINISH_REASONS]),
+            str(p[R.ANSWER]),
+            cfg.grade_timeout_s,
+        )
         sample_reasons.update(s.reason for s in samples)
         best = select_trace(samples, cfg.selection)
         num_correct = sum(s.correct for s in samples)
         if best is not None:
-            out.append(trace_row(p, best.text, len(samples), num_correct, best.num_tokens, cfg.model, "teacher"))
-        elif cfg.use_reference_solutions and isinstance(p.get(SOLUTION), str) and p[SOLUTION].strip():
-            out.append(trace_row(p, reference_trace(p[SOLUTION], str(p[R.ANSWER])), len(samples), 0, -1, cfg.model, "reference"))
+            out.append(
+                trace_row(
+                    p, best.text, len(samples), num_correct, best.num_tokens, cfg.model, "teacher"
+                )
+            )
+        elif (
+            cfg.use_reference_solutions and isinstance(p.get(SOLUTION), str) and p[SOLUTION].strip()
+        ):
+            out.append(
+                trace_row(
+                    p,
+                    reference_trace(p[SOLUTION], str(p[R.ANSWER])),
+                    len(samples),
+                    0,
+                    -1,
+                    cfg.model,
+                    "reference",
+                )
+            )
         else:
-            quar.append(quarantine_row(STAGE, pid, "no_correct_sample", f"no_correct_sample: {reason_counts(samples)}",
-                                       num_samples=len(samples)))
+            quar.append(
+                quarantine_row(
+                    STAGE,
+                    pid,
+                    "no_correct_sample",
+                    f"no_correct_sample: {reason_counts(samples)}",
+                    num_samples=len(samples),
+                )
+            )
     return out, quar, sample_reasons
 
 
-def ingest_traces(problems: list[dict[str, Any]], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def ingest_traces(
+    problems: list[dict[str, Any]], model: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows that already carry a trace (`cot`, from problems.trace_field) → trace rows; think tags handled.
 
     Ingested traces are kept whether or not they box the gold answer (s1K thinking trajectories
@@ -166,7 +237,14 @@ def ingest_traces(problems: list[dict[str, Any]], model: str) -> tuple[list[dict
     for p in problems:
         cot = strip_think(str(p.get(R.COT) or ""))
         if not cot:
-            quar.append(quarantine_row(STAGE, str(p[R.PROBLEM_ID]), "empty_trace", "trace is empty after removing think tags"))
+            quar.append(
+                quarantine_row(
+                    STAGE,
+                    str(p[R.PROBLEM_ID]),
+                    "empty_trace",
+                    "trace is empty after removing think tags",
+                )
+            )
             continue
         correct = grade(cot, str(p[R.ANSWER])).correct
         out.append(trace_row(p, cot, 1, int(correct), -1, model, "ingested"))
@@ -182,26 +260,44 @@ class TeacherWorker:
 
         t = cfg.teacher
         self.cfg = cfg
-        sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples)
+        sampling = SamplingSpec(
+            max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples
+        )
         engine, _ = stage_engine(cfg, "teacher")
-        self.gen = Generator(t.model, engine, sampling, t.system_prompt, cfg.run.seed, STAGE, on_engine_start)
+        self.gen = Generator(
+            t.model, engine, sampling, t.system_prompt, cfg.run.seed, STAGE, on_engine_start
+        )
 
-    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    async def process(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         import asyncio
 
         start = time.perf_counter()
         given = [r for r in rows if r.get(R.COT)]
         todo = [r for r in rows if not r.get(R.COT)]
-        out, quar = await asyncio.to_thread(ingest_traces, given, f"ingested:{self.cfg.problems.trace_field or R.COT}") if given else ([], [])
+        out, quar = (
+            await asyncio.to_thread(
+                ingest_traces, given, f"ingested:{self.cfg.problems.trace_field or R.COT}"
+            )
+            if given
+            else ([], [])
+        )
         extra: dict[str, Any] = {}
         if todo:
             self.gen.start()  # once per actor; kept out of the generation time below
             t_gen, started_at = time.perf_counter(), time.time()
-            gen_rows = await self.gen.generate([{R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])}
-                                                for p in todo])
+            gen_rows = await self.gen.generate(
+                [
+                    {R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])}
+                    for p in todo
+                ]
+            )
             extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at)
             # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
-            kept, rejected, sample_reasons = await asyncio.to_thread(select_rows, todo, gen_rows, self.cfg.teacher)
+            kept, rejected, sample_reasons = await asyncio.to_thread(
+                select_rows, todo, gen_rows, self.cfg.teacher
+            )
             out, quar = out + kept, quar + rejected
             extra["sample_reasons"] = dict(sample_reasons)
             extra["num_samples_total"] = sum(sample_reasons.values())
@@ -213,31 +309,48 @@ class TeacherWorker:
         self.gen.close()
 
 
-def generation_stats(gen_rows: list[dict[str, Any]], wall_s: float, started_at: float = 0.0) -> dict[str, Any]:
+def generation_stats(
+    gen_rows: list[dict[str, Any]], wall_s: float, started_at: float = 0.0
+) -> dict[str, Any]:
     """Token counts of generation rows (summed over parts in the stage summary) and the part's generation window.
 
     Parts of one actor overlap (continuous batching), so a stage's generation time is the span of the
     windows [started_at, ended_at] (epoch seconds), not the sum of generation_wall_s.
     """
     tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in gen_rows)
-    return {"generated_tokens": tokens, "generation_wall_s": round(wall_s, 2),
-            "generation_window": [started_at, started_at + wall_s] if started_at else [],
-            "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
-            "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
-            "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0}
+    return {
+        "generated_tokens": tokens,
+        "generation_wall_s": round(wall_s, 2),
+        "generation_window": [started_at, started_at + wall_s] if started_at else [],
+        "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
+        "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
+        "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
+    }
 
 
 def teacher_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The teacher stage as a streaming job (one TeacherWorker per actor)."""
     _, ray_cfg = stage_engine(cfg, "teacher")
-    return StreamJob(STAGE, TeacherWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows))
+    return StreamJob(
+        STAGE,
+        TeacherWorker,
+        {"cfg": cfg},
+        ray_cfg,
+        part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
+    )
 
 
-def run_teacher(rows: list[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def run_teacher(
+    rows: list[dict[str, Any]], cfg: Config
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Problems in memory → one trace per problem (generated, or ingested where rows carry `cot`) + quarantine + summary."""
     out, quar, parts, res = run_rows(teacher_job(cfg, len(rows)), rows)
     extra = {k: v for k, v in merge_summaries(parts).items() if k not in RETENTION_KEYS}
-    return out, quar, retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts)
+    return (
+        out,
+        quar,
+        retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts),
+    )
 
 
 def teacher_main(argv: list[str]) -> int:
@@ -246,8 +359,14 @@ def teacher_main(argv: list[str]) -> int:
     from palign_ray.cli import config_parser, parse_config
     from palign_ray.problems import load_problems, load_summary
 
-    p = config_parser("teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*).")
-    p.add_argument("--input", default=None, help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)")
+    p = config_parser(
+        "teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*)."
+    )
+    p.add_argument(
+        "--input",
+        default=None,
+        help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)",
+    )
     p.add_argument("--output", required=True, help="output traces .parquet or .jsonl")
     args, cfg = parse_config(p, argv)
     problems, bad = load_problems(cfg.problems, args.input)

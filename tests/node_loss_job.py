@@ -14,7 +14,10 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 def start_cluster():
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+    )
     # The head has no CPUs and each worker fits one 1-CPU actor, so each worker hosts an actor.
     workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
     return cluster, workers
@@ -25,11 +28,20 @@ def generation_batches(model):
     from palign_ray.engines.base import SamplingSpec
     from palign_ray.generation import generate_batches
 
-    items = [{"problem_id": f"p{i:02d}", "prompt": f"Count from {i} to {i + 20}."} for i in range(32)]
-    batches = generate_batches(items, model=model, engine=EngineConfig(max_model_len=512),
-                               ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
-                               sampling=SamplingSpec(max_tokens=24, temperature=0.7), seed=1)
-    return items, ({"problem_id": r["problem_id"], "out": r["generations"]} for b in batches for r in b)
+    items = [
+        {"problem_id": f"p{i:02d}", "prompt": f"Count from {i} to {i + 20}."} for i in range(32)
+    ]
+    batches = generate_batches(
+        items,
+        model=model,
+        engine=EngineConfig(max_model_len=512),
+        ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
+        sampling=SamplingSpec(max_tokens=24, temperature=0.7),
+        seed=1,
+    )
+    return items, (
+        {"problem_id": r["problem_id"], "out": r["generations"]} for b in batches for r in b
+    )
 
 
 def judge_batches_of(model, on_first_part):
@@ -43,19 +55,37 @@ def judge_batches_of(model, on_first_part):
     from palign_ray.judge.stage import judge_job
     from palign_ray.streaming import run_stream
 
-    items = [{"problem_id": f"j{i:02d}", "question": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1),
-              "cot": " ".join(f"Step {j}: we add {i} and {j} with care." for j in range(1, 9))} for i in range(16)]
+    items = [
+        {
+            "problem_id": f"j{i:02d}",
+            "question": f"What is {i} + {i + 1}?",
+            "answer": str(2 * i + 1),
+            "cot": " ".join(f"Step {j}: we add {i} and {j} with care." for j in range(1, 9)),
+        }
+        for i in range(16)
+    ]
     ok, bad = check_input(items)
     assert not bad, bad
-    cfg = Config(run=RunConfig(seed=3, chunk_size=2), judge=JudgeConfig(model=model),
-                 engine=EngineConfig(max_model_len=1024, max_num_seqs=16),
-                 ray=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2))
+    cfg = Config(
+        run=RunConfig(seed=3, chunk_size=2),
+        judge=JudgeConfig(model=model),
+        engine=EngineConfig(max_model_len=1024, max_num_seqs=16),
+        ray=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
+    )
     tmp = Path(tempfile.mkdtemp(prefix="node-loss-"))
     src, sd = StageDir(tmp / "input"), StageDir(tmp / "truncate")
     src.write_part(ok, [])
-    run_stream(judge_job(cfg), src.output_files(), sd, progress=lambda total, done: _FirstPart(on_first_part))
+    run_stream(
+        judge_job(cfg),
+        src.output_files(),
+        sd,
+        progress=lambda total, done: _FirstPart(on_first_part),
+    )
     keep = ("prefix_sentences", "num_probes", "num_rounds", "is_sufficient")
-    return items, ({"problem_id": r["problem_id"], "out": [r.get(k) for k in keep]} for r in sd.output_rows() + sd.quarantine_rows())
+    return items, (
+        {"problem_id": r["problem_id"], "out": [r.get(k) for k in keep]}
+        for r in sd.output_rows() + sd.quarantine_rows()
+    )
 
 
 class _FirstPart:
@@ -104,8 +134,15 @@ if __name__ == "__main__":
     reference = run_once(model, mode, remove=False)[1] if mode == "judge" else None
     items, rows = run_once(model, mode, remove=True)
     ids = [r["problem_id"] for r in rows]
-    result = {"n": len(ids), "unique": len(set(ids)), "ids": sorted(set(ids)), "expected": sorted(i["problem_id"] for i in items)}
+    result = {
+        "n": len(ids),
+        "unique": len(set(ids)),
+        "ids": sorted(set(ids)),
+        "expected": sorted(i["problem_id"] for i in items),
+    }
     if reference is not None:
         ref = {r["problem_id"]: r["out"] for r in reference}
-        result["differs_from_undisturbed"] = sorted(r["problem_id"] for r in rows if ref.get(r["problem_id"]) != r["out"])
+        result["differs_from_undisturbed"] = sorted(
+            r["problem_id"] for r in rows if ref.get(r["problem_id"]) != r["out"]
+        )
     print("RESULT", json.dumps(result), flush=True)

@@ -41,32 +41,63 @@ def main() -> None:
     core.skip_shm_op_build()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = SFTConfig(model=args.model, zero_stage=args.zero_stage, precision=args.precision, num_workers=world,
-                    micro_batch_size=1, lora=args.lora, learning_rate=1e-4, warmup_ratio=0.0)
+    cfg = SFTConfig(
+        model=args.model,
+        zero_stage=args.zero_stage,
+        precision=args.precision,
+        num_workers=world,
+        micro_batch_size=1,
+        lora=args.lora,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+    )
     engine, load = core.build_engine(cfg, args.model, world, False, total_steps=4)
 
     # The same two examples on every run: rank r trains on example r of each step.
     tok = AutoTokenizer.from_pretrained(args.model)
-    texts = ["Q: What is 2 + 3? A: 2 + 3 = 5, so the answer is \\boxed{5}.",
-             "Q: What is 7 times 6? A: 7 times 6 is 42, so the answer is \\boxed{42}."]
+    texts = [
+        "Q: What is 2 + 3? A: 2 + 3 = 5, so the answer is \\boxed{5}.",
+        "Q: What is 7 times 6? A: 7 times 6 is 42, so the answer is \\boxed{42}.",
+    ]
     examples = []
     for i, t in enumerate(texts):
         ids = tuple(tok(t)["input_ids"])
         examples.append(D.Example(f"p{i}", ids, tuple([0] * 4 + [1] * (len(ids) - 4))))
-    micro = tuple(((r % len(examples),),) for r in range(world))  # rank → sequences → example indices
+    micro = tuple(
+        ((r % len(examples),),) for r in range(world)
+    )  # rank → sequences → example indices
     plan_step = (micro,)
     losses = []
     for _ in range(args.steps):
-        loss_sum, n_tok, _ = core.run_step(engine, plan_step, examples, rank=rank, world=world, grad_accum_steps=1,
-                                           pad_id=tok.eos_token_id, device=torch.device("cpu"))
+        loss_sum, n_tok, _ = core.run_step(
+            engine,
+            plan_step,
+            examples,
+            rank=rank,
+            world=world,
+            grad_accum_steps=1,
+            pad_id=tok.eos_token_id,
+            device=torch.device("cpu"),
+        )
         total = torch.tensor([loss_sum], dtype=torch.float64)
         dist.all_reduce(total)
         losses.append(total.item() / max(1, D.step_loss_tokens(plan_step, examples)))
-    out = {"rank": rank, "world": world, "zero_stage": args.zero_stage, "load": load, "losses": losses}
+    out = {
+        "rank": rank,
+        "world": world,
+        "zero_stage": args.zero_stage,
+        "load": load,
+        "losses": losses,
+    }
     if args.export_dir:
         with peak_rss_during() as mem:
-            X.write_hf_weights(engine.module, Path(args.export_dir), export_dtype=torch.bfloat16,
-                               max_shard_bytes=4096 * MIB, writer=rank == 0)
+            X.write_hf_weights(
+                engine.module,
+                Path(args.export_dir),
+                export_dtype=torch.bfloat16,
+                max_shard_bytes=4096 * MIB,
+                writer=rank == 0,
+            )
         if rank == 0:
             X.write_hf_config(engine.module, Path(args.export_dir), torch.bfloat16)
         out["export"] = {k: round(v / MIB, 1) for k, v in mem.items()}

@@ -33,24 +33,48 @@ def test_continuation_prompt_is_the_papers() -> None:
 
 
 def _row(pid: str = "p1", answer: str = "12") -> dict:
-    return {"problem_id": pid, "question": "Q?", "answer": answer, "prefix": "We start.", "prefix_sentences": 1}
+    return {
+        "problem_id": pid,
+        "question": "Q?",
+        "answer": answer,
+        "prefix": "We start.",
+        "prefix_sentences": 1,
+    }
 
 
 def _gen(pid: str, texts: list[str], error: str = "") -> dict:
-    return {"problem_id": pid, "generations": texts, "num_generated_tokens": [len(t) for t in texts],
-            "finish_reasons": ["stop"] * len(texts), "error": error}
+    return {
+        "problem_id": pid,
+        "generations": texts,
+        "num_generated_tokens": [len(t) for t in texts],
+        "finish_reasons": ["stop"] * len(texts),
+        "error": error,
+    }
 
 
 def test_filter_keeps_only_matching_answers() -> None:
-    acc, rej = filter_continuations(_row(), _gen("p1", ["so \\boxed{12}", "so \\boxed{13}", "no box", "\\boxed{12.0} done"]), 10.0)
+    acc, rej = filter_continuations(
+        _row(),
+        _gen("p1", ["so \\boxed{12}", "so \\boxed{13}", "no box", "\\boxed{12.0} done"]),
+        10.0,
+    )
     assert [a["sample_index"] for a in acc] == [0, 3]
-    assert acc[0]["continuation"] == "so \\boxed{12}" and acc[0]["prefix"] == "We start." and acc[0]["prefix_sentences"] == 1
-    assert [(r["sample_index"], r["reason"]) for r in rej] == [(1, "wrong_answer"), (2, "no_boxed_answer")]
+    assert (
+        acc[0]["continuation"] == "so \\boxed{12}"
+        and acc[0]["prefix"] == "We start."
+        and acc[0]["prefix_sentences"] == 1
+    )
+    assert [(r["sample_index"], r["reason"]) for r in rej] == [
+        (1, "wrong_answer"),
+        (2, "no_boxed_answer"),
+    ]
     assert all(r["stage"] == "align" and r["problem_id"] == "p1" for r in rej)
 
 
 def test_filter_generation_errors() -> None:
-    _, rej = filter_continuations(_row(), _gen("p1", [], "prompt_too_long: 4000 tokens >= engine.max_model_len 2048"), 10.0)
+    _, rej = filter_continuations(
+        _row(), _gen("p1", [], "prompt_too_long: 4000 tokens >= engine.max_model_len 2048"), 10.0
+    )
     assert [r["reason"] for r in rej] == ["prompt_too_long"]
     _, rej = filter_continuations(_row(), None, 10.0)
     assert [r["reason"] for r in rej] == ["generation_failed"]
@@ -68,7 +92,11 @@ def test_check_prefix_rows() -> None:
     rows = [_row("a"), _row("a"), {**_row("b"), "prefix": "  "}, {**_row("c"), "question": None}]
     ok, bad = check_prefix_rows(rows)
     assert [r["problem_id"] for r in ok] == ["a"]
-    assert [b["reason"] for b in bad] == ["duplicate_problem_id", "missing_prefix", "missing_question"]
+    assert [b["reason"] for b in bad] == [
+        "duplicate_problem_id",
+        "missing_prefix",
+        "missing_question",
+    ]
 
 
 def test_missing_columns_named() -> None:
@@ -82,16 +110,42 @@ def test_real_continuation_cli_tiny_model(ray_session, tiny_model: str, tmp_path
     from palign_ray.align import align_main
 
     probs = builtin_problems(3, 0)
-    rows = [{**{k: p[k] for k in ("problem_id", "question", "answer")}, "prefix": p["solution"][: p["decisive_char_end"]]} for p in probs]
+    rows = [
+        {
+            **{k: p[k] for k in ("problem_id", "question", "answer")},
+            "prefix": p["solution"][: p["decisive_char_end"]],
+        }
+        for p in probs
+    ]
     src = tmp_path / "prefixes.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "aligned.parquet"
-    align_main(["--input", str(src), "--output", str(out), f"align.model={tiny_model}", "align.max_tokens=16",
-                "align.num_samples=2", "engine.max_num_seqs=32", "engine.max_model_len=512"])
-    summary = json.loads((tmp_path / "aligned.summary.json").read_text())  # stdout also carries Ray/vLLM logs
+    align_main(
+        [
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            f"align.model={tiny_model}",
+            "align.max_tokens=16",
+            "align.num_samples=2",
+            "engine.max_num_seqs=32",
+            "engine.max_model_len=512",
+        ]
+    )
+    summary = json.loads(
+        (tmp_path / "aligned.summary.json").read_text()
+    )  # stdout also carries Ray/vLLM logs
     kept = pq.read_table(out).to_pylist()
     quar = pq.read_table(tmp_path / "aligned.quarantine.parquet").to_pylist()
     assert summary["num_continuations"] == 6 and summary["generated_tokens"] > 0
     assert len(kept) + len(quar) == 6  # every continuation is accepted or quarantined with a reason
-    assert {q["reason"] for q in quar} <= {"wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error"}
-    assert {r["problem_id"] for r in kept} | {q["problem_id"] for q in quar} == {p["problem_id"] for p in probs}
+    assert {q["reason"] for q in quar} <= {
+        "wrong_answer",
+        "no_boxed_answer",
+        "grader_timeout",
+        "grader_error",
+    }
+    assert {r["problem_id"] for r in kept} | {q["problem_id"] for q in quar} == {
+        p["problem_id"] for p in probs
+    }

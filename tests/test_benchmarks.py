@@ -44,18 +44,30 @@ def test_user_file_with_bad_rows(tmp_path: Path) -> None:
         {"q": "4+4?", "gold": "008", "key": "a"},  # duplicate id
     ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
-    problems, bad = load_benchmark(str(path), "/nonexistent", question_field="q", answer_field="gold", id_field="key")
+    problems, bad = load_benchmark(
+        str(path), "/nonexistent", question_field="q", answer_field="gold", id_field="key"
+    )
     assert [p["problem_id"] for p in problems] == ["mine/a"]
     assert problems[0]["answer"] == "2"
-    assert sorted(b["reason"] for b in bad) == ["duplicate_id", "invalid_json", "missing_answer", "missing_answer", "missing_question"]
+    assert sorted(b["reason"] for b in bad) == [
+        "duplicate_id",
+        "invalid_json",
+        "missing_answer",
+        "missing_answer",
+        "missing_question",
+    ]
     assert len(problems) + len(bad) == len(rows) + 1  # every line lands somewhere
     assert any("mine.jsonl:2" in b["detail"] and "'q'" in b["detail"] for b in bad)
 
 
 def test_user_file_guesses_fields_and_uses_solutions(tmp_path: Path) -> None:
     path = tmp_path / "sols.jsonl"
-    path.write_text(json.dumps({"problem": "x?", "solution": r"so $\boxed{7}$"}) + "\n"
-                    + json.dumps({"problem": "y?", "solution": "no box"}) + "\n")
+    path.write_text(
+        json.dumps({"problem": "x?", "solution": r"so $\boxed{7}$"})
+        + "\n"
+        + json.dumps({"problem": "y?", "solution": "no box"})
+        + "\n"
+    )
     problems, bad = load_benchmark(str(path), "")
     assert [(p["problem_id"], p["answer"]) for p in problems] == [("sols/0", "7")]
     assert [b["reason"] for b in bad] == ["missing_answer"]

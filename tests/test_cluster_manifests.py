@@ -356,7 +356,9 @@ def test_rayjob_driver_does_not_run_on_the_head():
     assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
     for path, job in _docs("RayJob"):
         assert job["spec"].get("entrypointNumCpus", 0) >= 1, path.name
-        assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0", path.name
+        assert (
+            job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        ), path.name
 
 
 def _entrypoint_config(entrypoint: str) -> Path:

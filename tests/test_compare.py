@@ -15,8 +15,14 @@ from palign_ray.config import load_config
 def test_method_labels_defaults_and_validation(tmp_path):
     cfg = load_config(None, [f"run.run_dir={tmp_path}"])
     assert C.method_labels(cfg, None) == ["palign", "full_cot"]
-    assert C.method_labels(load_config(None, ["run.methods=prefix_only,full_cot"]), None) == ["prefix_only", "full_cot"]
-    assert C.method_labels(cfg, ["fixed_ratio", "fixed_ratio:0.50"]) == ["fixed_ratio:0.25", "fixed_ratio:0.5"]
+    assert C.method_labels(load_config(None, ["run.methods=prefix_only,full_cot"]), None) == [
+        "prefix_only",
+        "full_cot",
+    ]
+    assert C.method_labels(cfg, ["fixed_ratio", "fixed_ratio:0.50"]) == [
+        "fixed_ratio:0.25",
+        "fixed_ratio:0.5",
+    ]
     with pytest.raises(ValueError, match="twice"):
         C.method_labels(cfg, ["palign", "palign"])
     with pytest.raises(ValueError, match="at least two"):
@@ -34,18 +40,39 @@ def test_method_labels_defaults_and_validation(tmp_path):
 def test_plan_shares_stages_whose_hash_is_equal(tmp_path):
     cfg = load_config(None, [f"run.run_dir={tmp_path}"])
     runs = {r.label: r for r in C.plan_compare(cfg, ["palign", "full_cot", "prefix_only"])}
-    for stage in ("problems", "teacher", "truncate"):  # truncate: palign and prefix_only judge alike; full_cot skips it
-        assert {str(r.dirs[stage]) for r in runs.values() if stage in r.dirs} == {str(tmp_path / stage)}
+    for stage in (
+        "problems",
+        "teacher",
+        "truncate",
+    ):  # truncate: palign and prefix_only judge alike; full_cot skips it
+        assert {str(r.dirs[stage]) for r in runs.values() if stage in r.dirs} == {
+            str(tmp_path / stage)
+        }
     assert "truncate" not in runs["full_cot"].dirs and "align" not in runs["prefix_only"].dirs
     assert runs["palign"].dirs["align"] == tmp_path / "align"  # only palign aligns
     for stage in ("sft_data", "train", "eval"):
         assert len({r.dirs[stage] for r in runs.values()}) == 3
         assert runs["full_cot"].dirs[stage] == tmp_path / "methods" / "full_cot" / stage
 
-    runs = {r.label: r for r in C.plan_compare(cfg, ["palign", "prefix_only", "fixed_ratio:0.25", "fixed_ratio:0.5"])}
-    assert runs["palign"].dirs["truncate"] == runs["prefix_only"].dirs["truncate"] == tmp_path / "methods" / "palign" / "truncate"
-    assert runs["fixed_ratio:0.5"].dirs["truncate"] == tmp_path / "methods" / "fixed_ratio-0.5" / "truncate"
-    assert runs["fixed_ratio:0.25"].cfg.judge.search == "fixed_ratio" and runs["palign"].cfg.judge.search == "binary"
+    runs = {
+        r.label: r
+        for r in C.plan_compare(
+            cfg, ["palign", "prefix_only", "fixed_ratio:0.25", "fixed_ratio:0.5"]
+        )
+    }
+    assert (
+        runs["palign"].dirs["truncate"]
+        == runs["prefix_only"].dirs["truncate"]
+        == tmp_path / "methods" / "palign" / "truncate"
+    )
+    assert (
+        runs["fixed_ratio:0.5"].dirs["truncate"]
+        == tmp_path / "methods" / "fixed_ratio-0.5" / "truncate"
+    )
+    assert (
+        runs["fixed_ratio:0.25"].cfg.judge.search == "fixed_ratio"
+        and runs["palign"].cfg.judge.search == "binary"
+    )
     assert len({r.dirs["teacher"] for r in runs.values()}) == 1
 
 
@@ -62,14 +89,30 @@ def test_compare_qwen7b_config_is_the_papers_setting_and_validates(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     cfg = load_config(Path(__file__).parents[1] / "jobs" / "configs" / "compare_qwen7b.yaml")
     runs = C.plan_compare(cfg, C.method_labels(cfg, None))
-    assert [r.label for r in runs] == ["palign", "full_cot", "fixed_ratio:0.25", "fixed_ratio:0.5", "prefix_only"]
+    assert [r.label for r in runs] == [
+        "palign",
+        "full_cot",
+        "fixed_ratio:0.25",
+        "fixed_ratio:0.5",
+        "prefix_only",
+    ]
     for r in runs:
         assert plan_problems(r.cfg, list(r.dirs), check_paths=False) == [], r.label
     s, e = cfg.sft, cfg.eval
-    assert (s.model, s.lora, s.lora_r, s.lora_alpha, s.epochs, s.learning_rate) == ("Qwen/Qwen2.5-7B-Instruct", True, 16, 16, 3, 5e-5)
+    assert (s.model, s.lora, s.lora_r, s.lora_alpha, s.epochs, s.learning_rate) == (
+        "Qwen/Qwen2.5-7B-Instruct",
+        True,
+        16,
+        16,
+        3,
+        5e-5,
+    )
     assert e.benchmarks == ("math500", "aime24", "aime25", "amc12") and e.num_problems == 0
     assert (e.num_samples, e.temperature, e.top_p, e.repetition_penalty) == (3, 0.6, 0.9, 1.05)
-    assert len({r.dirs["teacher"] for r in runs}) == 1 and len({r.dirs["truncate"] for r in runs if "truncate" in r.dirs}) == 3
+    assert (
+        len({r.dirs["teacher"] for r in runs}) == 1
+        and len({r.dirs["truncate"] for r in runs if "truncate" in r.dirs}) == 3
+    )
 
 
 def test_compare_mini_config_plans_three_methods_on_shared_stages():
@@ -80,7 +123,11 @@ def test_compare_mini_config_plans_three_methods_on_shared_stages():
     assert list(runs) == ["full_cot", "palign", "prefix_only"]
     for r in runs.values():
         assert plan_problems(r.cfg, list(r.dirs), check_paths=False) == [], r.label
-    assert runs["palign"].dirs["truncate"] == runs["prefix_only"].dirs["truncate"] == Path(cfg.run.run_dir) / "truncate"
+    assert (
+        runs["palign"].dirs["truncate"]
+        == runs["prefix_only"].dirs["truncate"]
+        == Path(cfg.run.run_dir) / "truncate"
+    )
     assert cfg.eval.builtin_seed != cfg.problems.builtin_seed  # held-out parameter draws
 
 
@@ -89,7 +136,10 @@ def test_run_report_of_the_embedded_model_says_smoke_run(tmp_path):
 
     text = write_run_report(tmp_path, load_config(None, []), []).read_text()
     assert "Smoke run" in text and "make compare" in text
-    assert "Smoke run" not in write_run_report(tmp_path, load_config(None, ["sft.model=/m"]), []).read_text()
+    assert (
+        "Smoke run"
+        not in write_run_report(tmp_path, load_config(None, ["sft.model=/m"]), []).read_text()
+    )
 
 
 def _manifest_mtimes(run: Path) -> dict[Path, int]:
@@ -98,23 +148,39 @@ def _manifest_mtimes(run: Path) -> dict[Path, int]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_real_compare_tiny_model_shares_stages_and_resumes(tmp_path, tiny_model, ray_session, caplog):
+def test_real_compare_tiny_model_shares_stages_and_resumes(
+    tmp_path, tiny_model, ray_session, caplog
+):
     """Two methods for real on the tiny model: problems/teacher/truncate run once; an interrupted compare resumes."""
     run = tmp_path / "run"
-    over = [f"run.run_dir={run}", "problems.num_problems=4", "teacher.num_samples=1", "teacher.max_tokens=8",
-            "teacher.use_reference_solutions=true", "sft.max_steps=1", "sft.num_workers=2", "eval.num_problems=3",
-            "eval.num_samples=2", "eval.max_tokens=8", "eval.bootstrap_samples=200", "ray.num_cpus=4"] + [
-        f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
+    over = [
+        f"run.run_dir={run}",
+        "problems.num_problems=4",
+        "teacher.num_samples=1",
+        "teacher.max_tokens=8",
+        "teacher.use_reference_solutions=true",
+        "sft.max_steps=1",
+        "sft.num_workers=2",
+        "eval.num_problems=3",
+        "eval.num_samples=2",
+        "eval.max_tokens=8",
+        "eval.bootstrap_samples=200",
+        "ray.num_cpus=4",
+    ] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
     cfg = load_config(None, over)
     methods = ["prefix_only", "full_cot"]
     # An interrupted compare: only the shared stages got done.
     C.run_compare(cfg, methods, ["problems", "teacher", "truncate"])
     shared = _manifest_mtimes(run)
-    assert {p.parent.name for p in shared} == {"problems", "teacher", "truncate"} and all(p.parent.parent == run for p in shared)
+    assert {p.parent.name for p in shared} == {"problems", "teacher", "truncate"} and all(
+        p.parent.parent == run for p in shared
+    )
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
         res = C.run_compare(cfg, methods)
     started = [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
-    assert sorted(started) == sorted([f"stage {s}: start" for s in ("sft_data", "train", "eval")] * 2)  # shared: not again
+    assert sorted(started) == sorted(
+        [f"stage {s}: start" for s in ("sft_data", "train", "eval")] * 2
+    )  # shared: not again
     after = _manifest_mtimes(run)
     assert all(after[p] == t for p, t in shared.items())
     assert len(after) == 3 + 2 * 3  # one problems/teacher/truncate, per method sft_data/train/eval
@@ -125,20 +191,30 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(tmp_path, tiny_model,
     out = run / "compare"
     assert json.loads((out / "compare.json").read_text())["methods"] == methods
     assert (out / "scores.png").is_file() and (out / "length_vs_accuracy.png").is_file()
-    assert list(res["scores"]) == ["base", *methods] and list(res["paired_vs_baseline"]) == ["prefix_only"]
+    assert list(res["scores"]) == ["base", *methods] and list(res["paired_vs_baseline"]) == [
+        "prefix_only"
+    ]
     assert list(res["paired_vs_base"]) == methods
     for m in methods:
-        metrics = json.loads((run / "methods" / m / "eval" / "trained" / "metrics.json").read_text())
+        metrics = json.loads(
+            (run / "methods" / m / "eval" / "trained" / "metrics.json").read_text()
+        )
         for k in ("1", "2"):
-            assert res["scores"][m][f"pass@{k}"]["builtin"]["value"] == pytest.approx(metrics["benchmarks"]["builtin"]["pass@k"][k])
+            assert res["scores"][m][f"pass@{k}"]["builtin"]["value"] == pytest.approx(
+                metrics["benchmarks"]["builtin"]["pass@k"][k]
+            )
         sft = json.loads((run / "methods" / m / "sft_data" / "manifest.json").read_text())
         assert res["facts"][m]["sft_examples"] == sft["num_output"] > 0
     cell = res["paired_vs_baseline"]["prefix_only"]["pass@1"]["average"]
-    assert cell["num_problems"] == 3 and cell["num_unpaired"] == 0 and 0 <= cell["p_permutation"] <= 1
+    assert (
+        cell["num_problems"] == 3 and cell["num_unpaired"] == 0 and 0 <= cell["p_permutation"] <= 1
+    )
     assert res["facts"]["full_cot"]["mean_prefix_ratio_sentences"] == 1.0
     assert res["facts"]["prefix_only"]["stages"]["teacher"]["shared_with"] == ["full_cot"]
     report = (out / "report.md").read_text()
-    assert "Table 1: pass@1" in report and "prefix_only − full_cot" in report and "| base |" in report
+    assert (
+        "Table 1: pass@1" in report and "prefix_only − full_cot" in report and "| base |" in report
+    )
 
     # A lost final manifest: only that stage is redone (its evaluations are reused), everything else is skipped.
     lost = run / "methods" / "prefix_only" / "eval" / "manifest.json"
@@ -147,7 +223,9 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(tmp_path, tiny_model,
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
         C.run_compare(cfg, methods)
-    assert [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")] == ["stage eval: start"]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")] == [
+        "stage eval: start"
+    ]
     assert sum("already evaluated" in r.getMessage() for r in caplog.records) == 2
     again = _manifest_mtimes(run)
     assert lost in again and all(again[p] == t for p, t in before.items())
@@ -156,11 +234,22 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(tmp_path, tiny_model,
 def _fake_eval(d: Path, correct: dict[str, list[bool]], tokens: int) -> None:
     """An evaluation's files as palign_ray.evaluate.write_report leaves them (only what the report reads)."""
     d.mkdir(parents=True)
-    rows = [{"benchmark": "b", "problem_id": pid, "sample_index": i, "correct": c, "num_generated_tokens": tokens}
-            for pid, cs in correct.items() for i, c in enumerate(cs)]
+    rows = [
+        {
+            "benchmark": "b",
+            "problem_id": pid,
+            "sample_index": i,
+            "correct": c,
+            "num_generated_tokens": tokens,
+        }
+        for pid, cs in correct.items()
+        for i, c in enumerate(cs)
+    ]
     (d / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "quarantine.jsonl").write_text("")
-    (d / "metrics.json").write_text(json.dumps({"timing": {"generated_tokens": tokens * len(rows)}}))
+    (d / "metrics.json").write_text(
+        json.dumps({"timing": {"generated_tokens": tokens * len(rows)}})
+    )
     (d / ".done").write_text("x")
 
 
@@ -168,33 +257,60 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
     """Report logic on hand-written evaluation files (no Ray): scores, paired test, base check, files written."""
     from palign_ray.compare_report import write_compare_report
 
-    cfg = load_config(None, [f"run.run_dir={tmp_path}", "eval.num_samples=2", "eval.bootstrap_samples=50"])
+    cfg = load_config(
+        None, [f"run.run_dir={tmp_path}", "eval.num_samples=2", "eval.bootstrap_samples=50"]
+    )
     runs = C.plan_compare(cfg, ["palign", "full_cot"])
     base = {"p1": [False, False], "p2": [True, False]}
-    for r, trained, n_tok in ((runs[0], {"p1": [True, True], "p2": [True, True]}, 10),
-                              (runs[1], {"p1": [True, False], "p2": [True, False]}, 30)):
+    for r, trained, n_tok in (
+        (runs[0], {"p1": [True, True], "p2": [True, True]}, 10),
+        (runs[1], {"p1": [True, False], "p2": [True, False]}, 30),
+    ):
         _fake_eval(r.dirs["eval"] / "base", base, 50)
         _fake_eval(r.dirs["eval"] / "trained", trained, n_tok)
     res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
     sc = res["scores"]
-    assert [sc[x]["pass@1"]["b"]["value"] for x in ("base", "palign", "full_cot")] == pytest.approx([0.25, 1.0, 0.5])
-    assert [sc[x]["pass@2"]["average"]["value"] for x in ("base", "palign", "full_cot")] == pytest.approx([0.5, 1.0, 1.0])
+    assert [sc[x]["pass@1"]["b"]["value"] for x in ("base", "palign", "full_cot")] == pytest.approx(
+        [0.25, 1.0, 0.5]
+    )
+    assert [
+        sc[x]["pass@2"]["average"]["value"] for x in ("base", "palign", "full_cot")
+    ] == pytest.approx([0.5, 1.0, 1.0])
     d = res["paired_vs_baseline"]["palign"]["pass@1"]["b"]
     # diffs 0.5, 0.5: of the 4 sign patterns ++ and -- reach |mean| 0.5; sign test 2 wins of 2
-    assert d["diff"] == pytest.approx(0.5) and d["p_permutation"] == pytest.approx(0.5) and d["p_sign_test"] == pytest.approx(0.5)
-    assert res["paired_vs_baseline"]["palign"]["pass@2"]["b"]["ties"] == 2 and list(res["paired_vs_baseline"]) == ["palign"]
+    assert (
+        d["diff"] == pytest.approx(0.5)
+        and d["p_permutation"] == pytest.approx(0.5)
+        and d["p_sign_test"] == pytest.approx(0.5)
+    )
+    assert res["paired_vs_baseline"]["palign"]["pass@2"]["b"]["ties"] == 2 and list(
+        res["paired_vs_baseline"]
+    ) == ["palign"]
     vs_base = res["paired_vs_base"]["full_cot"]["pass@1"]["b"]  # diffs 0.5 (p1), 0 (p2)
-    assert list(res["paired_vs_base"]) == ["palign", "full_cot"] and vs_base["diff"] == pytest.approx(0.25)
+    assert list(res["paired_vs_base"]) == ["palign", "full_cot"] and vs_base[
+        "diff"
+    ] == pytest.approx(0.25)
     assert (vs_base["wins"], vs_base["ties"], vs_base["p_permutation"]) == (1, 1, 1.0)
     assert res["mean_response_tokens"] == {"base": 50, "palign": 10, "full_cot": 30}
-    assert res["base_consistency"]["agree"] and res["facts"]["palign"]["stages"]["eval"]["tokens"] == {"generated": 4 * 10 + 4 * 50}
+    assert res["base_consistency"]["agree"] and res["facts"]["palign"]["stages"]["eval"][
+        "tokens"
+    ] == {"generated": 4 * 10 + 4 * 50}
     report = (tmp_path / "compare" / "report.md").read_text()
-    assert "| palign | 100.00 [100.00, 100.00] |" in report and "| palign − full_cot | +50.00" in report
+    assert (
+        "| palign | 100.00 [100.00, 100.00] |" in report
+        and "| palign − full_cot | +50.00" in report
+    )
     assert "| full_cot − base | +25.00" in report
     assert "| palign | not done (shared: full_cot) |" in report  # stages that did not run say so
-    assert (tmp_path / "compare" / "scores.png").is_file() and (tmp_path / "compare" / "length_vs_accuracy.png").is_file()
+    assert (tmp_path / "compare" / "scores.png").is_file() and (
+        tmp_path / "compare" / "length_vs_accuracy.png"
+    ).is_file()
     _fake_eval(runs[1].dirs["eval"] / "base2", {"p1": [True, False], "p2": [True, False]}, 50)
     (runs[1].dirs["eval"] / "base").rename(tmp_path / "old")
     (runs[1].dirs["eval"] / "base2").rename(runs[1].dirs["eval"] / "base")
     res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
-    assert res["base_consistency"] == {"num_evaluations": 2, "agree": False, "differing_problems": ["b/p1"]}
+    assert res["base_consistency"] == {
+        "num_evaluations": 2,
+        "agree": False,
+        "differing_problems": ["b/p1"],
+    }

@@ -10,12 +10,17 @@ from palign_ray import compare_stats as S
 
 
 def test_correct_by_problem_orders_samples_and_counts_failed_problems_as_incorrect():
-    samples = [{"benchmark": "b", "problem_id": "1", "sample_index": 1, "correct": True},
-               {"benchmark": "b", "problem_id": "1", "sample_index": 0, "correct": False},
-               {"benchmark": "b", "problem_id": "2", "sample_index": 0, "correct": True}]
+    samples = [
+        {"benchmark": "b", "problem_id": "1", "sample_index": 1, "correct": True},
+        {"benchmark": "b", "problem_id": "1", "sample_index": 0, "correct": False},
+        {"benchmark": "b", "problem_id": "2", "sample_index": 0, "correct": True},
+    ]
     failed = [{"benchmark": "b", "problem_id": "3"}, {"benchmark": "c", "problem_id": "9"}]
     got = S.correct_by_problem(samples, failed, num_samples=2)
-    assert got == {"b": {"1": [False, True], "2": [True], "3": [False, False]}, "c": {"9": [False, False]}}
+    assert got == {
+        "b": {"1": [False, True], "2": [True], "3": [False, False]},
+        "c": {"9": [False, False]},
+    }
 
 
 def test_pass_k_by_problem_is_the_unbiased_estimator():
@@ -71,7 +76,9 @@ def test_sign_flip_exact_hand_computed():
 def test_sign_flip_monte_carlo_beyond_exact_limit():
     n = S.EXACT_MAX_NONZERO + 4
     strong = S.sign_flip_p([[1.0] * n], 999, seed=1)
-    assert strong == pytest.approx(1 / 1000, abs=2e-3)  # 2^-19 two-sided: essentially no resample reaches it
+    assert strong == pytest.approx(
+        1 / 1000, abs=2e-3
+    )  # 2^-19 two-sided: essentially no resample reaches it
     null = S.sign_flip_p([[1.0, -1.0] * (n // 2)], 999, seed=1)
     assert null == 1.0
 
@@ -81,5 +88,9 @@ def test_cells():
     assert cell["value"] == pytest.approx(0.75) and cell["num_problems"] == 3
     pc = S.paired_cell([[1.0, 2.0, 3.0]], 100, 0, num_unpaired=1)
     assert pc["diff"] == pytest.approx(2.0) and pc["p_permutation"] == pytest.approx(0.25)
-    assert pc["p_sign_test"] == pytest.approx(2 / 8) and (pc["wins"], pc["losses"], pc["ties"]) == (3, 0, 0)
+    assert pc["p_sign_test"] == pytest.approx(2 / 8) and (pc["wins"], pc["losses"], pc["ties"]) == (
+        3,
+        0,
+        0,
+    )
     assert pc["num_unpaired"] == 1 and pc["ci95"][0] <= 2.0 <= pc["ci95"][1]

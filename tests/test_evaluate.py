@@ -17,30 +17,62 @@ CFG = EvalConfig(bootstrap_samples=200)
 
 
 def test_prompt_is_the_papers_verbatim() -> None:
-    assert E.build_prompt("What is 1+1?") == "Please reason step by step, and put your final answer within \\boxed{}.What is 1+1?"
+    assert (
+        E.build_prompt("What is 1+1?")
+        == "Please reason step by step, and put your final answer within \\boxed{}.What is 1+1?"
+    )
 
 
 def _problems() -> list[dict]:
-    return [{"problem_id": f"b/{i}", "question": f"q{i}", "answer": str(i), "benchmark": "b"} for i in range(4)]
+    return [
+        {"problem_id": f"b/{i}", "question": f"q{i}", "answer": str(i), "benchmark": "b"}
+        for i in range(4)
+    ]
 
 
 def test_grade_samples_joins_on_id_and_counts_every_row() -> None:
     gens = [
-        {"problem_id": "b/1", "generations": [r"\boxed{1}", r"\boxed{2}", "none"], "finish_reasons": ["stop", "stop", "length"],
-         "num_generated_tokens": [5, 6, 7], "error": ""},
-        {"problem_id": "b/0", "generations": [r"\boxed{0}"] * 3, "finish_reasons": ["stop"] * 3, "num_generated_tokens": [1, 1, 1], "error": ""},
-        {"problem_id": "b/2", "generations": [], "finish_reasons": [], "num_generated_tokens": [], "error": "prompt_too_long: 9 tokens"},
+        {
+            "problem_id": "b/1",
+            "generations": [r"\boxed{1}", r"\boxed{2}", "none"],
+            "finish_reasons": ["stop", "stop", "length"],
+            "num_generated_tokens": [5, 6, 7],
+            "error": "",
+        },
+        {
+            "problem_id": "b/0",
+            "generations": [r"\boxed{0}"] * 3,
+            "finish_reasons": ["stop"] * 3,
+            "num_generated_tokens": [1, 1, 1],
+            "error": "",
+        },
+        {
+            "problem_id": "b/2",
+            "generations": [],
+            "finish_reasons": [],
+            "num_generated_tokens": [],
+            "error": "prompt_too_long: 9 tokens",
+        },
         {"problem_id": "zzz", "generations": ["x"], "error": ""},
     ]
     samples, bad = E.grade_samples(_problems(), gens, CFG)
     assert len(samples) == 6
-    assert sorted(b["reason"] for b in bad) == ["generation_failed", "no_generation", "unknown_problem_id"]
+    assert sorted(b["reason"] for b in bad) == [
+        "generation_failed",
+        "no_generation",
+        "unknown_problem_id",
+    ]
     assert {b["problem_id"] for b in bad} == {"b/2", "b/3", "zzz"}
     # every problem leaves as graded samples or quarantine
-    assert {s["problem_id"] for s in samples} | {b["problem_id"] for b in bad} >= {p["problem_id"] for p in _problems()}
+    assert {s["problem_id"] for s in samples} | {b["problem_id"] for b in bad} >= {
+        p["problem_id"] for p in _problems()
+    }
     by = {(s["problem_id"], s["sample_index"]): s for s in samples}
     assert by[("b/1", 0)]["label"] == 1 and by[("b/1", 1)]["reason"] == "wrong_answer"
-    assert by[("b/1", 2)]["finish_reason"] == "length" and by[("b/1", 2)]["reason"] == "no_boxed_answer"
+    assert (
+        by[("b/1", 2)]["finish_reason"] == "length"
+        and by[("b/1", 2)]["reason"] == "no_boxed_answer"
+    )
     m = E.compute_metrics(samples, CFG)
     b = m["benchmarks"]["b"]
     assert b["num_problems"] == 2 and b["pass@k"]["3"] == 1.0
@@ -52,41 +84,99 @@ def test_grade_samples_joins_on_id_and_counts_every_row() -> None:
 def test_failed_problems_count_as_incorrect() -> None:
     """A problem whose generation failed stays in the denominator (paper-style) and is reported as failed."""
     cfg = dataclasses.replace(CFG, num_samples=2, bootstrap_samples=0)
-    gens = [{"problem_id": "b/0", "generations": [r"\boxed{0}"] * 2, "finish_reasons": ["stop"] * 2, "num_generated_tokens": [3, 5]},
-            {"problem_id": "b/1", "generations": [], "error": "prompt_too_long: 9000 tokens"}]
+    gens = [
+        {
+            "problem_id": "b/0",
+            "generations": [r"\boxed{0}"] * 2,
+            "finish_reasons": ["stop"] * 2,
+            "num_generated_tokens": [3, 5],
+        },
+        {"problem_id": "b/1", "generations": [], "error": "prompt_too_long: 9000 tokens"},
+    ]
     samples, bad = E.grade_samples(_problems()[:2], gens, cfg)
-    assert [(b["problem_id"], b["reason"], b["benchmark"]) for b in bad] == [("b/1", "generation_failed", "b")]
+    assert [(b["problem_id"], b["reason"], b["benchmark"]) for b in bad] == [
+        ("b/1", "generation_failed", "b")
+    ]
     m = E.compute_metrics(samples, cfg, failed=bad)
     b = m["benchmarks"]["b"]
-    assert b["pass@k"] == {"1": 0.5, "2": 0.5} and b["mean_accuracy"] == 0.5 and b["pass@n_any_correct"] == 0.5
+    assert (
+        b["pass@k"] == {"1": 0.5, "2": 0.5}
+        and b["mean_accuracy"] == 0.5
+        and b["pass@n_any_correct"] == 0.5
+    )
     assert b["first_sample_accuracy"] == 0.5
-    assert b["num_problems"] == 2 and b["num_failed_problems"] == 1 and b["failed_problem_rate"] == 0.5
+    assert (
+        b["num_problems"] == 2 and b["num_failed_problems"] == 1 and b["failed_problem_rate"] == 0.5
+    )
     assert b["failed_reasons"] == {"generation_failed": 1} and b["num_generations"] == 2
     assert b["mean_generation_tokens"] == 4  # lengths come from real generations only
     assert m["average"]["num_failed_problems"] == 1 and m["average"]["failed_problem_rate"] == 0.5
     table = E.markdown_table(m)
-    assert table.splitlines()[0].endswith("| failed problems |") and table.splitlines()[2].endswith("| 1 (50.00%) |")
-    assert E.compute_metrics(samples, dataclasses.replace(cfg, grader="paper"), failed=bad)["boxed_only"]["b"]["pass@k"]["1"] == 0.5
+    assert table.splitlines()[0].endswith("| failed problems |") and table.splitlines()[2].endswith(
+        "| 1 (50.00%) |"
+    )
+    assert (
+        E.compute_metrics(samples, dataclasses.replace(cfg, grader="paper"), failed=bad)[
+            "boxed_only"
+        ]["b"]["pass@k"]["1"]
+        == 0.5
+    )
     # without failures the numbers are those of the graded problems (and the failure count is 0)
     clean = E.compute_metrics(samples, cfg)["benchmarks"]["b"]
-    assert clean["pass@k"]["1"] == 1.0 and clean["num_failed_problems"] == 0 and clean["failed_problem_rate"] == 0.0
+    assert (
+        clean["pass@k"]["1"] == 1.0
+        and clean["num_failed_problems"] == 0
+        and clean["failed_problem_rate"] == 0.0
+    )
 
 
 def test_a_benchmark_where_every_generation_failed() -> None:
     cfg = dataclasses.replace(CFG, num_samples=3, bootstrap_samples=0)
-    samples, bad = E.grade_samples(_problems()[:2], [{"problem_id": "b/0", "generations": [], "error": "boom"}], cfg)
-    assert samples == [] and sorted(b["reason"] for b in bad) == ["generation_failed", "no_generation"]
+    samples, bad = E.grade_samples(
+        _problems()[:2], [{"problem_id": "b/0", "generations": [], "error": "boom"}], cfg
+    )
+    assert samples == [] and sorted(b["reason"] for b in bad) == [
+        "generation_failed",
+        "no_generation",
+    ]
     b = E.compute_metrics(samples, cfg, failed=bad)["benchmarks"]["b"]
-    assert b["num_problems"] == 2 and b["failed_problem_rate"] == 1.0 and b["pass@k"] == {"1": 0.0, "2": 0.0, "3": 0.0}
-    assert b["mean_accuracy"] == 0.0 and b["failed_reasons"] == {"generation_failed": 1, "no_generation": 1}
+    assert (
+        b["num_problems"] == 2
+        and b["failed_problem_rate"] == 1.0
+        and b["pass@k"] == {"1": 0.0, "2": 0.0, "3": 0.0}
+    )
+    assert b["mean_accuracy"] == 0.0 and b["failed_reasons"] == {
+        "generation_failed": 1,
+        "no_generation": 1,
+    }
 
 
 def _fake_metrics(tmp_path: Path, name: str, acc: float) -> str:
-    samples = [{"benchmark": bench, "problem_id": f"{bench}/{i}", "sample_index": j, "correct": (i + j) % 3 < acc * 3,
-                "num_generated_tokens": 10 + i + j, "num_chars": 40, "finish_reason": "stop", "reason": "x"}
-               for bench in ("gsm8k", "math500") for i in range(6) for j in range(3)]
-    metrics = {**E.compute_metrics(samples, CFG), "model": name,
-               "timing": {"wall_s": 2.0, "generation_wall_s": 1.0, "generated_tokens": 100, "tokens_per_s": 100.0}}
+    samples = [
+        {
+            "benchmark": bench,
+            "problem_id": f"{bench}/{i}",
+            "sample_index": j,
+            "correct": (i + j) % 3 < acc * 3,
+            "num_generated_tokens": 10 + i + j,
+            "num_chars": 40,
+            "finish_reason": "stop",
+            "reason": "x",
+        }
+        for bench in ("gsm8k", "math500")
+        for i in range(6)
+        for j in range(3)
+    ]
+    metrics = {
+        **E.compute_metrics(samples, CFG),
+        "model": name,
+        "timing": {
+            "wall_s": 2.0,
+            "generation_wall_s": 1.0,
+            "generated_tokens": 100,
+            "tokens_per_s": 100.0,
+        },
+    }
     out = tmp_path / name
     E.write_report(out, metrics, samples, [])
     return str(out / "metrics.json")
@@ -96,7 +186,13 @@ def test_reports_and_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[st
     a = _fake_metrics(tmp_path, "base", 0.34)
     b = _fake_metrics(tmp_path, "palign", 0.67)
     out = Path(a).parent
-    for f in ("metrics.json", "report.md", "samples.jsonl", "pass_at_k.png", "generation_length.png"):
+    for f in (
+        "metrics.json",
+        "report.md",
+        "samples.jsonl",
+        "pass_at_k.png",
+        "generation_length.png",
+    ):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "quarantine.jsonl").read_text() == ""
     assert (out / "pass_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -104,7 +200,11 @@ def test_reports_and_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "| gsm8k | 6 | 3 |" in report and "**average**" in report and "pass@3" in report
     assert main(["eval", "--compare", a, b]) == 0
     table = capsys.readouterr().out
-    rows = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| palign")]
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| base") or line.startswith("| palign")
+    ]
     assert len(rows) == 2 and "gsm8k pass@1 / pass@n" in table
     m = json.loads(Path(b).read_text())
     assert f"{100 * m['benchmarks']['gsm8k']['mean_accuracy']:.2f}" in rows[1]
@@ -112,8 +212,18 @@ def test_reports_and_comparison(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def _write_gens(path: Path) -> None:
     rows = [
-        {"prompt_ori": "q0", "answer": "025", "output": [r"so \boxed{25}", r"\boxed{24}"], "label": [1, 0]},
-        {"prompt_ori": "q1", "answer": 3.0, "output": r"\boxed{3}", "label": [1]},  # one string = one sample
+        {
+            "prompt_ori": "q0",
+            "answer": "025",
+            "output": [r"so \boxed{25}", r"\boxed{24}"],
+            "label": [1, 0],
+        },
+        {
+            "prompt_ori": "q1",
+            "answer": 3.0,
+            "output": r"\boxed{3}",
+            "label": [1],
+        },  # one string = one sample
         {"prompt_ori": "q2", "answer": None, "output": [r"\boxed{1}"]},  # no gold
         {"prompt_ori": "q3", "answer": "1", "output": 7},  # not text
     ]
@@ -127,13 +237,20 @@ def test_palign_grade_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main(["grade", str(src), "--labels-out", str(labels), "eval.bootstrap_samples=10"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in labels.read_text().splitlines()]
-    assert [(r["problem_id"], r["sample_index"], r["label"]) for r in rows] == [("gens/0", 0, 1), ("gens/0", 1, 0), ("gens/1", 0, 1)]
+    assert [(r["problem_id"], r["sample_index"], r["label"]) for r in rows] == [
+        ("gens/0", 0, 1),
+        ("gens/0", 1, 0),
+        ("gens/1", 0, 1),
+    ]
     assert "generation" not in rows[0]
     assert metrics["quarantine"] == {"bad_output": 1, "missing_answer": 1}
     assert metrics["reference_agreement"]["agreement"] == 1.0
     assert metrics["benchmarks"]["gens"]["pass@n_any_correct"] == 1.0  # min n over problems is 1
     assert main(["grade", str(src), "--answer-field", "nope", "--labels-out", str(labels)]) == 0
-    assert json.loads(capsys.readouterr().out)["quarantine"] == {"bad_output": 1, "missing_answer": 3}
+    assert json.loads(capsys.readouterr().out)["quarantine"] == {
+        "bad_output": 1,
+        "missing_answer": 3,
+    }
 
 
 def test_palign_grade_needs_exactly_one_file(tmp_path: Path) -> None:
@@ -148,7 +265,9 @@ def test_authors_released_outputs(year: str, shared_data: str, tmp_path: Path) -
     metrics, samples, bad = E.grade_file(path, dataclasses.replace(CFG, grader="paper"))
     bench = metrics["benchmarks"][f"aime{year}-output"]
     assert bad == [] and len(samples) == 90
-    assert bench["pass@k"]["3"] == pytest.approx(8 / 30) and bench["pass@n_any_correct"] == pytest.approx(8 / 30)
+    assert bench["pass@k"]["3"] == pytest.approx(8 / 30) and bench[
+        "pass@n_any_correct"
+    ] == pytest.approx(8 / 30)
     assert bench["mean_accuracy"] == pytest.approx({"24": 16 / 90, "25": 12 / 90}[year])
     agreement = metrics["reference_agreement"]
     assert agreement["agreement"] == 1.0  # measured: 90/90 on both sets
@@ -162,27 +281,46 @@ def test_authors_released_outputs(year: str, shared_data: str, tmp_path: Path) -
 
 
 @pytest.mark.timeout(600)
-def test_eval_real_vllm_on_gsm8k(tiny_model: str, ray_session: object, shared_data: str, tmp_path: Path) -> None:
+def test_eval_real_vllm_on_gsm8k(
+    tiny_model: str, ray_session: object, shared_data: str, tmp_path: Path
+) -> None:
     cfg = Config(
         engine=EngineConfig(max_model_len=1024),
         ray=RayConfig(num_actors=1, batch_size=4),
-        eval=EvalConfig(benchmarks=("gsm8k",), data_dir=shared_data, num_problems=4, num_samples=2, max_tokens=24,
-                        bootstrap_samples=50),
+        eval=EvalConfig(
+            benchmarks=("gsm8k",),
+            data_dir=shared_data,
+            num_problems=4,
+            num_samples=2,
+            max_tokens=24,
+            bootstrap_samples=50,
+        ),
     )
     metrics = E.evaluate(cfg, tmp_path / "out", model=tiny_model)
     out = tmp_path / "out"
-    for f in ("metrics.json", "report.md", "samples.jsonl", "pass_at_k.png", "generation_length.png"):
+    for f in (
+        "metrics.json",
+        "report.md",
+        "samples.jsonl",
+        "pass_at_k.png",
+        "generation_length.png",
+    ):
         assert (out / f).is_file(), f
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 * 2
     assert {s["problem_id"] for s in samples} == {f"gsm8k/{i}" for i in range(4)}
-    assert all(0 < s["num_generated_tokens"] <= 24 and s["finish_reason"] in ("stop", "length") for s in samples)
+    assert all(
+        0 < s["num_generated_tokens"] <= 24 and s["finish_reason"] in ("stop", "length")
+        for s in samples
+    )
     for s in samples:  # labels are what the grader says about the stored text
         assert bool(s["label"]) == grade(s["generation"], s["gold"], mode="paper").correct
     b = json.loads((out / "metrics.json").read_text())["benchmarks"]["gsm8k"]
     assert b["num_problems"] == 4 and b["num_samples"] == 2
     assert b["mean_accuracy"] == pytest.approx(sum(s["label"] for s in samples) / 8)
-    assert b["truncation_rate"] == pytest.approx(sum(s["finish_reason"] == "length" for s in samples) / 8)
+    assert b["truncation_rate"] == pytest.approx(
+        sum(s["finish_reason"] == "length" for s in samples) / 8
+    )
     assert metrics["timing"]["generated_tokens"] == sum(s["num_generated_tokens"] for s in samples)
     assert "| gsm8k | 4 | 2 |" in (out / "report.md").read_text()
 
@@ -191,8 +329,10 @@ def test_evaluation_modules_import_no_heavy_packages() -> None:
     import subprocess
     import sys
 
-    code = ("import sys\nimport palign_ray.evaluate, palign_ray.grading, palign_ray.metrics, palign_ray.benchmarks, "
-            "palign_ray.report_plots\nprint(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'matplotlib', 'sympy') "
-            "if m in sys.modules))")
+    code = (
+        "import sys\nimport palign_ray.evaluate, palign_ray.grading, palign_ray.metrics, palign_ray.benchmarks, "
+        "palign_ray.report_plots\nprint(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'matplotlib', 'sympy') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

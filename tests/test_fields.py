@@ -21,7 +21,9 @@ def test_pick_lists_and_scalars() -> None:
     assert pick(["a", "b"], 0, "t", "trace").value == "a"
     assert pick(["a", "b"], 1, "t", "trace").value == "b"
     assert pick(("a",), -1, "t", "trace").form == "list"
-    assert pick(27.0, 0, "answer", "answer").value == 27.0  # numbers pass through for gold normalisation
+    assert (
+        pick(27.0, 0, "answer", "answer").value == 27.0
+    )  # numbers pass through for gold normalisation
     assert pick("plain text", 0, "t", "trace").form == "string"
     assert pick([], 0, "t", "trace").value is None  # an empty list is a missing value, not an error
     out = pick(["a"], 3, "t", "trace")
@@ -30,12 +32,16 @@ def test_pick_lists_and_scalars() -> None:
 
 def test_serialised_list_is_decoded_never_passed_verbatim() -> None:
     for trace in ("Line one.\nLine two with \\boxed{5}.", "Line one.\nIt's 'quoted'."):
-        as_repr = repr([trace])  # what a CSV round-trip of a list column leaves: "['Line one.\\nLine ...']"
+        as_repr = repr(
+            [trace]
+        )  # what a CSV round-trip of a list column leaves: "['Line one.\\nLine ...']"
         assert as_repr[:2] in ("['", '["') and "\\n" in as_repr
         decoded = pick(as_repr, 0, "thinking_trajectories", "trace")
-        assert decoded.value == trace and decoded.form == "serialised_list" and "\n" in decoded.value
+        assert (
+            decoded.value == trace and decoded.form == "serialised_list" and "\n" in decoded.value
+        )
     assert pick(json.dumps(["x", "y"]), 1, "t", "trace").value == "y"  # a JSON list in a string
-    for broken in ("['cut off by the CSV cell limit", "['a', 1]", "[\"a\", [\"nested\"]]"):
+    for broken in ("['cut off by the CSV cell limit", "['a', 1]", '["a", ["nested"]]'):
         out = pick(broken, 0, "t", "trace")
         assert out.value is None and out.reason == "trace_is_serialised_list", broken
     assert pick("['x'", 0, "gold", "answer").reason == "answer_is_serialised_list"
@@ -44,15 +50,22 @@ def test_serialised_list_is_decoded_never_passed_verbatim() -> None:
     assert pick("[Thinking] then text", 0, "t", "trace").value == "[Thinking] then text"
 
 
-@pytest.mark.parametrize(("text", "reasoning", "after", "case"), [
-    ("<think>\nreason\n</think>\nThe answer is 3.", "reason", "The answer is 3.", "think_tags"),
-    ("Alright, so...\n**Final Answer**\n\\boxed{7}\n</think>\n\nSummary \\boxed{7}", "Alright, so...\n**Final Answer**\n\\boxed{7}",
-     "Summary \\boxed{7}", "close_only"),
-    ("<think>unclosed reasoning", "unclosed reasoning", "", "open_only"),
-    ("<think></think>after", "after", "", "empty_think"),
-    ("<think> </think>", "", "", "empty_think"),
-    ("no tags at all", "no tags at all", "", "no_tags"),
-])
+@pytest.mark.parametrize(
+    ("text", "reasoning", "after", "case"),
+    [
+        ("<think>\nreason\n</think>\nThe answer is 3.", "reason", "The answer is 3.", "think_tags"),
+        (
+            "Alright, so...\n**Final Answer**\n\\boxed{7}\n</think>\n\nSummary \\boxed{7}",
+            "Alright, so...\n**Final Answer**\n\\boxed{7}",
+            "Summary \\boxed{7}",
+            "close_only",
+        ),
+        ("<think>unclosed reasoning", "unclosed reasoning", "", "open_only"),
+        ("<think></think>after", "after", "", "empty_think"),
+        ("<think> </think>", "", "", "empty_think"),
+        ("no tags at all", "no tags at all", "", "no_tags"),
+    ],
+)
 def test_split_think_cases(text: str, reasoning: str, after: str, case: str) -> None:
     split = split_think(text)
     assert (split.reasoning, split.after, split.case) == (reasoning, after, case)
@@ -67,27 +80,55 @@ def test_final_answer_from_solutions() -> None:
     assert final_answer("Long derivation\n**Answer:** $x = 2$.") == "$x = 2$"
     assert final_answer("We conclude.\nThe answer is 7.") == "7"
     # Crossword style: the answer line comes first and an explanation follows; nothing marks a final line.
-    assert final_answer("### Answer: ATTUNE \n ### Explanation: Definition: Adjust\nHidden in it") is None
-    assert final_answer("Applying the operator leads to the wave equation.\nThus A satisfies it.") is None
-    assert marked_final_answer("Answer: the one that satisfies the separability criterion for all two qubit states here") is None
+    assert (
+        final_answer("### Answer: ATTUNE \n ### Explanation: Definition: Adjust\nHidden in it")
+        is None
+    )
+    assert (
+        final_answer("Applying the operator leads to the wave equation.\nThus A satisfies it.")
+        is None
+    )
+    assert (
+        marked_final_answer(
+            "Answer: the one that satisfies the separability criterion for all two qubit states here"
+        )
+        is None
+    )
     assert marked_final_answer("") is None
 
 
 def test_looks_like_solution() -> None:
-    for answer in ("173", "ABD", "\\frac{507}{595}", "(3, -2)", "\\left( \\frac{1}{2}, \\frac{\\sqrt{3}}{2} \\right)", "10.02"):
+    for answer in (
+        "173",
+        "ABD",
+        "\\frac{507}{595}",
+        "(3, -2)",
+        "\\left( \\frac{1}{2}, \\frac{\\sqrt{3}}{2} \\right)",
+        "10.02",
+    ):
         assert not looks_like_solution(answer), answer
     assert looks_like_solution("Applying d on the Proca equation\nleads to A = 0")
-    assert looks_like_solution("The correct answer is 14 Pa, using the equation deltaG = - RTlnK with R the gas constant")
+    assert looks_like_solution(
+        "The correct answer is 14 Pa, using the equation deltaG = - RTlnK with R the gas constant"
+    )
 
 
 def test_parse_filter() -> None:
     assert parse_filter("") is None
     rule = parse_filter("cot_type=math")
-    assert rule.keeps({"cot_type": "math"}) and not rule.keeps({"cot_type": "science"}) and not rule.keeps({})
+    assert (
+        rule.keeps({"cot_type": "math"})
+        and not rule.keeps({"cot_type": "science"})
+        and not rule.keeps({})
+    )
     both = parse_filter("cot_type=math|science")
     assert both.keeps({"cot_type": "science"}) and not both.keeps({"cot_type": "crossword"})
     nocross = parse_filter("cot_type!=crossword")
-    assert nocross.keeps({"cot_type": "math"}) and nocross.keeps({}) and not nocross.keeps({"cot_type": "crossword"})
+    assert (
+        nocross.keeps({"cot_type": "math"})
+        and nocross.keeps({})
+        and not nocross.keeps({"cot_type": "crossword"})
+    )
     assert parse_filter("level=5").keeps({"level": 5})  # values compare as text
     assert nocross.describe() == "cot_type!=crossword"
     for bad in ("cot_type", "=math", "cot_type="):

@@ -25,19 +25,39 @@ builtins.__import__ = _import
 @pytest.mark.timeout(900)
 def test_gpu_sft_check_runs_on_cpu(tiny_model, tmp_path):
     out = tmp_path / "check.json"
-    args = ["--device", "cpu", "--precision", "fp32", "--model", tiny_model, "--steps", "4", "--max-seq-len", "96",
-            "--num-examples", "8", "--out", str(out)]
+    args = [
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--model",
+        tiny_model,
+        "--steps",
+        "4",
+        "--max-seq-len",
+        "96",
+        "--num-examples",
+        "8",
+        "--out",
+        str(out),
+    ]
     # The GPU host has torch + transformers (+ deepspeed, accelerate) only: any import of ray, vllm or pyarrow
     # on the script's path fails here as it would there.
-    cmd = [sys.executable, "-c", BLOCKED_IMPORTS + f"sys.argv = {['gpu_sft_check.py', *args]!r}\n"
-           f"runpy.run_path({str(REPO / 'bench' / 'gpu_sft_check.py')!r}, run_name='__main__')\n"]
+    cmd = [
+        sys.executable,
+        "-c",
+        BLOCKED_IMPORTS + f"sys.argv = {['gpu_sft_check.py', *args]!r}\n"
+        f"runpy.run_path({str(REPO / 'bench' / 'gpu_sft_check.py')!r}, run_name='__main__')\n",
+    ]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=850)
     assert done.returncode == 0, done.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["ok"] and res["gpu"] == "cpu"
     z2, z3 = res["runs"]
     assert (z2["zero_stage"], z3["zero_stage"]) == (2, 3)
-    assert not z2["load"]["partitioned_at_load"] and z3["load"]["partitioned_at_load"]  # zero.Init at load
+    assert (
+        not z2["load"]["partitioned_at_load"] and z3["load"]["partitioned_at_load"]
+    )  # zero.Init at load
     for run in res["runs"]:
         assert len(run["steps"]) == 4 and run["loss_fell"]
         assert run["export"]["generates"] and run["export"]["files"]

@@ -41,8 +41,17 @@ def test_extract_boxed_pathological_input_is_fast() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("025", "25"), (12.0, "12"), (" x ", "x"), (70, "70"), (0.5, "0.5"), ("000", "0"), ("$\\frac12$", "\\frac12"),
-     ("12.50", "12.5"), (r"\text{(B)}", r"\text{(B)}")],
+    [
+        ("025", "25"),
+        (12.0, "12"),
+        (" x ", "x"),
+        (70, "70"),
+        (0.5, "0.5"),
+        ("000", "0"),
+        ("$\\frac12$", "\\frac12"),
+        ("12.50", "12.5"),
+        (r"\text{(B)}", r"\text{(B)}"),
+    ],
 )
 def test_normalize_gold(raw: object, expected: str) -> None:
     assert normalize_gold(raw) == expected
@@ -57,7 +66,10 @@ def test_normalize_gold_rejects_missing(bad: object) -> None:
 def test_gold_from_solution() -> None:
     assert gold_from_solution("She makes 9 * 2 = $<<9*2=18>>18.\n#### 18") == "18"
     assert gold_from_solution("so the total is\n#### 1,234") == "1234"
-    assert gold_from_solution(r"Thus $r = \boxed{\left( 3, \frac{\pi}{2} \right)}$.") == r"\left( 3, \frac{\pi}{2} \right)"
+    assert (
+        gold_from_solution(r"Thus $r = \boxed{\left( 3, \frac{\pi}{2} \right)}$.")
+        == r"\left( 3, \frac{\pi}{2} \right)"
+    )
     assert gold_from_solution("no final answer") is None
 
 
@@ -109,8 +121,15 @@ def test_grade_wrong(prediction: str, gold: str) -> None:
 
 @pytest.mark.parametrize(
     ("prediction", "gold"),
-    [(r"\boxed{5 pi}", "5"), (r"\boxed{2 \mathrm{i}}", "2"), (r"\boxed{3 \mathrm{e}}", "3"), (r"\boxed{4 \text{ i}}", "4"),
-     (r"\boxed{5\pi}", "5"), (r"\boxed{7 ab}", "7"), (r"\boxed{2 \mathrm{d}x}", "2")],
+    [
+        (r"\boxed{5 pi}", "5"),
+        (r"\boxed{2 \mathrm{i}}", "2"),
+        (r"\boxed{3 \mathrm{e}}", "3"),
+        (r"\boxed{4 \text{ i}}", "4"),
+        (r"\boxed{5\pi}", "5"),
+        (r"\boxed{7 ab}", "7"),
+        (r"\boxed{2 \mathrm{d}x}", "2"),
+    ],
 )
 def test_trailing_symbols_are_not_units(prediction: str, gold: str) -> None:
     """Only real units are stripped: a constant or variable after the number changes the answer."""
@@ -124,11 +143,24 @@ def test_trailing_symbols_are_not_units(prediction: str, gold: str) -> None:
 
 @pytest.mark.parametrize(
     "prediction",
-    [r"\boxed{5 cm}", r"\boxed{5\text{ dollars}}", r"\boxed{5 degrees}", r"\boxed{5 \mathrm{cm}}", r"\boxed{5\text{ cm}^2}",
-     r"\boxed{5 square units}", r"\boxed{5 \text{km/h}}", r"\boxed{5\mbox{ hours}}", r"\boxed{5 \mathrm{kg}}"],
+    [
+        r"\boxed{5 cm}",
+        r"\boxed{5\text{ dollars}}",
+        r"\boxed{5 degrees}",
+        r"\boxed{5 \mathrm{cm}}",
+        r"\boxed{5\text{ cm}^2}",
+        r"\boxed{5 square units}",
+        r"\boxed{5 \text{km/h}}",
+        r"\boxed{5\mbox{ hours}}",
+        r"\boxed{5 \mathrm{kg}}",
+    ],
 )
-def test_real_units_strip_on_the_cheap_path(prediction: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grading, "_verify_bounded", lambda *a: pytest.fail("child used for a number with a unit"))
+def test_real_units_strip_on_the_cheap_path(
+    prediction: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        grading, "_verify_bounded", lambda *a: pytest.fail("child used for a number with a unit")
+    )
     assert grade(prediction, "5").correct
     assert grade(prediction, "6").reason == "wrong_answer"
 
@@ -143,7 +175,9 @@ def test_pathological_answer_is_bounded_by_timeout() -> None:
     g = grade(r"\boxed{9^{9^{9^{9^{9}}}}}", "5", timeout_s=1.0)
     assert time.monotonic() - t < 15.0
     assert g == Grade(False, "9^{9^{9^{9^{9}}}}", "grader_timeout")
-    assert grade(r"\boxed{\frac{4}{8}}", "0.5", timeout_s=10.0).correct  # a fresh child serves the next item
+    assert grade(
+        r"\boxed{\frac{4}{8}}", "0.5", timeout_s=10.0
+    ).correct  # a fresh child serves the next item
 
 
 def test_grade_from_threads_is_safe() -> None:
@@ -174,9 +208,13 @@ def test_cache_makes_repeats_free(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cheap_path_skips_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(grading, "_verify_bounded", lambda *a: pytest.fail("child used for a plain match"))
+    monkeypatch.setattr(
+        grading, "_verify_bounded", lambda *a: pytest.fail("child used for a plain match")
+    )
     assert grade(r"\boxed{1,234}", "1234").correct
-    assert grade(r"\boxed{1235}", "1234").reason == "wrong_answer"  # two different numbers decide too
+    assert (
+        grade(r"\boxed{1235}", "1234").reason == "wrong_answer"
+    )  # two different numbers decide too
 
 
 @pytest.mark.timeout(300)
@@ -190,10 +228,18 @@ def test_grade_inside_a_ray_task_with_timeout(ray_session) -> None:
         from palign_ray.grading import grade as g
 
         box: list = []
-        t = th.Thread(target=lambda: box.append(g(pred, gold, timeout_s=timeout_s)))  # a non-main thread too
+        t = th.Thread(
+            target=lambda: box.append(g(pred, gold, timeout_s=timeout_s))
+        )  # a non-main thread too
         t.start()
         t.join()
         return box[0].correct, box[0].reason
 
-    assert ray_session.get(remote_grade.remote(r"\boxed{\frac{3}{6}}", "0.5", 30.0)) == (True, "correct")
-    assert ray_session.get(remote_grade.remote(r"\boxed{9^{9^{9^{9^{9}}}}}", "5", 1.0)) == (False, "grader_timeout")
+    assert ray_session.get(remote_grade.remote(r"\boxed{\frac{3}{6}}", "0.5", 30.0)) == (
+        True,
+        "correct",
+    )
+    assert ray_session.get(remote_grade.remote(r"\boxed{9^{9^{9^{9^{9}}}}}", "5", 1.0)) == (
+        False,
+        "grader_timeout",
+    )

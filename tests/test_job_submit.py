@@ -65,11 +65,23 @@ def test_job_config_loads_and_says_how_to_run_it(path):
 def test_cluster_configs_match_the_brief():
     lora = load_config(REPO / "jobs/configs/qwen32b_to_qwen7b_lora.yaml")
     teacher_engine, teacher_pool = stage_engine(lora, "teacher")
-    assert (teacher_engine.tensor_parallel_size, teacher_pool.num_gpus_per_actor, teacher_pool.num_actors) == (4, 4.0, 2)
+    assert (
+        teacher_engine.tensor_parallel_size,
+        teacher_pool.num_gpus_per_actor,
+        teacher_pool.num_actors,
+    ) == (4, 4.0, 2)
     for cfg in (lora, load_config(REPO / "jobs/configs/qwen32b_to_qwen3_8b_full.yaml")):
-        for stage in ("judge", "align", "eval"):  # the 7B/8B student engines take one GPU each, 8 of them
+        for stage in (
+            "judge",
+            "align",
+            "eval",
+        ):  # the 7B/8B student engines take one GPU each, 8 of them
             engine, pool = stage_engine(cfg, stage)
-            assert (engine.tensor_parallel_size, pool.num_gpus_per_actor, pool.num_actors) == (1, 1.0, 8), stage
+            assert (engine.tensor_parallel_size, pool.num_gpus_per_actor, pool.num_actors) == (
+                1,
+                1.0,
+                8,
+            ), stage
     assert lora.sft.model == "Qwen/Qwen2.5-7B-Instruct" and lora.sft.lora
     assert (lora.sft.lora_r, lora.sft.lora_alpha, lora.sft.epochs, lora.sft.learning_rate) == (
         16,
@@ -90,7 +102,9 @@ def test_cluster_configs_match_the_brief():
 def test_stages_flag_is_the_palign_run_form():
     from jobs.distill import build_parser, stages_of
 
-    args = build_parser().parse_args(["--config", "c.yaml", "--stages", "problems,teacher", "run.seed=1"])
+    args = build_parser().parse_args(
+        ["--config", "c.yaml", "--stages", "problems,teacher", "run.seed=1"]
+    )
     assert stages_of(args) == ["problems", "teacher"] and args.overrides == ["run.seed=1"]
     assert stages_of(build_parser().parse_args(["--config", "c.yaml"])) is None
 
@@ -131,10 +145,14 @@ def test_main_calls_the_pipeline_directly(monkeypatch, tmp_path, caplog):
     calls: list[tuple[object, object]] = []
     fake = types.ModuleType("palign_ray.pipeline")
     fake.PipelineError = RuntimeError  # type: ignore[attr-defined]
-    fake.run_pipeline = lambda cfg, stages: calls.append((cfg.run.run_dir, stages)) or {"problems": {}}  # type: ignore[attr-defined]
+    fake.run_pipeline = lambda cfg, stages: (
+        calls.append((cfg.run.run_dir, stages)) or {"problems": {}}
+    )  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "palign_ray.pipeline", fake)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    rc = distill.main(["--config", "jobs/configs/default.yaml", "--stages", "problems", f"run.run_dir={tmp_path}"])
+    rc = distill.main(
+        ["--config", "jobs/configs/default.yaml", "--stages", "problems", f"run.run_dir={tmp_path}"]
+    )
     assert rc == 0 and calls == [(str(tmp_path), ["problems"])]
     # On a cluster a relative run_dir would live in the job's temporary working dir: warn.
     joined: list[object] = []
@@ -145,8 +163,12 @@ def test_main_calls_the_pipeline_directly(monkeypatch, tmp_path, caplog):
 
 
 def test_main_rejects_bad_settings_before_any_stage(tmp_path):
-    r = _distill("--config", "jobs/configs/default.yaml", f"run.run_dir={tmp_path}", "judge.threshold=7")
-    assert r.returncode == 2 and "judge.threshold" in r.stderr and not (tmp_path / "problems").exists(), r.stderr
+    r = _distill(
+        "--config", "jobs/configs/default.yaml", f"run.run_dir={tmp_path}", "judge.threshold=7"
+    )
+    assert (
+        r.returncode == 2 and "judge.threshold" in r.stderr and not (tmp_path / "problems").exists()
+    ), r.stderr
 
 
 # --- a real `ray job submit` against a loopback head ------------------------------------------
@@ -283,10 +305,29 @@ def local_ray_head(num_cpus: int = 2) -> Iterator[LocalHead]:
 
 def _submit(head: LocalHead, sid: str, *args: str, timeout: int) -> subprocess.CompletedProcess:
     """`ray job submit` of the default config, exactly as the README gives it, plus `args` for the job."""
-    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", head.dashboard, "--submission-id", sid,
-           "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
-           "python", "-m", "jobs.distill", "--config", "jobs/configs/default.yaml", *args]
-    return subprocess.run(cmd, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=timeout)
+    cmd = [
+        str(VENV_BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        head.dashboard,
+        "--submission-id",
+        sid,
+        "--working-dir",
+        ".",
+        "--runtime-env",
+        "cluster/runtime_env.yaml",
+        "--",
+        "python",
+        "-m",
+        "jobs.distill",
+        "--config",
+        "jobs/configs/default.yaml",
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=REPO, env=head.env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.timeout(600)

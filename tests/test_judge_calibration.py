@@ -32,14 +32,22 @@ def test_calibrator_scores_and_flat_denominator():
     assert rel.score(0.9, 1.0) == 0.0 and rel.score(0.9, 3.0) == 1.0 and rel.score(0.9, 2.0) == 0.5
     assert rel.verdict(rel.score(0.9, 2.0)) and not rel.verdict(rel.score(0.9, 1.9))
     assert rel.score(0.9, 5.0) == 2.0  # beyond the full trace is allowed (and ENOUGH)
-    for m0, mn in ((1.0, 1.05), (2.0, 1.0), (None, 1.0)):  # cannot tell full from empty: no score, NOT_ENOUGH
+    for m0, mn in (
+        (1.0, 1.05),
+        (2.0, 1.0),
+        (None, 1.0),
+    ):  # cannot tell full from empty: no score, NOT_ENOUGH
         flat = Calibrator("relative", 0.5, m0=m0, mn=mn, min_range=0.1)
         assert flat.flat and flat.score(0.9, 10.0) is None and not flat.verdict(None)
     ctx = Calibrator("contextual", 0.0, m0=2.0)
     assert ctx.score(0.2, 2.5) == 0.5 and ctx.verdict(0.5) and not ctx.verdict(ctx.score(0.99, 1.5))
     ab = Calibrator("absolute", 0.5)
     assert ab.score(0.7, -3.0) == 0.7 and ab.verdict(0.7) and not ab.verdict(0.3)
-    assert anchor_ks("absolute", 9) == () and anchor_ks("contextual", 9) == (0,) and anchor_ks("relative", 9) == (0, 9)
+    assert (
+        anchor_ks("absolute", 9) == ()
+        and anchor_ks("contextual", 9) == (0,)
+        and anchor_ks("relative", 9) == (0, 9)
+    )
 
 
 def test_pav_and_isotonic_cut_on_known_inputs():
@@ -48,11 +56,15 @@ def test_pav_and_isotonic_cut_on_known_inputs():
     assert pav([0, 1, 2]) == [0, 1, 2] and pav([]) == []
     assert pav([1, 0], weights=[3, 1]) == [0.75, 0.75]
     fitted = pav([0.0, 0.6, 0.2, 0.4, 1.0])
-    assert all(a <= b for a, b in zip(fitted, fitted[1:], strict=False)) and fitted[1] == pytest.approx(0.4)
+    assert all(a <= b for a, b in zip(fitted, fitted[1:], strict=False)) and fitted[
+        1
+    ] == pytest.approx(0.4)
     # a lone noisy spike at k=1 is pooled away: the cut moves to k=4 (fit 0.4,0.4,0.4,0.7,1)
     pts = [(0, 0.0), (1, 0.6), (2, 0.2), (3, 0.4), (4, 0.7), (5, 1.0)]
     assert isotonic_cut(pts, 0.5) == 4
-    assert isotonic_cut([(0, 0.9), (1, 0.1)], 0.5) == 1  # the anchor is never chosen; fit 0.5,0.5 → k=1
+    assert (
+        isotonic_cut([(0, 0.9), (1, 0.1)], 0.5) == 1
+    )  # the anchor is never chosen; fit 0.5,0.5 → k=1
     assert isotonic_cut([(0, 0.9), (1, 0.1)], 0.6) is None
     assert contradictions([(1, True), (2, False), (3, True), (4, False)]) == 3
     assert contradictions([(1, False), (2, True), (3, True)]) == 0
@@ -106,39 +118,67 @@ def test_relative_anchors_ride_round_one_and_verdicts_follow_normalised_scores(t
     assert first.count("") == len(CASES), "one empty-prefix anchor per problem in the first call"
     for i, (n, t) in enumerate(CASES):
         r = next(x for x in out if x["problem_id"] == f"p{i}")
-        assert set(r) == set(OUTPUT_COLUMNS) and r["calibration"] == "relative" and not r["calibration_status"]
+        assert (
+            set(r) == set(OUTPUT_COLUMNS)
+            and r["calibration"] == "relative"
+            and not r["calibration_status"]
+        )
         assert r["prefix_sentences"] == t and r["is_sufficient"]
         anchors = [p for p in r["probe_trace"] if p["anchor"]]
-        assert [(p["k"], p["round"]) for p in anchors] == [(0, 1), (n, 1)] and r["num_calibration_probes"] == 2
+        assert [(p["k"], p["round"]) for p in anchors] == [(0, 1), (n, 1)] and r[
+            "num_calibration_probes"
+        ] == 2
         m0, mn = (a["logprob_enough"] - a["logprob_not_enough"] for a in anchors)
         assert r["calibration_m0"] == pytest.approx(m0) and r["calibration_mn"] == pytest.approx(mn)
         search = [p for p in r["probe_trace"] if not p["anchor"]]
         assert len(search) == r["num_probes"] <= n.bit_length()
         for p in search:
             s = (p["logprob_enough"] - p["logprob_not_enough"] - m0) / (mn - m0)
-            assert p["score"] == pytest.approx(s) and p["verdict"] == (s >= 0.5) and p["p_enough"] > 0.5
+            assert (
+                p["score"] == pytest.approx(s)
+                and p["verdict"] == (s >= 0.5)
+                and p["p_enough"] > 0.5
+            )
         assert r["prompt_tokens"] == sum(p["prompt_tokens"] for p in r["probe_trace"])
     # the full trace is judged once per problem, even when the search asks for it (n=1, or the k=n probe)
     sent = [ids for call in engine.calls for ids in call]
     assert len(sent) == len(set(sent))
-    s = summarize(out, [], len(rows), 1.0, jcfg, paper_reference=False, engine_calls=calls, judge_s=0.0)
-    assert s["num_calibration_probes"] == 2 * len(CASES) and s["num_probes"] == sum(r["num_probes"] for r in out)
-    assert set(s["enough_share_by_round"]) == {str(k) for k in range(1, max(r["num_rounds"] for r in out) + 1)}
+    s = summarize(
+        out, [], len(rows), 1.0, jcfg, paper_reference=False, engine_calls=calls, judge_s=0.0
+    )
+    assert s["num_calibration_probes"] == 2 * len(CASES) and s["num_probes"] == sum(
+        r["num_probes"] for r in out
+    )
+    assert set(s["enough_share_by_round"]) == {
+        str(k) for k in range(1, max(r["num_rounds"] for r in out) + 1)
+    }
 
 
 def test_flat_judge_keeps_full_trace_and_stops(tokenizer):
     jcfg = JudgeConfig(calibration="relative", min_margin_range=0.5)
-    engine, out, _, calls = run(tokenizer, rows_for([(12, 99), (8, 3)]), jcfg, biased_judge(tokenizer, lift=0.0))
+    engine, out, _, calls = run(
+        tokenizer, rows_for([(12, 99), (8, 3)]), jcfg, biased_judge(tokenizer, lift=0.0)
+    )
     assert calls == 1, "an uncalibratable judge stops after round 1"
     for r in out:
         assert r["calibration_status"] == "flat_margin" and not r["is_sufficient"]
         assert r["prefix_sentences"] == r["num_sentences"]
-        assert all(p["score"] is None and not p["verdict"] for p in r["probe_trace"] if not p["anchor"])
+        assert all(
+            p["score"] is None and not p["verdict"] for p in r["probe_trace"] if not p["anchor"]
+        )
     s = summarize(out, [], 2, 1.0, jcfg, paper_reference=False, engine_calls=calls, judge_s=0.0)
     assert s["calibration_status"] == {"flat_margin": 2}
-    _, out2, _, _ = run(tokenizer, rows_for([(12, 99)]), dataclasses.replace(jcfg, flat_fallback="fixed_ratio", fixed_ratio=0.25),
-                        biased_judge(tokenizer, lift=0.0))
-    assert out2[0]["prefix_sentences"] == 3 and not out2[0]["is_sufficient"] and out2[0]["calibration_status"] == "flat_margin"
+    _, out2, _, _ = run(
+        tokenizer,
+        rows_for([(12, 99)]),
+        dataclasses.replace(jcfg, flat_fallback="fixed_ratio", fixed_ratio=0.25),
+        biased_judge(tokenizer, lift=0.0),
+    )
+    assert (
+        out2[0]["prefix_sentences"] == 3
+        and not out2[0]["is_sufficient"]
+        and out2[0]["calibration_status"] == "flat_margin"
+    )
 
 
 def test_contextual_uses_one_anchor_and_a_margin_threshold(tokenizer):
@@ -147,7 +187,11 @@ def test_contextual_uses_one_anchor_and_a_margin_threshold(tokenizer):
     assert [reasoning_of(tokenizer, ids) for ids in engine.calls[0]].count("") == len(CASES)
     for i, (_, t) in enumerate(CASES):
         r = next(x for x in out if x["problem_id"] == f"p{i}")
-        assert r["prefix_sentences"] == t and r["num_calibration_probes"] == 1 and math.isnan(r["calibration_mn"])
+        assert (
+            r["prefix_sentences"] == t
+            and r["num_calibration_probes"] == 1
+            and math.isnan(r["calibration_mn"])
+        )
         assert r["threshold"] == 0.5
     with pytest.raises(ValueError, match="votes=1"):
         from palign_ray.judge.rounds import check_judge_config
@@ -170,14 +214,25 @@ def test_isotonic_linear_counts_contradictions_and_smooths(tokenizer):
     rows = rows_for([(10, 6)])
     plain = JudgeConfig(calibration="relative", threshold=0.8, search="linear")
     _, (raw,), _, _ = run(tokenizer, rows, plain, respond)
-    assert raw["prefix_sentences"] == 2 and raw["num_contradictions"] == 3 and raw["non_monotone"]  # 2 vs 3,4,5
+    assert (
+        raw["prefix_sentences"] == 2 and raw["num_contradictions"] == 3 and raw["non_monotone"]
+    )  # 2 vs 3,4,5
     _, (iso,), _, _ = run(tokenizer, rows, dataclasses.replace(plain, isotonic=True), respond)
-    assert iso["prefix_sentences"] == 6 and iso["is_sufficient"] and iso["isotonic"] and iso["num_contradictions"] == 3
+    assert (
+        iso["prefix_sentences"] == 6
+        and iso["is_sufficient"]
+        and iso["isotonic"]
+        and iso["num_contradictions"] == 3
+    )
 
 
 def test_default_config_calibrates_the_embedded_model():
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml")
-    assert cfg.judge.model == "default" and cfg.judge.verdict == "logprob" and cfg.judge.calibration == "contextual"
+    assert (
+        cfg.judge.model == "default"
+        and cfg.judge.verdict == "logprob"
+        and cfg.judge.calibration == "contextual"
+    )
     assert cfg.judge.votes == 1 and cfg.judge.contextual_threshold == 0.0
     assert JudgeConfig().calibration == "absolute"  # the paper-like default for strong judges
 
@@ -189,7 +244,15 @@ def builtin_rows(n: int):
     from palign_ray.problems import builtin_problems
 
     probs = builtin_problems(n, 0)
-    rows = [{"problem_id": p["problem_id"], "question": p["question"], "cot": p["solution"], "answer": p["answer"]} for p in probs]
+    rows = [
+        {
+            "problem_id": p["problem_id"],
+            "question": p["question"],
+            "cot": p["solution"],
+            "answer": p["answer"],
+        }
+        for p in probs
+    ]
     return rows, {p["problem_id"]: p["decisive_sentence"] for p in probs}
 
 
@@ -200,18 +263,29 @@ def test_relative_smollm2_truncate_rows(ray_session, default_model):
 
     rows, _ = builtin_rows(8)
     rows.append({"problem_id": "blank", "question": "Q?", "cot": "  ", "answer": "1"})
-    cfg = Config(run=RunConfig(seed=0), engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
-                 ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=16),
-                 judge=JudgeConfig(model=default_model, calibration="relative", threshold=0.3))
+    cfg = Config(
+        run=RunConfig(seed=0),
+        engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
+        ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=16),
+        judge=JudgeConfig(model=default_model, calibration="relative", threshold=0.3),
+    )
     t = time.perf_counter()
     out, bad, summary = truncate_rows(rows, cfg)
     assert len(out) + len(bad) == len(rows) and [q["reason"] for q in bad] == ["empty_cot"]
     # anchors ride round 1; a round that only asks for the already-judged full trace needs no call
-    assert summary["engine_calls"] >= 1 and summary["engine_calls"] <= max(r["num_rounds"] for r in out)
+    assert summary["engine_calls"] >= 1 and summary["engine_calls"] <= max(
+        r["num_rounds"] for r in out
+    )
     for r in out:
-        assert r["calibration"] == "relative" and math.isfinite(r["calibration_m0"]) and math.isfinite(r["calibration_mn"])
+        assert (
+            r["calibration"] == "relative"
+            and math.isfinite(r["calibration_m0"])
+            and math.isfinite(r["calibration_mn"])
+        )
         anchors = [p for p in r["probe_trace"] if p["anchor"]]
-        assert [p["k"] for p in anchors] == [0, r["num_judged_sentences"]] and all(p["round"] == 1 for p in anchors)
+        assert [p["k"] for p in anchors] == [0, r["num_judged_sentences"]] and all(
+            p["round"] == 1 for p in anchors
+        )
         assert anchors[0]["prompt_tokens"] < anchors[1]["prompt_tokens"]
         search = [p for p in r["probe_trace"] if not p["anchor"]]
         assert len(search) == r["num_probes"] <= r["num_judged_sentences"].bit_length()
@@ -227,10 +301,14 @@ def test_default_config_cuts_are_non_degenerate_on_builtin(ray_session, default_
     """The default judge settings on 16 built-in solutions: neither almost all sentence 1 nor almost all full."""
     from palign_ray.judge.stage import truncate_rows
 
-    cfg = load_config(REPO / "jobs" / "configs" / "default.yaml", ["ray.num_cpus=4", "ray.num_actors=1"])
+    cfg = load_config(
+        REPO / "jobs" / "configs" / "default.yaml", ["ray.num_cpus=4", "ray.num_actors=1"]
+    )
     rows, decisive = builtin_rows(16)
     out, bad, summary = truncate_rows(rows, cfg)
     assert not bad and len(out) == 16
-    assert summary["share_cut_at_first_sentence"] <= 0.8 and summary["share_cut_at_full_trace"] <= 0.8
+    assert (
+        summary["share_cut_at_first_sentence"] <= 0.8 and summary["share_cut_at_full_trace"] <= 0.8
+    )
     assert 0.05 <= summary["enough_share"] <= 0.95 and not summary["degenerate"]
     assert sum(r["prefix_sentences"] >= decisive[r["problem_id"]] + 1 for r in out) >= 8

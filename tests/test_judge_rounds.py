@@ -63,7 +63,9 @@ def test_rounds_one_engine_call_per_round_all_problems_advance(tokenizer):
     assert calls == len(engine.calls) == max(r["num_rounds"] for r in out)
     for rnd, prompts in enumerate(engine.calls, start=1):
         unresolved = [r for r in out if r["num_rounds"] >= rnd]
-        assert len(prompts) == len(unresolved), "every unresolved problem advances by one probe per round"
+        assert len(prompts) == len(unresolved), (
+            "every unresolved problem advances by one probe per round"
+        )
     for i, (n, t) in enumerate(cases):
         r = by_id[f"p{i}"]
         assert set(r) == set(OUTPUT_COLUMNS)
@@ -83,7 +85,9 @@ def test_rounds_one_engine_call_per_round_all_problems_advance(tokenizer):
 def test_kary_and_linear_agree_with_binary(tokenizer, search, kk):
     cases = [(12, 5), (7, 1), (20, 20), (3, 9), (9, 4)]
     _, ref, _, _ = run_fake(tokenizer, rows_for(cases))
-    engine, out, _, calls = run_fake(tokenizer, rows_for(cases), dataclasses.replace(JCFG, search=search, kary_k=kk))
+    engine, out, _, calls = run_fake(
+        tokenizer, rows_for(cases), dataclasses.replace(JCFG, search=search, kary_k=kk)
+    )
     assert [r["prefix_char_end"] for r in out] == [r["prefix_char_end"] for r in ref]
     if search == "linear":
         assert calls == 1 and len(engine.calls[0]) == sum(n for n, _ in cases)
@@ -103,21 +107,36 @@ def test_generate_mode_unparseable_and_policy(tokenizer):
     (r,) = out
     probes = r["probe_trace"]
     # the paper's mids: 5 (no tag → NOT_ENOUGH by policy), 8 (ENOUGH), 6 (ENOUGH) → keep 6 sentences
-    assert [p["k"] for p in probes] == [5, 8, 6] and [p["verdict"] for p in probes] == [False, True, True]
+    assert [p["k"] for p in probes] == [5, 8, 6] and [p["verdict"] for p in probes] == [
+        False,
+        True,
+        True,
+    ]
     assert r["prefix_sentences"] == 6 and r["num_unparseable"] == 1 and not probes[0]["parseable"]
     assert all(p["raw"] for p in probes) and all(p["p_enough"] is None for p in probes)
     assert engine.calls and all(len(c) == 1 for c in engine.calls)
     # unparseable → ENOUGH under the other policy changes the cut
-    _, out2, _, _ = run_fake(tokenizer, rows_for([(4, 99)]), dataclasses.replace(jcfg, unparseable="enough"),
-                             lambda ids, sp, i: ("no tag at all", None))
-    assert out2[0]["prefix_sentences"] == 1 and out2[0]["is_sufficient"] and out2[0]["num_unparseable"] == out2[0]["num_probes"]
-    _, out3, _, _ = run_fake(tokenizer, rows_for([(4, 99)]), jcfg, lambda ids, sp, i: ("no tag at all", None))
+    _, out2, _, _ = run_fake(
+        tokenizer,
+        rows_for([(4, 99)]),
+        dataclasses.replace(jcfg, unparseable="enough"),
+        lambda ids, sp, i: ("no tag at all", None),
+    )
+    assert (
+        out2[0]["prefix_sentences"] == 1
+        and out2[0]["is_sufficient"]
+        and out2[0]["num_unparseable"] == out2[0]["num_probes"]
+    )
+    _, out3, _, _ = run_fake(
+        tokenizer, rows_for([(4, 99)]), jcfg, lambda ids, sp, i: ("no tag at all", None)
+    )
     assert out3[0]["prefix_sentences"] == 4 and not out3[0]["is_sufficient"]
 
 
 def test_engine_errors_are_retryable_quarantine_not_guessed_verdicts(tokenizer):
     """Issue 15.6: a failed engine call used to become NOT_ENOUGH verdicts (full-trace rows, stage done, never
     retried). Now the problems leave as `judge_engine_error`, a reason the stage never commits (it retries them)."""
+
     class Broken(FakeEngine):
         def generate(self, prompts, params):
             self.calls.append([tuple(p) for p in prompts])
@@ -125,9 +144,14 @@ def test_engine_errors_are_retryable_quarantine_not_guessed_verdicts(tokenizer):
 
     builder, vt = judge_tools(tokenizer, JCFG)
     engine = Broken(lambda *a: ("", None), tokenizer)
-    out, bad, calls = judge_rows(engine, builder, vt, rows_for([(8, 2), (5, 1)]), JCFG, ECFG, "fake", 0)
+    out, bad, calls = judge_rows(
+        engine, builder, vt, rows_for([(8, 2), (5, 1)]), JCFG, ECFG, "fake", 0
+    )
     assert out == [] and calls == len(engine.calls) == 1  # the search stops at the failed call
-    assert {q["problem_id"]: q["reason"] for q in bad} == {"p0": "judge_engine_error", "p1": "judge_engine_error"}
+    assert {q["problem_id"]: q["reason"] for q in bad} == {
+        "p0": "judge_engine_error",
+        "p1": "judge_engine_error",
+    }
     assert all("engine died" in q["detail"] for q in bad)
     from palign_ray.streaming import RETRYABLE_REASONS
 
@@ -136,16 +160,30 @@ def test_engine_errors_are_retryable_quarantine_not_guessed_verdicts(tokenizer):
 
 def test_long_cot_is_cut_at_a_sentence_boundary_and_bad_rows_quarantined(tokenizer):
     rows = rows_for([(60, 50), (6, 2)])
-    rows += [{"problem_id": "empty", "question": "Q?", "cot": "   \n ", "answer": None},
-             {"problem_id": "huge-q", "question": "word " * 3000, "cot": "A short trace.", "answer": "1"}]
+    rows += [
+        {"problem_id": "empty", "question": "Q?", "cot": "   \n ", "answer": None},
+        {
+            "problem_id": "huge-q",
+            "question": "word " * 3000,
+            "cot": "A short trace.",
+            "answer": "1",
+        },
+    ]
     jcfg = dataclasses.replace(JCFG, max_cot_tokens=200)
     engine, out, bad, _ = run_fake(tokenizer, rows, jcfg)
     assert len(out) + len(bad) == len(rows)
-    assert {q["problem_id"]: q["reason"] for q in bad} == {"empty": "empty_cot", "huge-q": "prompt_too_long"}
+    assert {q["problem_id"]: q["reason"] for q in bad} == {
+        "empty": "empty_cot",
+        "huge-q": "prompt_too_long",
+    }
     long = next(r for r in out if r["problem_id"] == "p0")
     assert long["cot_truncated"] and long["num_judged_sentences"] < long["num_sentences"] == 60
     # the decisive sentence 50 lies beyond the judged part: nothing ENOUGH → the whole CoT is kept, flagged
-    assert not long["is_sufficient"] and long["prefix_sentences"] == 60 and long["prefix"] == long["cot"].rstrip()
+    assert (
+        not long["is_sufficient"]
+        and long["prefix_sentences"] == 60
+        and long["prefix"] == long["cot"].rstrip()
+    )
     assert max(max(len(ids) for ids in call) for call in engine.calls) <= ECFG.max_model_len
     for call in engine.calls:
         for ids in call:
@@ -154,20 +192,36 @@ def test_long_cot_is_cut_at_a_sentence_boundary_and_bad_rows_quarantined(tokeniz
 
 def test_fixed_ratio_needs_no_engine():
     cfg = config_from_dict({"judge": {"search": "fixed_ratio", "fixed_ratio": 0.25}})
-    out, bad, summary = truncate_rows(rows_for([(8, 1), (10, 1)]) + [{"problem_id": "x", "question": "", "cot": "a."}], cfg)
-    assert [r["prefix_sentences"] for r in out] == [2, 3] and [q["reason"] for q in bad] == ["empty_question"]
+    out, bad, summary = truncate_rows(
+        rows_for([(8, 1), (10, 1)]) + [{"problem_id": "x", "question": "", "cot": "a."}], cfg
+    )
+    assert [r["prefix_sentences"] for r in out] == [2, 3] and [q["reason"] for q in bad] == [
+        "empty_question"
+    ]
     assert all(r["num_probes"] == 0 and r["verdict_mode"] == "none" for r in out)
     assert summary["num_input"] == 3 and summary["num_output"] == 2 and summary["engine_calls"] == 0
 
 
 def test_check_input_and_summary():
-    ok, bad = check_input([{"problem_id": "a", "question": "q", "cot": "c"}, {"problem_id": "a", "question": "q", "cot": "c"},
-                           {"question": "q", "cot": None}, {"problem_id": 7, "question": "q", "cot": "c", "answer": 7}])
+    ok, bad = check_input(
+        [
+            {"problem_id": "a", "question": "q", "cot": "c"},
+            {"problem_id": "a", "question": "q", "cot": "c"},
+            {"question": "q", "cot": None},
+            {"problem_id": 7, "question": "q", "cot": "c", "answer": 7},
+        ]
+    )
     assert [r["problem_id"] for r in ok] == ["a", "7"] and ok[1]["answer"] == "7"
-    assert [(q["problem_id"], q["reason"]) for q in bad] == [("a", "duplicate_problem_id"), ("row-2", "empty_cot")]
+    assert [(q["problem_id"], q["reason"]) for q in bad] == [
+        ("a", "duplicate_problem_id"),
+        ("row-2", "empty_cot"),
+    ]
     assert quantiles([1.0, 2.0, 3.0, 4.0])["p50"] == 2.5 and quantiles([]) == {}
     s = summarize([], bad, 4, 1.0, JCFG, paper_reference=False, engine_calls=0, judge_s=0.0)
-    assert s["num_quarantined"] == 2 and s["quarantine_reasons"] == {"duplicate_problem_id": 1, "empty_cot": 1}
+    assert s["num_quarantined"] == 2 and s["quarantine_reasons"] == {
+        "duplicate_problem_id": 1,
+        "empty_cot": 1,
+    }
 
 
 def test_config_checks():
@@ -186,10 +240,25 @@ def test_cli_reads_the_authors_released_format(tmp_path, shared_data):
 
     src = os.path.join(shared_data, "palign-results", "aime24-output.jsonl")
     out = tmp_path / "prefixes.parquet"
-    rc = truncate_main(["--input", src, "--output", str(out), "--question-field", "prompt_ori", "--cot-field", "output",
-                        "--cot-index", "0,1", "--strip-prompt-prefix",
-                        "Please reason step by step, and put your final answer within \\boxed{}.", "--limit", "6",
-                        "judge.search=fixed_ratio"])
+    rc = truncate_main(
+        [
+            "--input",
+            src,
+            "--output",
+            str(out),
+            "--question-field",
+            "prompt_ori",
+            "--cot-field",
+            "output",
+            "--cot-index",
+            "0,1",
+            "--strip-prompt-prefix",
+            "Please reason step by step, and put your final answer within \\boxed{}.",
+            "--limit",
+            "6",
+            "judge.search=fixed_ratio",
+        ]
+    )
     assert rc == 0
     import pyarrow.parquet as pq
 
@@ -198,7 +267,10 @@ def test_cli_reads_the_authors_released_format(tmp_path, shared_data):
     assert pq.read_table(out).schema.names == list(OUTPUT_COLUMNS)
     for r in rows:
         assert "<Begin_of_Draft>" not in r["cot"] and "<End_of_Draft>" not in r["cot"]
-        assert not r["question"].startswith("Please reason") and r["prefix"] == r["cot"][: r["prefix_char_end"]]
+        assert (
+            not r["question"].startswith("Please reason")
+            and r["prefix"] == r["cot"][: r["prefix_char_end"]]
+        )
     summary = json.loads((tmp_path / "prefixes.summary.json").read_text())
     assert summary["num_output"] == 6 and (tmp_path / "prefixes.quarantine.parquet").is_file()
 
@@ -207,9 +279,12 @@ def test_cli_reads_the_authors_released_format(tmp_path, shared_data):
 
 
 def real_cfg(model: str, **judge) -> Config:
-    return Config(run=RunConfig(seed=0), engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
-                  ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=8),
-                  judge=JudgeConfig(model=model, **judge))
+    return Config(
+        run=RunConfig(seed=0),
+        engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
+        ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=8),
+        judge=JudgeConfig(model=model, **judge),
+    )
 
 
 def assert_real_run(rows, out, bad, summary):
@@ -217,12 +292,17 @@ def assert_real_run(rows, out, bad, summary):
     for r in out:
         assert set(r) == set(OUTPUT_COLUMNS)
         assert r["num_probes"] <= math.ceil(math.log2(r["num_judged_sentences"] + 1))
-        assert r["prefix"] == r["cot"][: r["prefix_char_end"]] and 1 <= r["prefix_sentences"] <= r["num_sentences"]
+        assert (
+            r["prefix"] == r["cot"][: r["prefix_char_end"]]
+            and 1 <= r["prefix_sentences"] <= r["num_sentences"]
+        )
         assert all(p["p_enough"] is not None and 0 <= p["p_enough"] <= 1 for p in r["probe_trace"])
         assert all(p["generated_tokens"] == 1 for p in r["probe_trace"])
     later = [p for r in out for p in r["probe_trace"] if p["round"] > 1]
     assert later and all(p["cached_tokens"] > 0 for p in later), "prefix cache hits after round 1"
-    assert summary["engine_calls"] == max(r["num_rounds"] for r in out)  # one batch: one engine call per round
+    assert summary["engine_calls"] == max(
+        r["num_rounds"] for r in out
+    )  # one batch: one engine call per round
 
 
 @pytest.mark.timeout(600)
@@ -240,8 +320,15 @@ def test_ray_actor_pool_tiny_model(ray_session, tiny_model):
 def test_ray_actor_pool_smollm2(ray_session, default_model, shared_data):
     path = os.path.join(shared_data, "palign-results", "aime25-output.jsonl")
     src = [json.loads(line) for line in open(path)][:8]
-    rows = [{"problem_id": str(i), "question": r["prompt_ori"], "cot": r["output"][0].replace("<Begin_of_Draft>", ""),
-             "answer": str(r["answer"])} for i, r in enumerate(src)]
+    rows = [
+        {
+            "problem_id": str(i),
+            "question": r["prompt_ori"],
+            "cot": r["output"][0].replace("<Begin_of_Draft>", ""),
+            "answer": str(r["answer"]),
+        }
+        for i, r in enumerate(src)
+    ]
     cfg = real_cfg(default_model, max_cot_tokens=600)
     t = time.perf_counter()
     out, bad, summary = truncate_rows(rows, cfg)
@@ -253,11 +340,17 @@ def test_ray_actor_pool_smollm2(ray_session, default_model, shared_data):
 @pytest.mark.timeout(600)
 def test_paper_reference_mode_tiny_model(ray_session, tiny_model):
     rows = rows_for([(6, 2), (9, 4)])
-    cfg = dataclasses.replace(real_cfg(tiny_model, paper_reference=True, max_new_tokens=4), ray=RayConfig(num_cpus=4))
+    cfg = dataclasses.replace(
+        real_cfg(tiny_model, paper_reference=True, max_new_tokens=4), ray=RayConfig(num_cpus=4)
+    )
     out, bad, summary = truncate_rows(rows, cfg)
     assert not bad and len(out) == 2 and summary["paper_reference"]
-    assert summary["engine_calls"] == summary["num_probes"] == sum(r["num_probes"] for r in out)  # one probe per call
+    assert (
+        summary["engine_calls"] == summary["num_probes"] == sum(r["num_probes"] for r in out)
+    )  # one probe per call
     for r in out:
         assert r["verdict_mode"] == "generate" and r["search"] == "binary"
-        assert all(p["p_enough"] is None and 1 <= p["generated_tokens"] <= 4 for p in r["probe_trace"])
+        assert all(
+            p["p_enough"] is None and 1 <= p["generated_tokens"] <= 4 for p in r["probe_trace"]
+        )
         assert r["num_unparseable"] == r["num_probes"]  # a random tiny model never writes a tag

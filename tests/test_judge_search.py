@@ -41,7 +41,9 @@ def oracle(n: int, judge: Callable[[int], bool]) -> tuple[int, bool]:
 
 
 def test_bounds_helpers():
-    assert [binary_probe_bound(n) for n in (1, 2, 3, 4, 7, 8, 12)] == [math.ceil(math.log2(n + 1)) for n in (1, 2, 3, 4, 7, 8, 12)]
+    assert [binary_probe_bound(n) for n in (1, 2, 3, 4, 7, 8, 12)] == [
+        math.ceil(math.log2(n + 1)) for n in (1, 2, 3, 4, 7, 8, 12)
+    ]
     for n in range(1, 50):
         for k in (1, 2, 3, 5):
             assert kary_round_bound(n, k) == math.ceil(math.log(n + 1, k + 1) - 1e-12)
@@ -50,6 +52,7 @@ def test_bounds_helpers():
 @pytest.mark.parametrize("n", range(1, 13))
 def test_monotone_patterns_all_modes_agree_with_linear(n):
     for t in range(1, n + 2):  # ENOUGH iff k >= t; t = n+1: never ENOUGH
+
         def judge(k: int, t: int = t) -> bool:
             return k >= t
 
@@ -69,13 +72,16 @@ def test_monotone_patterns_all_modes_agree_with_linear(n):
             rk = s.result()
             assert (rk.k, rk.is_sufficient) == expected, (n, t, kk)
             assert rounds == rk.num_rounds <= kary_round_bound(n, kk), (n, t, kk, rounds)
-            assert max(len([p for p in rk.trace if p.round == i]) for i in range(1, rounds + 1)) <= kk
+            assert (
+                max(len([p for p in rk.trace if p.round == i]) for i in range(1, rounds + 1)) <= kk
+            )
 
 
 def test_binary_is_the_papers_loop():
     """Same probe sequence as the authors' while-loop, on every pattern (monotone or not) for n ≤ 8."""
     for n in range(1, 9):
         for bits in itertools.product((False, True), repeat=n):
+
             def judge(k: int, bits=bits) -> bool:
                 return bits[k - 1]
 
@@ -100,6 +106,7 @@ def test_non_monotone_patterns(mode, kk):
     seen_flag = False
     for n in range(1, 10):
         for bits in itertools.product((False, True), repeat=n):
+
             def judge(k: int, bits=bits) -> bool:
                 return bits[k - 1]
 
@@ -109,7 +116,9 @@ def test_non_monotone_patterns(mode, kk):
                 assert judge(r.k) and any(p.k == r.k and p.verdict for p in r.trace)
             else:
                 assert r.k == n and not any(p.verdict for p in r.trace)
-            contradiction = any(a.verdict and not b.verdict and b.k > a.k for a in r.trace for b in r.trace)
+            contradiction = any(
+                a.verdict and not b.verdict and b.k > a.k for a in r.trace for b in r.trace
+            )
             assert r.non_monotone == contradiction
             seen_flag |= r.non_monotone
     # binary search never sees a contradiction; kary and linear do on some patterns
@@ -167,7 +176,9 @@ def test_judge_modules_import_no_heavy_packages():
     import subprocess
     import sys
 
-    code = ("import sys, palign_ray.judge.search, palign_ray.judge.prompts, palign_ray.judge.rounds, palign_ray.judge.cli\n"
-            "print(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys, palign_ray.judge.search, palign_ray.judge.prompts, palign_ray.judge.rounds, palign_ray.judge.cli\n"
+        "print(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

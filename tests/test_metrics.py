@@ -33,8 +33,12 @@ def test_pass_at_k_edges() -> None:
             pass_at_k(*bad)
 
 
-def _p(pid: str, *labels: int, tokens: tuple[int, ...] = (), finish: tuple[str, ...] = ()) -> ProblemResult:
-    return ProblemResult(pid, tuple(bool(x) for x in labels), num_tokens=tokens, finish_reasons=finish)
+def _p(
+    pid: str, *labels: int, tokens: tuple[int, ...] = (), finish: tuple[str, ...] = ()
+) -> ProblemResult:
+    return ProblemResult(
+        pid, tuple(bool(x) for x in labels), num_tokens=tokens, finish_reasons=finish
+    )
 
 
 def test_summarize_paper_conventions() -> None:
@@ -42,7 +46,9 @@ def test_summarize_paper_conventions() -> None:
     m = summarize(probs, bootstrap_samples=200, seed=1)
     assert m["num_problems"] == 4 and m["num_samples"] == 3 and m["num_generations"] == 12
     assert m["mean_accuracy"] == pytest.approx((1 / 3 + 0 + 1 + 1 / 3) / 4)
-    assert m["pass@k"]["1"] == pytest.approx(m["mean_accuracy"])  # pass@1 = mean per-sample accuracy
+    assert m["pass@k"]["1"] == pytest.approx(
+        m["mean_accuracy"]
+    )  # pass@1 = mean per-sample accuracy
     assert m["pass@n_any_correct"] == pytest.approx(3 / 4)
     assert m["pass@k"]["3"] == pytest.approx(3 / 4)  # pass@n = any of n correct
     assert m["pass@k"]["2"] == pytest.approx((2 / 3 + 0 + 1 + 2 / 3) / 4)
@@ -52,7 +58,10 @@ def test_summarize_paper_conventions() -> None:
 
 
 def test_summarize_lengths_and_truncation() -> None:
-    probs = [_p("a", 1, 0, tokens=(10, 30), finish=("stop", "length")), _p("b", 0, 0, tokens=(20, 40), finish=("stop", "length"))]
+    probs = [
+        _p("a", 1, 0, tokens=(10, 30), finish=("stop", "length")),
+        _p("b", 0, 0, tokens=(20, 40), finish=("stop", "length")),
+    ]
     m = summarize(probs, bootstrap_samples=0)
     assert m["mean_generation_tokens"] == 25
     assert m["mean_generation_tokens_correct"] == 10
@@ -69,18 +78,38 @@ def test_summarize_uneven_sample_counts_uses_the_smallest() -> None:
 
 def test_failed_problems_are_incorrect_not_dropped() -> None:
     """One correct and one failed problem: pass@1 is 0.5, not 1.0; the failure is counted and rated."""
-    m = summarize([_p("a", 1, 1), ProblemResult("b", (False, False), failed="generation_failed")], bootstrap_samples=0)
+    m = summarize(
+        [_p("a", 1, 1), ProblemResult("b", (False, False), failed="generation_failed")],
+        bootstrap_samples=0,
+    )
     assert m["num_problems"] == 2 and m["num_graded_problems"] == 1 and m["num_samples"] == 2
-    assert m["pass@k"] == {"1": 0.5, "2": 0.5} and m["mean_accuracy"] == 0.5 and m["first_sample_accuracy"] == 0.5
-    assert m["num_failed_problems"] == 1 and m["failed_problem_rate"] == 0.5 and m["failed_reasons"] == {"generation_failed": 1}
+    assert (
+        m["pass@k"] == {"1": 0.5, "2": 0.5}
+        and m["mean_accuracy"] == 0.5
+        and m["first_sample_accuracy"] == 0.5
+    )
+    assert (
+        m["num_failed_problems"] == 1
+        and m["failed_problem_rate"] == 0.5
+        and m["failed_reasons"] == {"generation_failed": 1}
+    )
     # a failure without a known sample count, or a problem with no samples at all, is still incorrect
-    m = summarize([_p("a", 1, 0), ProblemResult("b", (), failed="prompt_too_long"), ProblemResult("c", ())], bootstrap_samples=0)
-    assert m["num_problems"] == 3 and m["num_samples"] == 2 and m["pass@k"]["1"] == pytest.approx(0.5 / 3)
+    m = summarize(
+        [_p("a", 1, 0), ProblemResult("b", (), failed="prompt_too_long"), ProblemResult("c", ())],
+        bootstrap_samples=0,
+    )
+    assert (
+        m["num_problems"] == 3
+        and m["num_samples"] == 2
+        and m["pass@k"]["1"] == pytest.approx(0.5 / 3)
+    )
     assert m["failed_reasons"] == {"no_samples": 1, "prompt_too_long": 1}
 
 
 def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
-    vals = [((i * 37) % 101) / 101 for i in range(60)]  # many distinct values: quantiles move with the seed
+    vals = [
+        ((i * 37) % 101) / 101 for i in range(60)
+    ]  # many distinct values: quantiles move with the seed
     a = bootstrap_ci(vals, 500, seed=7)
     assert a == bootstrap_ci(vals, 500, seed=7)
     assert a != bootstrap_ci(vals, 500, seed=8)

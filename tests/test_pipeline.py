@@ -14,12 +14,36 @@ def _names(cfg):
 
 
 def test_method_plans():
-    assert _names(load_config(None)) == ["problems", "teacher", "truncate", "align", "sft_data", "train", "eval"]
-    assert _names(load_config(None, ["run.method=full_cot"])) == ["problems", "teacher", "sft_data", "train", "eval"]
-    assert _names(load_config(None, ["run.method=prefix_only"])) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
+    assert _names(load_config(None)) == [
+        "problems",
+        "teacher",
+        "truncate",
+        "align",
+        "sft_data",
+        "train",
+        "eval",
+    ]
+    assert _names(load_config(None, ["run.method=full_cot"])) == [
+        "problems",
+        "teacher",
+        "sft_data",
+        "train",
+        "eval",
+    ]
+    assert _names(load_config(None, ["run.method=prefix_only"])) == [
+        "problems",
+        "teacher",
+        "truncate",
+        "sft_data",
+        "train",
+        "eval",
+    ]
     full = P.stages_for(load_config(None, ["run.method=full_cot"]))
     assert next(s for s in full if s.name == "sft_data").inputs == ("teacher",)
-    assert P.effective_config(load_config(None, ["run.method=fixed_ratio"])).judge.search == "fixed_ratio"
+    assert (
+        P.effective_config(load_config(None, ["run.method=fixed_ratio"])).judge.search
+        == "fixed_ratio"
+    )
 
 
 def test_changed_section_invalidates_that_stage_and_later_ones_only():
@@ -34,8 +58,17 @@ def test_changed_section_invalidates_that_stage_and_later_ones_only():
 def test_stage_engine_placement_does_not_invalidate_but_engine_settings_do():
     a = load_config(None)
     ha = P.stage_hashes(a, P.stages_for(a))
-    moved = load_config(None, ["teacher.engine.num_actors=3", "judge.engine.batch_size=4", "eval.engine.num_cpus_per_actor=0.25"])
-    assert P.stage_hashes(moved, P.stages_for(moved)) == ha  # where engines run, not what they compute
+    moved = load_config(
+        None,
+        [
+            "teacher.engine.num_actors=3",
+            "judge.engine.batch_size=4",
+            "eval.engine.num_cpus_per_actor=0.25",
+        ],
+    )
+    assert (
+        P.stage_hashes(moved, P.stages_for(moved)) == ha
+    )  # where engines run, not what they compute
     longer = load_config(None, ["align.engine.max_model_len=4096"])
     hl = P.stage_hashes(longer, P.stages_for(longer))
     assert [s for s in ha if ha[s] == hl[s]] == ["problems", "teacher", "truncate"]
@@ -51,7 +84,9 @@ def test_method_is_hashed_only_into_the_stages_it_changes():
         assert h["problems"] == hb["problems"] and h["teacher"] == hb["teacher"], method
         assert h["sft_data"] != hb["sft_data"], method
     prefix = P.effective_config(load_config(None, ["run.method=prefix_only"]))
-    assert P.stage_hashes(prefix, P.stages_for(prefix))["truncate"] == hb["truncate"]  # same judge, same cuts
+    assert (
+        P.stage_hashes(prefix, P.stages_for(prefix))["truncate"] == hb["truncate"]
+    )  # same judge, same cuts
 
 
 def test_sft_model_change_invalidates_the_shards():
@@ -85,18 +120,27 @@ def test_stage_refuses_input_made_under_another_config(tmp_path):
     h_old = P.stage_hashes(old, P.stages_for(old))
     for name in ("problems", "teacher", "truncate"):
         _done(StageDir(tmp_path / name), h_old[name], [{"problem_id": "a"}])
-    with pytest.raises(P.PipelineError, match=r"'align' needs the output of 'truncate', which was made under another config"):
+    with pytest.raises(
+        P.PipelineError,
+        match=r"'align' needs the output of 'truncate', which was made under another config",
+    ):
         P.run_pipeline(new, ["align"])
     assert not (tmp_path / "align" / "manifest.json").exists()
-    with pytest.raises(P.PipelineError, match=r"'train' needs the output of 'sft_data', which has not finished"):
+    with pytest.raises(
+        P.PipelineError, match=r"'train' needs the output of 'sft_data', which has not finished"
+    ):
         P.run_pipeline(new, ["train"])
 
 
 def test_empty_stage_stops_with_reasons(tmp_path):
     sd = StageDir(tmp_path / "t")
     P._prepare(sd, "h")
-    sd.write_part([], [{"stage": "t", "problem_id": r, "reason": "wrong_answer", "detail": ""} for r in "ab"])
-    with pytest.raises(P.PipelineError, match=r"stage 't' produced no output rows.*wrong_answer': 2"):
+    sd.write_part(
+        [], [{"stage": "t", "problem_id": r, "reason": "wrong_answer", "detail": ""} for r in "ab"]
+    )
+    with pytest.raises(
+        P.PipelineError, match=r"stage 't' produced no output rows.*wrong_answer': 2"
+    ):
         P._check_not_empty("t", sd)
 
 
@@ -122,25 +166,49 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
     """Every stage for real (Ray Data + vLLM, Ray Train + DeepSpeed) on the tiny model; a rerun skips all."""
     import json
 
-    over = [f"run.run_dir={tmp_path / 'run'}", "run.method=prefix_only", "problems.num_problems=4",
-            "teacher.num_samples=1", "teacher.max_tokens=8", "teacher.use_reference_solutions=true",
-            "sft.max_steps=1", "sft.num_workers=2", "eval.num_problems=2", "eval.num_samples=1", "eval.max_tokens=8",
-            "ray.num_cpus=4"] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
+    over = [
+        f"run.run_dir={tmp_path / 'run'}",
+        "run.method=prefix_only",
+        "problems.num_problems=4",
+        "teacher.num_samples=1",
+        "teacher.max_tokens=8",
+        "teacher.use_reference_solutions=true",
+        "sft.max_steps=1",
+        "sft.num_workers=2",
+        "eval.num_problems=2",
+        "eval.num_samples=1",
+        "eval.max_tokens=8",
+        "ray.num_cpus=4",
+    ] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
     cfg = load_config(None, over)
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
         manifests = P.run_pipeline(cfg)
-    released = [r.getMessage().split(":")[0] for r in caplog.records if "engines released" in r.getMessage()]
-    assert released == ["stage teacher", "stage truncate", "stage eval"]  # each engine stage handed its CPUs back
+    released = [
+        r.getMessage().split(":")[0] for r in caplog.records if "engines released" in r.getMessage()
+    ]
+    assert released == [
+        "stage teacher",
+        "stage truncate",
+        "stage eval",
+    ]  # each engine stage handed its CPUs back
     assert list(manifests) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
     for name in ("problems", "teacher", "truncate"):
         assert manifests[name]["num_output"] + manifests[name]["num_quarantined"] == 4
     assert manifests["sft_data"]["num_output"] > 0
     run = tmp_path / "run"
     assert (run / "train" / "model" / "model.safetensors").is_file()
-    assert (run / "eval" / "trained" / "metrics.json").is_file() and (run / "eval" / "base" / "metrics.json").is_file()
+    assert (run / "eval" / "trained" / "metrics.json").is_file() and (
+        run / "eval" / "base" / "metrics.json"
+    ).is_file()
     report = (run / "report.md").read_text()
-    assert "Rows per stage" in report and "Cost per accepted SFT example" in report and "(trained)" in report
+    assert (
+        "Rows per stage" in report
+        and "Cost per accepted SFT example" in report
+        and "(trained)" in report
+    )
     before = {p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")}
     again = P.run_pipeline(cfg)
-    assert {p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")} == before  # nothing recomputed
+    assert {
+        p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")
+    } == before  # nothing recomputed
     assert json.dumps(again, sort_keys=True) == json.dumps(manifests, sort_keys=True)

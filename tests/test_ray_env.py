@@ -14,7 +14,9 @@ def test_nothing_to_wait_for_without_a_baseline():
     assert wait_for_release({}) == 0.0
 
 
-def test_wait_times_out_while_an_actor_holds_its_cpu_then_returns_when_it_exits(ray_session, caplog):
+def test_wait_times_out_while_an_actor_holds_its_cpu_then_returns_when_it_exits(
+    ray_session, caplog
+):
     ray = ray_session
     before = free_resources()
 
@@ -40,9 +42,17 @@ def test_generation_pool_is_gone_after_the_stage(ray_session, tiny_model):
 
     before = free_resources()
     items = [{R.PROBLEM_ID: str(i), R.PROMPT: f"count to {i}"} for i in range(4)]
-    rows = [r for batch in generate_batches(items, model=tiny_model, engine=EngineConfig(max_model_len=512, max_num_seqs=8),
-                                            ray_cfg=RayConfig(num_cpus=4, num_cpus_per_actor=0.5, batch_size=2),
-                                            sampling=SamplingSpec(max_tokens=4, temperature=0.0)) for r in batch]
+    rows = [
+        r
+        for batch in generate_batches(
+            items,
+            model=tiny_model,
+            engine=EngineConfig(max_model_len=512, max_num_seqs=8),
+            ray_cfg=RayConfig(num_cpus=4, num_cpus_per_actor=0.5, batch_size=2),
+            sampling=SamplingSpec(max_tokens=4, temperature=0.0),
+        )
+        for r in batch
+    ]
     assert sorted(r[R.PROBLEM_ID] for r in rows) == ["0", "1", "2", "3"]
     waited = wait_for_release(before, timeout_s=120.0)
     assert waited < 120.0 and free_resources()["CPU"] >= before["CPU"]

@@ -39,20 +39,30 @@ def _half_writing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pq, "write_table", crash)
 
 
-def test_crash_mid_parquet_write_leaves_no_visible_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_mid_parquet_write_leaves_no_visible_part(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sd = StageDir(tmp_path / "stage")
     sd.write_part([{R.PROBLEM_ID: "a", "x": 1}], [])
     _half_writing(monkeypatch)
     with pytest.raises(OSError, match="disk died"):
-        sd.write_part([{R.PROBLEM_ID: "b", "x": 2}], [{R.STAGE: "s", R.PROBLEM_ID: "c", R.REASON: "r", R.DETAIL: ""}])
+        sd.write_part(
+            [{R.PROBLEM_ID: "b", "x": 2}],
+            [{R.STAGE: "s", R.PROBLEM_ID: "c", R.REASON: "r", R.DETAIL: ""}],
+        )
     with pytest.raises(OSError):
         write_parquet(tmp_path / "plain.parquet", [{"a": 1}])
     monkeypatch.undo()
     visible = sorted(p.relative_to(sd.root).as_posix() for p in sd.root.rglob("*") if p.is_file())
     part = sd.commits()[0]["part"]
     # the good part (file + commit marker) and the crashed part's first file, which no marker names: invisible
-    assert [v for v in visible if not v.startswith("quarantine/")] == [f"commits/{part}.json", f"{part}.parquet"]
-    assert len(sd.commits()) == 1 and not [v for v in visible if "/.tmp-" in v or v.startswith(".tmp-")]
+    assert [v for v in visible if not v.startswith("quarantine/")] == [
+        f"commits/{part}.json",
+        f"{part}.parquet",
+    ]
+    assert len(sd.commits()) == 1 and not [
+        v for v in visible if "/.tmp-" in v or v.startswith(".tmp-")
+    ]
     assert not (tmp_path / "plain.parquet").exists() and not list(tmp_path.glob(TMP_PREFIX + "*"))
     assert [r[R.PROBLEM_ID] for r in sd.output_rows()] == ["a"] and sd.quarantine_rows() == []
     assert not sd.manifest_path.exists()
@@ -61,7 +71,9 @@ def test_crash_mid_parquet_write_leaves_no_visible_part(tmp_path: Path, monkeypa
 def test_readers_ignore_leftover_tmp_files(tmp_path: Path) -> None:
     """A SIGKILL between write and rename leaves a .tmp- file: no reader may see it."""
     sd = StageDir(tmp_path / "stage")
-    sd.write_part([{R.PROBLEM_ID: "a"}], [{R.STAGE: "s", R.PROBLEM_ID: "q", R.REASON: "r", R.DETAIL: ""}])
+    sd.write_part(
+        [{R.PROBLEM_ID: "a"}], [{R.STAGE: "s", R.PROBLEM_ID: "q", R.REASON: "r", R.DETAIL: ""}]
+    )
     good = next(sd.root.glob("part-*.parquet")).read_bytes()
     (sd.root / f"{TMP_PREFIX}abc.parquet").write_bytes(good[: len(good) // 2])  # truncated Parquet
     (sd.root / f"{TMP_PREFIX}def.parquet").write_bytes(good)  # complete but never renamed
@@ -86,7 +98,9 @@ def _my_judge_workers() -> list[tuple[int, str]]:
         if "PartUDF" not in cmd:
             continue
         try:
-            if me in {a.pid for a in p.parents()}:  # never touch another developer's Ray on a shared box
+            if me in {
+                a.pid for a in p.parents()
+            }:  # never touch another developer's Ray on a shared box
                 found.append((p.info["pid"], cmd.strip()))  # Ray pads the title with spaces
         except psutil.Error:
             continue
@@ -105,7 +119,11 @@ class ActorKiller(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             # Ray titles a worker "ray::MapWorker(MapBatches(PartUDF)).<method>" while it runs a method
-            busy = [(pid, t) for pid, t in _my_judge_workers() if ")." in t and not t.endswith(".__init__")]
+            busy = [
+                (pid, t)
+                for pid, t in _my_judge_workers()
+                if ")." in t and not t.endswith(".__init__")
+            ]
             if busy:
                 time.sleep(self.delay_s)  # let the first round's engine call get going
                 pid, title = busy[0]
@@ -119,9 +137,15 @@ class ActorKiller(threading.Thread):
 
 
 def _traces(n: int) -> list[dict[str, Any]]:
-    return [{R.PROBLEM_ID: f"k{i}", R.QUESTION: f"What is {i} + {i + 1}?",
-             R.COT: " ".join(f"Step {j}: we combine {i} and {j} carefully." for j in range(1, 9)), R.ANSWER: str(2 * i + 1)}
-            for i in range(n)]
+    return [
+        {
+            R.PROBLEM_ID: f"k{i}",
+            R.QUESTION: f"What is {i} + {i + 1}?",
+            R.COT: " ".join(f"Step {j}: we combine {i} and {j} carefully." for j in range(1, 9)),
+            R.ANSWER: str(2 * i + 1),
+        }
+        for i in range(n)
+    ]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -138,12 +162,14 @@ def _comparable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_judge_actor_killed_mid_round_loses_nothing(ray_session, tiny_model: str) -> None:
     from palign_ray.judge.stage import truncate_rows
 
-    cfg = config_from_dict({
-        "judge": {"model": tiny_model, "search": "binary", "verdict": "logprob"},
-        "engine": {"max_model_len": 1024, "max_num_seqs": 16},
-        "ray": {"num_actors": 1, "num_cpus_per_actor": 0.5, "batch_size": 8},
-        "run": {"seed": 7},
-    })
+    cfg = config_from_dict(
+        {
+            "judge": {"model": tiny_model, "search": "binary", "verdict": "logprob"},
+            "engine": {"max_model_len": 1024, "max_num_seqs": 16},
+            "ray": {"num_actors": 1, "num_cpus_per_actor": 0.5, "batch_size": 8},
+            "run": {"seed": 7},
+        }
+    )
     rows = _traces(8)
     ref_out, ref_bad, ref_summary = truncate_rows(rows, cfg)
     assert len(ref_out) + len(ref_bad) == len(rows)
@@ -160,27 +186,55 @@ def test_judge_actor_killed_mid_round_loses_nothing(ray_session, tiny_model: str
     assert killer.killed is not None, "the judge actor was never seen running a batch"
     ids = [r[R.PROBLEM_ID] for r in out] + [q[R.PROBLEM_ID] for q in bad]
     assert sorted(ids) == sorted(r[R.PROBLEM_ID] for r in rows)  # each exactly once
-    diffs = {(a[R.PROBLEM_ID], k): (a[k], b[k]) for a, b in zip(_comparable(out), _comparable(ref_out), strict=True)
-             for k in a if not _same(a[k], b[k])}
+    diffs = {
+        (a[R.PROBLEM_ID], k): (a[k], b[k])
+        for a, b in zip(_comparable(out), _comparable(ref_out), strict=True)
+        for k in a
+        if not _same(a[k], b[k])
+    }
     assert not diffs and bad == ref_bad, diffs  # same seeds → same results
-    print(f"killed pid {killer.killed[0]} titled {killer.killed[1]!r}; rerun wall {wall:.1f}s; out={len(out)} quarantined={len(bad)}; "
-          f"engine_calls ref={ref_summary['engine_calls']} faulted={summary['engine_calls']}")
+    print(
+        f"killed pid {killer.killed[0]} titled {killer.killed[1]!r}; rerun wall {wall:.1f}s; out={len(out)} quarantined={len(bad)}; "
+        f"engine_calls ref={ref_summary['engine_calls']} faulted={summary['engine_calls']}"
+    )
 
 
 # --------------------------------------------------------------------------- driver killed
 
 
 def _run_cmd(run_dir: Path, tiny_model: str) -> list[str]:
-    return [sys.executable, "-m", "palign_ray", "run", "--stages", "problems,teacher,truncate",
-            f"run.run_dir={run_dir}", "run.chunk_size=2", "problems.source=builtin", "problems.num_problems=8",
-            f"teacher.model={tiny_model}", "teacher.use_reference_solutions=true", "teacher.num_samples=1",
-            "teacher.max_tokens=8", f"judge.model={tiny_model}", "judge.search=binary", "engine.max_model_len=1024",
-            "ray.num_cpus=2", "ray.num_actors=1", "ray.num_cpus_per_actor=0.5"]
+    return [
+        sys.executable,
+        "-m",
+        "palign_ray",
+        "run",
+        "--stages",
+        "problems,teacher,truncate",
+        f"run.run_dir={run_dir}",
+        "run.chunk_size=2",
+        "problems.source=builtin",
+        "problems.num_problems=8",
+        f"teacher.model={tiny_model}",
+        "teacher.use_reference_solutions=true",
+        "teacher.num_samples=1",
+        "teacher.max_tokens=8",
+        f"judge.model={tiny_model}",
+        "judge.search=binary",
+        "engine.max_model_len=1024",
+        "ray.num_cpus=2",
+        "ray.num_actors=1",
+        "ray.num_cpus_per_actor=0.5",
+    ]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    return {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO),
+    }
 
 
 _VOLATILE = ("wall_s", "judge_s", "_source_line")
@@ -188,8 +242,10 @@ _VOLATILE = ("wall_s", "judge_s", "_source_line")
 
 def _stage_rows(run_dir: Path, stage: str) -> tuple[list[dict], list[dict]]:
     sd = StageDir(run_dir / stage)
-    clean = lambda rows: sorted(({k: v for k, v in r.items() if k not in _VOLATILE} for r in rows),  # noqa: E731
-                                key=lambda r: r[R.PROBLEM_ID])
+    clean = lambda rows: sorted(  # noqa: E731
+        ({k: v for k, v in r.items() if k not in _VOLATILE} for r in rows),
+        key=lambda r: r[R.PROBLEM_ID],
+    )
     return clean(sd.output_rows()), clean(sd.quarantine_rows())
 
 
@@ -212,12 +268,24 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
     logs = tmp_path / "logs"
     logs.mkdir()
-    ref = subprocess.run(_run_cmd(ref_dir, tiny_model), env=_env(), cwd=tmp_path, timeout=600,
-                         stdout=open(logs / "ref.out", "w"), stderr=subprocess.STDOUT)
+    ref = subprocess.run(
+        _run_cmd(ref_dir, tiny_model),
+        env=_env(),
+        cwd=tmp_path,
+        timeout=600,
+        stdout=open(logs / "ref.out", "w"),
+        stderr=subprocess.STDOUT,
+    )
     assert ref.returncode == 0, (logs / "ref.out").read_text()[-3000:]
 
-    proc = subprocess.Popen(_run_cmd(run_dir, tiny_model), env=_env(), cwd=tmp_path, start_new_session=True,
-                            stdout=open(logs / "first.out", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        _run_cmd(run_dir, tiny_model),
+        env=_env(),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=open(logs / "first.out", "w"),
+        stderr=subprocess.STDOUT,
+    )
     teacher = StageDir(run_dir / "teacher")
     try:
         deadline = time.monotonic() + 500
@@ -225,7 +293,10 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
             if list(teacher.root.glob("part-*.parquet")) and not teacher.manifest_path.exists():
                 break
             time.sleep(0.1)
-        assert proc.poll() is None, "the run finished before it could be killed:\n" + (logs / "first.out").read_text()[-3000:]
+        assert proc.poll() is None, (
+            "the run finished before it could be killed:\n"
+            + (logs / "first.out").read_text()[-3000:]
+        )
         proc.send_signal(signal.SIGKILL)  # the driver only, as a preempted head process would die
     finally:
         _kill_group(proc)
@@ -234,24 +305,39 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
     summaries_before = set(_summaries(run_dir, "teacher"))
     assert 0 < len(done_before) < 8
 
-    again = subprocess.run(_run_cmd(run_dir, tiny_model), env=_env(), cwd=tmp_path, timeout=600,
-                           stdout=open(logs / "second.out", "w"), stderr=subprocess.STDOUT)
+    again = subprocess.run(
+        _run_cmd(run_dir, tiny_model),
+        env=_env(),
+        cwd=tmp_path,
+        timeout=600,
+        stdout=open(logs / "second.out", "w"),
+        stderr=subprocess.STDOUT,
+    )
     assert again.returncode == 0, (logs / "second.out").read_text()[-3000:]
 
     # finished chunks were not recomputed: the rerun's chunk summaries cover exactly the missing problems
     new = {k: v for k, v in _summaries(run_dir, "teacher").items() if k not in summaries_before}
     assert sum(s["num_input"] for s in new.values()) == 8 - len(done_before)
-    assert json.loads((run_dir / "teacher" / "manifest.json").read_text())["engine_starts"] == 1  # one actor, one start
+    assert (
+        json.loads((run_dir / "teacher" / "manifest.json").read_text())["engine_starts"] == 1
+    )  # one actor, one start
     assert json.loads((run_dir / "problems" / "manifest.json").read_text())["num_output"] == 8
     for stage in ("teacher", "truncate"):
         out, quar = _stage_rows(run_dir, stage)
         ids = [r[R.PROBLEM_ID] for r in out + quar]
         assert len(ids) == len(set(ids)) == 8, (stage, ids)  # no duplicates, nothing lost
         ref_out, ref_quar = _stage_rows(ref_dir, stage)
-        diffs = {(a[R.PROBLEM_ID], k): (a[k], b[k]) for a, b in zip(out, ref_out, strict=True) for k in a if not _same(a[k], b[k])}
+        diffs = {
+            (a[R.PROBLEM_ID], k): (a[k], b[k])
+            for a, b in zip(out, ref_out, strict=True)
+            for k in a
+            if not _same(a[k], b[k])
+        }
         assert not diffs and quar == ref_quar, (stage, diffs)  # same as the uninterrupted run
         assert not list((run_dir / stage).rglob(TMP_PREFIX + "*")), stage
-    print(f"killed after {len(done_before)} teacher rows; rerun processed {8 - len(done_before)} in {len(new)} chunks")
+    print(
+        f"killed after {len(done_before)} teacher rows; rerun processed {8 - len(done_before)} in {len(new)} chunks"
+    )
 
 
 # --------------------------------------------------------------------------- driver killed in the later stages
@@ -259,21 +345,49 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
 
 def _late_cmd(run_dir: Path) -> list[str]:
     """The default config, small: SmolLM2 as teacher/judge/student (the tiny random model accepts no continuation)."""
-    return [sys.executable, "-m", "palign_ray", "run", str(REPO / "jobs" / "configs" / "default.yaml"),
-            f"run.run_dir={run_dir}", "run.chunk_size=2", "problems.num_problems=8", "teacher.num_samples=1",
-            "teacher.max_tokens=16", "align.num_samples=4", "align.max_tokens=192", "sft.packing=false",
-            "sft.micro_batch_size=1", "sft.max_steps=4", "sft.checkpoint_every=1", "eval.num_problems=4",
-            "eval.num_samples=2", "eval.max_tokens=64", "ray.num_cpus=2"]
+    return [
+        sys.executable,
+        "-m",
+        "palign_ray",
+        "run",
+        str(REPO / "jobs" / "configs" / "default.yaml"),
+        f"run.run_dir={run_dir}",
+        "run.chunk_size=2",
+        "problems.num_problems=8",
+        "teacher.num_samples=1",
+        "teacher.max_tokens=16",
+        "align.num_samples=4",
+        "align.max_tokens=192",
+        "sft.packing=false",
+        "sft.micro_batch_size=1",
+        "sft.max_steps=4",
+        "sft.checkpoint_every=1",
+        "eval.num_problems=4",
+        "eval.num_samples=2",
+        "eval.max_tokens=64",
+        "ray.num_cpus=2",
+    ]
 
 
-def _kill_when(cmd: list[str], cwd: Path, log: Path, ready: Any, what: str, timeout_s: float = 600) -> None:
+def _kill_when(
+    cmd: list[str], cwd: Path, log: Path, ready: Any, what: str, timeout_s: float = 600
+) -> None:
     """Start `palign run`, SIGKILL the driver (and its local Ray) as soon as `ready()` holds."""
-    proc = subprocess.Popen(cmd, env=_env(), cwd=cwd, start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd,
+        env=_env(),
+        cwd=cwd,
+        start_new_session=True,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and proc.poll() is None and not ready():
             time.sleep(0.1)
-        assert proc.poll() is None, f"the run ended before it could be killed {what}:\n" + log.read_text()[-3000:]
+        assert proc.poll() is None, (
+            f"the run ended before it could be killed {what}:\n" + log.read_text()[-3000:]
+        )
         assert ready(), f"timed out waiting to kill {what}"
         proc.send_signal(signal.SIGKILL)
     finally:
@@ -281,7 +395,9 @@ def _kill_when(cmd: list[str], cwd: Path, log: Path, ready: Any, what: str, time
 
 
 def _finish(cmd: list[str], cwd: Path, log: Path) -> None:
-    done = subprocess.run(cmd, env=_env(), cwd=cwd, timeout=900, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    done = subprocess.run(
+        cmd, env=_env(), cwd=cwd, timeout=900, stdout=open(log, "w"), stderr=subprocess.STDOUT
+    )
     assert done.returncode == 0, log.read_text()[-3000:]
 
 
@@ -291,7 +407,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
-def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_path: Path, default_model: str) -> None:
+def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
+    tmp_path: Path, default_model: str
+) -> None:
     """Kill `palign run` mid-align, mid-training and mid-eval; each rerun continues, the end equals an uninterrupted run."""
     import shutil
 
@@ -307,18 +425,31 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_
     cmd = _late_cmd(run_dir)
 
     align, train, ev = StageDir(run_dir / "align"), run_dir / "train", run_dir / "eval"
-    _kill_when(cmd, tmp_path, logs / "1.out", lambda: bool(list(align.root.glob("part-*.parquet"))), "mid-align")
+    _kill_when(
+        cmd,
+        tmp_path,
+        logs / "1.out",
+        lambda: bool(list(align.root.glob("part-*.parquet"))),
+        "mid-align",
+    )
     assert not align.manifest_path.exists()
     done_before, summaries_before = align.done_ids(), set(_summaries(run_dir, "align"))
     assert 0 < len(done_before) < 8
 
     ckpts = run_dir_of(train / "model")
-    _kill_when(cmd, tmp_path, logs / "2.out",
-               lambda: (latest_complete_checkpoint(ckpts) if ckpts.is_dir() else None) is not None, "mid-training")
+    _kill_when(
+        cmd,
+        tmp_path,
+        logs / "2.out",
+        lambda: (latest_complete_checkpoint(ckpts) if ckpts.is_dir() else None) is not None,
+        "mid-training",
+    )
     assert not (train / "manifest.json").exists()
     killed_at_step = checkpoint_step(latest_complete_checkpoint(ckpts))
     new = {k: v for k, v in _summaries(run_dir, "align").items() if k not in summaries_before}
-    assert sum(s["num_input"] for s in new.values()) == 8 - len(done_before)  # finished align parts not redone
+    assert sum(s["num_input"] for s in new.values()) == 8 - len(
+        done_before
+    )  # finished align parts not redone
 
     _kill_when(cmd, tmp_path, logs / "3.out", lambda: (ev / "base" / ".done").is_file(), "mid-eval")
     assert not (ev / "manifest.json").exists()
@@ -331,17 +462,28 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(tmp_
     assert metrics["num_steps"] == ref_metrics["num_steps"] == 4
     assert metrics["restarts"], "the rerun should have continued from a checkpoint"
     assert [h["step"] for h in metrics["history"]] == [h["step"] for h in ref_metrics["history"]]
-    assert [h["loss"] for h in metrics["history"]] == pytest.approx([h["loss"] for h in ref_metrics["history"]], rel=1e-4)
+    assert [h["loss"] for h in metrics["history"]] == pytest.approx(
+        [h["loss"] for h in ref_metrics["history"]], rel=1e-4
+    )
     out, quar = _stage_rows(run_dir, "align")
-    samples = [(r[R.PROBLEM_ID], r["sample_index"]) for r in out + quar]  # one row per continuation sample
+    samples = [
+        (r[R.PROBLEM_ID], r["sample_index"]) for r in out + quar
+    ]  # one row per continuation sample
     assert len(samples) == len(set(samples)) == 8 * 4, samples  # no duplicates, nothing lost
     ref_out, ref_quar = _stage_rows(ref_dir, "align")
     by_sample = lambda rows: sorted(rows, key=lambda r: (r[R.PROBLEM_ID], r["sample_index"]))  # noqa: E731
     assert by_sample(out) == by_sample(ref_out) and by_sample(quar) == by_sample(ref_quar)
-    shard_rows = lambda d: sorted(map(json.dumps, read_rows(str(d / "sft_data" / "shards"), "t")[0]))  # noqa: E731
+    shard_rows = lambda d: sorted(  # noqa: E731
+        map(json.dumps, read_rows(str(d / "sft_data" / "shards"), "t")[0])
+    )
     assert shard_rows(run_dir) == shard_rows(ref_dir)
     for which in ("base", "trained"):
-        got, ref = _jsonl(ev / which / "samples.jsonl"), _jsonl(ref_dir / "eval" / which / "samples.jsonl")
+        got, ref = (
+            _jsonl(ev / which / "samples.jsonl"),
+            _jsonl(ref_dir / "eval" / which / "samples.jsonl"),
+        )
         assert got == ref, which
-    print(f"align: killed after {len(done_before)}/8 problems; train: killed at checkpoint step {killed_at_step}, "
-          f"restarts {metrics['restarts']}; losses {[h['loss'] for h in metrics['history']]}")
+    print(
+        f"align: killed after {len(done_before)}/8 problems; train: killed at checkpoint step {killed_at_step}, "
+        f"restarts {metrics['restarts']}; losses {[h['loss'] for h in metrics['history']]}"
+    )

@@ -87,7 +87,11 @@ def test_hub_cache_lookup_never_fetches_pickle_files() -> None:
     patterns = re.search(r"allow_patterns=\[([^\]]*)\]", src)
     assert patterns is not None
     assert "safetensors" in patterns.group(1)
-    assert ".bin" not in patterns.group(1) and ".pt" not in patterns.group(1) and "*\"" not in patterns.group(1)
+    assert (
+        ".bin" not in patterns.group(1)
+        and ".pt" not in patterns.group(1)
+        and '*"' not in patterns.group(1)
+    )
     assert "local_files_only=True" in src
 
 
@@ -99,7 +103,9 @@ def test_package_never_uses_a_shell() -> None:
     for py in sorted([*(REPO / "palign_ray").rglob("*.py"), *(REPO / "jobs").rglob("*.py")]):
         for n, line in enumerate(py.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]
-            if re.search(r"shell\s*=\s*True|os\.system\(|os\.popen\(|commands\.getoutput|pty\.spawn", code):
+            if re.search(
+                r"shell\s*=\s*True|os\.system\(|os\.popen\(|commands\.getoutput|pty\.spawn", code
+            ):
                 offenders.append(f"{py.relative_to(REPO)}:{n}: {line.strip()}")
     assert not offenders, offenders
 
@@ -107,8 +113,9 @@ def test_package_never_uses_a_shell() -> None:
 SHELLY = "$(touch pwned)`touch pwned2`;touch pwned3"
 
 
-def test_paths_with_shell_syntax_are_used_literally(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_paths_with_shell_syntax_are_used_literally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import pyarrow.parquet as pq
 
     from palign_ray.cli import main
@@ -118,9 +125,33 @@ def test_paths_with_shell_syntax_are_used_literally(tmp_path: Path, monkeypatch:
     weird = tmp_path / SHELLY
     weird.mkdir()
     src = weird / "in $(touch pwned4).jsonl"
-    src.write_text(json.dumps({"id": "a", "question": "What is 1+1?", "cot": "One and one. That is two.", "answer": "2"}) + "\n")
+    src.write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "question": "What is 1+1?",
+                "cot": "One and one. That is two.",
+                "answer": "2",
+            }
+        )
+        + "\n"
+    )
     out = weird / "out `touch pwned5`.parquet"
-    assert main(["truncate", "--input", str(src), "--output", str(out), "--id-field", "id", "judge.search=fixed_ratio"]) == 0
+    assert (
+        main(
+            [
+                "truncate",
+                "--input",
+                str(src),
+                "--output",
+                str(out),
+                "--id-field",
+                "id",
+                "judge.search=fixed_ratio",
+            ]
+        )
+        == 0
+    )
     assert [r["problem_id"] for r in pq.read_table(out).to_pylist()] == ["a"]
     model = _model_dir(weird, "model $(touch pwned6)", ("model.safetensors",))
     assert resolve_model(str(model)) == str(model.resolve())
@@ -133,7 +164,9 @@ def test_paths_with_shell_syntax_are_used_literally(tmp_path: Path, monkeypatch:
 # --------------------------------------------------------------------------- the job entry point
 
 
-def test_job_entry_point_refuses_an_unknown_config_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_job_entry_point_refuses_an_unknown_config_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from jobs.distill import main
 
     cfg = tmp_path / "job.yaml"

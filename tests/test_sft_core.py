@@ -22,20 +22,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(model: str, zero_stage: int, world: int, tmp: Path, export: bool = True, lora: bool = False,
-              steps: int = 2) -> list[dict]:
+def run_ranks(
+    model: str,
+    zero_stage: int,
+    world: int,
+    tmp: Path,
+    export: bool = True,
+    lora: bool = False,
+    steps: int = 2,
+) -> list[dict]:
     """Start `world` probe processes as one gloo group; returns each rank's JSON (load memory, losses, export)."""
     port, tag = _free_port(), f"z{zero_stage}{'l' if lora else ''}"
     procs = []
     for r in range(world):
-        env = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(r),
-                            "WORLD_SIZE": str(world), "LOCAL_RANK": str(r), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, str(PROBE), "--model", model, "--zero-stage", str(zero_stage),
-               "--out", str(tmp / f"{tag}-rank{r}.json")]
+        env = os.environ | {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": str(r),
+            "WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(r),
+            "OMP_NUM_THREADS": "1",
+        }
+        cmd = [
+            sys.executable,
+            str(PROBE),
+            "--model",
+            model,
+            "--zero-stage",
+            str(zero_stage),
+            "--out",
+            str(tmp / f"{tag}-rank{r}.json"),
+        ]
         cmd += ["--export-dir", str(tmp / f"{tag}-export")] if export else []
         cmd += ["--lora"] if lora else []
         cmd += ["--steps", str(steps)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     outs = [p.communicate(timeout=800)[0] for p in procs]
     for p, out in zip(procs, outs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -75,12 +100,16 @@ def test_zero3_loads_partitioned_smollm2_and_exports_in_bounded_memory(default_m
     Not asserted: the whole setup's peak (load + deepspeed.initialize). For a 135M model it is set by
     DeepSpeed's fp32 masters and its 50M-element buckets, and is about equal for both stages (README numbers).
     """
-    z2 = run_ranks(default_model, 2, 2, tmp_path, steps=1)  # bf16 steps are slow on CPU; the load is the point
+    z2 = run_ranks(
+        default_model, 2, 2, tmp_path, steps=1
+    )  # bf16 steps are slow on CPU; the load is the point
     z3 = run_ranks(default_model, 3, 2, tmp_path, steps=1)
     bf16_mb = sum(f.stat().st_size for f in Path(default_model).glob("*.safetensors")) / 2**20
     for r in range(2):
         assert z3[r]["load"]["partitioned_at_load"] and not z2[r]["load"]["partitioned_at_load"]
-        assert z3[r]["load"]["load_peak_increase_mb"] < 2 * bf16_mb, z3[r]["load"]  # an fp32 copy is 2x bf16
+        assert z3[r]["load"]["load_peak_increase_mb"] < 2 * bf16_mb, z3[r][
+            "load"
+        ]  # an fp32 copy is 2x bf16
     # The same weights and fp32 RoPE buffers: the same first-step loss (a bf16 inv_freq gave -0.5%).
     assert z3[0]["losses"] == pytest.approx(z2[0]["losses"], rel=1e-4)
     for run in (z2, z3):

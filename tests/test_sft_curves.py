@@ -20,11 +20,13 @@ def curves(logdir: Path) -> dict[str, dict[int, float]]:
     for f in sorted(logdir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime_ns):
         data, pos = f.read_bytes(), 0
         while pos < len(data):  # TFRecord: u64 length, u32 crc, payload, u32 crc
-            (n,) = struct.unpack("<Q", data[pos:pos + 8])
-            ev = Event.FromString(data[pos + 12:pos + 12 + n])
+            (n,) = struct.unpack("<Q", data[pos : pos + 8])
+            ev = Event.FromString(data[pos + 12 : pos + 12 + n])
             pos += 16 + n
             if ev.HasField("session_log") and ev.session_log.status == SessionLog.START:
-                for points in out.values():  # purge_step: hide what a killed attempt wrote from here on
+                for (
+                    points
+                ) in out.values():  # purge_step: hide what a killed attempt wrote from here on
                     for step in [s for s in points if s >= ev.step]:
                         del points[step]
             for v in ev.summary.value:
@@ -33,7 +35,13 @@ def curves(logdir: Path) -> dict[str, dict[int, float]]:
 
 
 def _rec(step: int, loss: float) -> dict:
-    return {"step": step, "loss": loss, "lr": 1e-4 * step, "grad_norm": math.nan, "tokens_per_s": 100.0 + step}
+    return {
+        "step": step,
+        "loss": loss,
+        "lr": 1e-4 * step,
+        "grad_norm": math.nan,
+        "tokens_per_s": 100.0 + step,
+    }
 
 
 def test_points_are_on_disk_at_once_and_a_resume_replaces_the_overlap(tmp_path):

@@ -29,14 +29,25 @@ def build_shards(out_dir: Path, tokenizer, pairs=PAIRS, num_files: int = 2, extr
     rows = []
     for n, (prompt, response) in enumerate(pairs):
         head = chat_ids(tokenizer, user_turn(prompt), add_generation_prompt=True)
-        full = chat_ids(tokenizer, user_turn(prompt) + [{"role": "assistant", "content": response}], add_generation_prompt=False)
-        assert full[:len(head)] == head, "chat template must extend the prompt"
+        full = chat_ids(
+            tokenizer,
+            user_turn(prompt) + [{"role": "assistant", "content": response}],
+            add_generation_prompt=False,
+        )
+        assert full[: len(head)] == head, "chat template must extend the prompt"
         # The response up to and including the end-of-turn token; the template's trailing newline is dropped.
         end = full.index(tokenizer.convert_tokens_to_ids("<|im_end|>"), len(head)) + 1
         ids = full[:end]
         mask = [0] * len(head) + [1] * (end - len(head))
-        rows.append({"problem_id": f"p{n}", "input_ids": ids, "loss_mask": mask, "num_tokens": len(ids),
-                     "num_loss_tokens": sum(mask)})
+        rows.append(
+            {
+                "problem_id": f"p{n}",
+                "input_ids": ids,
+                "loss_mask": mask,
+                "num_tokens": len(ids),
+                "num_loss_tokens": sum(mask),
+            }
+        )
     rows += list(extra_rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     for i in range(num_files):
@@ -44,19 +55,40 @@ def build_shards(out_dir: Path, tokenizer, pairs=PAIRS, num_files: int = 2, extr
         if part:
             import pyarrow as pa
 
-            schema = pa.schema([("problem_id", pa.string()), ("input_ids", pa.list_(pa.int32())),
-                                ("loss_mask", pa.list_(pa.int8())), ("num_tokens", pa.int32()), ("num_loss_tokens", pa.int32())])
+            schema = pa.schema(
+                [
+                    ("problem_id", pa.string()),
+                    ("input_ids", pa.list_(pa.int32())),
+                    ("loss_mask", pa.list_(pa.int8())),
+                    ("num_tokens", pa.int32()),
+                    ("num_loss_tokens", pa.int32()),
+                ]
+            )
             import pyarrow.parquet as pq
 
-            pq.write_table(pa.Table.from_pylist(part, schema=schema), out_dir / f"part-{i:03d}.parquet")
-    write_parquet(out_dir / ".tmp-ignored.parquet", [{"problem_id": "tmp"}])  # a partial write readers must skip
-    (out_dir / D.META_FILE).write_text(json.dumps({"model": "default", "chat_template": tokenizer.chat_template,
-                                                   "max_seq_len": 2048, "num_examples": len(rows)}))
+            pq.write_table(
+                pa.Table.from_pylist(part, schema=schema), out_dir / f"part-{i:03d}.parquet"
+            )
+    write_parquet(
+        out_dir / ".tmp-ignored.parquet", [{"problem_id": "tmp"}]
+    )  # a partial write readers must skip
+    (out_dir / D.META_FILE).write_text(
+        json.dumps(
+            {
+                "model": "default",
+                "chat_template": tokenizer.chat_template,
+                "max_seq_len": 2048,
+                "num_examples": len(rows),
+            }
+        )
+    )
     return out_dir
 
 
 def _ex(pid: str, n: int, first_loss: int = 2) -> D.Example:
-    return D.Example(pid, tuple(range(10, 10 + n)), tuple([0] * first_loss + [1] * (n - first_loss)))
+    return D.Example(
+        pid, tuple(range(10, 10 + n)), tuple([0] * first_loss + [1] * (n - first_loss))
+    )
 
 
 def test_validate_rows_quarantines_every_bad_row_and_sorts():
@@ -75,8 +107,13 @@ def test_validate_rows_quarantines_every_bad_row_and_sorts():
     assert len(examples) + len(bad) == len(rows)
     assert [e.problem_id for e in examples] == ["a", "b"]
     assert {b["problem_id"]: b["reason"] for b in bad} == {
-        "mismatch": "length_mismatch", "count": "length_mismatch", "noloss": "no_loss_tokens",
-        "long": "too_long", "badmask": "bad_loss_mask", "null": "missing_column"}
+        "mismatch": "length_mismatch",
+        "count": "length_mismatch",
+        "noloss": "no_loss_tokens",
+        "long": "too_long",
+        "badmask": "bad_loss_mask",
+        "null": "missing_column",
+    }
     assert "sft.max_seq_len=8" in next(b["detail"] for b in bad if b["problem_id"] == "long")
 
 
@@ -113,9 +150,19 @@ def test_pack_first_fit_respects_max_len_and_keeps_every_example():
 @pytest.mark.parametrize("world,mbs,gas", [(1, 1, 1), (2, 2, 1), (2, 1, 3), (3, 2, 2)])
 def test_plan_assigns_each_example_exactly_once(world, mbs, gas):
     lengths = [3, 9, 4, 7, 2, 8, 5, 6, 1, 9, 3]
-    plan = D.plan_epoch(lengths, seed=0, epoch=1, max_seq_len=10, packing=True, world_size=world,
-                        micro_batch_size=mbs, grad_accum_steps=gas)
-    seen = [i for step in plan.steps for micro in step for rank in micro for seq in rank for i in seq]
+    plan = D.plan_epoch(
+        lengths,
+        seed=0,
+        epoch=1,
+        max_seq_len=10,
+        packing=True,
+        world_size=world,
+        micro_batch_size=mbs,
+        grad_accum_steps=gas,
+    )
+    seen = [
+        i for step in plan.steps for micro in step for rank in micro for seq in rank for i in seq
+    ]
     assert sorted(seen) == list(range(len(lengths)))
     for step in plan.steps:
         assert len(step) == gas and all(len(micro) == world for micro in step)
@@ -166,23 +213,34 @@ def test_packed_loss_equals_unpacked_loss(tiny_model, tokenizer, tmp_path):
     assert not bad and len(examples) == len(PAIRS)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    for layer in model.model.layers:  # random tiny weights are near-uniform; sharpen attention so leaks show
+    for layer in (
+        model.model.layers
+    ):  # random tiny weights are near-uniform; sharpen attention so leaks show
         layer.self_attn.q_proj.weight.data.mul_(8.0)
 
     def token_losses(seqs, impl):
         model.config._attn_implementation = impl
         b = D.collate(seqs, examples, pad_id=tokenizer.pad_token_id)
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor(b["input_ids"]), position_ids=torch.tensor(b["position_ids"]),
-                           use_cache=False).logits
+            logits = model(
+                input_ids=torch.tensor(b["input_ids"]),
+                position_ids=torch.tensor(b["position_ids"]),
+                use_cache=False,
+            ).logits
         labels = torch.tensor(b["labels"])[:, 1:]
-        losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                 ignore_index=D.IGNORE_INDEX, reduction="none")
+        losses = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=D.IGNORE_INDEX,
+            reduction="none",
+        )
         return losses[labels.reshape(-1) != D.IGNORE_INDEX]
 
     for impl in ("sdpa", "eager"):
         unpacked = torch.cat([token_losses(((i,),), impl) for i in range(len(examples))])
-        packed = token_losses(((0, 1, 2), (3, 4), (5, 6, 7)), impl)  # 3 sequences, right-padded to one width
+        packed = token_losses(
+            ((0, 1, 2), (3, 4), (5, 6, 7)), impl
+        )  # 3 sequences, right-padded to one width
         assert packed.shape == unpacked.shape
         assert torch.allclose(packed, unpacked, atol=1e-5), (impl, (packed - unpacked).abs().max())
         # Same positions but a plain 2D mask (which switches off packed-sequence detection): attention
@@ -190,8 +248,15 @@ def test_packed_loss_equals_unpacked_loss(tiny_model, tokenizer, tmp_path):
         b = D.collate(((0, 1, 2),), examples, pad_id=tokenizer.pad_token_id)
         ids, pos = torch.tensor(b["input_ids"]), torch.tensor(b["position_ids"])
         with torch.no_grad():
-            leaky = model(input_ids=ids, position_ids=pos, attention_mask=torch.ones_like(ids), use_cache=False).logits
+            leaky = model(
+                input_ids=ids,
+                position_ids=pos,
+                attention_mask=torch.ones_like(ids),
+                use_cache=False,
+            ).logits
             fair = model(input_ids=ids, position_ids=pos, use_cache=False).logits
         n0 = examples[0].num_tokens
-        assert torch.allclose(leaky[0, :n0], fair[0, :n0], atol=1e-5)  # first example: causal anyway
+        assert torch.allclose(
+            leaky[0, :n0], fair[0, :n0], atol=1e-5
+        )  # first example: causal anyway
         assert not torch.allclose(leaky[0, n0:], fair[0, n0:], atol=1e-3)

@@ -21,7 +21,9 @@ def test_default_is_zero2_bf16_with_batch_arithmetic():
     assert d["train_batch_size"] == 4 * 3 * 2
     assert d["train_micro_batch_size_per_gpu"] == 4 and d["gradient_accumulation_steps"] == 3
     assert d["gradient_clipping"] == 0.5
-    assert "optimizer" not in d and "scheduler" not in d  # client AdamW + LambdaLR, no JIT-built Adam
+    assert (
+        "optimizer" not in d and "scheduler" not in d
+    )  # client AdamW + LambdaLR, no JIT-built Adam
 
 
 def test_zero3_offload_fp32_on_cpu():
@@ -41,10 +43,13 @@ def test_gpu_offload_uses_pinned_memory_and_ds_cpu_adam():
     assert "zero_force_ds_cpu_optimizer" not in d
 
 
-@pytest.mark.parametrize("bad,match", [
-    (dict(zero_stage=1), "zero_stage=1"),
-    (dict(precision="fp32"), "precision"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (dict(zero_stage=1), "zero_stage=1"),
+        (dict(precision="fp32"), "precision"),
+    ],
+)
 def test_rejects_bad_settings(bad, match):
     with pytest.raises(ValueError, match=match):
         ds_config(dataclasses.replace(SFTConfig(), **bad), world_size=2, on_gpu=True)
@@ -58,7 +63,9 @@ def test_deepspeed_accepts_the_dict():
 
     for cfg in (SFTConfig(), SFTConfig(zero_stage=3, offload_optimizer=True, precision="fp32")):
         # Without a process group DeepSpeed sees world size 1 and checks the batch arithmetic against it.
-        parsed = DeepSpeedConfig(ds_config(cfg, world_size=1, on_gpu=False), mpu=None, mesh_device=None)
+        parsed = DeepSpeedConfig(
+            ds_config(cfg, world_size=1, on_gpu=False), mpu=None, mesh_device=None
+        )
         assert parsed.zero_optimization_stage == cfg.zero_stage
         assert parsed.train_batch_size == cfg.micro_batch_size * cfg.grad_accum_steps
         assert parsed.bfloat16_config.enabled == (cfg.precision == "bf16")
@@ -85,10 +92,16 @@ def test_sft_modules_import_lazily():
     for mod in ("palign_ray.sft.data", "palign_ray.sft.deepspeed_config", "palign_ray.sft.train"):
         importlib.import_module(mod)
     heavy = [m for m in ("ray", "torch", "deepspeed", "vllm") if m in sys.modules]
-    if heavy:  # other tests in the same session may have imported them; check in a fresh interpreter
+    if (
+        heavy
+    ):  # other tests in the same session may have imported them; check in a fresh interpreter
         import subprocess
 
-        code = ("import sys, palign_ray.sft.train, palign_ray.sft.data, palign_ray.sft.deepspeed_config; "
-                "print([m for m in ('ray', 'torch', 'deepspeed', 'vllm', 'transformers') if m in sys.modules])")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        code = (
+            "import sys, palign_ray.sft.train, palign_ray.sft.data, palign_ray.sft.deepspeed_config; "
+            "print([m for m in ('ray', 'torch', 'deepspeed', 'vllm', 'transformers') if m in sys.modules])"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         assert out.strip() == "[]"

@@ -11,16 +11,29 @@ import pytest
 from palign_ray.sft import export as X
 
 
-def _entry(name: str, shape: tuple[int, ...], dtype: str = "bfloat16", itemsize: int = 2) -> X.Entry:
+def _entry(
+    name: str, shape: tuple[int, ...], dtype: str = "bfloat16", itemsize: int = 2
+) -> X.Entry:
     return X.Entry(name, shape, dtype, itemsize, source=None)
 
 
 def test_shards_respect_the_size_limit_and_keep_order():
     entries = [_entry(f"t{i}", (10, 10)) for i in range(7)]  # 200 bytes each
     shards = X.shard_entries(entries, 450)
-    assert [[e.name for e in s] for s in shards] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"], ["t6"]]
-    big = X.shard_entries([_entry("small", (2,)), _entry("huge", (1000,)), _entry("tail", (2,))], 100)
-    assert [[e.name for e in s] for s in big] == [["small"], ["huge"], ["tail"]]  # an oversized tensor alone
+    assert [[e.name for e in s] for s in shards] == [
+        ["t0", "t1"],
+        ["t2", "t3"],
+        ["t4", "t5"],
+        ["t6"],
+    ]
+    big = X.shard_entries(
+        [_entry("small", (2,)), _entry("huge", (1000,)), _entry("tail", (2,))], 100
+    )
+    assert [[e.name for e in s] for s in big] == [
+        ["small"],
+        ["huge"],
+        ["tail"],
+    ]  # an oversized tensor alone
     assert X.shard_names(1) == ["model.safetensors"]
     assert X.shard_names(3)[1] == "model-00002-of-00003.safetensors"
     with pytest.raises(ValueError, match="max_shard_bytes"):
@@ -53,11 +66,15 @@ def test_export_writes_loadable_shards_equal_to_the_model(tiny_model, tmp_path):
 
     model = _tiny(tiny_model, torch.bfloat16)
     assert model.config.tie_word_embeddings
-    layout = X.write_hf_weights(model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=2 << 20, writer=True)
+    layout = X.write_hf_weights(
+        model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=2 << 20, writer=True
+    )
     X.write_hf_config(model, tmp_path, torch.bfloat16)
     assert len(layout["files"]) > 1 and (tmp_path / X.INDEX_FILE).is_file()
     index = json.loads((tmp_path / X.INDEX_FILE).read_text())
-    assert "lm_head.weight" not in index["weight_map"]  # tied to embed_tokens: written once, as HF does
+    assert (
+        "lm_head.weight" not in index["weight_map"]
+    )  # tied to embed_tokens: written once, as HF does
     assert index["metadata"]["total_size"] == layout["total_bytes"]
     for f in layout["files"]:  # every file parses with the reference reader
         with safe_open(str(tmp_path / f), "pt") as fh:
@@ -75,7 +92,9 @@ def test_export_casts_to_the_export_dtype(tiny_model, tmp_path):
     from safetensors.torch import load_file
 
     model = _tiny(tiny_model, torch.float32)
-    X.write_hf_weights(model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=1 << 30, writer=True)
+    X.write_hf_weights(
+        model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=1 << 30, writer=True
+    )
     got = load_file(str(tmp_path / X.SINGLE_FILE))
     name = "model.layers.0.mlp.up_proj.weight"
     assert got[name].dtype == torch.bfloat16
@@ -89,15 +108,21 @@ def test_lora_export_equals_peft_merge(tiny_model, tmp_path):
 
     torch.manual_seed(0)
     base = _tiny(tiny_model, torch.bfloat16)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])
+    )
     for n, p in model.named_parameters():
         if "lora_B" in n:  # peft starts B at zero (delta 0); give the adapters something to merge
             p.data.normal_(0, 0.05)
     want = copy.deepcopy(model).merge_and_unload().state_dict()
-    X.write_hf_weights(model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=1 << 30, writer=True)
+    X.write_hf_weights(
+        model, tmp_path, export_dtype=torch.bfloat16, max_shard_bytes=1 << 30, writer=True
+    )
     got = load_file(str(tmp_path / X.SINGLE_FILE))
     assert set(got) == set(want) - {"lm_head.weight"}  # plain HF names, no base_layer/lora_ keys
     merged = [k for k in got if "q_proj" in k or "down_proj" in k]
-    assert merged and all(torch.equal(got[k], want[k]) for k in got)  # bit-identical to peft's own merge
+    assert merged and all(
+        torch.equal(got[k], want[k]) for k in got
+    )  # bit-identical to peft's own merge
     plain = _tiny(tiny_model, torch.bfloat16).state_dict()
     assert all(not torch.equal(got[k], plain[k]) for k in merged if k.endswith("weight"))

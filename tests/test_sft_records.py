@@ -30,8 +30,14 @@ QWEN_STYLE = (
     "{%- endif %}"
 )
 
-ROW = {"problem_id": "p", "question": "What is 3+4?", "answer": "7", "prefix": "We add 3 and 4. ",
-       "continuation": "\n3 + 4 = 7, so the answer is \\boxed{7}.\n", "cot": "We add 3 and 4. That gives 7. Done."}
+ROW = {
+    "problem_id": "p",
+    "question": "What is 3+4?",
+    "answer": "7",
+    "prefix": "We add 3 and 4. ",
+    "continuation": "\n3 + 4 = 7, so the answer is \\boxed{7}.\n",
+    "cot": "We add 3 and 4. That gives 7. Done.",
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +49,27 @@ def qwen_tokenizer(tokenizer):
 
 def test_responses_per_method() -> None:
     cfg = AlignConfig()
-    assert build_response(ROW, "palign", cfg) == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\n3 + 4 = 7, so the answer is \\boxed{7}."
+    assert (
+        build_response(ROW, "palign", cfg)
+        == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\n3 + 4 = 7, so the answer is \\boxed{7}."
+    )
     assert build_response(ROW, "fixed_ratio", cfg) == build_response(ROW, "palign", cfg)
-    assert build_response(ROW, "full_cot", cfg) == "We add 3 and 4. That gives 7. Done.\n\nThe final answer is \\boxed{7}."
+    assert (
+        build_response(ROW, "full_cot", cfg)
+        == "We add 3 and 4. That gives 7. Done.\n\nThe final answer is \\boxed{7}."
+    )
     assert build_response({**ROW, "cot": "so \\boxed{7}"}, "full_cot", cfg) == "so \\boxed{7}"
-    assert build_response(ROW, "prefix_only", cfg) == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\nThe final answer is \\boxed{7}."
-    assert build_response(ROW, "continuation_only", cfg) == "3 + 4 = 7, so the answer is \\boxed{7}."
+    assert (
+        build_response(ROW, "prefix_only", cfg)
+        == "<Begin_of_Prefix>We add 3 and 4.<End_of_Prefix>\nThe final answer is \\boxed{7}."
+    )
+    assert (
+        build_response(ROW, "continuation_only", cfg) == "3 + 4 = 7, so the answer is \\boxed{7}."
+    )
     draft = AlignConfig(prefix_begin="<Begin_of_Draft>", prefix_end="<End_of_Draft>")
-    assert build_response(ROW, "palign", draft).startswith("<Begin_of_Draft>We add 3 and 4.<End_of_Draft>\n")
+    assert build_response(ROW, "palign", draft).startswith(
+        "<Begin_of_Draft>We add 3 and 4.<End_of_Draft>\n"
+    )
     with pytest.raises(ValueError, match="method"):
         build_response(ROW, "nope", cfg)
 
@@ -59,27 +78,35 @@ def _check_mask(tok, response: str, think_block: bool) -> bool:
     ex = tokenize_example(tok, teacher_prompt(ROW["question"]), response)
     assert len(ex.input_ids) == len(ex.loss_mask)
     first = ex.loss_mask.index(1)
-    assert set(ex.loss_mask[:first]) == {0} and set(ex.loss_mask[first:]) == {1}  # one contiguous response span
+    assert set(ex.loss_mask[:first]) == {0} and set(ex.loss_mask[first:]) == {
+        1
+    }  # one contiguous response span
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     assert ex.input_ids[-1] == im_end  # the end-of-turn token is trained on, nothing after it
     trained = tok.decode(ex.input_ids[first:], skip_special_tokens=False)
     assert trained == response + "<|im_end|>"
     prompt = tok.decode(ex.input_ids[:first], skip_special_tokens=False)
-    assert prompt.endswith("<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if think_block else ""))
+    assert prompt.endswith(
+        "<|im_start|>assistant\n" + ("<think>\n\n</think>\n\n" if think_block else "")
+    )
     assert teacher_prompt(ROW["question"]) in prompt
     return ex.joint
 
 
 @pytest.mark.parametrize("method", ["palign", "full_cot", "prefix_only", "continuation_only"])
 def test_mask_round_trip_smollm2_chatml(tokenizer, method: str) -> None:
-    assert _check_mask(tokenizer, build_response(ROW, method, AlignConfig()), think_block=False)  # token prefix held
+    assert _check_mask(
+        tokenizer, build_response(ROW, method, AlignConfig()), think_block=False
+    )  # token prefix held
 
 
 @pytest.mark.parametrize("method", ["palign", "full_cot"])
 def test_mask_round_trip_qwen_style_thinking(qwen_tokenizer, method: str) -> None:
     # "</think>\n\n" + text tokenizes differently from "</think>\n\n" alone (BPE merges across the
     # boundary), so the prompt is not a token prefix and the parts are tokenized apart.
-    assert not _check_mask(qwen_tokenizer, build_response(ROW, method, AlignConfig()), think_block=True)
+    assert not _check_mask(
+        qwen_tokenizer, build_response(ROW, method, AlignConfig()), think_block=True
+    )
 
 
 def test_template_without_end_of_turn_is_an_error(tokenizer) -> None:
@@ -90,16 +117,25 @@ def test_template_without_end_of_turn_is_an_error(tokenizer) -> None:
 
 
 def test_build_examples_quarantine(tokenizer) -> None:
-    rows = [ROW, {**ROW, "problem_id": "q", "continuation": ""}, {**ROW, "problem_id": "long", "continuation": "word " * 400}]
+    rows = [
+        ROW,
+        {**ROW, "problem_id": "q", "continuation": ""},
+        {**ROW, "problem_id": "long", "continuation": "word " * 400},
+    ]
     ex, quar, stats = build_examples(rows, tokenizer, "palign", AlignConfig(max_seq_len=200))
     assert [e["problem_id"] for e in ex] == ["p"]
-    assert [(q["problem_id"], q["reason"]) for q in quar] == [("q", "missing_field"), ("long", "too_long")]
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [
+        ("q", "missing_field"),
+        ("long", "too_long"),
+    ]
     assert len(ex) + len(quar) == len(rows)
     assert stats["num_loss_tokens"] == ex[0]["num_loss_tokens"] == sum(ex[0]["loss_mask"])
 
 
 def test_shards_contract(tokenizer, tmp_path: Path) -> None:
-    rows = [{**ROW, "problem_id": f"p{i}"} for i in range(5)] + [{**ROW, "problem_id": "bad", "prefix": None}]
+    rows = [{**ROW, "problem_id": f"p{i}"} for i in range(5)] + [
+        {**ROW, "problem_id": "bad", "prefix": None}
+    ]
     out = tmp_path / "shards"
     (out).mkdir()
     (out / "part-99999.parquet").write_text("stale")  # a stale part from an earlier run is replaced
@@ -111,13 +147,24 @@ def test_shards_contract(tokenizer, tmp_path: Path) -> None:
     table = pa.concat_tables([pq.read_table(out / p) for p in parts])
     assert table.schema.field("input_ids").type == pa.list_(pa.int32())
     assert table.schema.field("loss_mask").type == pa.list_(pa.int8())
-    assert table.schema.field("num_tokens").type == pa.int32() and table.schema.field("num_loss_tokens").type == pa.int32()
+    assert (
+        table.schema.field("num_tokens").type == pa.int32()
+        and table.schema.field("num_loss_tokens").type == pa.int32()
+    )
     assert table.schema.field("problem_id").type == pa.string()
     rows_out = table.to_pylist()
     assert [r["problem_id"] for r in rows_out] == [f"p{i}" for i in range(5)]
-    assert all(r["num_tokens"] == len(r["input_ids"]) and r["num_loss_tokens"] == sum(r["loss_mask"]) for r in rows_out)
+    assert all(
+        r["num_tokens"] == len(r["input_ids"]) and r["num_loss_tokens"] == sum(r["loss_mask"])
+        for r in rows_out
+    )
     meta = json.loads((out / "sft_meta.json").read_text())
-    assert meta["num_examples"] == 5 and meta["model"] == "default" and meta["max_seq_len"] == cfg.align.max_seq_len and meta["chat_template"]
+    assert (
+        meta["num_examples"] == 5
+        and meta["model"] == "default"
+        and meta["max_seq_len"] == cfg.align.max_seq_len
+        and meta["chat_template"]
+    )
     quar = pq.read_table(tmp_path / "shards.quarantine.parquet").to_pylist()
     assert [(q["problem_id"], q["reason"]) for q in quar] == [("bad", "missing_field")]
     assert summary["num_examples"] == 5 and summary["num_quarantined"] == 1
@@ -128,7 +175,9 @@ def test_build_sft_cli(tmp_path: Path, capsys) -> None:
 
     src = tmp_path / "traces.jsonl"
     src.write_text(json.dumps(ROW) + "\n" + "not json\n")
-    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--method", "full_cot"])
+    rc = build_sft_main(
+        ["--input", str(src), "--output", str(tmp_path / "sft"), "--method", "full_cot"]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["num_examples"] == 1 and summary["method"] == "full_cot"
     quar = pq.read_table(tmp_path / "sft.quarantine.parquet").to_pylist()
@@ -146,7 +195,9 @@ def _supervised(tok, ex: dict) -> tuple[str, str]:
     return tok.decode(ex["input_ids"][:first]), tok.decode(ex["input_ids"][first:])
 
 
-def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path: Path, capsys) -> None:
+def test_released_palign_file_round_trips(
+    tokenizer, shared_data: str, tmp_path: Path, capsys
+) -> None:
     """The 16 released P-ALIGN rows (alpaca) → shards: supervised tokens decode to each `output` + end of turn,
     markers kept as text, prompt masked and identical to the pipeline's (paper) prompt for the question."""
     from palign_ray.sft_records import build_sft_main
@@ -154,7 +205,17 @@ def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path:
     src = Path(shared_data) / "external" / "palign_sample.jsonl"
     released = [json.loads(line) for line in src.read_text().splitlines()]
     # 693-1,454 tokens with SmolLM2's template: half exceed the default align.max_seq_len (1024) and would be too_long.
-    rc = build_sft_main(["--input", str(src), "--output", str(tmp_path / "sft"), "--format", "alpaca", "align.max_seq_len=2048"])
+    rc = build_sft_main(
+        [
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "sft"),
+            "--format",
+            "alpaca",
+            "align.max_seq_len=2048",
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["num_examples"] == 16 and summary["num_quarantined"] == 0
     assert summary["num_with_prefix_markers"] == 16 and summary["method"] == "file:alpaca"
@@ -164,12 +225,26 @@ def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path:
         prompt, trained = _supervised(tokenizer, row)
         assert trained == given["output"] + "<|im_end|>"
         assert trained.startswith("<Begin_of_Prefix>") and "<End_of_Prefix>\n" in trained
-        assert prompt.endswith(teacher_prompt(given["input"]) + "<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.endswith(
+            teacher_prompt(given["input"]) + "<|im_end|>\n<|im_start|>assistant\n"
+        )
         # Same ids as the pipeline's build-sft writes for (question, response): one tokenization path.
-        assert row["input_ids"] == tokenize_example(tokenizer, teacher_prompt(given["input"]), given["output"]).input_ids
+        assert (
+            row["input_ids"]
+            == tokenize_example(
+                tokenizer, teacher_prompt(given["input"]), given["output"]
+            ).input_ids
+        )
         # ... and the response has exactly the pipeline's palign shape (prefix right-stripped, continuation stripped).
-        prefix, continuation = given["output"].removeprefix("<Begin_of_Prefix>").split("<End_of_Prefix>\n", 1)
-        assert build_response({"prefix": prefix, "continuation": continuation}, "palign", AlignConfig()) == given["output"]
+        prefix, continuation = (
+            given["output"].removeprefix("<Begin_of_Prefix>").split("<End_of_Prefix>\n", 1)
+        )
+        assert (
+            build_response(
+                {"prefix": prefix, "continuation": continuation}, "palign", AlignConfig()
+            )
+            == given["output"]
+        )
     meta = json.loads((tmp_path / "sft" / "sft_meta.json").read_text())
     assert meta["num_examples"] == 16 and meta["method"] == "file:alpaca"
 
@@ -177,26 +252,46 @@ def test_released_palign_file_round_trips(tokenizer, shared_data: str, tmp_path:
 def test_chat_formats_and_their_quarantine(tokenizer, tmp_path: Path) -> None:
     from palign_ray.sft_records import build_file_examples
 
-    convo = [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "What is 3+4?"}, {"from": "gpt", "value": "7"}]
+    convo = [
+        {"from": "system", "value": "Be brief."},
+        {"from": "human", "value": "What is 3+4?"},
+        {"from": "gpt", "value": "7"},
+    ]
     sharegpt = [
         {"id": "ok", "conversations": convo},
         {"id": "two-turns", "conversations": convo + convo[1:]},
-        {"id": "roles", "conversations": [{"from": "gpt", "value": "7"}, {"from": "human", "value": "Q"}]},
+        {
+            "id": "roles",
+            "conversations": [{"from": "gpt", "value": "7"}, {"from": "human", "value": "Q"}],
+        },
         {"id": "none"},
     ]
     ex, quar, stats = build_file_examples(sharegpt, tokenizer, "sharegpt", AlignConfig())
     prompt, trained = _supervised(tokenizer, ex[0])
-    assert trained == "7<|im_end|>" and "<|im_start|>system\nBe brief.<|im_end|>" in prompt  # the file's system turn
-    assert [(q["problem_id"], q["reason"]) for q in quar] == [("two-turns", "not_single_turn"), ("roles", "bad_roles"),
-                                                             ("none", "missing_field")]
+    assert (
+        trained == "7<|im_end|>" and "<|im_start|>system\nBe brief.<|im_end|>" in prompt
+    )  # the file's system turn
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [
+        ("two-turns", "not_single_turn"),
+        ("roles", "bad_roles"),
+        ("none", "missing_field"),
+    ]
     assert stats["num_examples"] == 1 and stats["num_with_prefix_markers"] == 0
-    messages = [{"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "_source_line": 3},
-                {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}]}]
+    messages = [
+        {
+            "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}],
+            "_source_line": 3,
+        },
+        {"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": ""}]},
+    ]
     ex, quar, _ = build_file_examples(messages, tokenizer, "messages", AlignConfig())
     assert _supervised(tokenizer, ex[0])[1] == "A.<|im_end|>" and ex[0]["problem_id"] == "line-3"
     assert [(q["problem_id"], q["reason"]) for q in quar] == [("row-1", "missing_field")]
-    alpaca = [{"instruction": "Solve.", "input": "1+1?", "output": "2"}, {"instruction": "Solve.", "output": " "},
-              {"instruction": "Solve.", "input": "x", "output": "y", "history": [["a", "b"]]}]
+    alpaca = [
+        {"instruction": "Solve.", "input": "1+1?", "output": "2"},
+        {"instruction": "Solve.", "output": " "},
+        {"instruction": "Solve.", "input": "x", "output": "y", "history": [["a", "b"]]},
+    ]
     ex, quar, _ = build_file_examples(alpaca, tokenizer, "alpaca", AlignConfig(), join="\n")
     assert "<|im_start|>user\nSolve.\n1+1?<|im_end|>" in _supervised(tokenizer, ex[0])[0]
     assert [q["reason"] for q in quar] == ["missing_field", "not_single_turn"]
@@ -208,4 +303,15 @@ def test_build_sft_format_and_method_are_exclusive(tmp_path: Path) -> None:
     src = tmp_path / "a.jsonl"
     src.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
     with pytest.raises(SystemExit):
-        build_sft_main(["--input", str(src), "--output", str(tmp_path / "o"), "--format", "alpaca", "--method", "palign"])
+        build_sft_main(
+            [
+                "--input",
+                str(src),
+                "--output",
+                str(tmp_path / "o"),
+                "--format",
+                "alpaca",
+                "--method",
+                "palign",
+            ]
+        )

@@ -26,9 +26,19 @@ def shards(tmp_path_factory, tokenizer):
 @pytest.fixture(scope="module")
 def base_cfg(tiny_model) -> SFTConfig:
     # 8 examples of ~45 tokens, about 2 per 128-token sequence → 4 sequences → 2 steps per epoch.
-    return SFTConfig(model=tiny_model, precision="fp32", num_workers=2, cpus_per_worker=1.0, micro_batch_size=1,
-                     epochs=3, learning_rate=3e-3, warmup_ratio=0.2, max_seq_len=128, checkpoint_every=2,
-                     max_failures=0)
+    return SFTConfig(
+        model=tiny_model,
+        precision="fp32",
+        num_workers=2,
+        cpus_per_worker=1.0,
+        micro_batch_size=1,
+        epochs=3,
+        learning_rate=3e-3,
+        warmup_ratio=0.2,
+        max_seq_len=128,
+        checkpoint_every=2,
+        max_failures=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +64,9 @@ def _epoch_losses(history: list[dict]) -> list[float]:
 def _check_trained(out: Path, metrics: dict, tiny_model: str, steps: int) -> None:
     assert [h["step"] for h in metrics["history"]] == list(range(1, steps + 1))
     losses = _epoch_losses(metrics["history"])
-    assert losses[-1] < losses[0] - 0.1, losses  # same examples every epoch: the training loss falls
+    assert losses[-1] < losses[0] - 0.1, (
+        losses
+    )  # same examples every epoch: the training loss falls
     before, after = _weights(tiny_model), _weights(out)
     assert set(before) == set(after)
     changed = [k for k in before if not (before[k] == after[k]).all()]
@@ -66,30 +78,47 @@ def _check_trained(out: Path, metrics: dict, tiny_model: str, steps: int) -> Non
 def test_zero2_trains_checkpoints_exports_and_vllm_generates(ref_run, tiny_model, shards):
     out, metrics = ref_run
     _check_trained(out, metrics, tiny_model, steps=6)
-    assert metrics["num_rows"] == 8 and metrics["num_examples"] == 8 and metrics["num_quarantined"] == 0
+    assert (
+        metrics["num_rows"] == 8
+        and metrics["num_examples"] == 8
+        and metrics["num_quarantined"] == 0
+    )
     assert metrics["restarts"] == []
     # micro_batch_size=1: a micro-batch is one sequence, so neither layout pads; packing halves the sequences.
     assert metrics["padding_share_packed"] == metrics["padding_share_unpacked"] == 0.0
     assert metrics["num_sequences_packed"] < metrics["num_sequences_unpacked"] == 8
-    assert all(h["tokens_per_s"] > 0 and h["step_time_s"] > 0 and h["lr"] > 0 for h in metrics["history"])
+    assert all(
+        h["tokens_per_s"] > 0 and h["step_time_s"] > 0 and h["lr"] > 0 for h in metrics["history"]
+    )
     # Both ranks wrote their ZeRO shards straight into one checkpoint directory; 2 kept (keep_checkpoints=2).
     ckpts = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))
     assert [c.name for c in ckpts] == ["checkpoint_000004", "checkpoint_000006"]
     names = {p.name for p in (ckpts[-1] / "zero").iterdir()}
-    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"} <= names
+    assert {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    } <= names
     # Written in place, not staged per rank and copied: each rank listed the other's shard as well.
     listed = json.loads((ckpts[-1] / "files_rank1.json").read_text())
     assert "zero/zero_pp_rank_0_mp_rank_00_optim_states.pt" in listed
-    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (
+        out / "tokenizer_config.json"
+    ).read_text()
     # The export ran on rank 0 (not the driver) and reports its host memory; both ranks report their load.
     mem = metrics["memory"]
     assert len(mem["load_peak_rss_mb"]) == 2 and all(m > 0 for m in mem["load_peak_rss_mb"])
-    assert mem["export"]["files"] == ["model.safetensors"] and mem["export"]["peak_increase_mb"] >= 0
+    assert (
+        mem["export"]["files"] == ["model.safetensors"] and mem["export"]["peak_increase_mb"] >= 0
+    )
     # Training curves: one point per step, the same numbers as metrics.json's history.
     tb = curves(out.parent / "tensorboard")
     assert set(tb) >= {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s"}
-    assert tb["train/loss"] == pytest.approx({h["step"]: h["loss"] for h in metrics["history"]}, rel=1e-6)
-    assert tb["train/lr"] == pytest.approx({h["step"]: h["lr"] for h in metrics["history"]}, rel=1e-6)
+    assert tb["train/loss"] == pytest.approx(
+        {h["step"]: h["loss"] for h in metrics["history"]}, rel=1e-6
+    )
+    assert tb["train/lr"] == pytest.approx(
+        {h["step"]: h["lr"] for h in metrics["history"]}, rel=1e-6
+    )
 
     from palign_ray.chat import chat_ids, user_turn
     from palign_ray.config import EngineConfig, resolve_engine_defaults
@@ -139,7 +168,13 @@ def test_stopped_run_resumes_at_its_last_checkpoint(ref_run, shards, base_cfg, t
 def test_killed_worker_is_recovered_by_failure_config(ref_run, shards, base_cfg, tmp_path):
     marker = tmp_path / "killed"
     cfg = dataclasses.replace(base_cfg, max_failures=1)
-    metrics = run_sft(cfg, shards, tmp_path / "model", ray_cfg=RAY, inject_failure=FailureInjection(3, str(marker)))
+    metrics = run_sft(
+        cfg,
+        shards,
+        tmp_path / "model",
+        ray_cfg=RAY,
+        inject_failure=FailureInjection(3, str(marker)),
+    )
     assert marker.is_file()  # a worker really died
     assert metrics["restarts"] == [2] and metrics["num_steps"] == 6
     for got, want in zip(metrics["history"], ref_run[1]["history"], strict=True):
@@ -156,22 +191,31 @@ def test_zero3_bf16_trains_and_exports(ray_session, shards, base_cfg, tiny_model
     ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))[-1]
     names = {p.name for p in (ckpt / "zero").iterdir()}
     # ZeRO-3 partitions the parameters themselves: one model-state shard per rank.
-    assert {"zero_pp_rank_0_mp_rank_00_model_states.pt", "zero_pp_rank_1_mp_rank_00_model_states.pt"} <= names
+    assert {
+        "zero_pp_rank_0_mp_rank_00_model_states.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+    } <= names
 
 
 @pytest.mark.slow  # ~60 s: one more Ray Train run; the non-slow set keeps ZeRO-2 + resume
 @pytest.mark.timeout(600)
-def test_lora_trains_only_adapters_and_exports_merged(ray_session, shards, base_cfg, tiny_model, tmp_path):
+def test_lora_trains_only_adapters_and_exports_merged(
+    ray_session, shards, base_cfg, tiny_model, tmp_path
+):
     from palign_ray.sft.train import TRAIN_STATE, consolidated_state_dict
 
-    cfg = dataclasses.replace(base_cfg, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2, epochs=2)
+    cfg = dataclasses.replace(
+        base_cfg, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2, epochs=2
+    )
     out = tmp_path / "model"
     metrics = run_sft(cfg, shards, out, ray_cfg=RAY)
     assert metrics["num_steps"] == 4
     ckpt = sorted((out / "ray_train" / "sft").glob("checkpoint_0*"))[-1]
     assert (ckpt / TRAIN_STATE).is_file()
     trained = consolidated_state_dict(ckpt, lora=True)
-    assert trained and all("lora_" in k for k in trained), list(trained)[:5]  # only adapters were optimized
+    assert trained and all("lora_" in k for k in trained), list(trained)[
+        :5
+    ]  # only adapters were optimized
     before, after = _weights(tiny_model), _weights(out)
     assert set(after) == set(before)  # merged: plain HF keys, no peft/lora keys
     for k in before:
@@ -192,9 +236,13 @@ def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
             rank_dir = tmp_path / f"rank{r}-{step}"
             (rank_dir / TAG).mkdir(parents=True)
             (rank_dir / "latest").write_text(TAG)
-            (rank_dir / TAG / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(b"x" * (1000 + r))
+            (rank_dir / TAG / f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt").write_bytes(
+                b"x" * (1000 + r)
+            )
             if r == 0:
-                (rank_dir / TRAIN_STATE).write_text(json.dumps({"global_step": step, "geometry": {"world_size": world}}))
+                (rank_dir / TRAIN_STATE).write_text(
+                    json.dumps({"global_step": step, "geometry": {"world_size": world}})
+                )
             write_file_sizes(rank_dir, r)
             shutil.copytree(rank_dir, d, dirs_exist_ok=True)
         return d
@@ -204,7 +252,9 @@ def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
     ckpt(4)
     (ckpt(6) / "files_rank1.json").unlink()  # rank 1's upload never arrived
     cut = ckpt(8) / TAG / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    cut.write_bytes(cut.read_bytes()[:500])  # the driver died mid-copy: the shard exists but is short
+    cut.write_bytes(
+        cut.read_bytes()[:500]
+    )  # the driver died mid-copy: the shard exists but is short
     torn = ckpt(10) / "files_rank0.json"
     torn.write_text(torn.read_text()[:7])  # the list itself was cut
     (tmp_path / "checkpoint_000012").mkdir()  # no train state at all
@@ -232,7 +282,9 @@ def test_ranks_writing_one_shared_checkpoint_dir_list_whole_files_only(tmp_path)
     write_file_sizes(d, 0)
     write_file_sizes(d, 1)
     assert "files_rank0.json" not in json.loads((d / "files_rank1.json").read_text())
-    assert json.loads((d / "files_rank0.json").read_text()) == json.loads((d / "files_rank1.json").read_text())
+    assert json.loads((d / "files_rank0.json").read_text()) == json.loads(
+        (d / "files_rank1.json").read_text()
+    )
     assert checkpoint_is_complete(d)
     assert _checkpoints_direct("/mnt/shared/palign/runs/x/train/model/ray_train")
     assert not _checkpoints_direct("s3://bucket/runs/x")  # remote storage: staged, Ray uploads

@@ -20,15 +20,30 @@ from palign_ray.streaming import StreamJob, merge_summaries, run_rows, run_strea
 # Ray workers cannot import this test module by name: ship its classes by value.
 ray_cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-RAY = RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=4, max_concurrent_batches=2)
+RAY = RayConfig(
+    num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=4, max_concurrent_batches=2
+)
 
 
 class CountingWorker:
     """Doubles x, quarantines multiples of 3; raises on `crash_on` while `flag` exists; fails `flaky` once (retryable)."""
 
-    def __init__(self, log_dir: str, crash_on: str = "", flag: str = "", flaky: str = "", drop: str = "",
-                 on_engine_start: Any = None):
-        self.log_dir, self.crash_on, self.flag, self.flaky, self.drop = Path(log_dir), crash_on, flag, flaky, drop
+    def __init__(
+        self,
+        log_dir: str,
+        crash_on: str = "",
+        flag: str = "",
+        flaky: str = "",
+        drop: str = "",
+        on_engine_start: Any = None,
+    ):
+        self.log_dir, self.crash_on, self.flag, self.flaky, self.drop = (
+            Path(log_dir),
+            crash_on,
+            flag,
+            flaky,
+            drop,
+        )
         on_engine_start({"model": "none", "start_s": 0.0})  # count a "start" like an engine would
 
     async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict], dict]:
@@ -45,7 +60,14 @@ class CountingWorker:
                 continue
             if pid == self.flaky and not (self.log_dir / "flaky-done").exists():
                 (self.log_dir / "flaky-done").write_text("1")
-                quar.append({R.STAGE: "t", R.PROBLEM_ID: pid, R.REASON: "judge_engine_error", R.DETAIL: "boom"})
+                quar.append(
+                    {
+                        R.STAGE: "t",
+                        R.PROBLEM_ID: pid,
+                        R.REASON: "judge_engine_error",
+                        R.DETAIL: "boom",
+                    }
+                )
             elif r["x"] % 3:
                 out.append({R.PROBLEM_ID: pid, "y": r["x"] * 2})
             else:
@@ -65,11 +87,15 @@ def _input(tmp_path: Path, n: int) -> StageDir:
 
 
 def _job(tmp_path: Path, part_rows: int = 3, **kw: Any) -> StreamJob:
-    return StreamJob("t", CountingWorker, {"log_dir": str(tmp_path / "calls"), **kw}, RAY, part_rows)
+    return StreamJob(
+        "t", CountingWorker, {"log_dir": str(tmp_path / "calls"), **kw}, RAY, part_rows
+    )
 
 
 def _processed(tmp_path: Path) -> list[str]:
-    return sorted(i for p in (tmp_path / "calls").glob("p*.json") for i in json.loads(p.read_text()))
+    return sorted(
+        i for p in (tmp_path / "calls").glob("p*.json") for i in json.loads(p.read_text())
+    )
 
 
 def _ids(sd: StageDir) -> list[str]:
@@ -77,33 +103,47 @@ def _ids(sd: StageDir) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_stream_writes_parts_on_workers_and_resumes_after_a_crash(tmp_path: Path, ray_session: Any) -> None:
+def test_stream_writes_parts_on_workers_and_resumes_after_a_crash(
+    tmp_path: Path, ray_session: Any
+) -> None:
     src, sd = _input(tmp_path, 12), StageDir(tmp_path / "t")
     flag = tmp_path / "crash"
     flag.write_text("1")
     with pytest.raises(Exception, match="worker died"):
         run_stream(_job(tmp_path, crash_on="p10", flag=str(flag)), src.output_files(), sd)
     done_before = sd.done_ids()
-    assert done_before and "p10" not in done_before and len(done_before) < 12  # finished parts survived
+    assert (
+        done_before and "p10" not in done_before and len(done_before) < 12
+    )  # finished parts survived
     assert sum(c["num_input"] for c in sd.commits()) == len(done_before)
     flag.unlink()
     (tmp_path / "calls").rename(tmp_path / "calls-first")
     res = run_stream(_job(tmp_path, crash_on="p10", flag=str(flag)), src.output_files(), sd)
-    assert _processed(tmp_path) == sorted(f"p{i:02d}" for i in range(12) if f"p{i:02d}" not in done_before)  # only the rest
+    assert _processed(tmp_path) == sorted(
+        f"p{i:02d}" for i in range(12) if f"p{i:02d}" not in done_before
+    )  # only the rest
     ids = _ids(sd)
     assert len(ids) == len(set(ids)) == 12  # nothing lost, nothing twice
-    assert res.num_input == 12 and res.num_done_before == len(done_before) and res.engine_starts == 1
+    assert (
+        res.num_input == 12 and res.num_done_before == len(done_before) and res.engine_starts == 1
+    )
     assert {q[R.PROBLEM_ID] for q in sd.quarantine_rows()} == {"p00", "p03", "p06", "p09"}
-    assert all(c["num_input"] <= 3 for c in sd.commits())  # part size = run.chunk_size, the resume granularity
+    assert all(
+        c["num_input"] <= 3 for c in sd.commits()
+    )  # part size = run.chunk_size, the resume granularity
 
 
 @pytest.mark.timeout(600)
-def test_retryable_rows_are_never_committed_and_get_another_pass(tmp_path: Path, ray_session: Any) -> None:
+def test_retryable_rows_are_never_committed_and_get_another_pass(
+    tmp_path: Path, ray_session: Any
+) -> None:
     src, sd = _input(tmp_path, 8), StageDir(tmp_path / "t")
     res = run_stream(_job(tmp_path, flaky="p04"), src.output_files(), sd)
     assert res.passes == 2 and not res.retry_failed
     assert _processed(tmp_path).count("p04") == 2  # judged again in the second pass
-    assert sorted(_ids(sd)) == [f"p{i:02d}" for i in range(8)] and "judge_engine_error" not in json.dumps(sd.commits())
+    assert sorted(_ids(sd)) == [
+        f"p{i:02d}" for i in range(8)
+    ] and "judge_engine_error" not in json.dumps(sd.commits())
 
 
 @pytest.mark.timeout(600)
@@ -119,11 +159,20 @@ def test_run_rows_in_memory(tmp_path: Path, ray_session: Any) -> None:
     rows = [{R.PROBLEM_ID: f"q{i}", "x": i} for i in range(5)]
     out, quar, parts, res = run_rows(_job(tmp_path, part_rows=2), rows)
     assert sorted(r[R.PROBLEM_ID] for r in out + quar) == [f"q{i}" for i in range(5)]
-    assert merge_summaries(parts)["num_in"] == 5 and merge_summaries(parts)["tokens"] == 50 and res.engine_starts == 1
+    assert (
+        merge_summaries(parts)["num_in"] == 5
+        and merge_summaries(parts)["tokens"] == 50
+        and res.engine_starts == 1
+    )
 
 
 def test_merge_summaries_sums_numbers_and_merges_dicts() -> None:
-    got = merge_summaries([{"a": 1, "d": {"x": 1}, "s": "first", "b": True}, {"a": 2, "d": {"x": 2, "y": 1}, "s": "second"}])
+    got = merge_summaries(
+        [
+            {"a": 1, "d": {"x": 1}, "s": "first", "b": True},
+            {"a": 2, "d": {"x": 2, "y": 1}, "s": "second"},
+        ]
+    )
     assert got == {"a": 3, "d": {"x": 3, "y": 1}, "s": "first", "b": True}
 
 
@@ -144,27 +193,66 @@ def test_part_commit_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monke
 
     monkeypatch.setattr(A, "write_parquet", dies_on_second_file)
     with pytest.raises(OSError):
-        sd.write_part([{R.PROBLEM_ID: "a", "sample_index": 0}],
-                      [{R.STAGE: "align", R.PROBLEM_ID: "a", R.REASON: "wrong_answer", R.DETAIL: "", "sample_index": 1}])
+        sd.write_part(
+            [{R.PROBLEM_ID: "a", "sample_index": 0}],
+            [
+                {
+                    R.STAGE: "align",
+                    R.PROBLEM_ID: "a",
+                    R.REASON: "wrong_answer",
+                    R.DETAIL: "",
+                    "sample_index": 1,
+                }
+            ],
+        )
     monkeypatch.undo()
-    assert sd.done_ids() == set() and sd.output_rows() == [] and sd.quarantine_rows() == []  # "a" will be redone
+    assert (
+        sd.done_ids() == set() and sd.output_rows() == [] and sd.quarantine_rows() == []
+    )  # "a" will be redone
     assert sd.remove_uncommitted() == 1  # the orphan quarantine file
-    sd.write_part([{R.PROBLEM_ID: "a", "sample_index": 0}],
-                  [{R.STAGE: "align", R.PROBLEM_ID: "a", R.REASON: "wrong_answer", R.DETAIL: "", "sample_index": 1}])
+    sd.write_part(
+        [{R.PROBLEM_ID: "a", "sample_index": 0}],
+        [
+            {
+                R.STAGE: "align",
+                R.PROBLEM_ID: "a",
+                R.REASON: "wrong_answer",
+                R.DETAIL: "",
+                "sample_index": 1,
+            }
+        ],
+    )
     assert sd.done_ids() == {"a"} and len(sd.output_rows()) == len(sd.quarantine_rows()) == 1
 
 
 @pytest.mark.timeout(900)
-def test_real_teacher_stage_starts_one_engine_for_many_parts(tmp_path: Path, ray_session: Any, tiny_model: str) -> None:
+def test_real_teacher_stage_starts_one_engine_for_many_parts(
+    tmp_path: Path, ray_session: Any, tiny_model: str
+) -> None:
     """Ray Data + vLLM on the tiny model: 8 problems in parts of 2 → 4 parts, one engine start (one actor)."""
     from palign_ray import pipeline as P
 
-    cfg = load_config(None, [f"run.run_dir={tmp_path / 'run'}", "run.chunk_size=2", "problems.num_problems=8",
-                             f"teacher.model={tiny_model}", "teacher.num_samples=1", "teacher.max_tokens=8",
-                             "teacher.use_reference_solutions=true", "ray.num_cpus=4", "engine.max_model_len=1024"])
+    cfg = load_config(
+        None,
+        [
+            f"run.run_dir={tmp_path / 'run'}",
+            "run.chunk_size=2",
+            "problems.num_problems=8",
+            f"teacher.model={tiny_model}",
+            "teacher.num_samples=1",
+            "teacher.max_tokens=8",
+            "teacher.use_reference_solutions=true",
+            "ray.num_cpus=4",
+            "engine.max_model_len=1024",
+        ],
+    )
     manifests = P.run_pipeline(cfg, ["problems", "teacher"])
     m = manifests["teacher"]
-    assert m["num_parts"] == 4 and m["engine_starts"] == 1 and m["num_output"] + m["num_quarantined"] == 8
+    assert (
+        m["num_parts"] == 4
+        and m["engine_starts"] == 1
+        and m["num_output"] + m["num_quarantined"] == 8
+    )
     assert len(StageDir(tmp_path / "run" / "teacher").commits()) == 4
 
 
@@ -174,4 +262,7 @@ def test_a_part_committed_twice_by_a_retried_task_is_dropped(tmp_path: Path) -> 
     first = sd.write_part([{R.PROBLEM_ID: "a"}, {R.PROBLEM_ID: "b"}], [])
     again = sd.write_part([{R.PROBLEM_ID: "b"}, {R.PROBLEM_ID: "c"}], [])  # b twice; c only here
     assert sd.drop_duplicate_parts() == [again]
-    assert [c["part"] for c in sd.commits()] == [first] and sd.done_ids() == {"a", "b"}  # c is redone next pass
+    assert [c["part"] for c in sd.commits()] == [first] and sd.done_ids() == {
+        "a",
+        "b",
+    }  # c is redone next pass

@@ -36,7 +36,13 @@ def _samples() -> list[Sample]:
 def test_grading_of_fixed_samples() -> None:
     s = _samples()
     assert [x.correct for x in s] == [True, False, False, True, True]
-    assert [x.reason for x in s] == ["correct", "wrong_answer", "no_boxed_answer", "correct", "correct"]
+    assert [x.reason for x in s] == [
+        "correct",
+        "wrong_answer",
+        "no_boxed_answer",
+        "correct",
+        "correct",
+    ]
     assert reason_counts(s) == "1 wrong_answer, 1 no_boxed_answer"
 
 
@@ -60,25 +66,52 @@ def test_select_rows_joins_on_id_and_quarantines_with_counts() -> None:
     probs = builtin_problems(3, 0)
     gold = [p["answer"] for p in probs]
     gens = [  # deliberately out of order
-        {"problem_id": probs[2]["problem_id"], "generations": ["no box", "\\boxed{-1}"], "num_generated_tokens": [3, 4],
-         "finish_reasons": ["length", "stop"], "error": ""},
-        {"problem_id": probs[0]["problem_id"], "generations": [f"a \\boxed{{{gold[0]}}}", f"longer text \\boxed{{{gold[0]}}}"],
-         "num_generated_tokens": [9, 20], "finish_reasons": ["stop", "stop"], "error": ""},
-        {"problem_id": probs[1]["problem_id"], "generations": [], "num_generated_tokens": [], "finish_reasons": [],
-         "error": "prompt_too_long: 3000 tokens"},
+        {
+            "problem_id": probs[2]["problem_id"],
+            "generations": ["no box", "\\boxed{-1}"],
+            "num_generated_tokens": [3, 4],
+            "finish_reasons": ["length", "stop"],
+            "error": "",
+        },
+        {
+            "problem_id": probs[0]["problem_id"],
+            "generations": [f"a \\boxed{{{gold[0]}}}", f"longer text \\boxed{{{gold[0]}}}"],
+            "num_generated_tokens": [9, 20],
+            "finish_reasons": ["stop", "stop"],
+            "error": "",
+        },
+        {
+            "problem_id": probs[1]["problem_id"],
+            "generations": [],
+            "num_generated_tokens": [],
+            "finish_reasons": [],
+            "error": "prompt_too_long: 3000 tokens",
+        },
     ]
     out, quar, reasons = select_rows(probs, gens, TeacherConfig())
     assert [r["problem_id"] for r in out] == [probs[0]["problem_id"]]
-    assert out[0]["cot"] == f"a \\boxed{{{gold[0]}}}" and out[0]["num_correct"] == 2 and out[0]["cot_tokens"] == 9
-    assert out[0]["trace_source"] == "teacher" and out[0]["decisive_sentence"] == probs[0]["decisive_sentence"]
+    assert (
+        out[0]["cot"] == f"a \\boxed{{{gold[0]}}}"
+        and out[0]["num_correct"] == 2
+        and out[0]["cot_tokens"] == 9
+    )
+    assert (
+        out[0]["trace_source"] == "teacher"
+        and out[0]["decisive_sentence"] == probs[0]["decisive_sentence"]
+    )
     q = {x["problem_id"]: x for x in quar}
-    assert q[probs[2]["problem_id"]]["detail"] == "no_correct_sample: 1 wrong_answer, 1 no_boxed_answer"
+    assert (
+        q[probs[2]["problem_id"]]["detail"]
+        == "no_correct_sample: 1 wrong_answer, 1 no_boxed_answer"
+    )
     assert q[probs[1]["problem_id"]]["reason"] == "generation_failed"
     assert len(out) + len(quar) == 3
     assert reasons == {"correct": 2, "wrong_answer": 1, "no_boxed_answer": 1}
     out2, quar2, _ = select_rows(probs, gens, TeacherConfig(use_reference_solutions=True))
     ref = [r for r in out2 if r["trace_source"] == "reference"]
-    assert [r["problem_id"] for r in ref] == [probs[2]["problem_id"]] and ref[0]["cot"] == probs[2]["solution"]
+    assert [r["problem_id"] for r in ref] == [probs[2]["problem_id"]] and ref[0]["cot"] == probs[2][
+        "solution"
+    ]
     assert len(out2) + len(quar2) == 3
 
 
@@ -86,7 +119,10 @@ def test_reference_trace_cleans_gsm8k() -> None:
     from palign_ray.teacher import reference_trace
 
     sol = "She has 16 - 3 = <<16-3=13>>13 eggs.\nShe makes 13 * 2 = $<<13*2=26>>26.\n#### 26"
-    assert reference_trace(sol, "26") == "She has 16 - 3 = 13 eggs.\nShe makes 13 * 2 = $26.\nThe final answer is \\boxed{26}."
+    assert (
+        reference_trace(sol, "26")
+        == "She has 16 - 3 = 13 eggs.\nShe makes 13 * 2 = $26.\nThe final answer is \\boxed{26}."
+    )
     assert reference_trace("So \\boxed{5}.", "5") == "So \\boxed{5}."
 
 
@@ -101,13 +137,28 @@ def test_strip_think() -> None:
 def test_ingest_s1k_style(tmp_path: Path) -> None:
     src = tmp_path / "s1k.jsonl"
     rows = [
-        {"question": "What is 2+3?", "solution": "We add. $\\boxed{5}$", "deepseek_thinking_trajectory": "<think>2+3 is 5, so \\boxed{5}</think>"},
-        {"question": "What is 2*3?", "solution": "It is \\boxed{6}.", "deepseek_thinking_trajectory": "Multiply: 6."},
-        {"question": "Empty trace?", "solution": "\\boxed{1}", "deepseek_thinking_trajectory": "<think>  </think>"},
+        {
+            "question": "What is 2+3?",
+            "solution": "We add. $\\boxed{5}$",
+            "deepseek_thinking_trajectory": "<think>2+3 is 5, so \\boxed{5}</think>",
+        },
+        {
+            "question": "What is 2*3?",
+            "solution": "It is \\boxed{6}.",
+            "deepseek_thinking_trajectory": "Multiply: 6.",
+        },
+        {
+            "question": "Empty trace?",
+            "solution": "\\boxed{1}",
+            "deepseek_thinking_trajectory": "<think>  </think>",
+        },
         {"question": "No trace?", "solution": "\\boxed{1}"},
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    probs, bad = load_problems(ProblemsConfig(source="file", num_problems=0, trace_field="deepseek_thinking_trajectory"), src)
+    probs, bad = load_problems(
+        ProblemsConfig(source="file", num_problems=0, trace_field="deepseek_thinking_trajectory"),
+        src,
+    )
     assert [b["reason"] for b in bad] == ["missing_trace"]
     out, quar = ingest_traces(probs, "ingested:deepseek_thinking_trajectory")
     assert [r["cot"] for r in out] == ["2+3 is 5, so \\boxed{5}", "Multiply: 6."]
@@ -120,7 +171,10 @@ def test_prompt_matches_evaluation() -> None:
     from palign_ray.evaluate import build_prompt
 
     assert teacher_prompt("What is 1+1?") == build_prompt("What is 1+1?")
-    assert teacher_prompt("Q") == "Please reason step by step, and put your final answer within \\boxed{}.Q"
+    assert (
+        teacher_prompt("Q")
+        == "Please reason step by step, and put your final answer within \\boxed{}.Q"
+    )
 
 
 @pytest.mark.timeout(600)
@@ -129,10 +183,22 @@ def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Pat
     from palign_ray.teacher import teacher_main
 
     out = tmp_path / "traces.parquet"
-    rc = teacher_main(["--output", str(out), f"teacher.model={tiny_model}", "problems.num_problems=4",
-                       "teacher.num_samples=2", "teacher.max_tokens=16", "engine.max_num_seqs=32",
-                       "engine.max_model_len=512", "teacher.use_reference_solutions=true"])
-    summary = json.loads((tmp_path / "traces.summary.json").read_text())  # stdout also carries Ray/vLLM logs
+    rc = teacher_main(
+        [
+            "--output",
+            str(out),
+            f"teacher.model={tiny_model}",
+            "problems.num_problems=4",
+            "teacher.num_samples=2",
+            "teacher.max_tokens=16",
+            "engine.max_num_seqs=32",
+            "engine.max_model_len=512",
+            "teacher.use_reference_solutions=true",
+        ]
+    )
+    summary = json.loads(
+        (tmp_path / "traces.summary.json").read_text()
+    )  # stdout also carries Ray/vLLM logs
     traces = pq.read_table(out).to_pylist()
     quar = pq.read_table(tmp_path / "traces.quarantine.parquet").to_pylist()
     ids = {r["problem_id"] for r in builtin_problems(4, 0)}
@@ -140,13 +206,24 @@ def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Pat
     assert len(traces) + len(quar) == 4 and rc == 0
     assert summary["num_samples_total"] == 8 and summary["generated_tokens"] > 0
     assert all(r["trace_source"] in ("teacher", "reference") for r in traces)
-    assert {"problem_id", "question", "answer", "cot", "num_samples", "num_correct", "cot_tokens", "teacher_model"} <= set(traces[0])
+    assert {
+        "problem_id",
+        "question",
+        "answer",
+        "cot",
+        "num_samples",
+        "num_correct",
+        "cot_tokens",
+        "teacher_model",
+    } <= set(traces[0])
 
 
 def test_run_teacher_routes_ingested_rows_without_generation() -> None:
     from palign_ray.teacher import run_teacher
 
-    rows = [{"problem_id": "x", "question": "Q", "answer": "5", "cot": "<think>so \\boxed{5}</think>"}]
+    rows = [
+        {"problem_id": "x", "question": "Q", "answer": "5", "cot": "<think>so \\boxed{5}</think>"}
+    ]
     out, quar, summary = run_teacher(rows, Config())
     assert out[0]["trace_source"] == "ingested" and out[0]["cot"] == "so \\boxed{5}" and quar == []
     assert summary["num_in"] == 1 and summary["num_out"] == 1

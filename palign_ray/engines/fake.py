@@ -44,10 +44,21 @@ class FakeEngine:
             comps = []
             for i in range(sp.n):
                 text, first_lp = self.respond(ids, sp, i)
-                toks = tuple(self.tokenizer.encode(text, add_special_tokens=False)) if self.tokenizer else tuple(range(len(text.split())))
+                toks = (
+                    tuple(self.tokenizer.encode(text, add_special_tokens=False))
+                    if self.tokenizer
+                    else tuple(range(len(text.split())))
+                )
                 lps = (first_lp,) if (sp.logprobs is not None and first_lp is not None) else None
                 finish = "length" if len(toks) >= sp.max_tokens else "stop"
-                comps.append(Completion(text=text, token_ids=toks[: sp.max_tokens], finish_reason=finish, logprobs=lps))
+                comps.append(
+                    Completion(
+                        text=text,
+                        token_ids=toks[: sp.max_tokens],
+                        finish_reason=finish,
+                        logprobs=lps,
+                    )
+                )
             results.append(GenerationResult(tuple(comps), len(ids), self._cached(ids)))
             self._seen.append(ids)
         self.stats.add(results)

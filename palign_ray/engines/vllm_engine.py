@@ -38,7 +38,9 @@ def check_cpu_isa() -> None:
     except OSError:
         return
     if "avx2" not in flags and "asimd" not in flags:
-        raise RuntimeError("this CPU lacks AVX2/ASIMD, which vLLM's CPU backend needs; run on a GPU host instead")
+        raise RuntimeError(
+            "this CPU lacks AVX2/ASIMD, which vLLM's CPU backend needs; run on a GPU host instead"
+        )
 
 
 def _prepare_cpu_env(cfg: EngineConfig) -> None:
@@ -56,7 +58,9 @@ class VLLMEngine:
         from palign_ray.config import resolve_engine_defaults
 
         self.on_cpu = is_cpu_build()
-        cfg = resolve_engine_defaults(cfg, on_cuda=not self.on_cpu)  # null settings take this platform's defaults
+        cfg = resolve_engine_defaults(
+            cfg, on_cuda=not self.on_cpu
+        )  # null settings take this platform's defaults
         self.cfg = cfg
         kwargs: dict[str, Any] = {}
         if self.on_cpu:
@@ -69,7 +73,9 @@ class VLLMEngine:
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
             if cfg.gpu_memory_utilization > 0.5:
-                raise ValueError("engine.gpu_memory_utilization must be <= 0.5 on CPU (vLLM reads the NUMA node size)")
+                raise ValueError(
+                    "engine.gpu_memory_utilization must be <= 0.5 on CPU (vLLM reads the NUMA node size)"
+                )
         from vllm import LLM  # lazy: heavy, and env above must be set first
 
         self.llm = LLM(
@@ -106,11 +112,15 @@ class VLLMEngine:
             stop=list(sp.stop) or None,
         )
 
-    def _check(self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]) -> list[SamplingSpec]:
+    def _check(
+        self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]
+    ) -> list[SamplingSpec]:
         plist = [params] * len(prompts) if isinstance(params, SamplingSpec) else list(params)
         too_long = [i for i, p in enumerate(prompts) if len(p) >= self.cfg.max_model_len]
         if too_long:
-            raise ValueError(f"prompts {too_long} are longer than engine.max_model_len={self.cfg.max_model_len}; callers must quarantine them")
+            raise ValueError(
+                f"prompts {too_long} are longer than engine.max_model_len={self.cfg.max_model_len}; callers must quarantine them"
+            )
         return plist
 
     async def agenerate(
@@ -126,7 +136,9 @@ class VLLMEngine:
         plist = self._check(prompts, params)
         if self._loop is None:
             self._loop = _EngineLoop(self.llm.llm_engine)
-        outs = await self._loop.submit([list(p) for p in prompts], [self._params(sp) for sp in plist])
+        outs = await self._loop.submit(
+            [list(p) for p in prompts], [self._params(sp) for sp in plist]
+        )
         results = [self._convert(o) for o in outs]
         self.stats.add(results)
         return results
@@ -158,7 +170,9 @@ class VLLMEngine:
             if c.logprobs is not None:
                 lps = tuple({tid: lp.logprob for tid, lp in step.items()} for step in c.logprobs)
             comps.append(Completion(c.text, tuple(c.token_ids), str(c.finish_reason), lps))
-        return GenerationResult(tuple(comps), len(out.prompt_token_ids), int(out.num_cached_tokens or 0))
+        return GenerationResult(
+            tuple(comps), len(out.prompt_token_ids), int(out.num_cached_tokens or 0)
+        )
 
     def shutdown(self) -> None:
         """Drop the engine and free memory so the next stage (or Ray Train) gets the hardware."""
@@ -219,8 +233,12 @@ class _EngineLoop:
                 self._admit(block=not self._pending)
                 if self._pending:
                     self._step()
-            except Exception as e:  # the engine is in an unknown state: fail every waiter, then go on
-                log.exception("vLLM engine loop failed; failing %d in-flight requests", len(self._pending))
+            except (
+                Exception
+            ) as e:  # the engine is in an unknown state: fail every waiter, then go on
+                log.exception(
+                    "vLLM engine loop failed; failing %d in-flight requests", len(self._pending)
+                )
                 self._fail_all(e)
 
     def _admit(self, block: bool) -> None:
@@ -245,7 +263,9 @@ class _EngineLoop:
                     self._engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), sp)
                     self._pending[rid] = (sub, i)
                     added.append(rid)
-            except Exception as e:  # e.g. a bad sampling setting: this submission fails, others go on
+            except (
+                Exception
+            ) as e:  # e.g. a bad sampling setting: this submission fails, others go on
                 self._engine.abort_request(added, internal=True)
                 for rid in added:
                     self._pending.pop(rid, None)
@@ -272,7 +292,13 @@ class _EngineLoop:
 class _Submission:
     """The requests of one `agenerate` call and the future its coroutine awaits."""
 
-    def __init__(self, prompts: list[list[int]], params: list[Any], loop: asyncio.AbstractEventLoop, future: Any):
+    def __init__(
+        self,
+        prompts: list[list[int]],
+        params: list[Any],
+        loop: asyncio.AbstractEventLoop,
+        future: Any,
+    ):
         self.prompts, self.params, self.loop, self.future = prompts, params, loop, future
         self.outputs: list[Any] = [None] * len(prompts)
         self.remaining = len(prompts)

@@ -44,7 +44,9 @@ class Calibrator:
     @property
     def flat(self) -> bool:
         """relative only: the full-trace margin is not above the empty-prefix margin by min_range."""
-        return self.mode == "relative" and (self.m0 is None or self.mn is None or self.mn - self.m0 <= self.min_range)
+        return self.mode == "relative" and (
+            self.m0 is None or self.mn is None or self.mn - self.m0 <= self.min_range
+        )
 
     def score(self, p_enough: float, margin: float) -> float | None:
         if self.mode == "absolute":
@@ -92,7 +94,9 @@ def isotonic_cut(points: Sequence[tuple[int, float]], threshold: float) -> int |
     """
     pts = sorted(points)
     fitted = pav([s for _, s in pts])
-    return next((k for (k, _), f in zip(pts, fitted, strict=True) if k >= 1 and f >= threshold), None)
+    return next(
+        (k for (k, _), f in zip(pts, fitted, strict=True) if k >= 1 and f >= threshold), None
+    )
 
 
 def contradictions(verdicts: Sequence[tuple[int, bool]]) -> int:
@@ -110,8 +114,13 @@ def contradictions(verdicts: Sequence[tuple[int, bool]]) -> int:
 # ---- degeneracy -----------------------------------------------------------------------------------
 
 
-def degeneracy(enough_share: float, num_probes: int, ratios: Sequence[float], first_share: float,
-               full_share: float) -> list[str]:
+def degeneracy(
+    enough_share: float,
+    num_probes: int,
+    ratios: Sequence[float],
+    first_share: float,
+    full_share: float,
+) -> list[str]:
     """Reasons a run's judge looks degenerate (empty list when it does not)."""
     reasons = []
     if num_probes >= 20 and not 0.05 <= enough_share <= 0.95:

@@ -65,7 +65,9 @@ def render_judge_prompt(question: str, reasoning: str, version: str = "paper-v1"
     return judge_template(version).format(question=question, reasoning_part=reasoning)
 
 
-def render_judge_chat(tokenizer: Any, question: str, reasoning: str, version: str = "paper-v1") -> str:
+def render_judge_chat(
+    tokenizer: Any, question: str, reasoning: str, version: str = "paper-v1"
+) -> str:
     """The full chat text of one probe through the judge's template (thinking disabled)."""
     return render_chat(tokenizer, user_turn(render_judge_prompt(question, reasoning, version)))
 
@@ -90,7 +92,9 @@ def verdict_tokens(tokenizer: Any) -> VerdictTokens:
     while i < min(len(e), len(n)) and e[i] == n[i]:
         i += 1
     if i >= min(len(e), len(n)):
-        raise ValueError(f"the tokenizer encodes {ENOUGH_TAG} as a prefix of {NOT_ENOUGH_TAG} (or vice versa): {e} vs {n}")
+        raise ValueError(
+            f"the tokenizer encodes {ENOUGH_TAG} as a prefix of {NOT_ENOUGH_TAG} (or vice versa): {e} vs {n}"
+        )
     return VerdictTokens(tuple(e[:i]), e[i], n[i])
 
 
@@ -103,9 +107,11 @@ _SAFE_CUT = re.compile(r"(?<=\S)(?= )|(?<=\S\n)(?=\S)")
 # A CoT-like sample with every kind of joint (spaces, blank lines, tabs, punctuation before newlines,
 # LaTeX, digits, non-ASCII): the builder checks once per tokenizer that cutting it at _SAFE_CUT
 # reproduces the tokenization of every probe.
-_SELF_TEST_COT = ("First, note that 3.14 is close to pi.  Then compute $x^2 = 9$, so x = 3.\n\n"
-                  "Next:\tcheck e.g. the case x = -3! Does it work? Yes.\n- Since (a+b)^2 = 4, we get \\frac{1}{2}.\n"
-                  "It's 42%, i.e. 0.42...\n\n\nWait -- caf\u00e9 \u4e2d\u6587 \u2211.\nSo the answer is \\boxed{3}.")
+_SELF_TEST_COT = (
+    "First, note that 3.14 is close to pi.  Then compute $x^2 = 9$, so x = 3.\n\n"
+    "Next:\tcheck e.g. the case x = -3! Does it work? Yes.\n- Since (a+b)^2 = 4, we get \\frac{1}{2}.\n"
+    "It's 42%, i.e. 0.42...\n\n\nWait -- caf\u00e9 \u4e2d\u6587 \u2211.\nSo the answer is \\boxed{3}."
+)
 
 
 @dataclass(frozen=True)
@@ -118,21 +124,31 @@ class ProblemPrompt:
     """
 
     text: str
-    head_chars: int  # len(head text): the probe of cot[:c] ends its reasoning at text[head_chars + c]
+    head_chars: (
+        int  # len(head text): the probe of cot[:c] ends its reasoning at text[head_chars + c]
+    )
     cuts: tuple[int, ...]  # safe cut offsets into text, ascending, starting at 0
     counts: tuple[int, ...]  # counts[i] = number of stable tokens of text[:cuts[i]]
     stable: tuple[int, ...]  # the tokens of text
     tail_text: str
     prefill: tuple[int, ...]  # the reply's first tokens (logprob verdicts), appended as ids
-    head: tuple[int, ...]  # the ids every probe of this problem starts with (the k = 0 anchor's stable part)
-    tail: tuple[int, ...]  # the tail's own ids + prefill: the fixed end of a probe, for token budgets
+    head: tuple[
+        int, ...
+    ]  # the ids every probe of this problem starts with (the k = 0 anchor's stable part)
+    tail: tuple[
+        int, ...
+    ]  # the tail's own ids + prefill: the fixed end of a probe, for token budgets
     tokenizer: Any
-    _fresh: dict[int, list[int]] = field(default_factory=dict, compare=False, repr=False)  # re-encoded ends by offset
+    _fresh: dict[int, list[int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )  # re-encoded ends by offset
 
     def _split(self, char_end: int) -> tuple[int, list[int]]:
         """(stable tokens kept, re-encoded ids) of the probe of cot[:char_end]."""
         if not 0 <= char_end <= len(self.text) - self.head_chars:
-            raise ValueError(f"cut {char_end} is outside the CoT (0..{len(self.text) - self.head_chars})")
+            raise ValueError(
+                f"cut {char_end} is outside the CoT (0..{len(self.text) - self.head_chars})"
+            )
         x = self.head_chars + char_end
         i = max(0, bisect.bisect_left(self.cuts, x) - 1)  # the last safe cut strictly before x
         if x not in self._fresh:
@@ -170,7 +186,9 @@ class JudgePromptBuilder:
         """(head text, tail text) around the reasoning slot, as the chat template renders them."""
         text = render_judge_chat(self.tokenizer, question, _SENTINEL, self.version)
         if text.count(_SENTINEL) != 1:
-            raise ValueError("the judge's chat template altered the prompt; cannot locate the reasoning slot")
+            raise ValueError(
+                "the judge's chat template altered the prompt; cannot locate the reasoning slot"
+            )
         head, tail = text.split(_SENTINEL)
         return head, tail
 
@@ -189,22 +207,40 @@ class JudgePromptBuilder:
             for c, j in _token_cuts(text, [(int(a), int(b)) for a, b in enc["offset_mapping"]]):
                 cuts.append(c)
                 counts.append(j)
-        pp = ProblemPrompt(text, len(head), tuple(cuts), tuple(counts), stable, tail, self.prefill, (), (), self.tokenizer)
+        pp = ProblemPrompt(
+            text,
+            len(head),
+            tuple(cuts),
+            tuple(counts),
+            stable,
+            tail,
+            self.prefill,
+            (),
+            (),
+            self.tokenizer,
+        )
         fixed_tail = tuple(_encode(self.tokenizer, tail)) + self.prefill
         return dataclasses.replace(pp, head=stable[: pp.num_stable_tokens(0)], tail=fixed_tail)
 
     def _check_cuts(self) -> bool:
         """Whether cutting at _SAFE_CUT reproduces every probe's tokenization with this tokenizer (once)."""
         head, tail = self.split("What is 2 + 2?")
-        pp = self._build(head[-80:], tail, _SELF_TEST_COT, True)  # the head's end is what meets the CoT
+        pp = self._build(
+            head[-80:], tail, _SELF_TEST_COT, True
+        )  # the head's end is what meets the CoT
         texts = [pp.text[: pp.head_chars + c] + tail for c in range(len(_SELF_TEST_COT) + 1)]
         want = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         bad = [c for c, ids in enumerate(want) if pp.ids(c) != list(ids) + list(self.prefill)]
         if bad:
             # Not a regex-pre-tokenized byte-level BPE: encode every probe whole (still exact; the
             # engine's prefix cache still matches it token by token, only tokenizing costs more).
-            log.warning("judge tokenizer %s merges tokens across word boundaries (%d of %d self-test cuts differ); "
-                        "each probe is tokenized whole", type(self.tokenizer).__name__, len(bad), len(_SELF_TEST_COT) + 1)
+            log.warning(
+                "judge tokenizer %s merges tokens across word boundaries (%d of %d self-test cuts differ); "
+                "each probe is tokenized whole",
+                type(self.tokenizer).__name__,
+                len(bad),
+                len(_SELF_TEST_COT) + 1,
+            )
         return not bad
 
 

@@ -46,16 +46,51 @@ log = logging.getLogger(__name__)
 STAGE = "truncate"
 # Extra columns the actor returns besides the output row (dropped by the driver).
 _Q_REASON, _Q_DETAIL, _TRACE_JSON, _BATCH_KEY, _BATCH_CALLS, _BATCH_S = (
-    "_quarantine_reason", "_quarantine_detail", "_probe_trace_json", "_batch_key", "_batch_engine_calls", "_batch_judge_s")
+    "_quarantine_reason",
+    "_quarantine_detail",
+    "_probe_trace_json",
+    "_batch_key",
+    "_batch_engine_calls",
+    "_batch_judge_s",
+)
 RAW_CHARS = 200  # judge output kept per probe in generate mode
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
-    R.PROBLEM_ID, R.QUESTION, R.ANSWER, R.COT, "num_sentences", "num_judged_sentences", "prefix_sentences",
-    "prefix_char_end", "prefix_ratio_sentences", "prefix_ratio_chars", R.PREFIX, "is_sufficient", "non_monotone",
-    "search", "verdict_mode", "calibration", "threshold", "segmentation", "judge_model", "prompt_version",
-    "num_probes", "num_rounds", "prompt_tokens", "cached_tokens", "generated_tokens", "num_unparseable",
-    "num_judge_errors", "cot_truncated", "isotonic", "calibration_status", "calibration_m0", "calibration_mn",
-    "num_calibration_probes", "num_contradictions", "probe_trace",
+    R.PROBLEM_ID,
+    R.QUESTION,
+    R.ANSWER,
+    R.COT,
+    "num_sentences",
+    "num_judged_sentences",
+    "prefix_sentences",
+    "prefix_char_end",
+    "prefix_ratio_sentences",
+    "prefix_ratio_chars",
+    R.PREFIX,
+    "is_sufficient",
+    "non_monotone",
+    "search",
+    "verdict_mode",
+    "calibration",
+    "threshold",
+    "segmentation",
+    "judge_model",
+    "prompt_version",
+    "num_probes",
+    "num_rounds",
+    "prompt_tokens",
+    "cached_tokens",
+    "generated_tokens",
+    "num_unparseable",
+    "num_judge_errors",
+    "cot_truncated",
+    "isotonic",
+    "calibration_status",
+    "calibration_m0",
+    "calibration_mn",
+    "num_calibration_probes",
+    "num_contradictions",
+    "probe_trace",
 )
 
 
@@ -63,32 +98,75 @@ def output_schema() -> Any:
     """Arrow schema of the output Parquet (the column names and types are a contract)."""
     import pyarrow as pa
 
-    probe = pa.struct([("round", pa.int32()), ("k", pa.int32()), ("verdict", pa.bool_()), ("p_enough", pa.float64()),
-                       ("logprob_enough", pa.float64()), ("logprob_not_enough", pa.float64()), ("score", pa.float64()),
-                       ("anchor", pa.bool_()), ("votes", pa.list_(pa.bool_())),
-                       ("parseable", pa.bool_()), ("error", pa.string()), ("prompt_tokens", pa.int32()),
-                       ("cached_tokens", pa.int32()), ("generated_tokens", pa.int32()), ("raw", pa.string())])
+    probe = pa.struct(
+        [
+            ("round", pa.int32()),
+            ("k", pa.int32()),
+            ("verdict", pa.bool_()),
+            ("p_enough", pa.float64()),
+            ("logprob_enough", pa.float64()),
+            ("logprob_not_enough", pa.float64()),
+            ("score", pa.float64()),
+            ("anchor", pa.bool_()),
+            ("votes", pa.list_(pa.bool_())),
+            ("parseable", pa.bool_()),
+            ("error", pa.string()),
+            ("prompt_tokens", pa.int32()),
+            ("cached_tokens", pa.int32()),
+            ("generated_tokens", pa.int32()),
+            ("raw", pa.string()),
+        ]
+    )
     s, i, f, b = pa.string(), pa.int32(), pa.float64(), pa.bool_()
-    types = {"num_sentences": i, "num_judged_sentences": i, "prefix_sentences": i, "prefix_char_end": i,
-             "prefix_ratio_sentences": f, "prefix_ratio_chars": f, "is_sufficient": b, "non_monotone": b, "threshold": f,
-             "num_probes": i, "num_rounds": i, "prompt_tokens": pa.int64(), "cached_tokens": pa.int64(),
-             "generated_tokens": pa.int64(), "num_unparseable": i, "num_judge_errors": i, "cot_truncated": b,
-             "isotonic": b, "calibration_m0": f, "calibration_mn": f, "num_calibration_probes": i, "num_contradictions": i,
-             "probe_trace": pa.list_(probe)}
+    types = {
+        "num_sentences": i,
+        "num_judged_sentences": i,
+        "prefix_sentences": i,
+        "prefix_char_end": i,
+        "prefix_ratio_sentences": f,
+        "prefix_ratio_chars": f,
+        "is_sufficient": b,
+        "non_monotone": b,
+        "threshold": f,
+        "num_probes": i,
+        "num_rounds": i,
+        "prompt_tokens": pa.int64(),
+        "cached_tokens": pa.int64(),
+        "generated_tokens": pa.int64(),
+        "num_unparseable": i,
+        "num_judge_errors": i,
+        "cot_truncated": b,
+        "isotonic": b,
+        "calibration_m0": f,
+        "calibration_mn": f,
+        "num_calibration_probes": i,
+        "num_contradictions": i,
+        "probe_trace": pa.list_(probe),
+    }
     return pa.schema([(c, types.get(c, s)) for c in OUTPUT_COLUMNS])
 
 
 def check_judge_config(jcfg: JudgeConfig) -> None:
     """Fail before any engine starts on settings that cannot work (names the key and the fix)."""
     if jcfg.calibration not in CALIBRATIONS:
-        raise ValueError(f"judge.calibration={jcfg.calibration!r} is not one of {list(CALIBRATIONS)}")
-    if jcfg.calibration != "absolute" and jcfg.search != "fixed_ratio" and (jcfg.verdict != "logprob" or jcfg.votes != 1):
-        raise ValueError(f"judge.calibration={jcfg.calibration} needs judge.verdict=logprob and judge.votes=1 "
-                         "(it compares margins, not sampled votes); or use judge.calibration=absolute")
+        raise ValueError(
+            f"judge.calibration={jcfg.calibration!r} is not one of {list(CALIBRATIONS)}"
+        )
+    if (
+        jcfg.calibration != "absolute"
+        and jcfg.search != "fixed_ratio"
+        and (jcfg.verdict != "logprob" or jcfg.votes != 1)
+    ):
+        raise ValueError(
+            f"judge.calibration={jcfg.calibration} needs judge.verdict=logprob and judge.votes=1 "
+            "(it compares margins, not sampled votes); or use judge.calibration=absolute"
+        )
     if jcfg.isotonic and jcfg.search != "fixed_ratio" and jcfg.verdict != "logprob":
         # generate verdicts carry no score, so the fit would have no points and every cut would be discarded
-        raise ValueError("judge.isotonic=true needs judge.verdict=logprob (it fits the probes' p(ENOUGH) scores, "
-                         "which generated verdicts lack); set judge.isotonic=false or judge.verdict=logprob")
+        raise ValueError(
+            "judge.isotonic=true needs judge.verdict=logprob (it fits the probes' p(ENOUGH) scores, "
+            "which generated verdicts lack); set judge.isotonic=false or judge.verdict=logprob"
+        )
     if jcfg.min_margin_range < 0:
         raise ValueError(f"judge.min_margin_range must be >= 0, got {jcfg.min_margin_range}")
     if jcfg.votes < 1:
@@ -103,7 +181,9 @@ def check_judge_config(jcfg: JudgeConfig) -> None:
 
 def reference_config(jcfg: JudgeConfig) -> JudgeConfig:
     """Paper-reference mode: the paper's binary search with decode-and-parse verdicts."""
-    return dataclasses.replace(jcfg, search="binary", verdict="generate", calibration="absolute", isotonic=False)
+    return dataclasses.replace(
+        jcfg, search="binary", verdict="generate", calibration="absolute", isotonic=False
+    )
 
 
 # ---- per-problem preparation ------------------------------------------------------------------
@@ -123,9 +203,15 @@ class Problem:
     state: SearchState
     probes: list[dict[str, Any]] = field(default_factory=list)
     calib: Calibrator | None = None  # set once the anchors are judged (absolute: at once)
-    calib_status: str = ""  # "" = calibrated; flat_margin / anchor_failed = the judge could not be calibrated
-    outcomes: dict[int, dict[str, Any]] = field(default_factory=dict)  # raw outcome per judged k, reused by later probes
-    engine_error: str = ""  # an engine call for this problem failed: it leaves as judge_engine_error, to be retried
+    calib_status: str = (
+        ""  # "" = calibrated; flat_margin / anchor_failed = the judge could not be calibrated
+    )
+    outcomes: dict[int, dict[str, Any]] = field(
+        default_factory=dict
+    )  # raw outcome per judged k, reused by later probes
+    engine_error: str = (
+        ""  # an engine call for this problem failed: it leaves as judge_engine_error, to be retried
+    )
 
     @property
     def cot_truncated(self) -> bool:
@@ -153,14 +239,17 @@ def judged_sentences(prompt: ProblemPrompt, ends: list[int], budget: int) -> int
     return n
 
 
-def prepare_problem(row: dict[str, Any], builder: JudgePromptBuilder | None, jcfg: JudgeConfig,
-                    max_model_len: int) -> Problem | dict[str, Any]:
+def prepare_problem(
+    row: dict[str, Any], builder: JudgePromptBuilder | None, jcfg: JudgeConfig, max_model_len: int
+) -> Problem | dict[str, Any]:
     """A Problem, or a quarantine row naming why the row cannot be judged."""
     pid = str(row[R.PROBLEM_ID])
     question, cot = row.get(R.QUESTION), row.get(R.COT)
     for name, value in ((R.QUESTION, question), (R.COT, cot)):
         if not isinstance(value, str) or not value.strip():
-            return quarantine_row(STAGE, pid, f"empty_{name}", f"field {name!r} is missing, empty or whitespace-only")
+            return quarantine_row(
+                STAGE, pid, f"empty_{name}", f"field {name!r} is missing, empty or whitespace-only"
+            )
     ends = sentence_ends(cot, jcfg.segmentation, jcfg.max_sentence_chars)
     if not ends:
         return quarantine_row(STAGE, pid, "no_sentences", "segmentation found no sentence")
@@ -174,9 +263,13 @@ def prepare_problem(row: dict[str, Any], builder: JudgePromptBuilder | None, jcf
     n = judged_sentences(prompt, ends, min(jcfg.max_cot_tokens, room))
     if n == 0:
         shortest = prompt.num_tokens(ends[0]) + reserved_tokens(jcfg)
-        return quarantine_row(STAGE, pid, "prompt_too_long",
-                              f"{shortest} tokens with the shortest prefix > engine.max_model_len {max_model_len} "
-                              f"(or first sentence > judge.max_cot_tokens {jcfg.max_cot_tokens})")
+        return quarantine_row(
+            STAGE,
+            pid,
+            "prompt_too_long",
+            f"{shortest} tokens with the shortest prefix > engine.max_model_len {max_model_len} "
+            f"(or first sentence > judge.max_cot_tokens {jcfg.max_cot_tokens})",
+        )
     state = SearchState(n, jcfg.search, kary_k=jcfg.kary_k)
     return Problem(pid, question, answer, cot, ends, n, prompt, state)
 
@@ -184,30 +277,55 @@ def prepare_problem(row: dict[str, Any], builder: JudgePromptBuilder | None, jcf
 # ---- one round ---------------------------------------------------------------------------------
 
 
-def probe_spec(jcfg: JudgeConfig, vt: VerdictTokens, num_prompt_tokens: int, max_model_len: int, seed: int) -> SamplingSpec:
+def probe_spec(
+    jcfg: JudgeConfig, vt: VerdictTokens, num_prompt_tokens: int, max_model_len: int, seed: int
+) -> SamplingSpec:
     sampled = jcfg.votes > 1 or jcfg.temperature > 0
-    common = dict(n=jcfg.votes, temperature=jcfg.temperature if sampled else 0.0, seed=seed if sampled else None)
+    common = dict(
+        n=jcfg.votes,
+        temperature=jcfg.temperature if sampled else 0.0,
+        seed=seed if sampled else None,
+    )
     if jcfg.verdict == "logprob":
         pair = (vt.enough_id, vt.not_enough_id)
         # allowed_token_ids makes each vote one of the two verdicts; logprob_token_ids returns both raw logprobs.
-        return SamplingSpec(max_tokens=1, logprobs=2, allowed_token_ids=pair, logprob_token_ids=pair, **common)
-    return SamplingSpec(max_tokens=max(1, min(jcfg.max_new_tokens, max_model_len - num_prompt_tokens)), **common)
+        return SamplingSpec(
+            max_tokens=1, logprobs=2, allowed_token_ids=pair, logprob_token_ids=pair, **common
+        )
+    return SamplingSpec(
+        max_tokens=max(1, min(jcfg.max_new_tokens, max_model_len - num_prompt_tokens)), **common
+    )
 
 
 def judge_result(res: GenerationResult, jcfg: JudgeConfig, vt: VerdictTokens) -> dict[str, Any]:
     """Verdict, votes and scores of one probe's engine result (policy applied to unparseable outputs)."""
-    out: dict[str, Any] = {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "score": None,
-                           "anchor": False, "raw": "", "error": ""}
+    out: dict[str, Any] = {
+        "p_enough": None,
+        "logprob_enough": None,
+        "logprob_not_enough": None,
+        "score": None,
+        "anchor": False,
+        "raw": "",
+        "error": "",
+    }
     if jcfg.verdict == "logprob":
-        score = logprob_score(res.completions[0].logprobs[0] if res.completions[0].logprobs else None, vt)
+        score = logprob_score(
+            res.completions[0].logprobs[0] if res.completions[0].logprobs else None, vt
+        )
         if score is None:
             votes, parseable = [jcfg.unparseable == "enough"], False
             out["error"] = "no_verdict_logprobs"
         else:
-            out.update(p_enough=score.p_enough, logprob_enough=score.logprob_enough, logprob_not_enough=score.logprob_not_enough,
-                       score=score.p_enough)
+            out.update(
+                p_enough=score.p_enough,
+                logprob_enough=score.logprob_enough,
+                logprob_not_enough=score.logprob_not_enough,
+                score=score.p_enough,
+            )
             if jcfg.votes > 1:
-                votes = [bool(c.token_ids) and c.token_ids[0] == vt.enough_id for c in res.completions]
+                votes = [
+                    bool(c.token_ids) and c.token_ids[0] == vt.enough_id for c in res.completions
+                ]
             else:
                 votes = [score.p_enough >= jcfg.threshold]
             parseable = True
@@ -222,8 +340,18 @@ def judge_result(res: GenerationResult, jcfg: JudgeConfig, vt: VerdictTokens) ->
 def error_outcome(jcfg: JudgeConfig, err: str) -> dict[str, Any]:
     """A failed probe counts by the unparseable policy (the paper: an error is NOT_ENOUGH)."""
     v = jcfg.unparseable == "enough"
-    return {"p_enough": None, "logprob_enough": None, "logprob_not_enough": None, "score": None, "anchor": False,
-            "raw": "", "error": err[:200], "verdict": v, "votes": [v], "parseable": False}
+    return {
+        "p_enough": None,
+        "logprob_enough": None,
+        "logprob_not_enough": None,
+        "score": None,
+        "anchor": False,
+        "raw": "",
+        "error": err[:200],
+        "verdict": v,
+        "votes": [v],
+        "parseable": False,
+    }
 
 
 def effective_threshold(jcfg: JudgeConfig) -> float:
@@ -264,7 +392,11 @@ def decide(o: dict[str, Any], calib: Calibrator, jcfg: JudgeConfig) -> dict[str,
 
 def _round_probes(p: Problem, jcfg: JudgeConfig) -> tuple[list[int], list[int]]:
     """(anchor ks to judge now, search ks of the new round); anchors only before the first round."""
-    anchors = [k for k in anchor_ks(jcfg.calibration, p.num_judged) if k not in p.outcomes] if p.calib is None else []
+    anchors = (
+        [k for k in anchor_ks(jcfg.calibration, p.num_judged) if k not in p.outcomes]
+        if p.calib is None
+        else []
+    )
     return anchors, p.state.next_probes()
 
 
@@ -276,18 +408,32 @@ class RoundLoop:
     async (`arun_rounds`) drivers differ only in how they call the engine.
     """
 
-    def __init__(self, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens, max_model_len: int, seed: int = 0):
+    def __init__(
+        self,
+        problems: Sequence[Problem],
+        jcfg: JudgeConfig,
+        vt: VerdictTokens,
+        max_model_len: int,
+        seed: int = 0,
+    ):
         self.problems = problems
-        self.jcfg = dataclasses.replace(jcfg, calibration="absolute") if jcfg.verdict != "logprob" else jcfg
+        self.jcfg = (
+            dataclasses.replace(jcfg, calibration="absolute") if jcfg.verdict != "logprob" else jcfg
+        )
         self.vt, self.max_model_len, self.seed = vt, max_model_len, seed
         self.calls = 0
         self._plan: list[tuple[Problem, list[int], list[int]]] = []
 
-    def next_call(self) -> tuple[list[tuple[Problem, int]], list[list[int]], list[SamplingSpec]] | None:
+    def next_call(
+        self,
+    ) -> tuple[list[tuple[Problem, int]], list[list[int]], list[SamplingSpec]] | None:
         """(probes, prompt ids, sampling specs) of the next engine call; None when every search is done."""
         while True:
-            self._plan = [(p, *_round_probes(p, self.jcfg)) for p in self.problems
-                          if not p.state.done and not p.engine_error]
+            self._plan = [
+                (p, *_round_probes(p, self.jcfg))
+                for p in self.problems
+                if not p.state.done and not p.engine_error
+            ]
             if not self._plan:
                 return None
             todo: list[tuple[Problem, int]] = []
@@ -299,24 +445,42 @@ class RoundLoop:
                         todo.append((p, k))
             if todo:
                 prompts = [p.prompt.ids(p.ends[k - 1] if k else 0) for p, k in todo]  # type: ignore[union-attr]
-                specs = [probe_spec(self.jcfg, self.vt, len(ids), self.max_model_len,
-                                    derive_seed(self.seed, p.problem_id, f"judge:{k}"))
-                         for ids, (p, k) in zip(prompts, todo, strict=True)]
+                specs = [
+                    probe_spec(
+                        self.jcfg,
+                        self.vt,
+                        len(ids),
+                        self.max_model_len,
+                        derive_seed(self.seed, p.problem_id, f"judge:{k}"),
+                    )
+                    for ids, (p, k) in zip(prompts, todo, strict=True)
+                ]
                 return todo, prompts, specs
             self._apply()  # every probe of this round was judged before (anchors): no engine call
 
-    def record(self, todo: list[tuple[Problem, int]], prompts: list[list[int]],
-               results: Sequence[GenerationResult] | None, error: str = "") -> None:
+    def record(
+        self,
+        todo: list[tuple[Problem, int]],
+        prompts: list[list[int]],
+        results: Sequence[GenerationResult] | None,
+        error: str = "",
+    ) -> None:
         """Results of one engine call (None: the call failed, and its problems stop with `engine_error`)."""
         self.calls += 1
         if results is None:
-            for p, _ in todo:  # these problems are out of the search; they leave as judge_engine_error
+            for (
+                p,
+                _,
+            ) in todo:  # these problems are out of the search; they leave as judge_engine_error
                 p.engine_error = error or "engine call failed"
             return
         for (p, k), res in zip(todo, results, strict=True):
             o = judge_result(res, self.jcfg, self.vt)
-            o.update(prompt_tokens=res.num_prompt_tokens, cached_tokens=res.num_cached_tokens,
-                     generated_tokens=res.num_generated_tokens)
+            o.update(
+                prompt_tokens=res.num_prompt_tokens,
+                cached_tokens=res.num_cached_tokens,
+                generated_tokens=res.num_generated_tokens,
+            )
             p.outcomes[k] = o
         self._apply()
 
@@ -330,7 +494,9 @@ class RoundLoop:
             assert p.calib is not None
             for k in ks:
                 o = decide(p.outcomes[k], p.calib, jcfg)
-                if k in anchor_ks(jcfg.calibration, p.num_judged):  # judged as an anchor: tokens counted there
+                if k in anchor_ks(
+                    jcfg.calibration, p.num_judged
+                ):  # judged as an anchor: tokens counted there
                     o.update(prompt_tokens=0, cached_tokens=0, generated_tokens=0)
                 o.update(round=p.state.round, k=k, anchor=False)
                 p.probes.append(o)
@@ -339,8 +505,14 @@ class RoundLoop:
                 p.state.stop()
 
 
-def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
-               max_model_len: int, seed: int = 0) -> int:
+def run_rounds(
+    engine: Engine,
+    problems: Sequence[Problem],
+    jcfg: JudgeConfig,
+    vt: VerdictTokens,
+    max_model_len: int,
+    seed: int = 0,
+) -> int:
     """Advance every problem's search to the end, one engine call per round; returns the calls made."""
     loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
     while (call := loop.next_call()) is not None:
@@ -355,8 +527,14 @@ def run_rounds(engine: Engine, problems: Sequence[Problem], jcfg: JudgeConfig, v
     return loop.calls
 
 
-async def arun_rounds(engine: Any, problems: Sequence[Problem], jcfg: JudgeConfig, vt: VerdictTokens,
-                      max_model_len: int, seed: int = 0) -> int:
+async def arun_rounds(
+    engine: Any,
+    problems: Sequence[Problem],
+    jcfg: JudgeConfig,
+    vt: VerdictTokens,
+    max_model_len: int,
+    seed: int = 0,
+) -> int:
     """`run_rounds` on an async engine: while this batch waits for a round, other batches' probes fill the engine."""
     loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
     while (call := loop.next_call()) is not None:
@@ -384,25 +562,47 @@ def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, An
     if jcfg.isotonic and jcfg.search != "fixed_ratio" and not p.calib_status:
         cut = isotonic_cut(_score_points(p, jcfg), effective_threshold(jcfg))
         k, sufficient = (cut, True) if cut is not None else (n_all, False)
-    if p.calib_status and jcfg.flat_fallback == "fixed_ratio":  # stated policy, flagged by calibration_status
+    if (
+        p.calib_status and jcfg.flat_fallback == "fixed_ratio"
+    ):  # stated policy, flagged by calibration_status
         k, sufficient = fixed_ratio_k(n_all, jcfg.fixed_ratio), False
     end = p.ends[k - 1]
     calib = p.calib or Calibrator(jcfg.calibration, effective_threshold(jcfg))
     nan = float("nan")
     tot = lambda key: int(sum(x[key] for x in p.probes))  # noqa: E731
     return {
-        R.PROBLEM_ID: p.problem_id, R.QUESTION: p.question, R.ANSWER: p.answer, R.COT: p.cot,
-        "num_sentences": n_all, "num_judged_sentences": p.num_judged, "prefix_sentences": k, "prefix_char_end": end,
-        "prefix_ratio_sentences": k / n_all, "prefix_ratio_chars": end / len(p.cot), R.PREFIX: p.cot[:end],
-        "is_sufficient": sufficient, "non_monotone": r.non_monotone, "search": jcfg.search,
-        "verdict_mode": "none" if jcfg.search == "fixed_ratio" else jcfg.verdict, "calibration": jcfg.calibration,
-        "threshold": effective_threshold(jcfg), "segmentation": jcfg.segmentation, "judge_model": judge_model,
-        "prompt_version": jcfg.prompt_version, "num_probes": r.num_probes, "num_rounds": r.num_rounds,
-        "prompt_tokens": tot("prompt_tokens"), "cached_tokens": tot("cached_tokens"), "generated_tokens": tot("generated_tokens"),
+        R.PROBLEM_ID: p.problem_id,
+        R.QUESTION: p.question,
+        R.ANSWER: p.answer,
+        R.COT: p.cot,
+        "num_sentences": n_all,
+        "num_judged_sentences": p.num_judged,
+        "prefix_sentences": k,
+        "prefix_char_end": end,
+        "prefix_ratio_sentences": k / n_all,
+        "prefix_ratio_chars": end / len(p.cot),
+        R.PREFIX: p.cot[:end],
+        "is_sufficient": sufficient,
+        "non_monotone": r.non_monotone,
+        "search": jcfg.search,
+        "verdict_mode": "none" if jcfg.search == "fixed_ratio" else jcfg.verdict,
+        "calibration": jcfg.calibration,
+        "threshold": effective_threshold(jcfg),
+        "segmentation": jcfg.segmentation,
+        "judge_model": judge_model,
+        "prompt_version": jcfg.prompt_version,
+        "num_probes": r.num_probes,
+        "num_rounds": r.num_rounds,
+        "prompt_tokens": tot("prompt_tokens"),
+        "cached_tokens": tot("cached_tokens"),
+        "generated_tokens": tot("generated_tokens"),
         "num_unparseable": sum(not x["parseable"] and not x["error"] for x in p.outcomes.values()),
-        "num_judge_errors": sum(bool(x["error"]) for x in p.outcomes.values()), "cot_truncated": p.cot_truncated,
-        "isotonic": jcfg.isotonic, "calibration_status": p.calib_status,
-        "calibration_m0": nan if calib.m0 is None else calib.m0, "calibration_mn": nan if calib.mn is None else calib.mn,
+        "num_judge_errors": sum(bool(x["error"]) for x in p.outcomes.values()),
+        "cot_truncated": p.cot_truncated,
+        "isotonic": jcfg.isotonic,
+        "calibration_status": p.calib_status,
+        "calibration_m0": nan if calib.m0 is None else calib.m0,
+        "calibration_mn": nan if calib.mn is None else calib.mn,
         "num_calibration_probes": len(p.probes) - len(search),
         "num_contradictions": contradictions([(x["k"], x["verdict"]) for x in search]),
         "probe_trace": [{key: x[key] for key in _PROBE_KEYS} for x in p.probes],
@@ -420,13 +620,31 @@ def _score_points(p: Problem, jcfg: JudgeConfig) -> list[tuple[int, float]]:
     return sorted(pts.items())
 
 
-_PROBE_KEYS = ("round", "k", "verdict", "p_enough", "logprob_enough", "logprob_not_enough", "score", "anchor", "votes",
-               "parseable", "error",
-               "prompt_tokens", "cached_tokens", "generated_tokens", "raw")
+_PROBE_KEYS = (
+    "round",
+    "k",
+    "verdict",
+    "p_enough",
+    "logprob_enough",
+    "logprob_not_enough",
+    "score",
+    "anchor",
+    "votes",
+    "parseable",
+    "error",
+    "prompt_tokens",
+    "cached_tokens",
+    "generated_tokens",
+    "raw",
+)
 
 
-def prepare_rows(rows: Sequence[dict[str, Any]], builder: JudgePromptBuilder | None, jcfg: JudgeConfig,
-                 max_model_len: int) -> tuple[list[Problem], list[dict[str, Any]]]:
+def prepare_rows(
+    rows: Sequence[dict[str, Any]],
+    builder: JudgePromptBuilder | None,
+    jcfg: JudgeConfig,
+    max_model_len: int,
+) -> tuple[list[Problem], list[dict[str, Any]]]:
     """Problems to judge, and quarantine rows for those that cannot be."""
     problems: list[Problem] = []
     quarantined: list[dict[str, Any]] = []
@@ -439,19 +657,32 @@ def prepare_rows(rows: Sequence[dict[str, Any]], builder: JudgePromptBuilder | N
     return problems, quarantined
 
 
-def finished_rows(problems: Sequence[Problem], jcfg: JudgeConfig, judge_model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def finished_rows(
+    problems: Sequence[Problem], jcfg: JudgeConfig, judge_model: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Output rows of judged problems; a problem whose engine call failed is quarantined as judge_engine_error.
 
     That reason is retryable: the stage never commits such a row, so the problem is judged again.
     """
     out = [problem_row(p, jcfg, judge_model) for p in problems if not p.engine_error]
-    failed = [quarantine_row(STAGE, p.problem_id, "judge_engine_error", p.engine_error) for p in problems if p.engine_error]
+    failed = [
+        quarantine_row(STAGE, p.problem_id, "judge_engine_error", p.engine_error)
+        for p in problems
+        if p.engine_error
+    ]
     return out, failed
 
 
-def judge_rows(engine: Engine | None, builder: JudgePromptBuilder | None, vt: VerdictTokens | None,
-               rows: Sequence[dict[str, Any]], jcfg: JudgeConfig, engine_cfg: EngineConfig, judge_model: str,
-               seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+def judge_rows(
+    engine: Engine | None,
+    builder: JudgePromptBuilder | None,
+    vt: VerdictTokens | None,
+    rows: Sequence[dict[str, Any]],
+    jcfg: JudgeConfig,
+    engine_cfg: EngineConfig,
+    judge_model: str,
+    seed: int,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """Judge a batch of input rows together on a sync engine: (output rows, quarantine rows, engine calls)."""
     problems, quarantined = prepare_rows(rows, builder, jcfg, engine_cfg.max_model_len)
     calls = 0
@@ -468,7 +699,9 @@ def judge_tools(tokenizer: Any, jcfg: JudgeConfig) -> tuple[JudgePromptBuilder, 
     return JudgePromptBuilder(tokenizer, jcfg.prompt_version, prefill), vt
 
 
-def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def check_input(
+    rows: Iterable[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Driver-side checks that need no model: ids present and unique, question and CoT non-empty strings."""
     ok: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
@@ -477,24 +710,46 @@ def check_input(rows: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         pid = row.get(R.PROBLEM_ID)
         pid = str(pid) if pid is not None and str(pid) != "" else f"row-{i}"
         if pid in seen:
-            bad.append(quarantine_row(STAGE, pid, "duplicate_problem_id", f"row {i} repeats problem_id {pid!r}"))
+            bad.append(
+                quarantine_row(
+                    STAGE, pid, "duplicate_problem_id", f"row {i} repeats problem_id {pid!r}"
+                )
+            )
             continue
         seen.add(pid)
-        reason = next((f"empty_{c}" for c in (R.QUESTION, R.COT)
-                       if not isinstance(row.get(c), str) or not row[c].strip()), "")
+        reason = next(
+            (
+                f"empty_{c}"
+                for c in (R.QUESTION, R.COT)
+                if not isinstance(row.get(c), str) or not row[c].strip()
+            ),
+            "",
+        )
         if reason:
-            bad.append(quarantine_row(STAGE, pid, reason, f"field {reason[6:]!r} is missing, empty or whitespace-only"))
+            bad.append(
+                quarantine_row(
+                    STAGE, pid, reason, f"field {reason[6:]!r} is missing, empty or whitespace-only"
+                )
+            )
             continue
         ans = row.get(R.ANSWER)
-        ok.append({R.PROBLEM_ID: pid, R.QUESTION: row[R.QUESTION], R.COT: row[R.COT],
-                   R.ANSWER: "" if ans is None else str(ans)})
+        ok.append(
+            {
+                R.PROBLEM_ID: pid,
+                R.QUESTION: row[R.QUESTION],
+                R.COT: row[R.COT],
+                R.ANSWER: "" if ans is None else str(ans),
+            }
+        )
     return ok, bad
 
 
 # ---- summary -----------------------------------------------------------------------------------
 
 
-def quantiles(values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> dict[str, float]:
+def quantiles(
+    values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+) -> dict[str, float]:
     """Linear-interpolated quantiles plus the mean (pure Python; empty → {})."""
     if not values:
         return {}
@@ -509,8 +764,17 @@ def quantiles(values: Sequence[float], qs: Sequence[float] = (0.0, 0.1, 0.25, 0.
     return out
 
 
-def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: int, wall_s: float, jcfg: JudgeConfig,
-              *, paper_reference: bool, engine_calls: int, judge_s: float) -> dict[str, Any]:
+def summarize(
+    out: list[dict[str, Any]],
+    bad: list[dict[str, Any]],
+    num_input: int,
+    wall_s: float,
+    jcfg: JudgeConfig,
+    *,
+    paper_reference: bool,
+    engine_calls: int,
+    judge_s: float,
+) -> dict[str, Any]:
     """Counts, prefix-ratio distribution, rounds and probes against the binary bound, token and cache shares."""
     reasons = dict(Counter(str(q[R.REASON]) for q in bad))
     probes = [p for r in out for p in r["probe_trace"] if not p.get("anchor")]
@@ -523,40 +787,79 @@ def summarize(out: list[dict[str, Any]], bad: list[dict[str, Any]], num_input: i
         by_round.setdefault(int(pr["round"]), []).append(bool(pr["verdict"]))
     first = sum(r["prefix_sentences"] == 1 for r in out) / len(out) if out else 0.0
     full = sum(r["prefix_sentences"] == r["num_sentences"] for r in out) / len(out) if out else 0.0
-    judged = [r for r in out if r["num_sentences"] > 1]  # a one-sentence trace is both first and full
+    judged = [
+        r for r in out if r["num_sentences"] > 1
+    ]  # a one-sentence trace is both first and full
     first_j = sum(r["prefix_sentences"] == 1 for r in judged) / len(judged) if judged else 0.0
-    full_j = sum(r["prefix_sentences"] == r["num_sentences"] for r in judged) / len(judged) if judged else 0.0
-    degenerate = [] if jcfg.search == "fixed_ratio" else degeneracy(
-        enough_share, len(probes), [r["prefix_ratio_sentences"] for r in judged], first_j, full_j)
+    full_j = (
+        sum(r["prefix_sentences"] == r["num_sentences"] for r in judged) / len(judged)
+        if judged
+        else 0.0
+    )
+    degenerate = (
+        []
+        if jcfg.search == "fixed_ratio"
+        else degeneracy(
+            enough_share,
+            len(probes),
+            [r["prefix_ratio_sentences"] for r in judged],
+            first_j,
+            full_j,
+        )
+    )
     if degenerate:
         # A judge that (almost) always answers the same cuts every trace at the first sentence or keeps it whole.
-        log.warning("degenerate judge (calibration=%s): %s; the cuts say little (see judge.calibration)",
-                    jcfg.calibration, "; ".join(degenerate))
+        log.warning(
+            "degenerate judge (calibration=%s): %s; the cuts say little (see judge.calibration)",
+            jcfg.calibration,
+            "; ".join(degenerate),
+        )
     return {
-        "num_input": num_input, "num_output": len(out), "num_quarantined": len(bad), "quarantine_reasons": reasons,
-        "num_sufficient": sum(r["is_sufficient"] for r in out), "num_non_monotone": sum(r["non_monotone"] for r in out),
+        "num_input": num_input,
+        "num_output": len(out),
+        "num_quarantined": len(bad),
+        "quarantine_reasons": reasons,
+        "num_sufficient": sum(r["is_sufficient"] for r in out),
+        "num_non_monotone": sum(r["non_monotone"] for r in out),
         "num_cot_truncated": sum(r["cot_truncated"] for r in out),
-        "search": jcfg.search, "verdict_mode": jcfg.verdict, "paper_reference": paper_reference, "judge_model": jcfg.model,
-        "prompt_version": jcfg.prompt_version, "threshold": jcfg.threshold,
+        "search": jcfg.search,
+        "verdict_mode": jcfg.verdict,
+        "paper_reference": paper_reference,
+        "judge_model": jcfg.model,
+        "prompt_version": jcfg.prompt_version,
+        "threshold": jcfg.threshold,
         "prefix_ratio_sentences": quantiles([r["prefix_ratio_sentences"] for r in out]),
         "prefix_ratio_chars": quantiles([r["prefix_ratio_chars"] for r in out]),
         "num_sentences": quantiles([r["num_sentences"] for r in out]),
         "num_judged_sentences": quantiles([r["num_judged_sentences"] for r in out]),
         "rounds_per_problem": quantiles([r["num_rounds"] for r in out]),
         "probes_per_problem": quantiles([r["num_probes"] for r in out]),
-        "binary_bound_per_problem": quantiles([r["num_judged_sentences"].bit_length() for r in out]),
+        "binary_bound_per_problem": quantiles(
+            [r["num_judged_sentences"].bit_length() for r in out]
+        ),
         "num_within_binary_bound": within,
-        "num_probes": len(probes), "num_enough_verdicts": sum(p["verdict"] for p in probes), "enough_share": enough_share,
+        "num_probes": len(probes),
+        "num_enough_verdicts": sum(p["verdict"] for p in probes),
+        "enough_share": enough_share,
         "enough_share_by_round": {str(k): sum(v) / len(v) for k, v in sorted(by_round.items())},
-        "share_cut_at_first_sentence": first, "share_cut_at_full_trace": full, "degenerate": degenerate,
-        "calibration": jcfg.calibration, "isotonic": jcfg.isotonic,
+        "share_cut_at_first_sentence": first,
+        "share_cut_at_full_trace": full,
+        "degenerate": degenerate,
+        "calibration": jcfg.calibration,
+        "isotonic": jcfg.isotonic,
         "num_calibration_probes": sum(r.get("num_calibration_probes", 0) for r in out),
-        "calibration_status": {s: sum(r.get("calibration_status") == s for r in out)
-                               for s in sorted({r.get("calibration_status") or "ok" for r in out} - {"ok"})},
+        "calibration_status": {
+            s: sum(r.get("calibration_status") == s for r in out)
+            for s in sorted({r.get("calibration_status") or "ok" for r in out} - {"ok"})
+        },
         "num_contradictions": sum(r.get("num_contradictions", 0) for r in out),
-        "num_unparseable": sum(r["num_unparseable"] for r in out), "num_judge_errors": sum(r["num_judge_errors"] for r in out),
+        "num_unparseable": sum(r["num_unparseable"] for r in out),
+        "num_judge_errors": sum(r["num_judge_errors"] for r in out),
         "engine_calls": engine_calls,
-        "prompt_tokens": prompt, "cached_tokens": cached, "cache_hit_share": (cached / prompt) if prompt else 0.0,
+        "prompt_tokens": prompt,
+        "cached_tokens": cached,
+        "cache_hit_share": (cached / prompt) if prompt else 0.0,
         "generated_tokens": sum(r["generated_tokens"] for r in out),
-        "judge_s": round(judge_s, 3), "wall_s": round(wall_s, 3),
+        "judge_s": round(judge_s, 3),
+        "wall_s": round(wall_s, 3),
     }

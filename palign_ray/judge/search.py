@@ -100,7 +100,9 @@ def kary_cuts(lo: int, hi: int, k: int) -> list[int]:
 class SearchState:
     """The search over prefixes 1..n of one problem; see the module docstring for the modes."""
 
-    def __init__(self, n: int, mode: SearchMode = "binary", kary_k: int = 3, fixed_ratio: float = 0.25):
+    def __init__(
+        self, n: int, mode: SearchMode = "binary", kary_k: int = 3, fixed_ratio: float = 0.25
+    ):
         if n < 1:
             raise ValueError(f"a search needs at least one sentence, got n={n}")
         if mode not in SEARCH_MODES:
@@ -129,7 +131,9 @@ class SearchState:
 
     def next_probes(self) -> list[int]:
         """Prefix lengths to judge this round (starts a round); [] when done. Call again only after recording them."""
-        assert not self._pending, f"probes {sorted(self._pending)} of round {self.round} not recorded yet"
+        assert not self._pending, (
+            f"probes {sorted(self._pending)} of round {self.round} not recorded yet"
+        )
         if self.done:
             return []
         if self.mode == "binary":
@@ -142,12 +146,18 @@ class SearchState:
         self._pending = set(probes)
         return probes
 
-    def record(self, k: int, verdict: bool, score: float | None = None, votes: Sequence[bool] = ()) -> None:
+    def record(
+        self, k: int, verdict: bool, score: float | None = None, votes: Sequence[bool] = ()
+    ) -> None:
         """The (majority) verdict for prefix k of the current round; the state advances once all are in."""
         if k not in self._pending:
-            raise ValueError(f"k={k} was not requested in round {self.round} (pending: {sorted(self._pending)})")
+            raise ValueError(
+                f"k={k} was not requested in round {self.round} (pending: {sorted(self._pending)})"
+            )
         self._pending.discard(k)
-        self.trace.append(ProbeRecord(self.round, k, bool(verdict), score, tuple(bool(v) for v in votes)))
+        self.trace.append(
+            ProbeRecord(self.round, k, bool(verdict), score, tuple(bool(v) for v in votes))
+        )
         self.verdicts[k] = bool(verdict)
         if not self._pending:
             self._advance()
@@ -155,7 +165,7 @@ class SearchState:
     def _advance(self) -> None:
         this_round = {p.k: p.verdict for p in self.trace if p.round == self.round}
         if self.mode == "binary":
-            (mid, ok), = this_round.items()
+            ((mid, ok),) = this_round.items()
             if ok:
                 self.best, self.hi = mid, mid - 1
             else:
@@ -165,7 +175,9 @@ class SearchState:
             if enough:
                 self.best = min(enough)
                 self.hi = self.best - 1
-            below = [k for k, ok in this_round.items() if not ok and (self.best is None or k < self.best)]
+            below = [
+                k for k, ok in this_round.items() if not ok and (self.best is None or k < self.best)
+            ]
             if below:
                 self.lo = max(self.lo, max(below) + 1)
         else:  # linear
@@ -175,7 +187,9 @@ class SearchState:
 
     def stop(self) -> None:
         """End the search now (e.g. the judge cannot tell, see calibration): result() keeps what was found so far."""
-        assert not self._pending, f"probes {sorted(self._pending)} of round {self.round} not recorded yet"
+        assert not self._pending, (
+            f"probes {sorted(self._pending)} of round {self.round} not recorded yet"
+        )
         self.lo, self.hi, self._linear_done = self.n + 1, self.n, True
 
     @property
@@ -191,4 +205,6 @@ class SearchState:
         else:
             k, sufficient = (self.best, True) if self.best is not None else (self.n, False)
         rounds = len({p.round for p in self.trace})
-        return SearchResult(k, sufficient, self.non_monotone, len(self.trace), rounds, tuple(self.trace))
+        return SearchResult(
+            k, sufficient, self.non_monotone, len(self.trace), rounds, tuple(self.trace)
+        )

@@ -65,29 +65,50 @@ class JudgeWorker:
             self.engine = start_engine(self.jcfg.model, self.engine_cfg, self.on_engine_start)
             self.tools = judge_tools(self.engine.tokenizer, self.jcfg)
 
-    async def process(self, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    async def process(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         t0 = time.perf_counter()
         items, bad = check_input(rows)
         judged = self.jcfg.search != "fixed_ratio"
         if judged and items:
             self._start()
         builder = self.tools[0] if judged and self.tools else None
-        problems, quarantined = prepare_rows(items, builder, self.jcfg, self.engine_cfg.max_model_len)
+        problems, quarantined = prepare_rows(
+            items, builder, self.jcfg, self.engine_cfg.max_model_len
+        )
         calls = await self._judge(problems) if judged and problems else 0
         out, failed = finished_rows(problems, self.jcfg, self.jcfg.model)
         bad += quarantined + failed
         out.sort(key=lambda r: r[R.PROBLEM_ID])
         wall = time.perf_counter() - t0
-        summary = summarize(out, bad, len(rows), wall, self.jcfg, paper_reference=self.cfg.judge.paper_reference,
-                            engine_calls=calls, judge_s=wall if judged else 0.0)
+        summary = summarize(
+            out,
+            bad,
+            len(rows),
+            wall,
+            self.jcfg,
+            paper_reference=self.cfg.judge.paper_reference,
+            engine_calls=calls,
+            judge_s=wall if judged else 0.0,
+        )
         return out, bad, summary
 
     async def _judge(self, problems: list[Problem]) -> int:
         """Batches of ray.batch_size problems, concurrently (paper-reference: one after another)."""
         size = max(1, self.ray_cfg.batch_size)
         batches = [problems[i : i + size] for i in range(0, len(problems), size)]
-        run = lambda b: arun_rounds(self.engine, b, self.jcfg, self.tools[1], self.engine_cfg.max_model_len,  # noqa: E731
-                                    self.cfg.run.seed)
+
+        def run(batch: list[Problem]) -> Any:
+            return arun_rounds(
+                self.engine,
+                batch,
+                self.jcfg,
+                self.tools[1],
+                self.engine_cfg.max_model_len,
+                self.cfg.run.seed,
+            )
+
         if self.cfg.judge.paper_reference:
             return sum([await run(b) for b in batches])
         return sum(await asyncio.gather(*(run(b) for b in batches)))
@@ -102,11 +123,19 @@ def judge_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The truncate stage as a streaming job (one JudgeWorker per actor)."""
     check_judge_config(stage_judge_config(cfg))
     ray_cfg = stage_ray_config(cfg)
-    return StreamJob(STAGE, JudgeWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
-                     schema=output_schema)
+    return StreamJob(
+        STAGE,
+        JudgeWorker,
+        {"cfg": cfg},
+        ray_cfg,
+        part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
+        schema=output_schema,
+    )
 
 
-def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+def truncate_rows(
+    rows: Sequence[dict[str, Any]], cfg: Config
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Rows {problem_id, question, cot, answer} in memory → (output rows, quarantine rows, summary).
 
     Batched rounds on a Ray Data actor pool. `judge.paper_reference=true` is the authors' algorithm on the
@@ -129,8 +158,15 @@ def truncate_rows(rows: Sequence[dict[str, Any]], cfg: Config) -> tuple[list[dic
     bad += more_bad
     out.sort(key=lambda r: r[R.PROBLEM_ID])
     assert len(out) + len(bad) == len(rows), "every input row must leave as output or quarantine"
-    summary = summarize(out, bad, len(rows), time.perf_counter() - t0, jcfg, paper_reference=cfg.judge.paper_reference,
-                        engine_calls=sum(int(p.get("engine_calls", 0)) for p in parts),
-                        judge_s=sum(float(p.get("judge_s", 0.0)) for p in parts))
+    summary = summarize(
+        out,
+        bad,
+        len(rows),
+        time.perf_counter() - t0,
+        jcfg,
+        paper_reference=cfg.judge.paper_reference,
+        engine_calls=sum(int(p.get("engine_calls", 0)) for p in parts),
+        judge_s=sum(float(p.get("judge_s", 0.0)) for p in parts),
+    )
     summary["engine_starts"] = engine_starts
     return out, bad, summary

@@ -29,8 +29,13 @@ def skip_shm_op_build() -> None:
 def lora_config(cfg: SFTConfig) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def train_dtype(cfg: SFTConfig) -> Any:
@@ -57,12 +62,18 @@ def load_model(cfg: SFTConfig, model_path: str, ds_cfg: dict[str, Any]) -> Any:
         # ZeRO-3 only while this object is alive, so it lives until the model is built.
         zero3 = HfDeepSpeedConfig(ds_cfg)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=train_dtype(cfg), use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=train_dtype(cfg), use_safetensors=True
+        )
         if zero3 is not None:
             restore_fp32_buffers(model)
-        model.config.use_cache = False  # a KV cache would also disable packed-sequence mask detection
+        model.config.use_cache = (
+            False  # a KV cache would also disable packed-sequence mask detection
+        )
         if cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         if cfg.lora:
             from peft import get_peft_model
 
@@ -89,7 +100,9 @@ def restore_fp32_buffers(model: Any) -> None:
             continue
         fresh = type(mod)(mod.config)
         for n, b in fresh.named_buffers(recurse=False):
-            mod.register_buffer(n, b.to(bufs[n].device), persistent=n not in mod._non_persistent_buffers_set)
+            mod.register_buffer(
+                n, b.to(bufs[n].device), persistent=n not in mod._non_persistent_buffers_set
+            )
 
 
 def build_optimizer(cfg: SFTConfig, model: Any, on_gpu: bool) -> Any:
@@ -101,13 +114,16 @@ def build_optimizer(cfg: SFTConfig, model: Any, on_gpu: bool) -> Any:
         # faster there than torch's (it JIT-compiles once per machine, ~45 s).
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        return DeepSpeedCPUAdam(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adamw_mode=True)
+        return DeepSpeedCPUAdam(
+            params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, adamw_mode=True
+        )
     # A client AdamW: DeepSpeed's own fused Adam would JIT-compile (~45 s) on every fresh machine.
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def build_engine(cfg: SFTConfig, model_path: str, world: int, on_gpu: bool, total_steps: int
-                 ) -> tuple[Any, dict[str, Any]]:
+def build_engine(
+    cfg: SFTConfig, model_path: str, world: int, on_gpu: bool, total_steps: int
+) -> tuple[Any, dict[str, Any]]:
     """Load + deepspeed.initialize; returns the engine and this rank's host memory (MiB) of both phases.
 
     load_*: from_pretrained (+ LoRA), the part ZeRO-3 partitions; init_*: deepspeed.initialize (master
@@ -123,13 +139,19 @@ def build_engine(cfg: SFTConfig, model_path: str, world: int, on_gpu: bool, tota
     with peak_rss_during() as init:
         optimizer = build_optimizer(cfg, model, on_gpu)
         num_warmup = warmup_steps(cfg, total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_ratio(s, total_steps, num_warmup))
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_ratio(s, total_steps, num_warmup)
+        )
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+        )
     out: dict[str, Any] = {"partitioned_at_load": partitioned}
     for phase, mem in (("load", load), ("init", init)):
-        out |= {f"{phase}_rss_before_mb": round(mem["rss_before"] / MIB, 1),
-                f"{phase}_peak_rss_mb": round(mem["peak"] / MIB, 1),
-                f"{phase}_peak_increase_mb": round(mem["peak_increase"] / MIB, 1)}
+        out |= {
+            f"{phase}_rss_before_mb": round(mem["rss_before"] / MIB, 1),
+            f"{phase}_peak_rss_mb": round(mem["peak"] / MIB, 1),
+            f"{phase}_peak_increase_mb": round(mem["peak_increase"] / MIB, 1),
+        }
     return engine, out
 
 
@@ -142,13 +164,26 @@ def micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, fl
     labels = torch.tensor(batch["labels"], device=device)
     pos = torch.tensor(batch["position_ids"], device=device)
     logits = engine(input_ids=ids, position_ids=pos, use_cache=False).logits
-    loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=D.IGNORE_INDEX, reduction="sum")
+    loss = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=D.IGNORE_INDEX,
+        reduction="sum",
+    )
     return loss, float(loss.item())
 
 
-def run_step(engine: Any, plan_step: tuple, examples: list[D.Example], *, rank: int, world: int,
-             grad_accum_steps: int, pad_id: int, device: Any) -> tuple[float, int, int]:
+def run_step(
+    engine: Any,
+    plan_step: tuple,
+    examples: list[D.Example],
+    *,
+    rank: int,
+    world: int,
+    grad_accum_steps: int,
+    pad_id: int,
+    device: Any,
+) -> tuple[float, int, int]:
     """One optimizer step of this rank: (loss sum, real tokens, pad tokens) before the all-reduce."""
     denom = max(1, D.step_loss_tokens(plan_step, examples))
     loss_sum, n_tok, n_pad = 0.0, 0, 0
@@ -159,5 +194,9 @@ def run_step(engine: Any, plan_step: tuple, examples: list[D.Example], *, rank: 
         # sum into the per-token mean over the whole optimizer step (every rank knows `denom`).
         engine.backward(loss * (world * grad_accum_steps / denom))
         engine.step()
-        loss_sum, n_tok, n_pad = loss_sum + value, n_tok + batch["num_tokens"], n_pad + batch["num_pad_tokens"]
+        loss_sum, n_tok, n_pad = (
+            loss_sum + value,
+            n_tok + batch["num_tokens"],
+            n_pad + batch["num_pad_tokens"],
+        )
     return loss_sum, n_tok, n_pad

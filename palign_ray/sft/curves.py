@@ -11,8 +11,13 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # per-step record key → TensorBoard tag
-SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens_per_s": "train/tokens_per_s",
-           "step_time_s": "train/step_time_s"}
+SCALARS = {
+    "loss": "train/loss",
+    "lr": "train/lr",
+    "grad_norm": "train/grad_norm",
+    "tokens_per_s": "train/tokens_per_s",
+    "step_time_s": "train/step_time_s",
+}
 
 
 class TrainCurves:
@@ -36,10 +41,17 @@ class TrainCurves:
 
         Path(logdir).mkdir(parents=True, exist_ok=True)
         # pid + ns: never the name of an earlier attempt's file (EventsWriter truncates an existing one).
-        self.writer = EventsWriter(str(Path(logdir) / "events"), filename_suffix=f".{os.getpid()}.{time.time_ns()}")
+        self.writer = EventsWriter(
+            str(Path(logdir) / "events"), filename_suffix=f".{os.getpid()}.{time.time_ns()}"
+        )
         if first_step > 1:
-            self.writer.write_event(Event(wall_time=time.time(), step=first_step,
-                                          session_log=SessionLog(status=SessionLog.START)))
+            self.writer.write_event(
+                Event(
+                    wall_time=time.time(),
+                    step=first_step,
+                    session_log=SessionLog(status=SessionLog.START),
+                )
+            )
         self.writer.flush()
         log.info("training curves: %s (tensorboard --logdir %s)", logdir, logdir)
 
@@ -49,9 +61,14 @@ class TrainCurves:
         from tensorboardX.proto.event_pb2 import Event
         from tensorboardX.proto.summary_pb2 import Summary
 
-        values = [Summary.Value(tag=tag, simple_value=float(rec[key])) for key, tag in SCALARS.items()
-                  if isinstance(rec.get(key), (int, float)) and math.isfinite(rec[key])]
-        self.writer.write_event(Event(wall_time=time.time(), step=rec["step"], summary=Summary(value=values)))
+        values = [
+            Summary.Value(tag=tag, simple_value=float(rec[key]))
+            for key, tag in SCALARS.items()
+            if isinstance(rec.get(key), (int, float)) and math.isfinite(rec[key])
+        ]
+        self.writer.write_event(
+            Event(wall_time=time.time(), step=rec["step"], summary=Summary(value=values))
+        )
         self.writer.flush()  # a step takes seconds or more; a killed worker keeps every point it logged
 
     def close(self) -> None:

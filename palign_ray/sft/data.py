@@ -83,7 +83,9 @@ def _row_problem(row: dict[str, Any], max_seq_len: int) -> tuple[str, str] | Non
     return None
 
 
-def validate_rows(rows: list[dict[str, Any]], max_seq_len: int) -> tuple[list[Example], list[dict[str, Any]]]:
+def validate_rows(
+    rows: list[dict[str, Any]], max_seq_len: int
+) -> tuple[list[Example], list[dict[str, Any]]]:
     """Rows → (examples sorted by key, quarantine rows); every row lands in exactly one of them."""
     examples, bad = [], []
     for row in rows:
@@ -92,7 +94,11 @@ def validate_rows(rows: list[dict[str, Any]], max_seq_len: int) -> tuple[list[Ex
         if problem is not None:
             bad.append(quarantine_row(STAGE, pid, problem[0], problem[1]))
             continue
-        examples.append(Example(pid, tuple(int(t) for t in row[INPUT_IDS]), tuple(int(m) for m in row[LOSS_MASK])))
+        examples.append(
+            Example(
+                pid, tuple(int(t) for t in row[INPUT_IDS]), tuple(int(m) for m in row[LOSS_MASK])
+            )
+        )
     examples.sort(key=lambda e: e.key)  # read order from Ray Data is not deterministic; this is
     return examples, bad
 
@@ -147,8 +153,14 @@ class EpochPlan:
 
 
 def plan_epoch(
-    lengths: list[int], seed: int, epoch: int, max_seq_len: int, packing: bool,
-    world_size: int, micro_batch_size: int, grad_accum_steps: int,
+    lengths: list[int],
+    seed: int,
+    epoch: int,
+    max_seq_len: int,
+    packing: bool,
+    world_size: int,
+    micro_batch_size: int,
+    grad_accum_steps: int,
 ) -> EpochPlan:
     """Deterministic assignment of every example of the epoch to (step, micro-step, rank).
 
@@ -160,14 +172,16 @@ def plan_epoch(
     per_step = per_micro * grad_accum_steps
     steps = []
     for start in range(0, len(seqs), per_step):
-        chunk = seqs[start:start + per_step]
+        chunk = seqs[start : start + per_step]
         micros = []
         for m in range(grad_accum_steps):
-            part = chunk[m * per_micro:(m + 1) * per_micro]
-            micros.append(tuple(
-                tuple(tuple(s) for s in part[r * micro_batch_size:(r + 1) * micro_batch_size])
-                for r in range(world_size)
-            ))
+            part = chunk[m * per_micro : (m + 1) * per_micro]
+            micros.append(
+                tuple(
+                    tuple(tuple(s) for s in part[r * micro_batch_size : (r + 1) * micro_batch_size])
+                    for r in range(world_size)
+                )
+            )
         steps.append(tuple(micros))
     return EpochPlan(epoch, tuple(steps))
 
@@ -176,11 +190,14 @@ def step_loss_tokens(plan_step: tuple, examples: list[Example]) -> int:
     """Loss tokens of one optimizer step over all ranks (the per-token mean's denominator)."""
     return sum(
         sum(examples[i].loss_mask[1:].count(1) for seq in rank_seqs for i in seq)
-        for micro in plan_step for rank_seqs in micro
+        for micro in plan_step
+        for rank_seqs in micro
     )
 
 
-def collate(seqs: tuple[tuple[int, ...], ...], examples: list[Example], pad_id: int) -> dict[str, Any]:
+def collate(
+    seqs: tuple[tuple[int, ...], ...], examples: list[Example], pad_id: int
+) -> dict[str, Any]:
     """Sequences of example ids → right-padded lists: input_ids, labels, position_ids (+ token counts).
 
     Position ids restart at 0 for every packed example; transformers (>=5) turns those resets into a
@@ -189,8 +206,14 @@ def collate(seqs: tuple[tuple[int, ...], ...], examples: list[Example], pad_id: 
     Padding is a segment of its own (positions from 0), masked from the loss.
     """
     if not seqs:  # a rank without data in the last, short step: one fully masked token
-        return {"input_ids": [[pad_id]], "labels": [[IGNORE_INDEX]], "position_ids": [[0]],
-                "num_tokens": 0, "num_pad_tokens": 1, "num_loss_tokens": 0}
+        return {
+            "input_ids": [[pad_id]],
+            "labels": [[IGNORE_INDEX]],
+            "position_ids": [[0]],
+            "num_tokens": 0,
+            "num_pad_tokens": 1,
+            "num_loss_tokens": 0,
+        }
     rows = []
     for seq in seqs:
         ids: list[int] = []
@@ -199,11 +222,21 @@ def collate(seqs: tuple[tuple[int, ...], ...], examples: list[Example], pad_id: 
         for i in seq:
             ex = examples[i]
             ids += ex.input_ids
-            labels += [IGNORE_INDEX] + [t if m else IGNORE_INDEX for t, m in zip(ex.input_ids[1:], ex.loss_mask[1:], strict=True)]
+            labels += [IGNORE_INDEX] + [
+                t if m else IGNORE_INDEX
+                for t, m in zip(ex.input_ids[1:], ex.loss_mask[1:], strict=True)
+            ]
             pos += range(ex.num_tokens)
         rows.append((ids, labels, pos))
     width = max(len(r[0]) for r in rows)
-    out: dict[str, Any] = {"input_ids": [], "labels": [], "position_ids": [], "num_tokens": 0, "num_pad_tokens": 0, "num_loss_tokens": 0}
+    out: dict[str, Any] = {
+        "input_ids": [],
+        "labels": [],
+        "position_ids": [],
+        "num_tokens": 0,
+        "num_pad_tokens": 0,
+        "num_loss_tokens": 0,
+    }
     for ids, labels, pos in rows:
         pad = width - len(ids)
         out["input_ids"].append(ids + [pad_id] * pad)
@@ -219,14 +252,16 @@ def padding_share(lengths: list[int], seqs: list[list[int]], micro_batch_size: i
     """Share of pad tokens when `seqs` are batched micro_batch_size at a time, padded to the longest."""
     total = pad = 0
     for start in range(0, len(seqs), micro_batch_size):
-        batch = [sum(lengths[i] for i in s) for s in seqs[start:start + micro_batch_size]]
+        batch = [sum(lengths[i] for i in s) for s in seqs[start : start + micro_batch_size]]
         width = max(batch)
         total += width * len(batch)
         pad += sum(width - n for n in batch)
     return pad / total if total else 0.0
 
 
-def padding_report(lengths: list[int], seed: int, max_seq_len: int, micro_batch_size: int) -> dict[str, float | int]:
+def padding_report(
+    lengths: list[int], seed: int, max_seq_len: int, micro_batch_size: int
+) -> dict[str, float | int]:
     """Padding share and sequence count of epoch 0 with and without packing (for metrics.json)."""
     order = epoch_order(len(lengths), seed, 0)
     packed = pack(lengths, order, max_seq_len, True)

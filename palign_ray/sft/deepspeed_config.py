@@ -15,7 +15,9 @@ def ds_config(cfg: SFTConfig, world_size: int, on_gpu: bool) -> dict[str, Any]:
     if world_size < 1:
         raise ValueError(f"world_size={world_size} must be >= 1")
     if on_gpu and cfg.precision != "bf16":
-        raise ValueError(f"sft.precision={cfg.precision!r} on GPU: use bf16 (fp32 is for CPU debugging only)")
+        raise ValueError(
+            f"sft.precision={cfg.precision!r} on GPU: use bf16 (fp32 is for CPU debugging only)"
+        )
     zero: dict[str, Any] = {
         "stage": cfg.zero_stage,
         "overlap_comm": on_gpu,  # on CPU/gloo overlap only adds threads competing for the same cores

@@ -18,8 +18,18 @@ from pathlib import Path
 from typing import Any
 
 # torch dtype name → safetensors dtype code (https://github.com/huggingface/safetensors, format spec)
-SAFETENSORS_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64",
-                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+SAFETENSORS_DTYPES = {
+    "bfloat16": "BF16",
+    "float16": "F16",
+    "float32": "F32",
+    "float64": "F64",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 PEFT_PREFIX = "base_model.model."
@@ -33,7 +43,9 @@ class Entry:
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without "torch.", e.g. "bfloat16"
     itemsize: int
-    source: Any = dataclasses.field(compare=False)  # a Parameter/buffer, or a peft LoRA layer (merged weight)
+    source: Any = dataclasses.field(
+        compare=False
+    )  # a Parameter/buffer, or a peft LoRA layer (merged weight)
     lora: bool = False
 
     @property
@@ -80,8 +92,11 @@ def safetensors_header(entries: list[Entry]) -> bytes:
     for e in entries:
         if e.dtype not in SAFETENSORS_DTYPES:
             raise ValueError(f"{e.name}: dtype {e.dtype} has no safetensors code")
-        header[e.name] = {"dtype": SAFETENSORS_DTYPES[e.dtype], "shape": list(e.shape),
-                          "data_offsets": [offset, offset + e.nbytes]}
+        header[e.name] = {
+            "dtype": SAFETENSORS_DTYPES[e.dtype],
+            "shape": list(e.shape),
+            "data_offsets": [offset, offset + e.nbytes],
+        }
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -89,8 +104,10 @@ def safetensors_header(entries: list[Entry]) -> bytes:
 
 
 def index_json(shards: list[list[Entry]], names: list[str]) -> dict[str, Any]:
-    return {"metadata": {"total_size": sum(e.nbytes for s in shards for e in s)},
-            "weight_map": {e.name: n for s, n in zip(shards, names, strict=True) for e in s}}
+    return {
+        "metadata": {"total_size": sum(e.nbytes for s in shards for e in s)},
+        "weight_map": {e.name: n for s, n in zip(shards, names, strict=True) for e in s},
+    }
 
 
 # ---------------------------------------------------------------- the plan (module structure only)
@@ -130,8 +147,16 @@ def plan_export(module: Any, export_dtype: Any) -> list[Entry]:
         seen.add(id(t))
         dtype = _out_dtype(t, export_dtype)
         shape = tuple(getattr(t, "ds_shape", t.shape))  # ZeRO-3 keeps the full shape in ds_shape
-        entries.append(Entry(name, shape, str(dtype).removeprefix("torch."), torch.empty((), dtype=dtype).element_size(),
-                             source, lora))
+        entries.append(
+            Entry(
+                name,
+                shape,
+                str(dtype).removeprefix("torch."),
+                torch.empty((), dtype=dtype).element_size(),
+                source,
+                lora,
+            )
+        )
 
     def walk(mod: Any, prefix: str) -> None:
         if lora_type is not None and isinstance(mod, lora_type):
@@ -155,9 +180,13 @@ def plan_export(module: Any, export_dtype: Any) -> list[Entry]:
 def _check_lora_layer(mod: Any, name: str) -> None:
     for adapter in mod.active_adapters:
         if mod.use_dora.get(adapter, False):
-            raise ValueError(f"{name}: DoRA adapters are not supported by the export (plain LoRA only)")
+            raise ValueError(
+                f"{name}: DoRA adapters are not supported by the export (plain LoRA only)"
+            )
     if not hasattr(mod.get_base_layer(), "weight"):
-        raise ValueError(f"{name}: LoRA on a layer without a weight ({type(mod.get_base_layer()).__name__})")
+        raise ValueError(
+            f"{name}: LoRA on a layer without a weight ({type(mod.get_base_layer()).__name__})"
+        )
 
 
 # ---------------------------------------------------------------- writing
@@ -200,13 +229,16 @@ def _params_of(entry: Entry) -> list[Any]:
 def _write_tensor(fh: Any, t: Any, entry: Entry) -> None:
     import torch
 
-    assert tuple(t.shape) == entry.shape, f"{entry.name}: planned shape {entry.shape}, got {tuple(t.shape)}"
+    assert tuple(t.shape) == entry.shape, (
+        f"{entry.name}: planned shape {entry.shape}, got {tuple(t.shape)}"
+    )
     # The raw bytes through the buffer protocol: no bytes copy of the tensor (safetensors' save_file makes one).
     fh.write(t.contiguous().reshape(-1).view(torch.uint8).numpy())
 
 
-def write_hf_weights(module: Any, out_dir: Path, *, export_dtype: Any, max_shard_bytes: int, writer: bool
-                     ) -> dict[str, Any]:
+def write_hf_weights(
+    module: Any, out_dir: Path, *, export_dtype: Any, max_shard_bytes: int, writer: bool
+) -> dict[str, Any]:
     """Write the module's weights as HF safetensors files into `out_dir` (only where `writer` is true).
 
     Under ZeRO-3 every rank must call this (each tensor is gathered collectively, in the same order on
@@ -234,7 +266,11 @@ def write_hf_weights(module: Any, out_dir: Path, *, export_dtype: Any, max_shard
                 fh.close()
     if writer and len(shards) > 1:
         (out_dir / INDEX_FILE).write_text(json.dumps(index_json(shards, names), indent=1))
-    return {"files": names, "num_tensors": len(entries), "total_bytes": sum(e.nbytes for e in entries)}
+    return {
+        "files": names,
+        "num_tensors": len(entries),
+        "total_bytes": sum(e.nbytes for e in entries),
+    }
 
 
 def write_hf_config(module: Any, out_dir: Path, export_dtype: Any) -> None:

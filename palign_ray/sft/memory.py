@@ -29,7 +29,9 @@ def rss_bytes() -> int:
 def peak_rss_bytes() -> int:
     """Highest RSS since the process started or since the last `reset_peak_rss()` (VmHWM)."""
     kib = _status_kib("VmHWM")
-    return kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return (
+        kib * 1024 if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
 
 
 def reset_peak_rss() -> bool:

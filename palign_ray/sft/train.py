@@ -54,8 +54,14 @@ def _schedule(plans: list[D.EpochPlan], max_steps: int) -> list[tuple[int, int]]
     return sched[:max_steps] if max_steps > 0 else sched
 
 
-def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: dict[str, Any], rank: int,
-                     run_dir: Path) -> None:
+def _save_and_report(
+    engine: Any,
+    cfg: SFTConfig,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    rank: int,
+    run_dir: Path,
+) -> None:
     """Every rank writes its ZeRO shard of one checkpoint, then all report it to Ray Train.
 
     Direct (filesystem storage): straight into <run_dir>/checkpoint_N, reported with NO_UPLOAD, so a
@@ -81,12 +87,22 @@ def _save_and_report(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state
         (ckpt / TRAIN_STATE).write_text(json.dumps(state))
     dist.barrier()  # every rank's files are whole before any rank lists their sizes
     write_file_sizes(ckpt, rank)
-    ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(ckpt)), checkpoint_dir_name=name,
-                     checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint(str(ckpt)),
+        checkpoint_dir_name=name,
+        checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+    )
 
 
-def _save_staged(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: dict[str, Any], rank: int,
-                 name: str) -> None:
+def _save_staged(
+    engine: Any,
+    cfg: SFTConfig,
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    rank: int,
+    name: str,
+) -> None:
     import ray.train
 
     tmp = tempfile.mkdtemp(prefix="palign-sft-ckpt-")
@@ -95,12 +111,16 @@ def _save_staged(engine: Any, cfg: SFTConfig, metrics: dict[str, Any], state: di
         if rank == 0:
             Path(tmp, TRAIN_STATE).write_text(json.dumps(state))
         write_file_sizes(Path(tmp), rank)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+        ray.train.report(
+            metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+def _restore(
+    engine: Any, cfg: SFTConfig, geometry: dict[str, Any], run_dir: Path
+) -> dict[str, Any] | None:
     """Load the newest checkpoint of this run: after a worker failure (FailureConfig) or `sft.resume=true`.
 
     Ray's get_checkpoint() alone is not enough: the controller registers a reported checkpoint
@@ -111,42 +131,72 @@ def _restore(engine: Any, cfg: SFTConfig, geometry: dict[str, Any], run_dir: Pat
     import ray.train
 
     on_disk = latest_complete_checkpoint(run_dir)
-    candidates = [c for c in (ray.train.get_checkpoint(), on_disk and ray.train.Checkpoint(str(on_disk))) if c]
+    candidates = [
+        c for c in (ray.train.get_checkpoint(), on_disk and ray.train.Checkpoint(str(on_disk))) if c
+    ]
     if not candidates:
         return None
     ckpt = max(candidates, key=lambda c: checkpoint_step(Path(c.path)))
     with ckpt.as_directory() as d:
         state = json.loads(Path(d, TRAIN_STATE).read_text())
         if state["geometry"] != geometry:
-            raise ValueError(f"checkpoint {ckpt.path} was written with {state['geometry']}, this run has {geometry}; "
-                             "the data plan would change (resume with the same shards, sft.* batch settings and workers)")
+            raise ValueError(
+                f"checkpoint {ckpt.path} was written with {state['geometry']}, this run has {geometry}; "
+                "the data plan would change (resume with the same shards, sft.* batch settings and workers)"
+            )
         engine.load_checkpoint(d, tag=TAG, load_module_strict=not cfg.lora)
     state["restarts"] = state.get("restarts", []) + [state["global_step"]]
     return state
 
 
-def _check_failure_injection(inject: FailureInjection | None, step: int, rank: int, world: int) -> None:
-    if inject is not None and step == inject.step and rank == world - 1 and not os.path.exists(inject.marker):
+def _check_failure_injection(
+    inject: FailureInjection | None, step: int, rank: int, world: int
+) -> None:
+    if (
+        inject is not None
+        and step == inject.step
+        and rank == world - 1
+        and not os.path.exists(inject.marker)
+    ):
         Path(inject.marker).write_text(f"killed rank {rank} after step {step}\n")
         log.warning("failure injection: rank %d exits after step %d", rank, step)
         os._exit(1)
 
 
-def _plan(config: dict[str, Any], rows: list[dict[str, Any]], world: int
-          ) -> tuple[list[D.Example], list[D.EpochPlan], list[tuple[int, int]], dict[str, Any]]:
+def _plan(
+    config: dict[str, Any], rows: list[dict[str, Any]], world: int
+) -> tuple[list[D.Example], list[D.EpochPlan], list[tuple[int, int]], dict[str, Any]]:
     """Examples, per-epoch plans, the step schedule and the run's geometry (what a resume must match)."""
     cfg: SFTConfig = config["sft"]
     examples, _ = D.validate_rows(rows, cfg.max_seq_len)
     if not examples:
         raise ValueError(f"no trainable examples in {len(rows)} shard rows (see quarantine)")
     lengths = [e.num_tokens for e in examples]
-    plans = [D.plan_epoch(lengths, config["seed"], ep, cfg.max_seq_len, cfg.packing, world,
-                          cfg.micro_batch_size, cfg.grad_accum_steps) for ep in range(cfg.epochs)]
+    plans = [
+        D.plan_epoch(
+            lengths,
+            config["seed"],
+            ep,
+            cfg.max_seq_len,
+            cfg.packing,
+            world,
+            cfg.micro_batch_size,
+            cfg.grad_accum_steps,
+        )
+        for ep in range(cfg.epochs)
+    ]
     schedule = _schedule(plans, cfg.max_steps)
-    geometry = {"fingerprint": D.fingerprint(examples), "world_size": world, "seed": config["seed"],
-                "micro_batch_size": cfg.micro_batch_size, "grad_accum_steps": cfg.grad_accum_steps,
-                "packing": cfg.packing, "max_seq_len": cfg.max_seq_len, "epochs": cfg.epochs,
-                "total_steps": len(schedule)}
+    geometry = {
+        "fingerprint": D.fingerprint(examples),
+        "world_size": world,
+        "seed": config["seed"],
+        "micro_batch_size": cfg.micro_batch_size,
+        "grad_accum_steps": cfg.grad_accum_steps,
+        "packing": cfg.packing,
+        "max_seq_len": cfg.max_seq_len,
+        "epochs": cfg.epochs,
+        "total_steps": len(schedule),
+    }
     return examples, plans, schedule, geometry
 
 
@@ -187,17 +237,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     total = len(schedule)
     engine, load_mem = core.build_engine(cfg, config["model_path"], world, on_gpu, total)
     run_dir = Path(config["run_dir"])
-    state = _restore(engine, cfg, geometry, run_dir) or {"global_step": 0, "history": [], "geometry": geometry}
+    state = _restore(engine, cfg, geometry, run_dir) or {
+        "global_step": 0,
+        "history": [],
+        "geometry": geometry,
+    }
     state["memory"] = _per_rank(load_mem)
     start = state["global_step"]
     if rank == 0:
-        log.info("sft: %d examples, %d steps (start at %d), world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s), "
-                 "load peak RSS per rank %s MiB", len(examples), total, start, world, cfg.zero_stage, cfg.precision,
-                 time.perf_counter() - t_setup, t_read - t_setup, state["memory"]["load_peak_rss_mb"])
+        log.info(
+            "sft: %d examples, %d steps (start at %d), world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s), "
+            "load peak RSS per rank %s MiB",
+            len(examples),
+            total,
+            start,
+            world,
+            cfg.zero_stage,
+            cfg.precision,
+            time.perf_counter() - t_setup,
+            t_read - t_setup,
+            state["memory"]["load_peak_rss_mb"],
+        )
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, desc="sft", disable=rank != 0, mininterval=2.0)
-    curves = TrainCurves(config["tensorboard_dir"] if rank == 0 and cfg.tensorboard else None, first_step=start + 1)
+    curves = TrainCurves(
+        config["tensorboard_dir"] if rank == 0 and cfg.tensorboard else None, first_step=start + 1
+    )
     every = cfg.checkpoint_every or total
     for gstep in range(start, total):
         epoch, s = schedule[gstep]
@@ -205,22 +271,46 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         denom = max(1, D.step_loss_tokens(plan_step, examples))
         lr = engine.get_lr()[0]
         t0 = time.perf_counter()
-        loss_sum, n_tok, n_pad = core.run_step(engine, plan_step, examples, rank=rank, world=world,
-                                               grad_accum_steps=cfg.grad_accum_steps, pad_id=config["pad_id"],
-                                               device=device)
-        totals = torch.tensor([loss_sum, n_tok, n_pad], dtype=torch.float64, device=device)  # nccl: on the GPU
+        loss_sum, n_tok, n_pad = core.run_step(
+            engine,
+            plan_step,
+            examples,
+            rank=rank,
+            world=world,
+            grad_accum_steps=cfg.grad_accum_steps,
+            pad_id=config["pad_id"],
+            device=device,
+        )
+        totals = torch.tensor(
+            [loss_sum, n_tok, n_pad], dtype=torch.float64, device=device
+        )  # nccl: on the GPU
         dist.all_reduce(totals)
         dt = time.perf_counter() - t0
         grad_norm = engine.get_global_grad_norm()
-        rec = {"step": gstep + 1, "epoch": epoch, "loss": totals[0].item() / denom, "lr": lr,
-               "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-               "step_time_s": round(dt, 4), "tokens_per_s": round(totals[1].item() / dt, 1),
-               "num_tokens": int(totals[1].item()), "num_pad_tokens": int(totals[2].item())}
+        rec = {
+            "step": gstep + 1,
+            "epoch": epoch,
+            "loss": totals[0].item() / denom,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+            "step_time_s": round(dt, 4),
+            "tokens_per_s": round(totals[1].item() / dt, 1),
+            "num_tokens": int(totals[1].item()),
+            "num_pad_tokens": int(totals[2].item()),
+        }
         state["history"].append(rec)
         state["global_step"] = gstep + 1
         curves.log(rec)
         if rank == 0:
-            log.info("step %d/%d loss %.4f lr %.3g %.1f tok/s %.2f s", gstep + 1, total, rec["loss"], lr, rec["tokens_per_s"], dt)
+            log.info(
+                "step %d/%d loss %.4f lr %.3g %.1f tok/s %.2f s",
+                gstep + 1,
+                total,
+                rec["loss"],
+                lr,
+                rec["tokens_per_s"],
+                dt,
+            )
             bar.update(1)
         _check_failure_injection(config.get("inject_failure"), gstep + 1, rank, world)
         if (gstep + 1) % every == 0 or gstep + 1 == total:
@@ -229,8 +319,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     curves.close()
     # The model is assembled here, on the ranks that hold it, never on the driver. Its numbers go to a
     # file: Ray Train's Result carries only the metrics reported with the last checkpoint.
-    exported = export_from_engine(engine, cfg, config["model_path"], Path(config["output"]),
-                                  config["chat_template"], rank)
+    exported = export_from_engine(
+        engine, cfg, config["model_path"], Path(config["output"]), config["chat_template"], rank
+    )
     if rank == 0:
         write_json(run_dir / EXPORT_INFO, exported)
 
@@ -269,8 +360,11 @@ def _sizes_file(rank: int) -> str:
 def write_file_sizes(ckpt_dir: Path, rank: int) -> None:
     """List this rank's checkpoint files with their byte sizes, so a reader can tell a finished upload from a cut one."""
     # Other ranks' lists are left out: written directly into a shared checkpoint dir they may still be growing.
-    sizes = {str(p.relative_to(ckpt_dir)): p.stat().st_size for p in sorted(ckpt_dir.rglob("*"))
-             if p.is_file() and not (p.parent == ckpt_dir and p.name.startswith("files_rank"))}
+    sizes = {
+        str(p.relative_to(ckpt_dir)): p.stat().st_size
+        for p in sorted(ckpt_dir.rglob("*"))
+        if p.is_file() and not (p.parent == ckpt_dir and p.name.startswith("files_rank"))
+    }
     (ckpt_dir / _sizes_file(rank)).write_text(json.dumps(sizes))
 
 
@@ -315,18 +409,29 @@ def _run_dirs(output: Path, resume: bool) -> Path:
     if resume and not run_dir.is_dir():
         raise ValueError(f"sft.resume=true but {run_dir} does not exist: nothing to resume")
     if not resume and run_dir.exists():
-        raise ValueError(f"{run_dir} holds an earlier run: pass sft.resume=true to continue it, or remove it")
+        raise ValueError(
+            f"{run_dir} holds an earlier run: pass sft.resume=true to continue it, or remove it"
+        )
     return run_dir
 
 
 def _ray_cfg_for(cfg: SFTConfig, ray_cfg: RayConfig) -> RayConfig:
     # Train workers take whole logical CPUs; Ray Data's read tasks need one more or they starve.
     need = math.ceil(cfg.num_workers * cfg.cpus_per_worker) + 1
-    return dataclasses.replace(ray_cfg, num_cpus=max(ray_cfg.num_cpus or os.cpu_count() or 2, need), num_actors=0)
+    return dataclasses.replace(
+        ray_cfg, num_cpus=max(ray_cfg.num_cpus or os.cpu_count() or 2, need), num_actors=0
+    )
 
 
-def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, seed: int = 0,
-            ray_cfg: RayConfig | None = None, inject_failure: FailureInjection | None = None) -> dict[str, Any]:
+def run_sft(
+    cfg: SFTConfig,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    seed: int = 0,
+    ray_cfg: RayConfig | None = None,
+    inject_failure: FailureInjection | None = None,
+) -> dict[str, Any]:
     """Train on the shards in `data_dir`, export the HF model into `output_dir`; returns metrics.json's content."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -341,7 +446,9 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     run_dir = _run_dirs(output, cfg.resume)
     if cfg.resume:
         found = latest_complete_checkpoint(run_dir)
-        log.info("sft: resuming %s from %s", run_dir, found or "the start (no complete checkpoint yet)")
+        log.info(
+            "sft: resuming %s from %s", run_dir, found or "the start (no complete checkpoint yet)"
+        )
     model_path = resolve_model(cfg.model)
     meta = D.read_meta(data_dir)
     pad_id = _pad_id(model_path)
@@ -354,19 +461,32 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": 1} if cfg.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"sft": cfg, "seed": seed, "model_path": model_path, "pad_id": pad_id,
-                           "run_dir": str(run_dir), "inject_failure": inject_failure, "output": str(output),
-                           "chat_template": meta.get("chat_template"), "tensorboard_dir": str(tensorboard_dir_of(output))},
+        train_loop_config={
+            "sft": cfg,
+            "seed": seed,
+            "model_path": model_path,
+            "pad_id": pad_id,
+            "run_dir": str(run_dir),
+            "inject_failure": inject_failure,
+            "output": str(output),
+            "chat_template": meta.get("chat_template"),
+            "tensorboard_dir": str(tensorboard_dir_of(output)),
+        },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
-            name=RUN_NAME, storage_path=str(run_dir.parent),
+            name=RUN_NAME,
+            storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
         # Materialized once on the driver: workers (and restarted workers) then only fetch blocks
         # instead of each running its own read pipeline (measured: 10.5 s → 1.0 s per worker start).
-        datasets={"train": ray.data.read_parquet(files, columns=list(D.SHARD_COLUMNS)).materialize()},
+        datasets={
+            "train": ray.data.read_parquet(files, columns=list(D.SHARD_COLUMNS)).materialize()
+        },
         # Not split: every rank reads all rows and takes its part of one deterministic plan, which is
         # what lets a restart skip exactly the examples already trained on.
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -378,8 +498,15 @@ def run_sft(cfg: SFTConfig, data_dir: str | Path, output_dir: str | Path, *, see
     train_s = time.perf_counter() - t0
     state = _final_state(run_dir, output)
     metrics, bad = _summary(cfg, files, state, train_s, seed)
-    metrics["memory"] = {**state.get("memory", {}), "export": json.loads((run_dir / EXPORT_INFO).read_text())}
-    log.info("sft: Ray Train run (training + export on the workers) %.1f s; host memory %s", train_s, metrics["memory"])
+    metrics["memory"] = {
+        **state.get("memory", {}),
+        "export": json.loads((run_dir / EXPORT_INFO).read_text()),
+    }
+    log.info(
+        "sft: Ray Train run (training + export on the workers) %.1f s; host memory %s",
+        train_s,
+        metrics["memory"],
+    )
     if bad:  # rows in = examples trained on + quarantined (with a reason each)
         write_parquet(output / "quarantine" / "part-sft.parquet", bad)
     write_json(output / "metrics.json", metrics)
@@ -398,8 +525,10 @@ def _final_state(run_dir: Path, output: Path) -> dict[str, Any]:
         raise RuntimeError(f"Ray Train finished but {run_dir} holds no complete checkpoint")
     state = json.loads((last / TRAIN_STATE).read_text())
     if state["global_step"] != state["geometry"]["total_steps"]:
-        raise RuntimeError(f"the last complete checkpoint {last} is at step {state['global_step']} of "
-                           f"{state['geometry']['total_steps']}: training did not finish")
+        raise RuntimeError(
+            f"the last complete checkpoint {last} is at step {state['global_step']} of "
+            f"{state['geometry']['total_steps']}: training did not finish"
+        )
     if not (run_dir / EXPORT_INFO).is_file() or not list(output.glob("model*.safetensors")):
         raise RuntimeError(f"training finished but the workers' export to {output} is missing")
     return state
@@ -415,21 +544,29 @@ def _pad_id(model_path: str) -> int:
     return int(pad)
 
 
-def _summary(cfg: SFTConfig, files: list[str], state: dict[str, Any], train_s: float, seed: int
-             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _summary(
+    cfg: SFTConfig, files: list[str], state: dict[str, Any], train_s: float, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """metrics.json: per-step history from the final checkpoint, throughput, padding share, row accounting."""
     examples, bad = D.validate_rows(_read_all_rows(files), cfg.max_seq_len)
     hist = state["history"]
     timed = hist[1:] or hist  # the first step includes warm-up allocations
     metrics = {
-        "num_rows": len(examples) + len(bad), "num_examples": len(examples), "num_quarantined": len(bad),
+        "num_rows": len(examples) + len(bad),
+        "num_examples": len(examples),
+        "num_quarantined": len(bad),
         "quarantine_reasons": _count(b[R.REASON] for b in bad),
-        "num_steps": state["global_step"], "restarts": state.get("restarts", []), "final_loss": hist[-1]["loss"] if hist else None,
+        "num_steps": state["global_step"],
+        "restarts": state.get("restarts", []),
+        "final_loss": hist[-1]["loss"] if hist else None,
         "mean_step_time_s": round(sum(h["step_time_s"] for h in timed) / max(1, len(timed)), 4),
         "mean_tokens_per_s": round(sum(h["tokens_per_s"] for h in timed) / max(1, len(timed)), 1),
         "wall_time_s": round(train_s, 1),
-        **D.padding_report([e.num_tokens for e in examples], seed, cfg.max_seq_len, cfg.micro_batch_size),
-        "geometry": state["geometry"], "history": hist,
+        **D.padding_report(
+            [e.num_tokens for e in examples], seed, cfg.max_seq_len, cfg.micro_batch_size
+        ),
+        "geometry": state["geometry"],
+        "history": hist,
     }
     return metrics, bad
 
@@ -451,11 +588,19 @@ def consolidated_state_dict(ckpt_dir: Path, lora: bool) -> dict[str, Any]:
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=TAG, exclude_frozen_parameters=lora)
+    return get_fp32_state_dict_from_zero_checkpoint(
+        str(ckpt_dir), tag=TAG, exclude_frozen_parameters=lora
+    )
 
 
-def export_from_engine(engine: Any, cfg: SFTConfig, model_path: str, out_dir: Path, chat_template: str | None,
-                       rank: int) -> dict[str, Any]:
+def export_from_engine(
+    engine: Any,
+    cfg: SFTConfig,
+    model_path: str,
+    out_dir: Path,
+    chat_template: str | None,
+    rank: int,
+) -> dict[str, Any]:
     """HF safetensors (LoRA merged) + config + tokenizer in `out_dir`, written by rank 0, vLLM-loadable.
 
     Every rank calls it (ZeRO-3 gathers each tensor collectively); rank 0 streams the tensors into a
@@ -478,16 +623,26 @@ def export_from_engine(engine: Any, cfg: SFTConfig, model_path: str, out_dir: Pa
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".tmp-export-"))
     t0 = time.perf_counter()
     with peak_rss_during() as mem:
-        layout = X.write_hf_weights(engine.module, tmp, export_dtype=dtype, max_shard_bytes=cfg.export_shard_mb * MIB,
-                                    writer=writer)
+        layout = X.write_hf_weights(
+            engine.module,
+            tmp,
+            export_dtype=dtype,
+            max_shard_bytes=cfg.export_shard_mb * MIB,
+            writer=writer,
+        )
     info: dict[str, Any] = {}
     if writer:
         X.write_hf_config(engine.module, tmp, dtype)
         _save_tokenizer(model_path, chat_template, tmp)
         _replace_model_files(tmp, out_dir)
-        info = {**layout, "dtype": cfg.export_dtype, "seconds": round(time.perf_counter() - t0, 2),
-                "rss_before_mb": round(mem["rss_before"] / MIB, 1), "peak_rss_mb": round(mem["peak"] / MIB, 1),
-                "peak_increase_mb": round(mem["peak_increase"] / MIB, 1)}
+        info = {
+            **layout,
+            "dtype": cfg.export_dtype,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "rss_before_mb": round(mem["rss_before"] / MIB, 1),
+            "peak_rss_mb": round(mem["peak"] / MIB, 1),
+            "peak_increase_mb": round(mem["peak_increase"] / MIB, 1),
+        }
         log.info("exported %s model to %s: %s", cfg.export_dtype, out_dir, info)
     dist.barrier()  # the files are in place before any rank reports the run finished
     return info
@@ -504,7 +659,9 @@ def _save_tokenizer(model_path: str, chat_template: str | None, out_dir: Path) -
 
 def _replace_model_files(tmp: Path, out_dir: Path) -> None:
     """Move the new files in; weight files of an earlier export with another shard layout go first."""
-    for old in list(out_dir.glob("model*.safetensors")) + list(out_dir.glob("model.safetensors.index.json")):
+    for old in list(out_dir.glob("model*.safetensors")) + list(
+        out_dir.glob("model.safetensors.index.json")
+    ):
         if not (tmp / old.name).exists():
             old.unlink()
     for f in tmp.iterdir():
@@ -521,12 +678,30 @@ def train_main(argv: list[str]) -> int:
 
     from palign_ray.cli import config_parser, parse_config
 
-    p = config_parser("train", "Fine-tune sft.model on SFT shards with Ray Train + DeepSpeed ZeRO; export an HF model.")
-    p.add_argument("--data", required=True, help="directory of part-*.parquet SFT shards (+ sft_meta.json)")
-    p.add_argument("--output", required=True, help="model directory: exported weights, metrics.json, ray_train/ checkpoints")
+    p = config_parser(
+        "train",
+        "Fine-tune sft.model on SFT shards with Ray Train + DeepSpeed ZeRO; export an HF model.",
+    )
+    p.add_argument(
+        "--data", required=True, help="directory of part-*.parquet SFT shards (+ sft_meta.json)"
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="model directory: exported weights, metrics.json, ray_train/ checkpoints",
+    )
     args, cfg = parse_config(p, argv)
     metrics = run_sft(cfg.sft, args.data, args.output, seed=cfg.run.seed, ray_cfg=cfg.ray)
-    keys = ("num_examples", "num_quarantined", "num_steps", "final_loss", "mean_step_time_s", "mean_tokens_per_s",
-            "padding_share_packed", "padding_share_unpacked", "wall_time_s")
+    keys = (
+        "num_examples",
+        "num_quarantined",
+        "num_steps",
+        "final_loss",
+        "mean_step_time_s",
+        "mean_tokens_per_s",
+        "padding_share_packed",
+        "padding_share_unpacked",
+        "wall_time_s",
+    )
     sys.stdout.write(json.dumps({k: metrics[k] for k in keys}) + "\n")
     return 0
