@@ -35,6 +35,7 @@ BENCH_DEFAULTS = (
     "ray.num_cpus_per_actor=0.5",
     "ray.batch_size=64",
     "sft.max_seq_len=512",
+    "align.max_seq_len=512",  # validate_plan: align's examples must fit training
     "sft.micro_batch_size=1",
     "sft.num_workers=2",
     "sft.cpus_per_worker=1",

@@ -436,7 +436,7 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     gen_wall = time.monotonic() - t_gen
     samples, bad = grade_samples(problems, gen_rows, e)
     quarantined += bad
-    metrics = compute_metrics(samples, e, cfg.run.seed)
+    metrics = compute_metrics(samples, e, cfg.run.seed, failed=bad)  # failed: counted incorrect
     gen_tokens = sum(sum(r.get(R.NUM_GENERATED_TOKENS) or []) for r in gen_rows)
     metrics.update(
         model=model,

@@ -233,7 +233,7 @@ def test_default_config_calibrates_the_embedded_model():
         and cfg.judge.verdict == "logprob"
         and cfg.judge.calibration == "contextual"
     )
-    assert cfg.judge.votes == 1 and cfg.judge.contextual_threshold == 0.0
+    assert cfg.judge.votes == 1 and cfg.judge.contextual_threshold == -0.1
     assert JudgeConfig().calibration == "absolute"  # the paper-like default for strong judges
 
 
