@@ -72,7 +72,7 @@ bench: install ## Benchmarks (writes bench/results/)
 	$(PY) -m bench.run
 
 submit: install ## Submit CONFIG to RAY_ADDRESS with `ray job submit` (RUNTIME_ENV=cluster/runtime_env.local.yaml off-cluster)
-	RAY_ADDRESS=$(RAY_ADDRESS) $(VENV)/bin/ray job submit --working-dir . \
+	RAY_ADDRESS=$(RAY_ADDRESS) $(VENV)/bin/ray job submit --entrypoint-num-cpus=1 --working-dir . \
 	  --runtime-env $(RUNTIME_ENV) -- python -m jobs.distill --config $(CONFIG)
 
 k8s-validate: install ## Validate cluster/ manifests against the KubeRay CRDs
