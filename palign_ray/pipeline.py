@@ -95,17 +95,20 @@ def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str
             )
         _check_not_empty(job.stage, s.sd)
         log.info(
-            "stage %s: %d parts, %d engine starts (%d actors), %d rows processed now, %d done before",
+            "stage %s: %d parts, %d engine starts (%d actors, %d wrote parts), %d rows processed now, "
+            "%d done before",
             job.stage,
             res.num_parts,
             res.engine_starts,
             job.ray_cfg.num_actors,
+            res.actors_used,
             res.num_processed,
             res.num_done_before,
         )
         return {
             "num_input": res.num_input,
             "engine_starts": res.engine_starts,
+            "actors_used": res.actors_used,
             "passes": res.passes,
             "num_done_before": res.num_done_before,
             "summaries": [c["summary"] for c in s.sd.commits()],

@@ -69,6 +69,7 @@ class StreamResult:
     num_parts: int = 0
     passes: int = 0
     engine_starts: int = 0
+    actors_used: int = 0  # distinct actors that committed parts in this run
     retry_failed: list[dict[str, Any]] = field(
         default_factory=list
     )  # retryable rows still failing after every pass
@@ -84,6 +85,7 @@ class PartUDF:
         self.attempt = attempt
         self.worker = job.make_worker(**job.worker_kwargs, on_engine_start=self._engine_started)
         self.schema = job.schema() if job.schema else None
+        self.actor = f"{os.uname().nodename}:{os.getpid()}"
 
     def _engine_started(self, info: dict[str, Any]) -> None:
         """One file per engine start: the stage counts them (engine_starts) without asking the actors."""
@@ -112,6 +114,7 @@ class PartUDF:
             "num_output": [len(out)],
             "num_quarantined": [len(quar)],
             "retry": [json.dumps(retry, default=str)],
+            "actor": [self.actor],
         }
 
     def __del__(
@@ -248,7 +251,10 @@ def _one_pass(
     ray = init_ray(job.ray_cfg)
     bar = progress(total, len(done)) if progress else None
     retry: list[dict[str, Any]] = []
+    actors: set[str] = set()
     for r in _dataset(ray, job, input_files, sd, attempt, done).iter_rows():
+        actors.add(r["actor"])
+        res.actors_used = max(res.actors_used, len(actors))
         res.num_parts += 1
         res.num_processed += int(r["num_input"])
         retry += json.loads(r["retry"])
@@ -282,6 +288,9 @@ def _dataset(
         ds = ds.map_batches(
             _drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None
         )
+    # One block per part: an actor pool task takes whole blocks, so a single input file read as one
+    # block would run every part on one actor while the others idle. Streaming, no shuffle.
+    ds = ds.repartition(target_num_rows_per_block=job.part_rows, strict=True)
     return ds.map_batches(
         PartUDF,
         fn_constructor_kwargs={"job": job, "stage_dir": str(sd.root), "attempt": attempt},

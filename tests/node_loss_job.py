@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+ACTOR_CPUS = 1.5
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 
@@ -16,10 +18,12 @@ def start_cluster():
 
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False},
+        head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False},
     )
-    # The head has no CPUs and each worker fits one 1-CPU actor, so each worker hosts an actor.
-    workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+    # Actors take ACTOR_CPUS: none fits on the 1-CPU head, one on each 2-CPU worker, so each worker
+    # hosts an actor; the head's CPU runs Ray Data's read tasks (ListFiles asks for a whole CPU, and a
+    # pool that holds every CPU starves it forever).
+    workers = [cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1") for _ in range(2)]
     return cluster, workers
 
 
@@ -35,7 +39,7 @@ def generation_batches(model):
         items,
         model=model,
         engine=EngineConfig(max_model_len=512),
-        ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
+        ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
         sampling=SamplingSpec(max_tokens=24, temperature=0.7),
         seed=1,
     )
@@ -70,7 +74,7 @@ def judge_batches_of(model, on_first_part):
         run=RunConfig(seed=3, chunk_size=2),
         judge=JudgeConfig(model=model),
         engine=EngineConfig(max_model_len=1024, max_num_seqs=16),
-        ray=RayConfig(num_actors=2, num_cpus_per_actor=1.0, batch_size=2),
+        ray=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
     )
     tmp = Path(tempfile.mkdtemp(prefix="node-loss-"))
     src, sd = StageDir(tmp / "input"), StageDir(tmp / "truncate")

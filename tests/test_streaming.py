@@ -36,8 +36,10 @@ class CountingWorker:
         flag: str = "",
         flaky: str = "",
         drop: str = "",
+        sleep_s: float = 0.0,
         on_engine_start: Any = None,
     ):
+        self.sleep_s = sleep_s
         self.log_dir, self.crash_on, self.flag, self.flaky, self.drop = (
             Path(log_dir),
             crash_on,
@@ -53,7 +55,7 @@ class CountingWorker:
             raise RuntimeError("worker died mid-stage")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         (self.log_dir / f"{'-'.join(ids)}.json").write_text(json.dumps(ids))
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.sleep_s)
         out, quar = [], []
         for r in rows:
             pid = r[R.PROBLEM_ID]
@@ -180,6 +182,18 @@ def test_run_rows_in_memory(tmp_path: Path, ray_session: Any) -> None:
         and merge_summaries(parts)["tokens"] == 50
         and res.engine_starts == 1
     )
+
+
+@pytest.mark.timeout(600)
+def test_one_input_file_is_spread_over_every_actor(tmp_path: Path, ray_session: Any) -> None:
+    """A single input file (one Parquet block) still gives each actor parts, one part per task."""
+    src, sd = StageDir(tmp_path / "input"), StageDir(tmp_path / "t")
+    src.write_part([{R.PROBLEM_ID: f"p{i:02d}", "x": i} for i in range(8)], [])
+    two = dataclasses.replace(RAY, num_actors=2, max_concurrent_batches=1)
+    res = run_stream(_job(tmp_path, part_rows=2, ray_cfg=two, sleep_s=1.0), src.output_files(), sd)
+    assert res.actors_used == 2 and res.engine_starts == 2
+    assert sorted(c["num_input"] for c in sd.commits()) == [2, 2, 2, 2]  # parts of run.chunk_size
+    assert sorted(_ids(sd)) == [f"p{i:02d}" for i in range(8)]
 
 
 def test_merge_summaries_sums_numbers_and_merges_dicts() -> None:
