@@ -374,6 +374,7 @@ def _late_cmd(run_dir: Path) -> list[str]:
         "eval.num_samples=2",
         "eval.max_tokens=64",
         "ray.num_cpus=2",
+        "ray.max_concurrent_batches=1",  # align parts one after another, so the kill lands between them
     ]
 
 
