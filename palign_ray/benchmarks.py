@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,15 +122,9 @@ def problems_from_rows(
 
 
 def _load_builtin(num_problems: int, seed: int) -> list[dict[str, Any]]:
-    try:
-        module = importlib.import_module("palign_ray.problems")
-    except ImportError as e:
-        raise ValueError(f"benchmark 'builtin' needs palign_ray.problems ({e})") from None
-    if not hasattr(module, "builtin_problems"):
-        raise ValueError(
-            "benchmark 'builtin' needs palign_ray.problems.builtin_problems, which is not there yet"
-        )
-    rows = module.builtin_problems(num_problems or 32, seed)
+    from palign_ray.builtin import builtin_problems
+
+    rows = builtin_problems(num_problems or 32, seed)
     return [
         {
             R.PROBLEM_ID: f"{BUILTIN}/{r[R.PROBLEM_ID]}",

@@ -15,8 +15,8 @@ from palign_ray.align import (
     filter_continuations,
     run_align,
 )
+from palign_ray.builtin import builtin_problems
 from palign_ray.config import AlignConfig, Config
-from palign_ray.problems import builtin_problems
 from palign_ray.records import MissingColumnsError
 
 # Copied from PAPER.md (the authors' code), braces of the f-string filled in by hand.

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from palign_ray.builtin import builtin_problems
 from palign_ray.config import Config, ProblemsConfig, TeacherConfig
-from palign_ray.problems import builtin_problems, load_problems
+from palign_ray.problems import load_problems
 from palign_ray.teacher import (
     Sample,
     grade_samples,
