@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -460,10 +461,8 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
 
 
 def _reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r[R.REASON]] = counts.get(r[R.REASON], 0) + 1
-    return counts
+    """Quarantine rows per reason code, in first-seen order."""
+    return dict(Counter(r[R.REASON] for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------
