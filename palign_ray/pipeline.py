@@ -136,7 +136,7 @@ def _align_job(cfg: Config) -> Any:
 
 
 def run_sft_data(s: StageRun) -> dict[str, Any]:
-    from palign_ray.sft_records import build_shards
+    from palign_ray.sft.records import build_shards
 
     (src,) = s.inputs.values()
     rows = (

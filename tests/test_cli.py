@@ -22,6 +22,7 @@ MINIMAL_ARGS: dict[str, list[str]] = {
     "config": [],
     "teacher": ["--output", "o.parquet"],
     "align": ["--input", "x.jsonl", "--output", "o.parquet"],
+    "sft-data": ["--input", "x.jsonl", "--output", "o"],
     "build-sft": ["--input", "x.jsonl", "--output", "o"],
     "truncate": ["--input", "x.jsonl", "--output", "o.parquet"],
     "grade": ["x.jsonl"],
@@ -76,6 +77,7 @@ def test_unknown_command_exits_2(capsys) -> None:
         ("align", ["not json", "{"], [], {"invalid_json"}),
         ("truncate", [{"question": "q", "cot": ["a", "b"]}], [], {"cot_is_list"}),
         ("generate", [{"text": "no prompt field"}], [], {"missing_prompt"}),
+        ("sft-data", ["not json"], ["--method", "full_cot"], {"invalid_json"}),
         ("build-sft", ["not json"], ["--method", "full_cot"], {"invalid_json"}),
     ],
 )
@@ -84,7 +86,7 @@ def test_row_stage_with_no_usable_rows_exits_3(
 ) -> None:
     """All rows quarantined → exit 3; the output, the quarantine (with reasons) and the summary exist."""
     src = _jsonl(tmp_path / "in.jsonl", rows)
-    out = tmp_path / ("out" if command == "build-sft" else "out.parquet")
+    out = tmp_path / ("out" if command in ("sft-data", "build-sft") else "out.parquet")
     rc = main([command, "--input", str(src), "--output", str(out), *extra])
     assert rc == EXIT_NO_ROWS
     assert out.exists()

@@ -31,7 +31,7 @@ PURE_MODULES = [
     "palign_ray.builtin",
     "palign_ray.teacher",
     "palign_ray.align",
-    "palign_ray.sft_records",
+    "palign_ray.sft.records",
     "palign_ray.sft.data",
     "palign_ray.sft.deepspeed_config",
     "palign_ray.sft.train",

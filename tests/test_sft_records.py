@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from palign_ray.config import AlignConfig, Config
-from palign_ray.sft_records import build_examples, build_response, build_shards, tokenize_example
+from palign_ray.sft.records import build_examples, build_response, build_shards, tokenize_example
 from palign_ray.teacher import teacher_prompt
 
 # A Qwen3-like template written here (no download): ChatML turns, and an empty think block before
@@ -259,7 +259,7 @@ def test_released_palign_file_round_trips(
 
 
 def test_chat_formats_and_their_quarantine(tokenizer, tmp_path: Path) -> None:
-    from palign_ray.sft_records import build_file_examples
+    from palign_ray.sft.records import build_file_examples
 
     convo = [
         {"from": "system", "value": "Be brief."},

@@ -55,10 +55,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "palign_ray.cli.stages:align_main",
         "prefixes → student continuations, kept only when the answer matches gold (Eq. 9)",
     ),
-    "build-sft": (
-        "palign_ray.cli.stages:build_sft_main",
-        "aligned rows → tokenized SFT shards with response-only loss masks",
+    "sft-data": (
+        "palign_ray.cli.stages:sft_data_main",
+        "aligned rows → tokenized SFT shards with response-only loss masks (stage sft_data)",
     ),
+    "build-sft": ("palign_ray.cli.stages:sft_data_main", "alias of sft-data"),
     "truncate": (
         "palign_ray.cli.stages:truncate_main",
         "traces → shortest sufficient CoT prefixes (batched judge rounds on a vLLM actor pool)",

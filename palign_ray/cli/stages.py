@@ -142,14 +142,14 @@ def align_main(argv: list[str]) -> int:
     return finish(args.output, summary, len(out), rows=out, quarantined=bad + quar)
 
 
-def build_sft_main(argv: list[str]) -> int:
-    """Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign | --format alpaca] [key=value ...]"""
+def sft_data_main(argv: list[str]) -> int:
+    """Run as: palign sft-data (alias build-sft) --input aligned.parquet --output shards_dir/ [--method palign | --format alpaca] [key=value ...]"""
     from palign_ray.artifacts import read_rows
+    from palign_ray.sft.records import METHODS, STAGE, build_shards
     from palign_ray.sft_formats import FORMATS
-    from palign_ray.sft_records import METHODS, STAGE, build_shards
 
     p = config_parser(
-        "build-sft",
+        "sft-data",
         "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).",
     )
     add_input(

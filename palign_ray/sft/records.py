@@ -1,7 +1,9 @@
-"""SFT records: the paper's response format (and baselines), chat-template tokenization, response-only loss masks, shards.
+"""The sft_data stage: the paper's response format (and baselines), chat-template tokenization,
+response-only loss masks, shards.
 
-Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
-    or: palign build-sft --input released.jsonl --output shards_dir/ --format alpaca|sharegpt|messages
+Run as: palign sft-data --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
+    or: palign sft-data --input released.jsonl --output shards_dir/ --format alpaca|sharegpt|messages
+(`palign build-sft` is the same command under its older name.)
 """
 
 from __future__ import annotations
