@@ -13,6 +13,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, uniform_rows
 from palign_ray.config import ProblemsConfig
+from palign_ray.fields import Gold, first_present, gold_answer, missing
 
 log = logging.getLogger(__name__)
 
@@ -44,81 +45,16 @@ def content_id(question: str) -> str:
     return "q-" + hashlib.sha256(norm.encode()).hexdigest()[:16]
 
 
-def _first_present(row: dict[str, Any], names: Iterable[str]) -> str | None:
-    for name in names:
-        if row.get(name) not in (None, ""):
-            return name
-    return None
-
-
-def _missing(value: Any) -> bool:
-    return (
-        value is None
-        or (isinstance(value, str) and not value.strip())
-        or (isinstance(value, float) and value != value)
-    )
-
-
-@dataclass(frozen=True)
-class Gold:
-    """The gold answer of a row (None with a reason code and detail when there is none) and its solution text."""
-
-    answer: str | None
-    solution: str
-    reason: str = ""
-    detail: str = ""
-
-
-def _gold_from_text(text: str, solution: str, field: str) -> Gold:
-    """A worked solution in the answer field (or the solution column): its final answer, else gold_not_extractable."""
-    from palign_ray.fields import final_answer
-
-    gold = final_answer(text)
-    if gold is None:
-        return Gold(
-            None,
-            solution or text,
-            "gold_not_extractable",
-            f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}",
-        )
-    return Gold(gold, solution or text)
-
-
 def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
     """Gold from the answer field (a value, a list of them, a number, or a worked solution), else from `solution`."""
-    from palign_ray.fields import looks_like_solution, pick
-    from palign_ray.grading import normalize_gold
-
-    field = cfg.answer_field or R.ANSWER
     given = row.get(SOLUTION)
-    solution = given if isinstance(given, str) else ""
-    picked = pick(row.get(field), cfg.trace_index, field, "answer")
-    raw = picked.value
-    if picked.reason:
-        return Gold(None, solution, picked.reason, picked.detail)
-    if picked.form != "string" and raw is not None and not isinstance(raw, str):
-        return Gold(
-            None,
-            solution,
-            "wrong_type",
-            f"{field} is a list of {type(raw).__name__}, not of strings",
-        )
-    if _missing(raw):
-        if not solution.strip():
-            return Gold(None, solution, "missing_answer", f"no {field!r} and no {SOLUTION!r}")
-        return _gold_from_text(solution, solution, SOLUTION)
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        return Gold(None, solution, "wrong_type", f"{field} is {type(raw).__name__}")
-    # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it; s1K's
-    # `solution` is a bare answer for AIME rows and a paragraph for science rows.
-    if isinstance(raw, str) and (
-        "####" in raw or "\\boxed" in raw or "\\fbox" in raw or looks_like_solution(raw)
-    ):
-        return _gold_from_text(raw, solution, field)
-    try:
-        return Gold(normalize_gold(raw), solution)
-    except ValueError as e:
-        return Gold(None, solution, "bad_answer", str(e))
+    return gold_answer(
+        row.get(cfg.answer_field or R.ANSWER),
+        cfg.answer_field or R.ANSWER,
+        solution=given if isinstance(given, str) else "",
+        solution_field=SOLUTION,
+        index=cfg.trace_index,
+    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +78,7 @@ def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
         return Trace(None, picked.form, reason=picked.reason, detail=picked.detail)
     value = picked.value
     if not isinstance(value, str) or not value.strip():
-        what = "no text" if _missing(value) else f"a {type(value).__name__}, not text"
+        what = "no text" if missing(value) else f"a {type(value).__name__}, not text"
         return Trace(
             None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}"
         )
@@ -155,10 +91,10 @@ def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
 
 def _row_id(row: dict[str, Any], cfg: ProblemsConfig, where: str) -> str:
     """The id a row would get (its id field, else a hash of its question, else its place in the file)."""
-    id_field = cfg.id_field or _first_present(row, ID_FIELDS)
+    id_field = cfg.id_field or first_present(row, ID_FIELDS)
     if id_field and row.get(id_field) not in (None, ""):
         return str(row[id_field])
-    question = row.get(cfg.question_field or _first_present(row, QUESTION_FIELDS) or "")
+    question = row.get(cfg.question_field or first_present(row, QUESTION_FIELDS) or "")
     return content_id(question) if isinstance(question, str) and question.strip() else where
 
 
@@ -173,8 +109,8 @@ def normalize_problem(
     row: dict[str, Any], cfg: ProblemsConfig, where: str, group_field: str = ""
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One raw row → (problem row, None) or (None, quarantine row with a reason code)."""
-    qfield = cfg.question_field or _first_present(row, QUESTION_FIELDS)
-    id_field = cfg.id_field or _first_present(row, ID_FIELDS)
+    qfield = cfg.question_field or first_present(row, QUESTION_FIELDS)
+    id_field = cfg.id_field or first_present(row, ID_FIELDS)
     question = row.get(qfield) if qfield else None
     raw_id = row.get(id_field) if id_field else None
     fallback_id = str(raw_id) if raw_id not in (None, "") else where
