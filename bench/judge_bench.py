@@ -33,7 +33,7 @@ MODES: tuple[tuple[str, dict[str, Any]], ...] = (
 
 def traces_from_lines(name: str, lines: Sequence[str]) -> list[list[dict[str, Any]]]:
     """Per problem, its traces {problem_id, question, cot, answer}: instruction and draft markers removed."""
-    from palign_ray.judge.cli import DRAFT_MARKERS
+    from palign_ray.judge.ingest import DRAFT_MARKERS
 
     problems = []
     for n, line in enumerate(lines):

@@ -69,7 +69,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def builtin_rows(n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    from palign_ray.problems import builtin_problems
+    from palign_ray.builtin import builtin_problems
 
     probs = builtin_problems(n, seed)
     rows = [

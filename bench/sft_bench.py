@@ -175,7 +175,7 @@ def run(
 ) -> dict[str, Any]:
     from bench.common import ratio
     from palign_ray.sft import data as D
-    from palign_ray.sft_records import build_shards
+    from palign_ray.sft.records import build_shards
 
     tmp = Path(tempfile.mkdtemp(prefix="palign-bench-sft-"))
     try:

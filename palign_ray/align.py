@@ -6,10 +6,8 @@ Run as: palign align --input prefixes.parquet --output aligned.parquet [key=valu
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
@@ -209,32 +207,3 @@ def run_align(
         quar,
         retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts),
     )
-
-
-def align_main(argv: list[str]) -> int:
-    """Run as: palign align --input prefixes.parquet --output aligned.parquet [key=value ...]"""
-    from palign_ray.artifacts import read_rows, write_stage_outputs
-    from palign_ray.cli import config_parser, parse_config
-
-    p = config_parser(
-        "align",
-        "Prefix rows (problem_id, question, answer, prefix) → filtered student continuations (align.*).",
-    )
-    p.add_argument(
-        "--input",
-        required=True,
-        help="prefix rows: Parquet/JSONL from the truncation stage or your own",
-    )
-    p.add_argument("--output", required=True, help="output .parquet or .jsonl of accepted rows")
-    args, cfg = parse_config(p, argv)
-    rows, bad = read_rows(args.input, STAGE)
-    out, quar, summary = run_align(rows, cfg)
-    summary["unreadable_rows"] = len(bad)
-    write_stage_outputs(Path(args.output), out, bad + quar, summary)
-    return 0 if out else 3
-
-
-if __name__ == "__main__":
-    from palign_ray.cli import main
-
-    sys.exit(main(["align", *sys.argv[1:]]))

@@ -414,23 +414,3 @@ def quarantine_path(output: Path) -> Path:
     """`<dir>/<stem>.quarantine.parquet` beside an output file or directory."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.quarantine.parquet")
-
-
-def write_stage_outputs(
-    output: Path,
-    rows: list[dict[str, Any]],
-    quarantined: list[dict[str, Any]],
-    summary: dict[str, Any],
-) -> None:
-    """CLI helper: rows to `output`, quarantine and summary beside it, the summary on stdout."""
-    import sys
-
-    write_rows(output, uniform_rows(rows))
-    write_rows(quarantine_path(output), uniform_rows(quarantined))
-    write_json(
-        output.with_name(
-            quarantine_path(output).name.replace(".quarantine.parquet", ".summary.json")
-        ),
-        summary,
-    )
-    sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")

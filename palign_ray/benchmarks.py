@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any, Literal
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows
-from palign_ray.grading import gold_from_solution, normalize_gold
+from palign_ray.fields import first_present, gold_answer
+from palign_ray.grading import normalize_gold
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def benchmark_names() -> list[str]:
 
 
 def _first_present(row: dict[str, Any], fields: tuple[str, ...]) -> str:
-    return next((f for f in fields if row.get(f) not in (None, "")), "")
+    return first_present(row, fields) or ""
 
 
 def guess_spec(
@@ -73,16 +73,23 @@ def guess_spec(
 
 
 def _gold(row: dict[str, Any], spec: BenchmarkSpec) -> str:
-    """The normalised gold answer of a row (ValueError naming the field when there is none)."""
-    raw = row.get(spec.answer_field)
-    if spec.answer_kind == "solution" or (isinstance(raw, str) and "####" in raw):
-        raw = gold_from_solution(raw) if isinstance(raw, str) else None
-        if raw is None:
-            raise ValueError(f"field {spec.answer_field!r} has no '#### N' or boxed answer")
-    try:
-        return normalize_gold(raw)
-    except ValueError as e:
-        raise ValueError(f"field {spec.answer_field!r}: {e}") from None
+    """The normalised gold answer of a row (ValueError naming the field when there is none).
+
+    The same reading as the problems stage (`fields.gold_answer`): a bare answer, a list of answers,
+    or a worked solution (GSM8K `####`, a boxed answer, a marked final line) in the answer field.
+    """
+    field, raw = spec.answer_field, row.get(spec.answer_field)
+    if (
+        spec.answer_kind == "solution"
+    ):  # the field is a worked solution: its final answer or nothing
+        gold = gold_answer(
+            None, field, solution=raw if isinstance(raw, str) else "", solution_field=field
+        )
+    else:
+        gold = gold_answer(raw, field, prose_is_solution=False)
+    if gold.answer is None:
+        raise ValueError(f"field {field!r}: {gold.detail or gold.reason}")
+    return normalize_gold(gold.answer)
 
 
 def problems_from_rows(
@@ -123,15 +130,9 @@ def problems_from_rows(
 
 
 def _load_builtin(num_problems: int, seed: int) -> list[dict[str, Any]]:
-    try:
-        module = importlib.import_module("palign_ray.problems")
-    except ImportError as e:
-        raise ValueError(f"benchmark 'builtin' needs palign_ray.problems ({e})") from None
-    if not hasattr(module, "builtin_problems"):
-        raise ValueError(
-            "benchmark 'builtin' needs palign_ray.problems.builtin_problems, which is not there yet"
-        )
-    rows = module.builtin_problems(num_problems or 32, seed)
+    from palign_ray.builtin import builtin_problems
+
+    rows = builtin_problems(num_problems or 32, seed)
     return [
         {
             R.PROBLEM_ID: f"{BUILTIN}/{r[R.PROBLEM_ID]}",

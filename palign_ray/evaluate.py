@@ -7,11 +7,10 @@ Run as: palign eval --model default --benchmarks gsm8k,math500 --output runs/eva
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -462,10 +461,8 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
 
 
 def _reason_counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r[R.REASON]] = counts.get(r[R.REASON], 0) + 1
-    return counts
+    """Quarantine rows per reason code, in first-seen order."""
+    return dict(Counter(r[R.REASON] for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,133 +548,3 @@ def grade_file(
     metrics = compute_metrics(samples, cfg, seed)
     metrics.update(input=str(path), quarantine=_reason_counts(bad + more_bad))
     return metrics, samples, bad + more_bad
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
-
-
-def grade_main(argv: list[str]) -> int:
-    """Run as: palign grade FILE.jsonl [--question-field prompt_ori] [--answer-field answer] [--output-field output] [--labels-out labels.jsonl]"""
-    from palign_ray.cli import config_parser
-
-    p = config_parser(
-        "grade",
-        "Grade a file of generations (no generation); labels → JSONL, metrics JSON → stdout.",
-    )
-    p.usage = "palign grade FILE.jsonl [--question-field F] [--answer-field F] [--output-field F] [--labels-out PATH] [key=value ...]"
-    p.add_argument(
-        "--question-field",
-        default="prompt_ori",
-        help="column holding the question (kept for reference)",
-    )
-    p.add_argument("--answer-field", default="answer", help="column holding the gold answer")
-    p.add_argument(
-        "--output-field",
-        default="output",
-        help="column holding the generations (a list of samples or one string)",
-    )
-    p.add_argument(
-        "--id-field", default="", help="column holding a problem id (default: row number)"
-    )
-    p.add_argument(
-        "--labels-out",
-        default="",
-        help="per-sample labels JSONL (default: ./<file stem>.labels.jsonl)",
-    )
-    args, cfg = _parse_with_positional(p, argv)
-    metrics, samples, bad = grade_file(
-        args.file,
-        cfg.eval,
-        args.question_field,
-        args.answer_field,
-        args.output_field,
-        args.id_field,
-        cfg.run.seed,
-    )
-    labels_out = args.labels_out or f"{Path(args.file).stem}.labels.jsonl"
-    write_jsonl(labels_out, [{k: v for k, v in s.items() if k != GENERATION} for s in samples])
-    for b in bad:
-        sys.stderr.write(f"quarantined: {json.dumps(b)}\n")
-    agreement = metrics.get("reference_agreement")
-    if agreement:  # the full list is in the JSON; keep stdout to one object
-        agreement["disagreements"] = agreement["disagreements"][:50]
-    sys.stdout.write(json.dumps(metrics, indent=2) + "\n")
-    log.info(
-        "graded %d samples from %s → %s (%d rows quarantined)",
-        len(samples),
-        args.file,
-        labels_out,
-        len(bad),
-    )
-    return 0
-
-
-def _parse_with_positional(
-    p: argparse.ArgumentParser, argv: list[str]
-) -> tuple[argparse.Namespace, Config]:
-    """FILE shares the positional slot with `key=value` overrides: the one item without '=' is the file."""
-    args, cfg = _parse_intermixed(p, argv, allow_file=True)
-    files = [o for o in args.overrides if "=" not in o]
-    if len(files) != 1:
-        p.error(f"expected exactly one FILE (and key=value overrides), got {files or 'none'}")
-    args.file = files[0]
-    return args, cfg
-
-
-def _parse_intermixed(
-    p: argparse.ArgumentParser, argv: list[str], allow_file: bool = False
-) -> tuple[argparse.Namespace, Config]:
-    """Like cli.parse_config, but `key=value` overrides may sit before, between or after options."""
-    from palign_ray.config import ConfigError, load_config
-
-    args = p.parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, [o for o in args.overrides if "=" in o or not allow_file])
-    except ConfigError as e:
-        p.error(str(e))
-    return args, cfg
-
-
-def eval_main(argv: list[str]) -> int:
-    """Run as: palign eval --model PATH --benchmarks gsm8k,math500 --output DIR [key=value ...] | --compare a.json b.json"""
-    from palign_ray.cli import config_parser
-
-    p = config_parser(
-        "eval",
-        "Generate with the paper's prompt and sampling, grade, and write metrics.json, report.md, plots.",
-    )
-    p.add_argument(
-        "--model",
-        default="",
-        help="model to evaluate: 'default' (embedded SmolLM2) or an HF directory (default: eval.model)",
-    )
-    p.add_argument(
-        "--benchmarks", default="", help="comma-separated names or files (default: eval.benchmarks)"
-    )
-    p.add_argument(
-        "--output",
-        default="",
-        help="output directory for metrics.json, report.md, samples.jsonl, *.png",
-    )
-    p.add_argument(
-        "--compare",
-        nargs="+",
-        default=None,
-        metavar="METRICS_JSON",
-        help="print one table comparing runs and exit",
-    )
-    args, cfg = _parse_intermixed(p, argv)
-    if args.compare:
-        sys.stdout.write(compare_table(args.compare))
-        return 0
-    if not args.output:
-        p.error("--output DIR is required (unless --compare)")
-    if args.benchmarks:
-        import dataclasses
-
-        names = tuple(b.strip() for b in args.benchmarks.split(",") if b.strip())
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, benchmarks=names))
-    metrics = evaluate(cfg, args.output, model=args.model or None)
-    sys.stdout.write(markdown_table(metrics))
-    return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,100 @@ def final_answer(solution: str) -> str | None:
     from palign_ray.grading import gold_from_solution
 
     return gold_from_solution(solution) or marked_final_answer(solution)
+
+
+# --------------------------------------------------------------------------- field mapping and gold
+# Shared by the problems stage (`problems.normalize_problem`) and benchmark loading (`benchmarks`).
+
+
+def first_present(row: dict[str, Any], names: Iterable[str]) -> str | None:
+    """The first of `names` whose value in `row` is set (not None, not "")."""
+    for name in names:
+        if row.get(name) not in (None, ""):
+            return name
+    return None
+
+
+def missing(value: Any) -> bool:
+    """None, blank text or NaN (pandas' empty cell)."""
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, float) and value != value)
+    )
+
+
+@dataclass(frozen=True)
+class Gold:
+    """The gold answer of a row (None with a reason code and detail when there is none) and its solution text."""
+
+    answer: str | None
+    solution: str
+    reason: str = ""
+    detail: str = ""
+
+
+def _gold_from_text(text: str, solution: str, field: str) -> Gold:
+    """A worked solution in the answer field (or the solution column): its final answer, else gold_not_extractable."""
+    gold = final_answer(text)
+    if gold is None:
+        return Gold(
+            None,
+            solution or text,
+            "gold_not_extractable",
+            f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}",
+        )
+    return Gold(gold, solution or text)
+
+
+def gold_answer(
+    raw: Any,
+    field: str,
+    *,
+    solution: str = "",
+    solution_field: str = "solution",
+    index: int = 0,
+    prose_is_solution: bool = True,
+) -> Gold:
+    """Gold from an answer field's value (an answer, a list of them, a number, or a worked solution),
+    else from the `solution` text; `index` picks from a list value.
+
+    A value with `####` or a boxed answer is a worked solution. With `prose_is_solution`, so is long
+    or multi-line text (training data puts explanations there); benchmark answer fields are answers
+    by contract, and a long one (a 17-term polynomial in MATH-500) must stay an answer.
+    """
+    from palign_ray.grading import normalize_gold
+
+    picked = pick(raw, index, field, "answer")
+    raw = picked.value
+    if picked.reason:
+        return Gold(None, solution, picked.reason, picked.detail)
+    if picked.form != "string" and raw is not None and not isinstance(raw, str):
+        return Gold(
+            None,
+            solution,
+            "wrong_type",
+            f"{field} is a list of {type(raw).__name__}, not of strings",
+        )
+    if missing(raw):
+        if not solution.strip():
+            return Gold(None, solution, "missing_answer", f"no {field!r} and no {solution_field!r}")
+        return _gold_from_text(solution, solution, solution_field)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        return Gold(None, solution, "wrong_type", f"{field} is {type(raw).__name__}")
+    # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it; s1K's
+    # `solution` is a bare answer for AIME rows and a paragraph for science rows.
+    if isinstance(raw, str) and (
+        "####" in raw
+        or "\\boxed" in raw
+        or "\\fbox" in raw
+        or (prose_is_solution and looks_like_solution(raw))
+    ):
+        return _gold_from_text(raw, solution, field)
+    try:
+        return Gold(normalize_gold(raw), solution)
+    except ValueError as e:
+        return Gold(None, solution, "bad_answer", str(e))
 
 
 # --------------------------------------------------------------------------- row filter

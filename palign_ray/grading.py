@@ -222,8 +222,9 @@ def _cheap_verdict(pred: str, gold: str) -> bool | None:
 #
 # math-verify bounds time with signal.alarm, which only works in the main thread; grading runs in
 # worker threads and Ray actors. So parse/verify run with their own timeouts disabled inside a
-# reused child (`python -m palign_ray.grading`, JSON lines over pipes), killed and replaced when
-# one item exceeds its bound. A plain subprocess (not multiprocessing) never re-imports __main__.
+# reused child (`python -c '...grading import _serve; _serve()'`, JSON lines over pipes), killed and replaced when
+# one item exceeds its bound. A plain subprocess (not multiprocessing) never re-imports __main__;
+# `-c` (not `-m`) so this module needs no `__main__` block.
 
 
 def _mv_compare(pred: str, gold: str, whole_text: bool) -> tuple[bool, str | None]:
@@ -266,7 +267,7 @@ class _Worker:
         pkg_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "palign_ray.grading"],
+            [sys.executable, "-c", "from palign_ray.grading import _serve; _serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -423,7 +424,3 @@ def grade(prediction: str, gold: str, timeout_s: float = 10.0, mode: str = "boxe
         ):
             reason = text_reason
     return Grade(False, extracted, reason)
-
-
-if __name__ == "__main__":
-    _serve()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any  # metrics dicts are JSON: values of mixed types
@@ -105,10 +106,8 @@ def summarize(
 
 
 def _count(items: Sequence[str]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for x in items:
-        counts[x] = counts.get(x, 0) + 1
-    return dict(sorted(counts.items()))
+    """Occurrences per item, keys sorted (stable JSON across runs)."""
+    return dict(sorted(Counter(items).items()))
 
 
 def _lengths(problems: Sequence[ProblemResult]) -> dict[str, Any]:

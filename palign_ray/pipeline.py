@@ -136,7 +136,7 @@ def _align_job(cfg: Config) -> Any:
 
 
 def run_sft_data(s: StageRun) -> dict[str, Any]:
-    from palign_ray.sft_records import build_shards
+    from palign_ray.sft.records import build_shards
 
     (src,) = s.inputs.values()
     rows = (
@@ -425,67 +425,3 @@ def _release(stage: str, before: dict[str, float]) -> None:
     waited = wait_for_release(before)
     waited += wait_for_device_memory()
     log.info("stage %s: engines released (waited %.1f s for %s)", stage, waited, before)
-
-
-def run_main(argv: list[str]) -> int:
-    """`palign run CONFIG [--stages a,b] [key=value ...]`"""
-    import argparse
-
-    from palign_ray.cli import parse_config
-    from palign_ray.config import help_lines
-    from palign_ray.console import run_console
-
-    p = argparse.ArgumentParser(
-        prog="palign run",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (override with key=value):\n" + "\n".join(help_lines()),
-    )
-    p.add_argument(
-        "config", nargs="?", default=None, help="YAML run config (e.g. jobs/configs/default.yaml)"
-    )
-    p.add_argument(
-        "--stages", default="", help=f"comma-separated subset of {','.join(STAGE_NAMES)}"
-    )
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        help="stream every log (Ray, Ray Data, vLLM, DeepSpeed, the Ray workers) to the console as well; "
-        "without it they go to <run_dir>/logs/ (run.log, <stage>.log)",
-    )
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = p.parse_intermixed_args(argv)
-    if args.config and "=" in args.config:  # `palign run key=value` without a file
-        args.overrides.insert(0, args.config)
-        args.config = None
-    argv2 = (["--config", args.config] if args.config else []) + args.overrides
-    _, cfg = parse_config(_plain_config_parser(), argv2)
-    stages = [s for s in args.stages.split(",") if s] or None
-    with run_console(Path(cfg.run.run_dir), verbose=args.verbose):
-        try:
-            manifests = run_pipeline(cfg, stages)
-        except PipelineError as e:
-            log.error("%s", e)
-            return 3
-    for (
-        name,
-        m,
-    ) in manifests.items():  # one line per stage: the details are in the manifests and report.md
-        print(
-            f"{name}: "
-            + ", ".join(
-                f"{k}={m[k] if k != 'wall_s' else round(m[k], 1)}"
-                for k in ("num_output", "num_quarantined", "wall_s")
-                if k in m
-            )
-        )
-    report = Path(cfg.run.run_dir) / "report.md"
-    if report.is_file():
-        print(f"report: {report}")
-    return 0
-
-
-def _plain_config_parser() -> Any:
-    from palign_ray.cli import config_parser
-
-    return config_parser("run", "palign run")

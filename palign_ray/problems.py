@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, uniform_rows
 from palign_ray.config import ProblemsConfig
+from palign_ray.fields import Gold, first_present, gold_answer, missing
 
 log = logging.getLogger(__name__)
 
@@ -45,81 +45,16 @@ def content_id(question: str) -> str:
     return "q-" + hashlib.sha256(norm.encode()).hexdigest()[:16]
 
 
-def _first_present(row: dict[str, Any], names: Iterable[str]) -> str | None:
-    for name in names:
-        if row.get(name) not in (None, ""):
-            return name
-    return None
-
-
-def _missing(value: Any) -> bool:
-    return (
-        value is None
-        or (isinstance(value, str) and not value.strip())
-        or (isinstance(value, float) and value != value)
-    )
-
-
-@dataclass(frozen=True)
-class Gold:
-    """The gold answer of a row (None with a reason code and detail when there is none) and its solution text."""
-
-    answer: str | None
-    solution: str
-    reason: str = ""
-    detail: str = ""
-
-
-def _gold_from_text(text: str, solution: str, field: str) -> Gold:
-    """A worked solution in the answer field (or the solution column): its final answer, else gold_not_extractable."""
-    from palign_ray.fields import final_answer
-
-    gold = final_answer(text)
-    if gold is None:
-        return Gold(
-            None,
-            solution or text,
-            "gold_not_extractable",
-            f"{field} is a worked solution with no \\boxed{{}}, '####' or final 'Answer:' line: ...{text[-160:]!r}",
-        )
-    return Gold(gold, solution or text)
-
-
 def _gold(row: dict[str, Any], cfg: ProblemsConfig) -> Gold:
     """Gold from the answer field (a value, a list of them, a number, or a worked solution), else from `solution`."""
-    from palign_ray.fields import looks_like_solution, pick
-    from palign_ray.grading import normalize_gold
-
-    field = cfg.answer_field or R.ANSWER
     given = row.get(SOLUTION)
-    solution = given if isinstance(given, str) else ""
-    picked = pick(row.get(field), cfg.trace_index, field, "answer")
-    raw = picked.value
-    if picked.reason:
-        return Gold(None, solution, picked.reason, picked.detail)
-    if picked.form != "string" and raw is not None and not isinstance(raw, str):
-        return Gold(
-            None,
-            solution,
-            "wrong_type",
-            f"{field} is a list of {type(raw).__name__}, not of strings",
-        )
-    if _missing(raw):
-        if not solution.strip():
-            return Gold(None, solution, "missing_answer", f"no {field!r} and no {SOLUTION!r}")
-        return _gold_from_text(solution, solution, SOLUTION)
-    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
-        return Gold(None, solution, "wrong_type", f"{field} is {type(raw).__name__}")
-    # GSM8K keeps the worked solution in `answer` ("... #### 18"); MATH-style data may box it; s1K's
-    # `solution` is a bare answer for AIME rows and a paragraph for science rows.
-    if isinstance(raw, str) and (
-        "####" in raw or "\\boxed" in raw or "\\fbox" in raw or looks_like_solution(raw)
-    ):
-        return _gold_from_text(raw, solution, field)
-    try:
-        return Gold(normalize_gold(raw), solution)
-    except ValueError as e:
-        return Gold(None, solution, "bad_answer", str(e))
+    return gold_answer(
+        row.get(cfg.answer_field or R.ANSWER),
+        cfg.answer_field or R.ANSWER,
+        solution=given if isinstance(given, str) else "",
+        solution_field=SOLUTION,
+        index=cfg.trace_index,
+    )
 
 
 @dataclass(frozen=True)
@@ -143,7 +78,7 @@ def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
         return Trace(None, picked.form, reason=picked.reason, detail=picked.detail)
     value = picked.value
     if not isinstance(value, str) or not value.strip():
-        what = "no text" if _missing(value) else f"a {type(value).__name__}, not text"
+        what = "no text" if missing(value) else f"a {type(value).__name__}, not text"
         return Trace(
             None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}"
         )
@@ -156,10 +91,10 @@ def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
 
 def _row_id(row: dict[str, Any], cfg: ProblemsConfig, where: str) -> str:
     """The id a row would get (its id field, else a hash of its question, else its place in the file)."""
-    id_field = cfg.id_field or _first_present(row, ID_FIELDS)
+    id_field = cfg.id_field or first_present(row, ID_FIELDS)
     if id_field and row.get(id_field) not in (None, ""):
         return str(row[id_field])
-    question = row.get(cfg.question_field or _first_present(row, QUESTION_FIELDS) or "")
+    question = row.get(cfg.question_field or first_present(row, QUESTION_FIELDS) or "")
     return content_id(question) if isinstance(question, str) and question.strip() else where
 
 
@@ -174,8 +109,8 @@ def normalize_problem(
     row: dict[str, Any], cfg: ProblemsConfig, where: str, group_field: str = ""
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """One raw row → (problem row, None) or (None, quarantine row with a reason code)."""
-    qfield = cfg.question_field or _first_present(row, QUESTION_FIELDS)
-    id_field = cfg.id_field or _first_present(row, ID_FIELDS)
+    qfield = cfg.question_field or first_present(row, QUESTION_FIELDS)
+    id_field = cfg.id_field or first_present(row, ID_FIELDS)
     question = row.get(qfield) if qfield else None
     raw_id = row.get(id_field) if id_field else None
     fallback_id = str(raw_id) if raw_id not in (None, "") else where
@@ -333,6 +268,8 @@ def load_problems(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Problems from `path` (or cfg.path when source=file, or the built-in set) → (rows, quarantine)."""
     if path is None and cfg.source == "builtin":
+        from palign_ray.builtin import builtin_problems  # the generator imports this module's names
+
         return builtin_problems(cfg.num_problems or 32, cfg.builtin_seed), []
     src = path or cfg.path
     if not src:
@@ -375,222 +312,3 @@ def load_summary(rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) 
         summary["think_split"] = dict(Counter(r[THINK_SPLIT] for r in rows))
         summary["trace_format"] = dict(Counter(r[TRACE_FORMAT] for r in rows))
     return summary
-
-
-# --------------------------------------------------------------------------- built-in problems
-
-
-@dataclass(frozen=True)
-class Worked:
-    """A generated problem: question, integer answer, solution sentences, decisive sentence index."""
-
-    template: str
-    question: str
-    answer: int
-    steps: tuple[str, ...]
-    decisive: int
-
-
-NAMES = (
-    "Maria",
-    "Omar",
-    "Lena",
-    "Kenji",
-    "Aisha",
-    "Tom",
-    "Priya",
-    "Diego",
-    "Sofia",
-    "Ravi",
-    "Emma",
-    "Yusuf",
-)
-ITEMS = (
-    ("notebook", "notebooks"),
-    ("pen", "pens"),
-    ("apple", "apples"),
-    ("mug", "mugs"),
-    ("ticket", "tickets"),
-    ("candle", "candles"),
-)
-
-
-def _shopping(r: random.Random) -> Worked:
-    name = r.choice(NAMES)
-    (a1, a2), (b1, b2) = r.sample(ITEMS, 2)
-    na, pa_, nb, pb = r.randint(2, 9), r.randint(2, 12), r.randint(2, 9), r.randint(2, 12)
-    ca, cb = na * pa_, nb * pb
-    total = ca + cb
-    bill = next(b for b in (20, 50, 100, 200) if b > total)
-    change = bill - total
-    q = (
-        f"{name} buys {na} {a2} for {pa_} dollars each and {nb} {b2} for {pb} dollars each. "
-        f"{name} pays with a {bill} dollar bill. How many dollars of change does {name} get back?"
-    )
-    steps = (
-        f"The {a2} cost {na} * {pa_} = {ca} dollars.",
-        f"The {b2} cost {nb} * {pb} = {cb} dollars.",
-        f"Together {name} spends {ca} + {cb} = {total} dollars.",
-        f"The change is {bill} - {total} = {change} dollars.",
-        f"So {name} gets {change} dollars back.",
-    )
-    return Worked("shopping", q, change, steps, 3)
-
-
-def _rate_time(r: random.Random) -> Worked:
-    rate, hours, days = r.randint(3, 15), r.randint(2, 8), r.randint(2, 6)
-    per_day = rate * hours
-    total = per_day * days
-    q = (
-        f"A machine makes {rate} toys every hour. It runs for {hours} hours each day. "
-        f"How many toys does it make in {days} days?"
-    )
-    steps = (
-        f"In one day the machine runs {hours} hours.",
-        f"Each day it makes {rate} * {hours} = {per_day} toys.",
-        f"Over {days} days it makes {per_day} * {days} = {total} toys.",
-        f"So the machine makes {total} toys.",
-    )
-    return Worked("rate_time", q, total, steps, 2)
-
-
-def _ages(r: random.Random) -> Worked:
-    a, b = r.sample(NAMES, 2)
-    young, gap, years = r.randint(4, 30), r.randint(2, 12), r.randint(2, 9)
-    total = (young + years) + (young + gap + years)
-    q = (
-        f"{a} is {gap} years older than {b}. In {years} years, the sum of their ages will be {total}. "
-        f"How old is {b} now?"
-    )
-    twice = total - 2 * years - gap
-    steps = (
-        f"Let {b} be x years old now, so {a} is x + {gap} years old.",
-        f"In {years} years their ages are x + {years} and x + {gap + years}.",
-        f"Their sum is 2x + {gap + 2 * years} = {total}.",
-        f"So 2x = {total} - {gap + 2 * years} = {twice}.",
-        f"Then x = {twice} / 2 = {young}.",
-        f"So {b} is {young} years old now.",
-    )
-    return Worked("ages", q, young, steps, 4)
-
-
-def _linear(r: random.Random) -> Worked:
-    x, m, c = r.randint(2, 20), r.randint(2, 9), r.randint(1, 30)
-    res = m * x + c
-    q = f"When a number is multiplied by {m} and then {c} is added, the result is {res}. What is the number?"
-    steps = (
-        f"Let the number be x, so {m}x + {c} = {res}.",
-        f"Subtracting {c} gives {m}x = {res - c}.",
-        f"Dividing by {m} gives x = {res - c} / {m} = {x}.",
-        f"Check: {m} * {x} + {c} = {res}.",
-        f"So the number is {x}.",
-    )
-    return Worked("linear", q, x, steps, 2)
-
-
-def _percent(r: random.Random) -> Worked:
-    pct = r.choice((10, 20, 25, 50))
-    price = r.choice(range(20, 201, 20))
-    n = r.randint(2, 6)
-    off = price * pct // 100
-    each = price - off
-    total = each * n
-    item = r.choice(ITEMS)[0]
-    q = (
-        f"A {item} costs {price} dollars. During a sale every {item} is {pct} percent off. "
-        f"How many dollars do {n} {item}s cost during the sale?"
-    )
-    steps = (
-        f"The discount on one {item} is {pct} percent of {price}, which is {price} * {pct} / 100 = {off} dollars.",
-        f"So one {item} costs {price} - {off} = {each} dollars on sale.",
-        f"Then {n} of them cost {n} * {each} = {total} dollars.",
-        f"So the total during the sale is {total} dollars.",
-    )
-    return Worked("percent", q, total, steps, 2)
-
-
-def _distance(r: random.Random) -> Worked:
-    v1, t1, v2, t2 = r.randint(20, 70), r.randint(1, 4), r.randint(20, 70), r.randint(1, 4)
-    d1, d2 = v1 * t1, v2 * t2
-    q = (
-        f"A car drives at {v1} km per hour for {t1} hours, then at {v2} km per hour for {t2} hours. "
-        f"How many kilometers does it travel in total?"
-    )
-    steps = (
-        f"In the first part it travels {v1} * {t1} = {d1} km.",
-        f"In the second part it travels {v2} * {t2} = {d2} km.",
-        f"The total distance is {d1} + {d2} = {d1 + d2} km.",
-        f"So the car travels {d1 + d2} km.",
-    )
-    return Worked("distance", q, d1 + d2, steps, 2)
-
-
-def _sharing(r: random.Random) -> Worked:
-    name = r.choice(NAMES)
-    friends, batches, per_batch = r.randint(2, 8), r.randint(3, 8), r.choice((6, 8, 10, 12))
-    baked = batches * per_batch
-    # What is kept makes the rest split evenly among the friends (never zero: "keeps 0" reads oddly).
-    kept = baked % friends or friends
-    share = (baked - kept) // friends
-    q = (
-        f"{name} bakes {batches} batches of cookies with {per_batch} cookies in each batch. "
-        f"{name} keeps {kept} cookies and shares the rest equally among {friends} friends. "
-        f"How many cookies does each friend get?"
-    )
-    steps = (
-        f"{name} bakes {batches} * {per_batch} = {baked} cookies.",
-        f"After keeping {kept}, there are {baked} - {kept} = {baked - kept} cookies left.",
-        f"Each friend gets {baked - kept} / {friends} = {share} cookies.",
-        f"So each friend gets {share} cookies.",
-    )
-    return Worked("sharing", q, share, steps, 2)
-
-
-TEMPLATES: dict[str, Callable[[random.Random], Worked]] = {
-    "shopping": _shopping,
-    "rate_time": _rate_time,
-    "ages": _ages,
-    "linear": _linear,
-    "percent": _percent,
-    "distance": _distance,
-    "sharing": _sharing,
-}
-
-
-def render_solution(w: Worked) -> tuple[str, int]:
-    """Sentences joined by single spaces, the boxed answer last; returns (text, decisive sentence end)."""
-    sentences = [*w.steps, f"The final answer is \\boxed{{{w.answer}}}."]
-    text = " ".join(sentences)
-    decisive_end = len(" ".join(sentences[: w.decisive + 1]))
-    return text, decisive_end
-
-
-def builtin_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` templated word problems with exact integer answers; the same (n, seed) always gives the same rows."""
-    if n < 0:
-        raise ValueError(f"number of builtin problems must be >= 0, got {n}")
-    rng = random.Random(seed)
-    names = sorted(TEMPLATES)
-    rows = []
-    for i in range(n):
-        template = names[i % len(names)]  # round-robin: every template appears in small sets
-        w = TEMPLATES[template](rng)
-        solution, decisive_end = render_solution(w)
-        rows.append(
-            {
-                R.PROBLEM_ID: f"builtin-{seed}-{i:05d}",
-                R.QUESTION: w.question,
-                R.ANSWER: str(w.answer),
-                SOLUTION: solution,
-                DECISIVE_SENTENCE: w.decisive,
-                DECISIVE_CHAR_END: decisive_end,
-                TEMPLATE: template,
-                SOURCE: "builtin",
-            }
-        )
-    return rows
-
-
-def dump_builtin(path: str | Path, n: int, seed: int = 0) -> None:
-    """Write the built-in set as JSONL (handy for inspecting or for `palign teacher --input`)."""
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in builtin_problems(n, seed)))

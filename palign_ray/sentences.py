@@ -352,48 +352,7 @@ def _paper_boundaries(text: str) -> list[int]:
     return out
 
 
-def split_main(argv: list[str]) -> int:
-    """Run as: palign split [FILE] [--mode robust|paper] [--max-chars N]  (stdin when FILE is absent or -)"""
-    import json
-    import os
-    import sys
-
-    from palign_ray.cli import config_parser
-    from palign_ray.config import ConfigError, load_config
-
-    p = config_parser(
-        "split", "Split text into sentences; one JSON object per sentence: index, start, end, text."
-    )
-    p.usage = (
-        "palign split [FILE] [--mode robust|paper] [--max-chars N] [--config YAML] [key=value ...]"
-    )
-    p.add_argument(
-        "--mode", choices=["robust", "paper"], default=None, help="default: judge.segmentation"
-    )
-    p.add_argument("--max-chars", type=int, default=None, help="default: judge.max_sentence_chars")
-    for action in p._actions:  # the shared positional slot also takes FILE
-        if action.dest == "overrides":
-            action.help = "FILE to split (stdin when absent or '-') and dotted key=value overrides"
-    args = p.parse_args(argv)
-    # FILE shares the positional slot with key=value overrides; an existing path always wins.
-    files = [a for a in args.overrides if "=" not in a or os.path.isfile(a)]
-    overrides = [a for a in args.overrides if a not in files]
-    if len(files) > 1:
-        p.error(f"at most one FILE, got {files}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as e:
-        p.error(str(e))
-    text = _read_text(files[0] if files else "-")
-    mode = args.mode or cfg.judge.segmentation
-    max_chars = args.max_chars if args.max_chars is not None else cfg.judge.max_sentence_chars
-    for index, (start, end) in enumerate(split_sentences(text, mode, max_chars)):
-        row = {"index": index, "start": start, "end": end, "text": text[start:end]}
-        sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return 0
-
-
-def _read_text(path: str) -> str:
+def read_text(path: str) -> str:
     """UTF-8 text with line endings untouched, so offsets index the file's own characters."""
     import sys
 

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
@@ -351,33 +349,3 @@ def run_teacher(
         quar,
         retention(STAGE, len(rows), out, quar, **extra, engine_starts=res.engine_starts),
     )
-
-
-def teacher_main(argv: list[str]) -> int:
-    """Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]"""
-    from palign_ray.artifacts import write_stage_outputs
-    from palign_ray.cli import config_parser, parse_config
-    from palign_ray.problems import load_problems, load_summary
-
-    p = config_parser(
-        "teacher", "Problems → one graded long-CoT trace per problem (teacher.*, problems.*)."
-    )
-    p.add_argument(
-        "--input",
-        default=None,
-        help="problems JSONL/Parquet/datasets dir (default: problems.source, builtin)",
-    )
-    p.add_argument("--output", required=True, help="output traces .parquet or .jsonl")
-    args, cfg = parse_config(p, argv)
-    problems, bad = load_problems(cfg.problems, args.input)
-    out, quar, summary = run_teacher(problems, cfg)
-    summary["problems_quarantined"] = len(bad)
-    summary["problems"] = load_summary(problems, bad)
-    write_stage_outputs(Path(args.output), out, bad + quar, summary)
-    return 0 if out else 3
-
-
-if __name__ == "__main__":
-    from palign_ray.cli import main
-
-    sys.exit(main(["teacher", *sys.argv[1:]]))

@@ -15,8 +15,8 @@ from palign_ray.align import (
     filter_continuations,
     run_align,
 )
+from palign_ray.builtin import builtin_problems
 from palign_ray.config import AlignConfig, Config
-from palign_ray.problems import builtin_problems
 from palign_ray.records import MissingColumnsError
 
 # Copied from PAPER.md (the authors' code), braces of the f-string filled in by hand.
@@ -107,7 +107,7 @@ def test_missing_columns_named() -> None:
 @pytest.mark.timeout(600)
 def test_real_continuation_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Path) -> None:
     """align CLI → Ray Data actor pool → vLLM continuation (tiny model) → filter; in = out + quarantined."""
-    from palign_ray.align import align_main
+    from palign_ray.cli import main
 
     probs = builtin_problems(3, 0)
     rows = [
@@ -120,8 +120,9 @@ def test_real_continuation_cli_tiny_model(ray_session, tiny_model: str, tmp_path
     src = tmp_path / "prefixes.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "aligned.parquet"
-    align_main(
+    main(
         [
+            "align",
             "--input",
             str(src),
             "--output",

@@ -90,3 +90,12 @@ def test_builtin_benchmark() -> None:
 def test_mapping_table_paths_exist(shared_data: str) -> None:
     for spec in BENCHMARKS.values():
         assert (Path(shared_data) / spec.path).is_file()
+
+
+def test_long_answers_stay_answers(tmp_path: Path) -> None:
+    """MATH-500's 17-term polynomial answer is an answer, not a worked solution (shared gold helper)."""
+    poly = "x^8 + x^7 + x^6 + x^5 + x^4 + x^3 + x^2 + x + 1"
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"problem": "p?", "answer": poly}) + "\n")
+    problems, bad = load_benchmark(str(path), "")
+    assert [p["answer"] for p in problems] == [poly] and bad == []

@@ -79,7 +79,7 @@ def test_plan_shares_stages_whose_hash_is_equal(tmp_path):
 def test_compare_command_is_registered():
     from palign_ray.cli import COMMANDS
 
-    assert COMMANDS["compare"][0] == "palign_ray.compare:compare_main"
+    assert COMMANDS["compare"][0] == "palign_ray.cli.tools:compare_main"
 
 
 def test_compare_qwen7b_config_is_the_papers_setting_and_validates(monkeypatch):

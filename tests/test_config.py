@@ -171,9 +171,9 @@ def test_engine_hash_is_unchanged_by_platform_defaults():
 def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util, seqs):
     import yaml
 
-    from palign_ray.cli import config_main
+    from palign_ray.cli import main
 
-    assert config_main(["--platform", platform, "judge.threshold=0.3"]) == 0
+    assert main(["config", "--platform", platform, "judge.threshold=0.3"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"# engine defaults for {platform}")
     shown = yaml.safe_load(out)

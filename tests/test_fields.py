@@ -134,3 +134,17 @@ def test_parse_filter() -> None:
     for bad in ("cot_type", "=math", "cot_type="):
         with pytest.raises(ValueError, match="col=value"):
             parse_filter(bad)
+
+
+def test_gold_answer_is_shared_by_problems_and_benchmarks() -> None:
+    """One gold reading (issue 19.5); benchmark answer fields keep long answers as answers."""
+    from palign_ray.fields import gold_answer
+
+    poly = "x^8 + x^7 + x^6 + x^5 + x^4 + x^3 + x^2 + x + 1"
+    assert gold_answer("Janet has 3. #### 1,234", "answer").answer == "1234"
+    assert gold_answer(["\\boxed{7} done", "x"], "answer").answer == "7"
+    assert gold_answer(None, "answer", solution="so \\boxed{5}").answer == "5"
+    assert gold_answer(poly, "answer").reason == "gold_not_extractable"  # training data: prose
+    assert gold_answer(poly, "answer", prose_is_solution=False).answer == poly
+    assert gold_answer(None, "answer").reason == "missing_answer"
+    assert gold_answer(True, "answer").reason == "wrong_type"

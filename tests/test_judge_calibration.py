@@ -241,7 +241,7 @@ def test_default_config_calibrates_the_embedded_model():
 
 
 def builtin_rows(n: int):
-    from palign_ray.problems import builtin_problems
+    from palign_ray.builtin import builtin_problems
 
     probs = builtin_problems(n, 0)
     rows = [

@@ -236,12 +236,13 @@ def test_config_checks():
 
 def test_cli_reads_the_authors_released_format(tmp_path, shared_data):
     """Authors' generations as traces: list field + index, instruction stripped, draft markers removed (no model)."""
-    from palign_ray.judge.cli import truncate_main
+    from palign_ray.cli import main
 
     src = os.path.join(shared_data, "palign-results", "aime24-output.jsonl")
     out = tmp_path / "prefixes.parquet"
-    rc = truncate_main(
+    rc = main(
         [
+            "truncate",
             "--input",
             src,
             "--output",

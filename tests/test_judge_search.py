@@ -177,7 +177,7 @@ def test_judge_modules_import_no_heavy_packages():
     import sys
 
     code = (
-        "import sys, palign_ray.judge.search, palign_ray.judge.prompts, palign_ray.judge.rounds, palign_ray.judge.cli\n"
+        "import sys, palign_ray.judge.search, palign_ray.judge.prompts, palign_ray.judge.rounds, palign_ray.judge.ingest, palign_ray.cli.stages\n"
         "print(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

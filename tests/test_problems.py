@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from palign_ray.artifacts import quarantine_path, retention
+from palign_ray.builtin import TEMPLATES, builtin_problems
 from palign_ray.config import ProblemsConfig
 from palign_ray.problems import (
-    TEMPLATES,
-    builtin_problems,
     content_id,
     load_problems,
     load_summary,

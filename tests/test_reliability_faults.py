@@ -292,7 +292,9 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
         stdout=open(logs / "first.out", "w"),
         stderr=subprocess.STDOUT,
     )
-    judge = StageDir(run_dir / "truncate")  # judge parts take seconds; teacher parts (reference solutions) do not
+    judge = StageDir(
+        run_dir / "truncate"
+    )  # judge parts take seconds; teacher parts (reference solutions) do not
     try:
         deadline = time.monotonic() + 500
         while time.monotonic() < deadline and proc.poll() is None:
@@ -328,7 +330,9 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
     assert (
         json.loads((run_dir / "truncate" / "manifest.json").read_text())["engine_starts"] == 1
     )  # one actor, one start
-    assert (run_dir / "teacher" / "manifest.json").read_bytes() == teacher_manifest  # done: not rerun
+    assert (
+        run_dir / "teacher" / "manifest.json"
+    ).read_bytes() == teacher_manifest  # done: not rerun
     assert json.loads((run_dir / "problems" / "manifest.json").read_text())["num_output"] == 8
     for stage in ("teacher", "truncate"):
         out, quar = _stage_rows(run_dir, stage)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from palign_ray.config import AlignConfig, Config
-from palign_ray.sft_records import build_examples, build_response, build_shards, tokenize_example
+from palign_ray.sft.records import build_examples, build_response, build_shards, tokenize_example
 from palign_ray.teacher import teacher_prompt
 
 # A Qwen3-like template written here (no download): ChatML turns, and an empty think block before
@@ -171,12 +171,20 @@ def test_shards_contract(tokenizer, tmp_path: Path) -> None:
 
 
 def test_build_sft_cli(tmp_path: Path, capsys) -> None:
-    from palign_ray.sft_records import build_sft_main
+    from palign_ray.cli import main
 
     src = tmp_path / "traces.jsonl"
     src.write_text(json.dumps(ROW) + "\n" + "not json\n")
-    rc = build_sft_main(
-        ["--input", str(src), "--output", str(tmp_path / "sft"), "--method", "full_cot"]
+    rc = main(
+        [
+            "build-sft",
+            "--input",
+            str(src),
+            "--output",
+            str(tmp_path / "sft"),
+            "--method",
+            "full_cot",
+        ]
     )
     summary = json.loads(capsys.readouterr().out)
     assert rc == 0 and summary["num_examples"] == 1 and summary["method"] == "full_cot"
@@ -200,13 +208,14 @@ def test_released_palign_file_round_trips(
 ) -> None:
     """The 16 released P-ALIGN rows (alpaca) → shards: supervised tokens decode to each `output` + end of turn,
     markers kept as text, prompt masked and identical to the pipeline's (paper) prompt for the question."""
-    from palign_ray.sft_records import build_sft_main
+    from palign_ray.cli import main
 
     src = Path(shared_data) / "external" / "palign_sample.jsonl"
     released = [json.loads(line) for line in src.read_text().splitlines()]
     # 693-1,454 tokens with SmolLM2's template: half exceed the default align.max_seq_len (1024) and would be too_long.
-    rc = build_sft_main(
+    rc = main(
         [
+            "build-sft",
             "--input",
             str(src),
             "--output",
@@ -250,7 +259,7 @@ def test_released_palign_file_round_trips(
 
 
 def test_chat_formats_and_their_quarantine(tokenizer, tmp_path: Path) -> None:
-    from palign_ray.sft_records import build_file_examples
+    from palign_ray.sft.records import build_file_examples
 
     convo = [
         {"from": "system", "value": "Be brief."},
@@ -298,13 +307,14 @@ def test_chat_formats_and_their_quarantine(tokenizer, tmp_path: Path) -> None:
 
 
 def test_build_sft_format_and_method_are_exclusive(tmp_path: Path) -> None:
-    from palign_ray.sft_records import build_sft_main
+    from palign_ray.cli import main
 
     src = tmp_path / "a.jsonl"
     src.write_text(json.dumps({"instruction": "i", "output": "o"}) + "\n")
     with pytest.raises(SystemExit):
-        build_sft_main(
+        main(
             [
+                "build-sft",
                 "--input",
                 str(src),
                 "--output",

@@ -8,8 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from palign_ray.builtin import builtin_problems
 from palign_ray.config import Config, ProblemsConfig, TeacherConfig
-from palign_ray.problems import builtin_problems, load_problems
+from palign_ray.problems import load_problems
 from palign_ray.teacher import (
     Sample,
     grade_samples,
@@ -180,11 +181,12 @@ def test_prompt_matches_evaluation() -> None:
 @pytest.mark.timeout(600)
 def test_real_teacher_cli_tiny_model(ray_session, tiny_model: str, tmp_path: Path) -> None:
     """teacher CLI → Ray Data actor pool → vLLM (tiny random model): every problem is output or quarantine."""
-    from palign_ray.teacher import teacher_main
+    from palign_ray.cli import main
 
     out = tmp_path / "traces.parquet"
-    rc = teacher_main(
+    rc = main(
         [
+            "teacher",
             "--output",
             str(out),
             f"teacher.model={tiny_model}",

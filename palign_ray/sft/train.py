@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -572,10 +573,7 @@ def _summary(
 
 
 def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for i in items:
-        out[i] = out.get(i, 0) + 1
-    return out
+    return dict(Counter(items))
 
 
 # ---------------------------------------------------------------- export
@@ -667,41 +665,3 @@ def _replace_model_files(tmp: Path, out_dir: Path) -> None:
     for f in tmp.iterdir():
         os.replace(f, out_dir / f.name)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def train_main(argv: list[str]) -> int:
-    """Run as: palign train --data SHARDS_DIR --output MODEL_DIR [sft.zero_stage=3 sft.lora=true ...]"""
-    import sys
-
-    from palign_ray.cli import config_parser, parse_config
-
-    p = config_parser(
-        "train",
-        "Fine-tune sft.model on SFT shards with Ray Train + DeepSpeed ZeRO; export an HF model.",
-    )
-    p.add_argument(
-        "--data", required=True, help="directory of part-*.parquet SFT shards (+ sft_meta.json)"
-    )
-    p.add_argument(
-        "--output",
-        required=True,
-        help="model directory: exported weights, metrics.json, ray_train/ checkpoints",
-    )
-    args, cfg = parse_config(p, argv)
-    metrics = run_sft(cfg.sft, args.data, args.output, seed=cfg.run.seed, ray_cfg=cfg.ray)
-    keys = (
-        "num_examples",
-        "num_quarantined",
-        "num_steps",
-        "final_loss",
-        "mean_step_time_s",
-        "mean_tokens_per_s",
-        "padding_share_packed",
-        "padding_share_unpacked",
-        "wall_time_s",
-    )
-    sys.stdout.write(json.dumps({k: metrics[k] for k in keys}) + "\n")
-    return 0

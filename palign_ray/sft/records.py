@@ -1,16 +1,16 @@
-"""SFT records: the paper's response format (and baselines), chat-template tokenization, response-only loss masks, shards.
+"""The sft_data stage: the paper's response format (and baselines), chat-template tokenization,
+response-only loss masks, shards.
 
-Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
-    or: palign build-sft --input released.jsonl --output shards_dir/ --format alpaca|sharegpt|messages
+Run as: palign sft-data --input aligned.parquet --output shards_dir/ [--method palign|...] [key=value ...]
+    or: palign sft-data --input released.jsonl --output shards_dir/ --format alpaca|sharegpt|messages
+(`palign build-sft` is the same command under its older name.)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -344,62 +344,3 @@ def build_shards(
         dict(reasons),
     )
     return retention(STAGE, len(rows), examples, quar, shards=shards, **stats)
-
-
-def build_sft_main(argv: list[str]) -> int:
-    """Run as: palign build-sft --input aligned.parquet --output shards_dir/ [--method palign | --format alpaca] [key=value ...]"""
-    from palign_ray.artifacts import read_rows, write_json
-    from palign_ray.cli import config_parser, parse_config
-    from palign_ray.sft_formats import FORMATS
-
-    p = config_parser(
-        "build-sft",
-        "Stage rows → tokenized SFT shards with response-only loss masks (align.*, sft.model).",
-    )
-    p.add_argument(
-        "--input",
-        required=True,
-        help="aligned rows (palign/fixed_ratio/continuation_only), traces (full_cot) or prefixes (prefix_only)",
-    )
-    p.add_argument("--output", required=True, help="output directory of part-*.parquet shards")
-    p.add_argument(
-        "--method", default=None, choices=METHODS, help="response format (default: run.method)"
-    )
-    p.add_argument(
-        "--format",
-        default="",
-        choices=("", *FORMATS),
-        help="--input is an existing SFT file: alpaca (instruction/input/output), sharegpt (conversations) "
-        "or messages (role/content); the response is trained on as written (markers stay text)",
-    )
-    p.add_argument(
-        "--join",
-        default="",
-        help="alpaca: text between instruction and input (default none: the paper's prompt "
-        "glues them, as evaluation does; LLaMA-Factory uses a newline)",
-    )
-    args, cfg = parse_config(p, argv)
-    if args.format and args.method:
-        p.error(
-            "--method builds responses from stage rows; with --format the file's responses are used as they are"
-        )
-    rows, bad = read_rows(args.input, STAGE)
-    out = Path(args.output)
-    summary = build_shards(
-        rows,
-        cfg,
-        args.method or cfg.run.method,
-        out,
-        extra_quarantine=tuple(bad),
-        fmt=args.format,
-        join=args.join,
-    )
-    write_json(out.with_name(out.name + ".summary.json"), summary)
-    sys.stdout.write(json.dumps(summary, indent=1, default=str) + "\n")
-    return 0 if summary["num_examples"] else 3
-
-
-if __name__ == "__main__":
-    from palign_ray.cli import main
-
-    sys.exit(main(["build-sft", *sys.argv[1:]]))
