@@ -129,10 +129,10 @@ def problems_from_rows(
     return problems, bad
 
 
-def _load_builtin(num_problems: int, seed: int) -> list[dict[str, Any]]:
+def _load_builtin(num_problems: int, seed: int, split: Any) -> list[dict[str, Any]]:
     from palign_ray.builtin import builtin_problems
 
-    rows = builtin_problems(num_problems or 32, seed)
+    rows = builtin_problems(num_problems or 32, seed, split)
     return [
         {
             R.PROBLEM_ID: f"{BUILTIN}/{r[R.PROBLEM_ID]}",
@@ -152,10 +152,14 @@ def load_benchmark(
     question_field: str = "",
     answer_field: str = "",
     id_field: str = "",
+    builtin_split: str = "all",
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(problems, quarantine) of a named benchmark or a JSONL/Parquet path; the first `num_problems` (0 = all)."""
+    """(problems, quarantine) of a named benchmark or a JSONL/Parquet path; the first `num_problems` (0 = all).
+
+    `seed` and `builtin_split` only apply to the builtin benchmark (palign_ray.builtin.builtin_problems).
+    """
     if name == BUILTIN:
-        return _load_builtin(num_problems, seed), []
+        return _load_builtin(num_problems, seed, builtin_split), []
     if name in BENCHMARKS:
         spec = BENCHMARKS[name]
         path = Path(data_dir) / spec.path

@@ -7,12 +7,15 @@ known, so tests and benchmarks get a reference truncation point without a model.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from palign_ray import records as R
 from palign_ray.problems import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, SOURCE, TEMPLATE
@@ -195,6 +198,54 @@ TEMPLATES: dict[str, Callable[[random.Random], Worked]] = {
 }
 
 
+Split = Literal["all", "train", "heldout"]
+Style = Literal["short", "long"]
+HELDOUT_ONE_IN = 5  # a fifth of each template's parameter draws is held out
+MAX_DRAWS = (
+    10_000  # per problem: ample for the smallest split (rate_time's held-out fifth: ~90 draws)
+)
+
+
+def split_of(w: Worked) -> Literal["train", "heldout"]:
+    """Train or held out, by the template and the numbers of the question (names and items do not count).
+
+    A held-out problem therefore never repeats a training problem's parameter draw in other words: the
+    student must apply the procedure to numbers it has not seen with that template.
+    """
+    key = f"{w.template}:{','.join(re.findall(r'[0-9]+', w.question))}"
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return "heldout" if digest % HELDOUT_ONE_IN == 0 else "train"
+
+
+def lengthen(w: Worked) -> Worked:
+    """The worked solution the way reasoning models write it: restate, a dead end, "Wait,", the steps, a check.
+
+    The dead end adds up every number in the question (the naive first move); it is left out where that
+    sum happens to be the answer. The decisive sentence stays the one that first computes the answer.
+    """
+    nums = re.findall(r"[0-9]+", w.question)
+    ask = next((q for q in re.split(r"(?<=[.?]) ", w.question) if q.endswith("?")), w.question)
+    naive = sum(map(int, nums))
+    start: list[str] = [
+        f"Let me restate what is asked: {ask}",
+        f"The numbers given are {', '.join(nums[:-1])} and {nums[-1]}.",
+    ]
+    if naive != w.answer:
+        start += [
+            f"A first idea is to add them all: {' + '.join(nums)} = {naive}.",
+            f"Wait, that ignores how the quantities are related, so {naive} cannot be right.",
+        ]
+    start.append("Let me work through it step by step instead.")
+    check = (
+        "Let me check the key step again.",
+        w.steps[w.decisive],
+        f"It gives {w.answer} again, so the result is consistent.",
+    )
+    return dataclasses.replace(
+        w, steps=(*start, *w.steps, *check), decisive=len(start) + w.decisive
+    )
+
+
 def render_solution(w: Worked) -> tuple[str, int]:
     """Sentences joined by single spaces, the boxed answer last; returns (text, decisive sentence end)."""
     sentences = [*w.steps, f"The final answer is \\boxed{{{w.answer}}}."]
@@ -203,8 +254,14 @@ def render_solution(w: Worked) -> tuple[str, int]:
     return text, decisive_end
 
 
-def builtin_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """`n` templated word problems with exact integer answers; the same (n, seed) always gives the same rows."""
+def builtin_problems(
+    n: int, seed: int = 0, split: Split = "all", style: Style = "short"
+) -> list[dict[str, Any]]:
+    """`n` templated word problems with exact integer answers; the same arguments always give the same rows.
+
+    split: "all" = every draw; "train"/"heldout" = only draws of that side of `split_of` (disjoint sets,
+    whatever the seeds). style: "short" = the plain worked solution; "long" = `lengthen`ed.
+    """
     if n < 0:
         raise ValueError(f"number of builtin problems must be >= 0, got {n}")
     rng = random.Random(seed)
@@ -212,11 +269,15 @@ def builtin_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for i in range(n):
         template = names[i % len(names)]  # round-robin: every template appears in small sets
-        w = TEMPLATES[template](rng)
+        w = _draw(TEMPLATES[template], rng, split)
+        if style == "long":
+            w = lengthen(w)
         solution, decisive_end = render_solution(w)
         rows.append(
             {
-                R.PROBLEM_ID: f"builtin-{seed}-{i:05d}",
+                R.PROBLEM_ID: f"builtin-{seed}-{i:05d}"
+                if split == "all"
+                else f"builtin-{split}-{seed}-{i:05d}",
                 R.QUESTION: w.question,
                 R.ANSWER: str(w.answer),
                 SOLUTION: solution,
@@ -229,6 +290,17 @@ def builtin_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def dump_builtin(path: str | Path, n: int, seed: int = 0) -> None:
+def _draw(make: Callable[[random.Random], Worked], rng: random.Random, split: Split) -> Worked:
+    for _ in range(MAX_DRAWS):
+        w = make(rng)
+        if split == "all" or split_of(w) == split:
+            return w
+    raise RuntimeError(f"no {split} problem in {MAX_DRAWS} draws of a template")  # a template bug
+
+
+def dump_builtin(
+    path: str | Path, n: int, seed: int = 0, split: Split = "all", style: Style = "short"
+) -> None:
     """Write the built-in set as JSONL (handy for inspecting or for `palign teacher --input`)."""
-    Path(path).write_text("".join(json.dumps(r) + "\n" for r in builtin_problems(n, seed)))
+    rows = builtin_problems(n, seed, split, style)
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))

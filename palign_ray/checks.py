@@ -23,9 +23,15 @@ from palign_ray.models import DEFAULT_ALIASES, check_model_dir
 from palign_ray.ray_env import ray_address
 from palign_ray.sft.deepspeed_config import ds_config, warmup_steps
 
-PLAN_STAGES = ("problems", "teacher", "truncate", "align", "sft_data", "train", "eval")
+PLAN_STAGES = ("problems", "teacher", "truncate", "align", "sft_data", "train", "base_eval", "eval")
 # The config section holding the engine of each stage that starts a vLLM actor pool.
-ENGINE_SECTION = {"teacher": "teacher", "truncate": "judge", "align": "align", "eval": "eval"}
+ENGINE_SECTION = {
+    "teacher": "teacher",
+    "truncate": "judge",
+    "align": "align",
+    "base_eval": "eval",
+    "eval": "eval",
+}
 
 
 def validate_plan(cfg: Config, stages: Sequence[str], check_paths: bool = True) -> None:
@@ -54,11 +60,15 @@ def plan_problems(cfg: Config, stages: Sequence[str], check_paths: bool = True) 
         "align": _align_stage,
         "sft_data": _sft_data_stage,
         "train": _train_stage,
+        "base_eval": _eval_stage,
         "eval": _eval_stage,
     }
     for stage in PLAN_STAGES:
+        if stage == "eval" and "base_eval" in stages:
+            continue  # the same settings, reported once as base_eval/eval
         if stage in stages:
-            out += [f"{stage}: {msg}" for msg in checks[stage](cfg, check_paths)]
+            name = "base_eval/eval" if stage == "base_eval" and "eval" in stages else stage
+            out += [f"{name}: {msg}" for msg in checks[stage](cfg, check_paths)]
     out += _models(cfg, stages, check_paths)
     if {"sft_data", "train"} & set(stages) and cfg.align.max_seq_len > cfg.sft.max_seq_len:
         out.append(
@@ -123,8 +133,8 @@ def _models(cfg: Config, stages: Sequence[str], check_paths: bool) -> list[str]:
         "teacher.model": ["teacher"],
         "judge.model": ["truncate"] if _judging(cfg) else [],
         "align.model": ["align"],
-        # sft_data tokenizes with its tokenizer and chat template; the pipeline's eval evaluates it as the base
-        "sft.model": ["sft_data", "train", "eval"],
+        # sft_data tokenizes with its tokenizer and chat template; base_eval evaluates it as the base student
+        "sft.model": ["sft_data", "train", "base_eval"],
     }
     out = []
     for key, used_by in users.items():

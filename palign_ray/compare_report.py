@@ -158,9 +158,9 @@ def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
         }
         if stage in ("teacher", "truncate", "align"):
             entry["tokens"] = _stage_tokens(d)
-        if stage == "eval":
+        if stage in ("base_eval", "eval"):
             entry["tokens"] = {
-                "generated": sum(_eval_generated(d / x) for x in ("base", "trained"))
+                "generated": _eval_generated(d / (BASE if stage == "base_eval" else "trained"))
             }
         stages[stage] = entry
     computed = sum(
@@ -198,7 +198,7 @@ def _eval_generated(d: Path) -> int:
 
 
 def base_consistency(bases: dict[str, dict[str, dict[str, list[bool]]]]) -> dict[str, Any]:
-    """Each method's eval stage evaluates the base student again; the copies must agree sample by sample."""
+    """Distinct base evaluations (one per base_eval directory; one when the methods share it) must agree sample by sample."""
     labels = list(bases)
     if len(labels) < 2:
         return {"num_evaluations": len(labels), "agree": True, "differing_problems": []}
@@ -226,12 +226,12 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
     n = cfg.eval.num_samples
     trained, bases = {}, {}
     for r in runs:
-        if "eval" not in r.dirs:
-            continue
-        if (t := _eval_rows(r.dirs["eval"] / "trained")) is not None:
+        if "eval" in r.dirs and (t := _eval_rows(r.dirs["eval"] / "trained")) is not None:
             trained[r.label] = (_correct(t, n), _mean_tokens(t[0]))
-        if (b := _eval_rows(r.dirs["eval"] / BASE)) is not None:
-            bases[r.label] = (_correct(b, n), _mean_tokens(b[0]))
+        base_dir = r.dirs.get("base_eval")
+        if base_dir is not None and str(base_dir) not in bases:  # a shared base_eval counts once
+            if (b := _eval_rows(base_dir / BASE)) is not None:
+                bases[str(base_dir)] = (_correct(b, n), _mean_tokens(b[0]))
     rows = ({BASE: next(iter(bases.values()))[0]} if bases else {}) | {
         m: c for m, (c, _) in trained.items()
     }
@@ -328,17 +328,10 @@ def render_markdown(res: dict[str, Any]) -> str:
     lines += _paired_lines(res["paired_vs_baseline"], res["baseline"], ks, cols)
     lines += _paired_lines(res["paired_vs_base"], BASE, ks, cols)
     lines += _facts_lines(res)
-    bc = res["base_consistency"]
     lines += [
         "## Base student",
         "",
-        f"Every method's eval stage evaluated the base student ({bc['num_evaluations']} evaluations); they "
-        + (
-            "agree sample by sample."
-            if bc["agree"]
-            else f"DIFFER on {len(bc['differing_problems'])} problems "
-            f"({', '.join(bc['differing_problems'][:10])}); the table shows the first."
-        ),
+        _base_line(res["base_consistency"]),
         "",
         "![scores](scores.png)",
         "",
@@ -346,6 +339,19 @@ def render_markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _base_line(bc: dict[str, Any]) -> str:
+    n = bc["num_evaluations"]
+    if n <= 1:
+        return "The base student was evaluated once, in the base_eval stage the methods share."
+    if bc["agree"]:
+        return f"The base student was evaluated {n} times (base_eval differs between methods); they agree sample by sample."
+    diff = bc["differing_problems"]
+    return (
+        f"The base student was evaluated {n} times (base_eval differs between methods); they DIFFER on "
+        f"{len(diff)} problems ({', '.join(diff[:10])}); the table shows the first."
+    )
 
 
 def _paired_lines(
@@ -410,8 +416,7 @@ def _facts_lines(res: dict[str, Any]) -> list[str]:
         "",
         f"Base student mean response tokens: {_num(res['mean_response_tokens'].get(BASE), '{:.1f}')}. "
         "Tokens computed = prefill not served from the prefix cache + generated, summed over the method's stages "
-        "(shared stages count in full for every method that uses them; eval counts its base and trained "
-        "generations). Prefix ratio: kept sentences / trace sentences in truncate's output (full_cot: 1).",
+        "(shared stages count in full for every method that uses them, base_eval included). Prefix ratio: kept sentences / trace sentences in truncate's output (full_cot: 1).",
         "",
         "### Stages per method (wall s; shared stages ran once)",
         "",

@@ -189,6 +189,16 @@ class ProblemsConfig:
     builtin_seed: int = _f(
         0, "Seed of the built-in problem generator (same seed and num_problems → same problems)."
     )
+    builtin_split: Literal["all", "train", "heldout"] = _f(
+        "all",
+        "Built-in problems of one side of a fixed split by template parameters (train/heldout are "
+        "disjoint whatever the seeds: pair problems train with eval heldout); all = every draw.",
+    )
+    builtin_style: Literal["short", "long"] = _f(
+        "short",
+        "Built-in worked solutions: short = the steps; long = restated, a dead end and a 'Wait,', "
+        "the steps, a check (as reasoning models write; gives truncation something to cut).",
+    )
 
 
 @dataclass(frozen=True)
@@ -407,6 +417,11 @@ class EvalConfig:
     builtin_seed: int = _f(
         1,
         "Seed of the builtin benchmark (differs from problems.builtin_seed so train and test differ).",
+    )
+    builtin_split: Literal["all", "train", "heldout"] = _f(
+        "all",
+        "Side of the built-in split the builtin benchmark draws from (heldout: no parameter draw of "
+        "problems.builtin_split=train); all = every draw.",
     )
     engine: StageEngineConfig = _section(
         StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."

@@ -367,7 +367,13 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
 # One summary line per stage, from its manifest (the driver's view of what happened in the actors)
 
 # Stage → config section with its engine settings (the truncation stage runs the judge's).
-ENGINE_SECTION = {"teacher": "teacher", "truncate": "judge", "align": "align", "eval": "eval"}
+ENGINE_SECTION = {
+    "teacher": "teacher",
+    "truncate": "judge",
+    "align": "align",
+    "base_eval": "eval",
+    "eval": "eval",
+}
 
 
 def summary_lines(
@@ -392,7 +398,7 @@ def stage_actors(cfg: Any, stage: str) -> int:
 
 
 def _counts(stage: str, m: Mapping[str, Any]) -> str:
-    if stage in ("train", "eval"):
+    if stage in ("train", "base_eval", "eval"):
         return ""
     out = (
         f"{m.get('num_output', 0)} rows out"
@@ -418,7 +424,7 @@ def _extra(stage: str, m: Mapping[str, Any]) -> str:
         return f"{t.get('num_examples', 0)} examples, {t.get('num_steps', 0)} steps" + (
             f", final loss {loss:.3f}" if isinstance(loss, (int, float)) else ""
         )
-    if stage == "eval":
+    if stage in ("base_eval", "eval"):
         return " → ".join(f"{k} {_pass1(m[k])}" for k in ("base", "trained") if m.get(k))
     return ""
 

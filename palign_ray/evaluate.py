@@ -404,7 +404,9 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     t0 = time.monotonic()
     problems, quarantined = [], []
     for name in e.benchmarks:
-        got, bad = load_benchmark(name, e.data_dir, e.num_problems, e.builtin_seed)
+        got, bad = load_benchmark(
+            name, e.data_dir, e.num_problems, e.builtin_seed, builtin_split=e.builtin_split
+        )
         problems += got
         quarantined += bad
     sampling = SamplingSpec(

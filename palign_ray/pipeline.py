@@ -1,4 +1,4 @@
-"""The spine: problems → teacher → truncate → align → sft_data → train → eval, resumable, one directory per stage.
+"""The spine: problems → teacher → truncate → align → sft_data → train → (base_eval) → eval, resumable, one directory per stage.
 
 Run as: palign run jobs/configs/default.yaml [--stages a,b] [key=value ...]
 
@@ -181,15 +181,19 @@ def check_shards_model(data_dir: Path, model: str) -> None:
         )
 
 
+def run_base_eval(s: StageRun) -> dict[str, Any]:
+    """The untrained student on the eval benchmarks.
+
+    Its own stage because it depends on eval, engine and sft.model only (no input): every method of a
+    `palign compare` has the same hash for it, so the base student is evaluated once per comparison.
+    """
+    return {"base": _headline(_eval_once(s.cfg, s.sd.root / "base", s.cfg.sft.model))}
+
+
 def run_eval(s: StageRun) -> dict[str, Any]:
-    base = _eval_once(s.cfg, s.sd.root / "base", s.cfg.sft.model)
-    train = s.inputs.get("train")
-    trained = (
-        _eval_once(s.cfg, s.sd.root / "trained", str(train.root / "model"))
-        if train is not None
-        else None
-    )
-    return {"base": _headline(base), "trained": _headline(trained) if trained else None}
+    """The trained student, on the same benchmarks, samples and seed as base_eval (whose headline it repeats)."""
+    trained = _eval_once(s.cfg, s.sd.root / "trained", str(s.inputs["train"].root / "model"))
+    return {"base": s.inputs["base_eval"].manifest().get("base"), "trained": _headline(trained)}
 
 
 def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
@@ -225,7 +229,8 @@ STAGES: tuple[Stage, ...] = (
     # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
     Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),
     Stage("train", ("sft_data",), ("sft",), False, run_train),
-    Stage("eval", ("train",), ("eval", "engine"), True, run_eval),
+    Stage("base_eval", (), ("eval", "engine", "sft.model"), True, run_base_eval),
+    Stage("eval", ("train", "base_eval"), ("eval", "engine"), True, run_eval),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 # Stages a method leaves out: full_cot trains on whole traces; prefix_only trains on prefixes without continuation.
@@ -360,7 +365,7 @@ def run_pipeline(
             }
             _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
         manifests[stage.name] = sd.manifest()
-    if report and (not stages or "eval" in stages):
+    if report and (not stages or "eval" in stages or "base_eval" in stages):
         from palign_ray.report import write_run_report
 
         write_run_report(run_dir, cfg, [s.name for s in plan])

@@ -270,7 +270,10 @@ def load_problems(
     if path is None and cfg.source == "builtin":
         from palign_ray.builtin import builtin_problems  # the generator imports this module's names
 
-        return builtin_problems(cfg.num_problems or 32, cfg.builtin_seed), []
+        rows = builtin_problems(
+            cfg.num_problems or 32, cfg.builtin_seed, cfg.builtin_split, cfg.builtin_style
+        )
+        return rows, []
     src = path or cfg.path
     if not src:
         raise ValueError(

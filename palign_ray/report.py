@@ -46,7 +46,7 @@ def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
                 m["metrics"].get("num_examples", "–"),
                 f"model ({m['metrics'].get('num_steps', '?')} steps)",
             )
-        elif s == "eval":
+        elif s in ("base_eval", "eval"):
             out = ", ".join(k for k in ("base", "trained") if m.get(k)) or "–"
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
         starts = m.get("engine_starts", "–")
@@ -64,7 +64,7 @@ def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
     total = {"prefilled": 0, "cached": 0, "generated": 0}
     for s in stages:
         sd = StageDir(run_dir / s)
-        if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "eval"):
+        if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "base_eval", "eval"):
             continue
         t = summary_tokens(run_dir / s) or {"prefilled": 0, "cached": 0, "generated": 0}
         for k in total:
@@ -273,7 +273,7 @@ def _eval_section(run_dir: Path) -> list[str]:
     files = [
         p
         for p in (
-            run_dir / "eval" / "base" / "metrics.json",
+            run_dir / "base_eval" / "base" / "metrics.json",
             run_dir / "eval" / "trained" / "metrics.json",
         )
         if p.is_file()

@@ -23,7 +23,7 @@ def test_isotonic_needs_logprob_verdicts() -> None:
     )  # no judging at all
 
 
-ALL = ("problems", "teacher", "truncate", "align", "sft_data", "train", "eval")
+ALL = ("problems", "teacher", "truncate", "align", "sft_data", "train", "base_eval", "eval")
 
 
 def _cfg(*overrides: str) -> Config:
@@ -62,7 +62,7 @@ def test_every_problem_of_every_planned_stage_is_named_at_once(
         "align: align.engine.max_model_len=2048 leaves no room for a prompt before 4096 new tokens",
         "train: sft.zero_stage=1: use 2 or 3",
         "train: sft.warmup_ratio=1.5 must be in [0, 1)",
-        "eval: eval.engine: tensor_parallel_size=2 with num_gpus_per_actor=0",
+        "base_eval/eval: eval.engine: tensor_parallel_size=2 with num_gpus_per_actor=0",
         "sft_data/train: align.max_seq_len=4096 > sft.max_seq_len=1024",
     ]
     assert len(lines) == len(expected), msg
@@ -71,7 +71,10 @@ def test_every_problem_of_every_planned_stage_is_named_at_once(
     assert msg.startswith(f"{len(expected)} problem(s) in the settings of the planned stages")
     # only planned stages are checked: the same config is fine for a problems-only run
     validate_plan(cfg, ("problems",))
-    assert plan_problems(cfg, ("eval",)) == [next(m for m in lines if "tensor_parallel" in m)[4:]]
+    tp = next(m for m in lines if "tensor_parallel" in m)[
+        4:
+    ]  # reported once for the two eval stages
+    assert plan_problems(cfg, ("eval",)) == ["eval: " + tp.split(": ", 1)[1]]
 
 
 def test_engine_settings_resolved_per_stage(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -143,10 +146,10 @@ def test_paths_the_driver_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     got = plan_problems(cfg, ALL)
     assert got == [
         f"problems: problems.path={str(tmp_path / 'nope.jsonl')!r} does not exist",
-        f"eval: eval.benchmarks: 'gsm8k' needs {tmp_path / 'gsm8k/gsm8k_test.jsonl'}, which is missing (set eval.data_dir to the shared data folder)",
-        "eval: eval.benchmarks: 'nosuch' is neither a known name (builtin, math500, aime24, aime25, amc12, amc23, gsm8k) nor an existing file",
+        f"base_eval/eval: eval.benchmarks: 'gsm8k' needs {tmp_path / 'gsm8k/gsm8k_test.jsonl'}, which is missing (set eval.data_dir to the shared data folder)",
+        "base_eval/eval: eval.benchmarks: 'nosuch' is neither a known name (builtin, math500, aime24, aime25, amc12, amc23, gsm8k) nor an existing file",
         f"teacher: teacher.model={str(tmp_path / 'missing')!r}: no such model directory",
-        f"sft_data/train/eval: sft.model={str(empty_dir)!r}: model directory {empty_dir} has no config.json",
+        f"sft_data/train/base_eval: sft.model={str(empty_dir)!r}: model directory {empty_dir} has no config.json",
     ]
     assert plan_problems(cfg, ALL, check_paths=False) == []
     assert plan_problems(_cfg("problems.source=file"), ("problems",)) == [
@@ -169,11 +172,11 @@ def test_shipped_cluster_configs_validate(name: str, monkeypatch: pytest.MonkeyP
 
 def test_unknown_stage_and_the_module_is_light() -> None:
     assert plan_problems(_cfg(), ("teacher", "judge")) == [
-        "unknown stage(s) ['judge']; stages are ['problems', 'teacher', 'truncate', 'align', 'sft_data', 'train', 'eval']"
+        "unknown stage(s) ['judge']; stages are ['problems', 'teacher', 'truncate', 'align', 'sft_data', 'train', 'base_eval', 'eval']"
     ]
     code = (
         "import sys\nfrom palign_ray.checks import validate_plan\nfrom palign_ray.config import Config\n"
-        "try:\n    validate_plan(Config(), ['problems', 'teacher', 'truncate', 'align', 'sft_data', 'train', 'eval'])\n"
+        "try:\n    validate_plan(Config(), ['problems', 'teacher', 'truncate', 'align', 'sft_data', 'train', 'base_eval', 'eval'])\n"
         "except ValueError:\n    pass\n"
         "print(','.join(m for m in ('ray', 'vllm', 'torch', 'transformers', 'deepspeed', 'pyarrow') if m in sys.modules))"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -50,6 +51,8 @@ def test_plan_shares_stages_whose_hash_is_equal(tmp_path):
         }
     assert "truncate" not in runs["full_cot"].dirs and "align" not in runs["prefix_only"].dirs
     assert runs["palign"].dirs["align"] == tmp_path / "align"  # only palign aligns
+    # the base student depends on neither the method nor its data: evaluated once for all
+    assert {r.dirs["base_eval"] for r in runs.values()} == {tmp_path / "base_eval"}
     for stage in ("sft_data", "train", "eval"):
         assert len({r.dirs[stage] for r in runs.values()}) == 3
         assert runs["full_cot"].dirs[stage] == tmp_path / "methods" / "full_cot" / stage
@@ -179,11 +182,15 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(
         res = C.run_compare(cfg, methods)
     started = [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
     assert sorted(started) == sorted(
-        [f"stage {s}: start" for s in ("sft_data", "train", "eval")] * 2
-    )  # shared: not again
+        ["stage base_eval: start"]
+        + [f"stage {s}: start" for s in ("sft_data", "train", "eval")] * 2
+    )  # shared: not again; the base student once
     after = _manifest_mtimes(run)
     assert all(after[p] == t for p, t in shared.items())
-    assert len(after) == 3 + 2 * 3  # one problems/teacher/truncate, per method sft_data/train/eval
+    assert (
+        len(after) == 4 + 2 * 3
+    )  # one problems/teacher/truncate/base_eval, per method sft_data/train/eval
+    assert (run / "base_eval" / "base" / "metrics.json").is_file()
     for m in methods:
         assert (run / "methods" / m / "eval" / "trained" / "metrics.json").is_file()
 
@@ -226,7 +233,7 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(
     assert [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")] == [
         "stage eval: start"
     ]
-    assert sum("already evaluated" in r.getMessage() for r in caplog.records) == 2
+    assert sum("already evaluated" in r.getMessage() for r in caplog.records) == 1
     again = _manifest_mtimes(run)
     assert lost in again and all(again[p] == t for p, t in before.items())
 
@@ -262,11 +269,12 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
     )
     runs = C.plan_compare(cfg, ["palign", "full_cot"])
     base = {"p1": [False, False], "p2": [True, False]}
+    assert runs[0].dirs["base_eval"] == runs[1].dirs["base_eval"]
+    _fake_eval(runs[0].dirs["base_eval"] / "base", base, 50)
     for r, trained, n_tok in (
         (runs[0], {"p1": [True, True], "p2": [True, True]}, 10),
         (runs[1], {"p1": [True, False], "p2": [True, False]}, 30),
     ):
-        _fake_eval(r.dirs["eval"] / "base", base, 50)
         _fake_eval(r.dirs["eval"] / "trained", trained, n_tok)
     res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
     sc = res["scores"]
@@ -292,22 +300,28 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
     ] == pytest.approx(0.25)
     assert (vs_base["wins"], vs_base["ties"], vs_base["p_permutation"]) == (1, 1, 1.0)
     assert res["mean_response_tokens"] == {"base": 50, "palign": 10, "full_cot": 30}
-    assert res["base_consistency"]["agree"] and res["facts"]["palign"]["stages"]["eval"][
-        "tokens"
-    ] == {"generated": 4 * 10 + 4 * 50}
+    stages = res["facts"]["palign"]["stages"]
+    assert res["base_consistency"] == {
+        "num_evaluations": 1,
+        "agree": True,
+        "differing_problems": [],
+    }
+    assert stages["eval"]["tokens"] == {"generated": 4 * 10}
+    assert stages["base_eval"]["tokens"] == {"generated": 4 * 50}
     report = (tmp_path / "compare" / "report.md").read_text()
     assert (
         "| palign | 100.00 [100.00, 100.00] |" in report
         and "| palign − full_cot | +50.00" in report
     )
-    assert "| full_cot − base | +25.00" in report
+    assert "| full_cot − base | +25.00" in report and "evaluated once" in report
     assert "| palign | not done (shared: full_cot) |" in report  # stages that did not run say so
     assert (tmp_path / "compare" / "scores.png").is_file() and (
         tmp_path / "compare" / "length_vs_accuracy.png"
     ).is_file()
-    _fake_eval(runs[1].dirs["eval"] / "base2", {"p1": [True, False], "p2": [True, False]}, 50)
-    (runs[1].dirs["eval"] / "base").rename(tmp_path / "old")
-    (runs[1].dirs["eval"] / "base2").rename(runs[1].dirs["eval"] / "base")
+    # Base evaluations in two directories (a config whose base_eval differed per method) are checked against each other.
+    other = tmp_path / "other_base_eval"
+    _fake_eval(other / "base", {"p1": [True, False], "p2": [True, False]}, 50)
+    runs[1] = dataclasses.replace(runs[1], dirs={**runs[1].dirs, "base_eval": other})
     res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
     assert res["base_consistency"] == {
         "num_evaluations": 2,

@@ -21,6 +21,7 @@ def test_method_plans():
         "align",
         "sft_data",
         "train",
+        "base_eval",
         "eval",
     ]
     assert _names(load_config(None, ["run.method=full_cot"])) == [
@@ -28,6 +29,7 @@ def test_method_plans():
         "teacher",
         "sft_data",
         "train",
+        "base_eval",
         "eval",
     ]
     assert _names(load_config(None, ["run.method=prefix_only"])) == [
@@ -36,6 +38,7 @@ def test_method_plans():
         "truncate",
         "sft_data",
         "train",
+        "base_eval",
         "eval",
     ]
     full = P.stages_for(load_config(None, ["run.method=full_cot"]))
@@ -50,7 +53,8 @@ def test_changed_section_invalidates_that_stage_and_later_ones_only():
     a = load_config(None)
     b = load_config(None, ["judge.threshold=0.3"])
     ha, hb = P.stage_hashes(a, P.stages_for(a)), P.stage_hashes(b, P.stages_for(b))
-    assert [s for s in ha if ha[s] == hb[s]] == ["problems", "teacher"]
+    # the base student does not depend on the judge
+    assert [s for s in ha if ha[s] == hb[s]] == ["problems", "teacher", "base_eval"]
     c = load_config(None, ["run.run_dir=/elsewhere", "run.chunk_size=7"])  # where/how, not what
     assert P.stage_hashes(c, P.stages_for(c)) == ha
 
@@ -71,7 +75,7 @@ def test_stage_engine_placement_does_not_invalidate_but_engine_settings_do():
     )  # where engines run, not what they compute
     longer = load_config(None, ["align.engine.max_model_len=4096"])
     hl = P.stage_hashes(longer, P.stages_for(longer))
-    assert [s for s in ha if ha[s] == hl[s]] == ["problems", "teacher", "truncate"]
+    assert [s for s in ha if ha[s] == hl[s]] == ["problems", "teacher", "truncate", "base_eval"]
 
 
 def test_method_is_hashed_only_into_the_stages_it_changes():
@@ -82,6 +86,7 @@ def test_method_is_hashed_only_into_the_stages_it_changes():
         cfg = P.effective_config(load_config(None, [f"run.method={method}"]))
         h = P.stage_hashes(cfg, P.stages_for(cfg))
         assert h["problems"] == hb["problems"] and h["teacher"] == hb["teacher"], method
+        assert h["base_eval"] == hb["base_eval"], method  # one base evaluation for every method
         assert h["sft_data"] != hb["sft_data"], method
     prefix = P.effective_config(load_config(None, ["run.method=prefix_only"]))
     assert (
@@ -95,6 +100,7 @@ def test_sft_model_change_invalidates_the_shards():
     a, b = load_config(None), load_config(None, ["sft.model=/models/other"])
     ha, hb = P.stage_hashes(a, P.stages_for(a)), P.stage_hashes(b, P.stages_for(b))
     assert ha["align"] == hb["align"] and ha["sft_data"] != hb["sft_data"]
+    assert ha["base_eval"] != hb["base_eval"]  # another base student
 
 
 def test_training_refuses_shards_made_for_another_model(tmp_path):
@@ -189,16 +195,25 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
     assert released == [
         "stage teacher",
         "stage truncate",
+        "stage base_eval",
         "stage eval",
     ]  # each engine stage handed its CPUs back
-    assert list(manifests) == ["problems", "teacher", "truncate", "sft_data", "train", "eval"]
+    assert list(manifests) == [
+        "problems",
+        "teacher",
+        "truncate",
+        "sft_data",
+        "train",
+        "base_eval",
+        "eval",
+    ]
     for name in ("problems", "teacher", "truncate"):
         assert manifests[name]["num_output"] + manifests[name]["num_quarantined"] == 4
     assert manifests["sft_data"]["num_output"] > 0
     run = tmp_path / "run"
     assert (run / "train" / "model" / "model.safetensors").is_file()
     assert (run / "eval" / "trained" / "metrics.json").is_file() and (
-        run / "eval" / "base" / "metrics.json"
+        run / "base_eval" / "base" / "metrics.json"
     ).is_file()
     report = (run / "report.md").read_text()
     assert (

@@ -464,12 +464,19 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
         done_before
     )  # finished align parts not redone
 
-    _kill_when(cmd, tmp_path, logs / "3.out", lambda: (ev / "base" / ".done").is_file(), "mid-eval")
+    base = run_dir / "base_eval" / "base"
+    _kill_when(
+        cmd,
+        tmp_path,
+        logs / "3.out",
+        lambda: (run_dir / "base_eval" / "manifest.json").is_file(),  # base done, trained next
+        "mid-eval",
+    )
     assert not (ev / "manifest.json").exists()
-    base_written = (ev / "base" / "metrics.json").stat().st_mtime_ns
+    base_written = (base / "metrics.json").stat().st_mtime_ns
     _finish(cmd, tmp_path, logs / "4.out")
 
-    assert (ev / "base" / "metrics.json").stat().st_mtime_ns == base_written  # base eval not redone
+    assert (base / "metrics.json").stat().st_mtime_ns == base_written  # base eval not redone
     metrics = json.loads((train / "model" / "metrics.json").read_text())
     ref_metrics = json.loads((ref_dir / "train" / "model" / "metrics.json").read_text())
     assert metrics["num_steps"] == ref_metrics["num_steps"] == 4
@@ -490,10 +497,10 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
         map(json.dumps, read_rows(str(d / "sft_data" / "shards"), "t")[0])
     )
     assert shard_rows(run_dir) == shard_rows(ref_dir)
-    for which in ("base", "trained"):
+    for stage, which in (("base_eval", "base"), ("eval", "trained")):
         got, ref = (
-            _jsonl(ev / which / "samples.jsonl"),
-            _jsonl(ref_dir / "eval" / which / "samples.jsonl"),
+            _jsonl(run_dir / stage / which / "samples.jsonl"),
+            _jsonl(ref_dir / stage / which / "samples.jsonl"),
         )
         assert got == ref, which
     print(
