@@ -85,6 +85,8 @@ def test_builtin_benchmark() -> None:
     assert len(problems) == 5 and bad == []
     assert all(p["problem_id"].startswith("builtin/") and p["answer"] for p in problems)
     assert problems == load_benchmark("builtin", "", num_problems=5, seed=3)[0]
+    heldout, _ = load_benchmark("builtin", "", num_problems=5, seed=3, builtin_split="heldout")
+    assert heldout != problems and all("heldout" in p["problem_id"] for p in heldout)
 
 
 def test_mapping_table_paths_exist(shared_data: str) -> None:

@@ -371,6 +371,56 @@ def test_builtin_decisive_sentence_matches_the_splitter() -> None:
         assert f"= {r['answer']}" in decisive  # the sentence that computes the answer
 
 
+def _numbers(question: str) -> tuple[str, ...]:
+    return tuple(re.findall(r"[0-9]+", question))
+
+
+def test_builtin_split_is_disjoint_by_parameters_whatever_the_seeds() -> None:
+    train = builtin_problems(140, 0, split="train")
+    heldout = builtin_problems(70, 1, split="heldout")
+    assert {split_of_row(r) for r in train} == {"train"}
+    assert {split_of_row(r) for r in heldout} == {"heldout"}
+    # No held-out problem repeats a training problem's template and numbers (names may differ).
+    seen = {(r["template"], _numbers(r["question"])) for r in train}
+    assert not [r for r in heldout if (r["template"], _numbers(r["question"])) in seen]
+    # Without the split the same seed draws both sides (about a fifth held out).
+    sides = [split_of_row(r) for r in builtin_problems(700, 0)]
+    assert 0.1 < sides.count("heldout") / len(sides) < 0.3
+    assert builtin_problems(20, 0) == builtin_problems(20, 0, split="all")  # default unchanged
+    ids = [r["problem_id"] for r in train + heldout]
+    assert len(set(ids)) == len(ids)
+    assert {r["template"] for r in heldout} == set(TEMPLATES)
+    cfg = ProblemsConfig(num_problems=14, builtin_split="train", builtin_style="long")
+    assert load_problems(cfg)[0] == builtin_problems(14, 0, "train", "long")  # config → generator
+
+
+def split_of_row(row: dict[str, object]) -> str:
+    from palign_ray.builtin import Worked, split_of
+
+    return split_of(Worked(str(row["template"]), str(row["question"]), 0, (), 0))
+
+
+def test_builtin_long_style_restates_errs_checks_and_keeps_the_decisive_sentence() -> None:
+    short = builtin_problems(70, 2)
+    long = builtin_problems(70, 2, style="long")
+    for s, r in zip(short, long, strict=True):
+        assert (s["question"], s["answer"]) == (r["question"], r["answer"])
+        spans = split_sentences(r["solution"])
+        assert len(spans) >= len(split_sentences(s["solution"])) + 5
+        text = [r["solution"][a:b] for a, b in spans]
+        assert text[0].startswith("Let me restate") and "check" in " ".join(text[-4:])
+        k = r["decisive_sentence"]
+        assert len(r["solution"][: spans[k][1]].rstrip()) == r["decisive_char_end"]
+        # the decisive sentence is the short solution's, now after the restatement and the dead end
+        assert (
+            text[k] == s["solution"][slice(*split_sentences(s["solution"])[s["decisive_sentence"]])]
+        )
+        dead_end = [t for t in text if t.startswith("A first idea")]
+        if dead_end:  # the naive sum, then "Wait," and why it is wrong
+            naive = dead_end[0].rstrip(".").rsplit("= ", 1)[1]
+            assert naive != r["answer"] and text[text.index(dead_end[0]) + 1].startswith("Wait,")
+
+
 def test_load_builtin_default_and_retention_helpers(tmp_path: Path) -> None:
     rows, bad = load_problems(ProblemsConfig())
     assert len(rows) == 32 and bad == []
