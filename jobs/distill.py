@@ -14,22 +14,25 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from palign_ray.config import Config, ConfigError, help_lines, load_config
 from palign_ray.ray_env import ray_address
 
-log = logging.getLogger("jobs.distill")
+log = logging.getLogger("jobs")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    epilog = "config keys (override with key=value):\n" + "\n".join(help_lines())
+def job_parser(
+    prog: str, description: str, config_help: str = "YAML config file (see jobs/configs/)"
+) -> argparse.ArgumentParser:
+    """--config, --stages and key=value overrides: what every job entry point takes."""
     p = argparse.ArgumentParser(
-        prog="python -m jobs.distill",
-        description="Run the P-ALIGN pipeline as a Ray job (same stages and resume as `palign run`).",
-        epilog=epilog,
+        prog=prog,
+        description=description,
+        epilog="config keys (override with key=value):\n" + "\n".join(help_lines()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", required=True, help="YAML config file (see jobs/configs/)")
+    p.add_argument("--config", required=True, help=config_help)
     p.add_argument(
         "--stages", default="", help="comma-separated subset of stages, e.g. problems,teacher"
     )
@@ -37,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x"
     )
     return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return job_parser(
+        "python -m jobs.distill",
+        "Run the P-ALIGN pipeline as a Ray job (same stages and resume as `palign run`).",
+    )
 
 
 def stages_of(args: argparse.Namespace) -> list[str] | None:
@@ -69,16 +79,15 @@ def join_cluster(cfg: Config) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run_job(prog: str, args: argparse.Namespace, work: Callable[[Config], str]) -> int:
+    """Load and check the config, join the cluster, `work(cfg)`; exit 0, 2 (bad config: nothing ran) or 3 (a stage failed)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        sys.stderr.write(f"jobs.distill: error: {e}\n")
+        sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
     log.info(
         "config %s → run_dir %s; Ray: %s",
@@ -87,20 +96,31 @@ def main(argv: list[str] | None = None) -> int:
         ray_address(cfg.ray) or "local (no RAY_ADDRESS)",
     )
     _warn_if_run_dir_is_local(cfg)
-    from palign_ray.pipeline import PipelineError, run_pipeline
+    from palign_ray.pipeline import PipelineError
 
     try:
         join_cluster(cfg)
-        # run_pipeline validates every planned stage's settings before the first stage starts
-        manifests = run_pipeline(cfg, stages_of(args))
+        # every planned stage's settings are validated before the first stage starts
+        done = work(cfg)
     except PipelineError as e:
         log.error("%s", e)
         return 3
-    except ValueError as e:  # a bad setting: nothing ran
-        sys.stderr.write(f"jobs.distill: error: {e}\n")
+    except ValueError as e:  # a bad setting (or method): nothing ran
+        sys.stderr.write(f"{prog}: error: {e}\n")
         return 2
-    log.info("finished stages %s", ", ".join(manifests))
+    log.info("%s", done)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+
+    def work(cfg: Config) -> str:
+        from palign_ray.pipeline import run_pipeline
+
+        return "finished stages " + ", ".join(run_pipeline(cfg, stages_of(args)))
+
+    return run_job("jobs.distill", args, work)
 
 
 if __name__ == "__main__":

@@ -152,10 +152,11 @@ def run_compare(
         runs
     ):  # every method's settings before the first stage runs (run_pipeline checks its own again)
         validate_plan(r.cfg, [s for s in r.dirs if not stages or s in stages])
+    from palign_ray.console import CONSOLE
+
     for r in runs:
-        log.info(
-            "compare: method %s (%s)", r.label, ", ".join(f"{s}→{d}" for s, d in r.dirs.items())
-        )
+        log.info("method %s", r.label, extra=CONSOLE)
+        log.info("method %s: %s", r.label, ", ".join(f"{s}→{d}" for s, d in r.dirs.items()))
         run_pipeline(r.cfg, stages, dirs=r.dirs, report=False)
     from palign_ray.compare_report import write_compare_report
 

@@ -341,6 +341,16 @@ def render_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def headline_lines(res: dict[str, Any]) -> list[str]:
+    """One console line per row of Table 1: the average over benchmarks, pass@1 and the largest k, with CIs."""
+    ks = sorted({1, max(res["ks"] or [1])})
+    return [
+        f"{label:<16}"
+        + " · ".join(f"pass@{k} {_cell(cells[f'pass@{k}'].get('average'))}" for k in ks)
+        for label, cells in res["scores"].items()
+    ]
+
+
 def _base_line(bc: dict[str, Any]) -> str:
     n = bc["num_evaluations"]
     if n <= 1:

@@ -314,6 +314,20 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
         and "| palign − full_cot | +50.00" in report
     )
     assert "| full_cot − base | +25.00" in report and "evaluated once" in report
+    from palign_ray.compare_report import headline_lines
+
+    assert headline_lines(res)[1].split() == [
+        "palign",
+        "pass@1",
+        "100.00",
+        "[100.00,",
+        "100.00]",
+        "·",
+        "pass@2",
+        "100.00",
+        "[100.00,",
+        "100.00]",
+    ]
     assert "| palign | not done (shared: full_cot) |" in report  # stages that did not run say so
     assert (tmp_path / "compare" / "scores.png").is_file() and (
         tmp_path / "compare" / "length_vs_accuracy.png"

@@ -165,6 +165,25 @@ def test_main_calls_the_pipeline_directly(monkeypatch, tmp_path, caplog):
     assert "run.run_dir='runs/default' is relative" in caplog.text
 
 
+def test_compare_job_runs_every_method_and_refuses_an_unknown_one(monkeypatch, tmp_path, capsys):
+    """`python -m jobs.compare`: the same config, cluster and exit-code handling as jobs.distill."""
+    import jobs.compare as job
+
+    calls: list[tuple[object, object, object]] = []
+    fake = types.ModuleType("palign_ray.compare")
+    fake.run_compare = lambda cfg, methods, stages: (  # type: ignore[attr-defined]
+        calls.append((cfg.run.run_dir, methods, stages)) or {"report": "r.md"}
+    )
+    monkeypatch.setitem(sys.modules, "palign_ray.compare", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    argv = ["--config", "jobs/configs/compare_mini.yaml", f"run.run_dir={tmp_path}"]
+    assert job.main([*argv, "--methods", "full_cot,palign", "--stages", "problems"]) == 0
+    assert calls == [(str(tmp_path), ["full_cot", "palign"], ["problems"])]
+    monkeypatch.delitem(sys.modules, "palign_ray.compare")  # the real one: methods are checked
+    assert job.main([*argv, "--methods", "full_cot,palgn"]) == 2
+    assert "unknown method 'palgn'" in capsys.readouterr().err and not any(tmp_path.iterdir())
+
+
 def test_main_rejects_bad_settings_before_any_stage(tmp_path):
     r = _distill(
         "--config", "jobs/configs/default.yaml", f"run.run_dir={tmp_path}", "judge.threshold=7"

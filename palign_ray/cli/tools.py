@@ -133,6 +133,7 @@ def run_main(argv: list[str]) -> int:
 def compare_main(argv: list[str]) -> int:
     """`palign compare CONFIG [--methods a,b] [--stages a,b] [key=value ...]`"""
     from palign_ray import compare
+    from palign_ray.console import run_console
     from palign_ray.pipeline import STAGE_NAMES, PipelineError
 
     p = _run_parser("compare", "YAML run config (e.g. jobs/configs/compare_mini.yaml)")
@@ -148,12 +149,23 @@ def compare_main(argv: list[str]) -> int:
         default="",
         help=f"comma-separated subset of {','.join(STAGE_NAMES)} (for every method)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="stream every log to the console as well; without it they go to <run_dir>/logs/ "
+        "(run.log; <stage>.log holds that stage of every method, in order)",
+    )
     args, cfg = _run_config(p, argv, "compare")
     methods = [m for m in args.methods.split(",") if m] or None
-    try:
-        result = compare.run_compare(cfg, methods, [s for s in args.stages.split(",") if s] or None)
-    except PipelineError as e:
-        log.error("%s", e)
-        return EXIT_NO_ROWS
-    log.info("compare report: %s", result["report"])
+    stages = [s for s in args.stages.split(",") if s] or None
+    with run_console(Path(cfg.run.run_dir), verbose=args.verbose):
+        try:
+            result = compare.run_compare(cfg, methods, stages)
+        except PipelineError as e:
+            log.error("%s", e)
+            return EXIT_NO_ROWS
+    from palign_ray.compare_report import headline_lines
+
+    print("\n".join(headline_lines(result)))  # average over benchmarks, in percent [95% CI]
+    print(f"report: {result['report']}")
     return EXIT_ROWS

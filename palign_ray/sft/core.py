@@ -151,6 +151,8 @@ def build_engine(
             f"{phase}_rss_before_mb": round(mem["rss_before"] / MIB, 1),
             f"{phase}_peak_rss_mb": round(mem["peak"] / MIB, 1),
             f"{phase}_peak_increase_mb": round(mem["peak_increase"] / MIB, 1),
+            f"{phase}_anon_before_mb": round(mem["anon_before"] / MIB, 1),
+            f"{phase}_anon_peak_mb": round(mem["anon_peak"] / MIB, 1),
         }
     return engine, out
 

@@ -210,6 +210,11 @@ def _per_rank(value: dict[str, float]) -> dict[str, list[float]]:
     return {k: [g[k] for g in got] for k in value}
 
 
+def setup_peaks(memory: dict[str, list[float]], what: str) -> list[float]:
+    """Per rank, the larger of the load and deepspeed.initialize peaks (`what`: peak_rss_mb or anon_peak_mb)."""
+    return [max(a, b) for a, b in zip(memory[f"load_{what}"], memory[f"init_{what}"], strict=True)]
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: data plan → deepspeed.initialize → steps → checkpoints → the HF export."""
     import deepspeed
@@ -248,7 +253,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:
         log.info(
             "sft: %d examples, %d steps (start at %d), world %d, ZeRO-%d, %s; setup %.1f s (data read %.1f s), "
-            "load peak RSS per rank %s MiB",
+            "setup peak per rank: RSS %s MiB, anonymous %s MiB",
             len(examples),
             total,
             start,
@@ -257,7 +262,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             cfg.precision,
             time.perf_counter() - t_setup,
             t_read - t_setup,
-            state["memory"]["load_peak_rss_mb"],
+            setup_peaks(state["memory"], "peak_rss_mb"),
+            setup_peaks(state["memory"], "anon_peak_mb"),
         )
     from tqdm import tqdm
 
