@@ -382,7 +382,8 @@ def summary_lines(
     """(level, line) for the console: counts and wall time, then warnings (engine restarts, degenerate judge...)."""
     m = manifest
     num_actors = stage_actors(cfg, stage) if cfg is not None else 0
-    head = f"{stage:<9}" + " · ".join(
+    width = 10  # the longest stage name, base_eval, and a space
+    head = f"{stage:<{width}}" + " · ".join(
         x for x in (_counts(stage, m), _extra(stage, m), f"{m.get('wall_s', 0):.0f} s") if x
     )
     return [(logging.INFO, head)] + [

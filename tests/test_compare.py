@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
 
 from palign_ray import compare as C
 from palign_ray.config import load_config
+from tests.process_helpers import kill_when
 
 
 def test_method_labels_defaults_and_validation(tmp_path):
@@ -154,7 +156,7 @@ def _manifest_mtimes(run: Path) -> dict[Path, int]:
 def test_real_compare_tiny_model_shares_stages_and_resumes(
     tmp_path, tiny_model, ray_session, caplog
 ):
-    """Two methods for real on the tiny model: problems/teacher/truncate run once; an interrupted compare resumes."""
+    """Two methods for real on the tiny model: problems/teacher/truncate/base_eval run once; a killed compare resumes."""
     run = tmp_path / "run"
     over = [
         f"run.run_dir={run}",
@@ -172,21 +174,34 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(
     ] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
     cfg = load_config(None, over)
     methods = ["prefix_only", "full_cot"]
-    # An interrupted compare: only the shared stages got done.
-    C.run_compare(cfg, methods, ["problems", "teacher", "truncate"])
-    shared = _manifest_mtimes(run)
-    assert {p.parent.name for p in shared} == {"problems", "teacher", "truncate"} and all(
-        p.parent.parent == run for p in shared
+    # A killed compare: SIGKILL the CLI (and its local Ray) once the first method has trained.
+    first_trained = run / "methods" / "prefix_only" / "train" / "manifest.json"
+    kill_when(
+        [sys.executable, "-m", "palign_ray", "compare", "--methods", ",".join(methods), *over],
+        tmp_path,
+        tmp_path / "killed.out",
+        first_trained.is_file,
+        "after the first method's training",
+        timeout_s=1200,
     )
+    at_kill = _manifest_mtimes(run)
+    assert {p.parent.name for p in at_kill} >= {
+        "problems",
+        "teacher",
+        "truncate",
+        "sft_data",
+        "train",
+    }
+    assert not (run / "methods" / "full_cot" / "train" / "manifest.json").exists()
+    plan = [d for r in C.plan_compare(cfg, methods) for d in r.dirs.values()]
+    missing = sorted({d for d in plan if d / "manifest.json" not in at_kill})
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
         res = C.run_compare(cfg, methods)
     started = [r.getMessage() for r in caplog.records if r.getMessage().endswith(": start")]
-    assert sorted(started) == sorted(
-        ["stage base_eval: start"]
-        + [f"stage {s}: start" for s in ("sft_data", "train", "eval")] * 2
-    )  # shared: not again; the base student once
+    # Only what had no manifest ran again, each once; the shared stages (base_eval too) ran once in all.
+    assert sorted(started) == sorted(f"stage {d.name}: start" for d in missing)
     after = _manifest_mtimes(run)
-    assert all(after[p] == t for p, t in shared.items())
+    assert all(after[p] == t for p, t in at_kill.items())
     assert (
         len(after) == 4 + 2 * 3
     )  # one problems/teacher/truncate/base_eval, per method sft_data/train/eval

@@ -203,7 +203,7 @@ def test_summary_lines_carry_quarantine_engine_restarts_and_the_actors_judge_war
     lines = C.summary_lines("truncate", m, cfg)
     assert lines[0] == (
         logging.INFO,
-        "truncate 32 in → 30 out, 2 quarantined (no_sentences 2) · 3 engine starts · 20 s",
+        "truncate  32 in → 30 out, 2 quarantined (no_sentences 2) · 3 engine starts · 20 s",
     )
     warns = [t for lvl, t in lines[1:] if lvl == logging.WARNING]
     assert (
@@ -234,16 +234,18 @@ def test_summary_lines_of_train_and_eval():
             },
         },
     )
-    assert train[0][1] == "train    20 examples, 5 steps, final loss 1.234 · 81 s"
+    assert train[0][1] == "train     20 examples, 5 steps, final loss 1.234 · 81 s"
     assert train[1][0] == logging.WARNING and "restarted 1 time(s)" in train[1][1]
     head = {"average": {"pass@k": {"1": 0.0625, "3": 0.125}}}
     ev = C.summary_lines("eval", {"wall_s": 116, "base": head, "trained": head})
     assert ev == [
         (
             logging.INFO,
-            "eval     base pass@1 0.062, pass@3 0.125 → trained pass@1 0.062, pass@3 0.125 · 116 s",
+            "eval      base pass@1 0.062, pass@3 0.125 → trained pass@1 0.062, pass@3 0.125 · 116 s",
         )
     ]
+    base = C.summary_lines("base_eval", {"wall_s": 240, "base": head})
+    assert base == [(logging.INFO, "base_eval base pass@1 0.062, pass@3 0.125 · 240 s")]
 
 
 def test_worker_log_output_is_copied_from_where_the_stage_started(tmp_path, monkeypatch):

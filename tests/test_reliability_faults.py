@@ -21,6 +21,7 @@ import pytest
 from palign_ray import records as R
 from palign_ray.artifacts import TMP_PREFIX, StageDir, read_rows, write_parquet
 from palign_ray.config import config_from_dict
+from tests.process_helpers import env, finish, kill_group, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -228,16 +229,6 @@ def _run_cmd(run_dir: Path, tiny_model: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO),
-    }
-
-
 # Timings, and prefix-cache hits (they depend on what the engine computed before, which a resumed
 # run changes): not results.
 _VOLATILE = ("wall_s", "judge_s", "_source_line", "cached_tokens")
@@ -260,14 +251,6 @@ def _summaries(run_dir: Path, stage: str) -> dict[str, dict]:
     return {c["part"]: c for c in StageDir(run_dir / stage).commits()}
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    except ProcessLookupError:
-        pass
-    proc.wait(30)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_model: str) -> None:
@@ -276,7 +259,7 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
     logs.mkdir()
     ref = subprocess.run(
         _run_cmd(ref_dir, tiny_model),
-        env=_env(),
+        env=env(),
         cwd=tmp_path,
         timeout=600,
         stdout=open(logs / "ref.out", "w"),
@@ -286,7 +269,7 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
 
     proc = subprocess.Popen(
         _run_cmd(run_dir, tiny_model),
-        env=_env(),
+        env=env(),
         cwd=tmp_path,
         start_new_session=True,
         stdout=open(logs / "first.out", "w"),
@@ -307,7 +290,7 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
         )
         proc.send_signal(signal.SIGKILL)  # the driver only, as a preempted head process would die
     finally:
-        _kill_group(proc)
+        kill_group(proc)
     assert not judge.manifest_path.exists()
     done_before = judge.done_ids()
     summaries_before = set(_summaries(run_dir, "truncate"))
@@ -316,7 +299,7 @@ def test_driver_killed_mid_stage_resumes_without_recompute(tmp_path: Path, tiny_
 
     again = subprocess.run(
         _run_cmd(run_dir, tiny_model),
-        env=_env(),
+        env=env(),
         cwd=tmp_path,
         timeout=600,
         stdout=open(logs / "second.out", "w"),
@@ -382,38 +365,6 @@ def _late_cmd(run_dir: Path) -> list[str]:
     ]
 
 
-def _kill_when(
-    cmd: list[str], cwd: Path, log: Path, ready: Any, what: str, timeout_s: float = 600
-) -> None:
-    """Start `palign run`, SIGKILL the driver (and its local Ray) as soon as `ready()` holds."""
-    proc = subprocess.Popen(
-        cmd,
-        env=_env(),
-        cwd=cwd,
-        start_new_session=True,
-        stdout=open(log, "w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and proc.poll() is None and not ready():
-            time.sleep(0.1)
-        assert proc.poll() is None, (
-            f"the run ended before it could be killed {what}:\n" + log.read_text()[-3000:]
-        )
-        assert ready(), f"timed out waiting to kill {what}"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        _kill_group(proc)
-
-
-def _finish(cmd: list[str], cwd: Path, log: Path) -> None:
-    done = subprocess.run(
-        cmd, env=_env(), cwd=cwd, timeout=900, stdout=open(log, "w"), stderr=subprocess.STDOUT
-    )
-    assert done.returncode == 0, log.read_text()[-3000:]
-
-
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -430,7 +381,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
 
     ref_dir, run_dir, logs = tmp_path / "ref", tmp_path / "run", tmp_path / "logs"
     logs.mkdir()
-    _finish(_late_cmd(ref_dir), tmp_path, logs / "ref.out")
+    finish(_late_cmd(ref_dir), tmp_path, logs / "ref.out")
     # The stages before align were killed and resumed in the test above; start this run from their output.
     run_dir.mkdir()
     for stage in ("problems", "teacher", "truncate"):
@@ -438,7 +389,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
     cmd = _late_cmd(run_dir)
 
     align, train, ev = StageDir(run_dir / "align"), run_dir / "train", run_dir / "eval"
-    _kill_when(
+    kill_when(
         cmd,
         tmp_path,
         logs / "1.out",
@@ -450,7 +401,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
     assert 0 < len(done_before) < 8
 
     ckpts = run_dir_of(train / "model")
-    _kill_when(
+    kill_when(
         cmd,
         tmp_path,
         logs / "2.out",
@@ -465,7 +416,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
     )  # finished align parts not redone
 
     base = run_dir / "base_eval" / "base"
-    _kill_when(
+    kill_when(
         cmd,
         tmp_path,
         logs / "3.out",
@@ -474,7 +425,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
     )
     assert not (ev / "manifest.json").exists()
     base_written = (base / "metrics.json").stat().st_mtime_ns
-    _finish(cmd, tmp_path, logs / "4.out")
+    finish(cmd, tmp_path, logs / "4.out")
 
     assert (base / "metrics.json").stat().st_mtime_ns == base_written  # base eval not redone
     metrics = json.loads((train / "model" / "metrics.json").read_text())
