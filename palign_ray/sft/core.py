@@ -136,6 +136,7 @@ def build_engine(
     with peak_rss_during() as load:
         model = load_model(cfg, model_path, ds_cfg)
     partitioned = all(hasattr(p, "ds_id") for p in model.parameters())  # built under zero.Init
+    held = sum(_held_bytes(p) for p in model.parameters())
     with peak_rss_during() as init:
         optimizer = build_optimizer(cfg, model, on_gpu)
         num_warmup = warmup_steps(cfg, total_steps)
@@ -145,7 +146,10 @@ def build_engine(
         engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
         )
-    out: dict[str, Any] = {"partitioned_at_load": partitioned}
+    out: dict[str, Any] = {
+        "partitioned_at_load": partitioned,
+        "load_params_mb": round(held / MIB, 1),
+    }
     for phase, mem in (("load", load), ("init", init)):
         out |= {
             f"{phase}_rss_before_mb": round(mem["rss_before"] / MIB, 1),
@@ -155,6 +159,13 @@ def build_engine(
             f"{phase}_anon_peak_mb": round(mem["anon_peak"] / MIB, 1),
         }
     return engine, out
+
+
+def _held_bytes(p: Any) -> int:
+    """Bytes of one parameter this rank holds: its ZeRO-3 partition, else the whole tensor."""
+    t = getattr(p, "ds_tensor", None)
+    t = p if t is None else t
+    return int(t.numel() * t.element_size())
 
 
 def micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, float]:
