@@ -1,6 +1,6 @@
 """Judge calibration modes against ground truth: built-in worked solutions with a known decisive sentence.
 
-Run as: .venv/bin/python -m bench.judge_calibration [--problems 32] [--aime 32] [--out runs/judge_calibration]
+Run as: .venv/bin/python -m bench.judge_calibration [--problems 32] [--style long --split train] [--aime 32] [--out runs/judge_calibration]
 
 For each mode (absolute, contextual, relative at several thresholds, relative+linear+isotonic) the judge
 (judge.model, logprob verdicts, batched rounds via truncate_rows) cuts each built-in solution; we report
@@ -24,6 +24,7 @@ from typing import Any
 
 MODES: dict[str, dict[str, Any]] = {
     "absolute@0.5": {"calibration": "absolute", "threshold": 0.5},
+    "contextual@-0.1": {"calibration": "contextual", "contextual_threshold": -0.1},
     "contextual@0": {"calibration": "contextual", "contextual_threshold": 0.0},
     "relative@0.1": {"calibration": "relative", "threshold": 0.1},
     "relative@0.2": {"calibration": "relative", "threshold": 0.2},
@@ -68,10 +69,12 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(ranks(x), ranks(y))
 
 
-def builtin_rows(n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def builtin_rows(
+    n: int, seed: int, split: Any = "all", style: Any = "short"
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     from palign_ray.builtin import builtin_problems
 
-    probs = builtin_problems(n, seed)
+    probs = builtin_problems(n, seed, split, style)
     rows = [
         {
             "problem_id": p["problem_id"],
@@ -201,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--problems", type=int, default=32, help="built-in problems (ground truth)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("all", "train", "heldout"), default="all")
+    p.add_argument(
+        "--style", choices=("short", "long"), default="short", help="built-in solution style"
+    )
     p.add_argument(
         "--aime", type=int, default=0, help="also run on this many real AIME traces (0 = skip)"
     )
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = resolve_model(a.model)
     sets: dict[str, tuple[list[dict[str, Any]], dict[str, int] | None]] = {
-        "builtin": builtin_rows(a.problems, a.seed)
+        "builtin": builtin_rows(a.problems, a.seed, a.split, a.style)
     }
     if a.aime:
         sets["aime"] = (aime_rows(a.aime, a.data), None)
@@ -225,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": a.model,
         "problems": a.problems,
         "seed": a.seed,
+        "split": a.split,
+        "style": a.style,
         "aime": a.aime,
         "results": {},
     }
