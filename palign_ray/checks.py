@@ -24,14 +24,6 @@ from palign_ray.ray_env import ray_address
 from palign_ray.sft.deepspeed_config import ds_config, warmup_steps
 
 PLAN_STAGES = ("problems", "teacher", "truncate", "align", "sft_data", "train", "base_eval", "eval")
-# The config section holding the engine of each stage that starts a vLLM actor pool.
-ENGINE_SECTION = {
-    "teacher": "teacher",
-    "truncate": "judge",
-    "align": "align",
-    "base_eval": "eval",
-    "eval": "eval",
-}
 
 
 def validate_plan(cfg: Config, stages: Sequence[str], check_paths: bool = True) -> None:

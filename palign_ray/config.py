@@ -622,6 +622,14 @@ def resolve_engine_defaults(engine: EngineConfig, on_cuda: bool) -> EngineConfig
 
 
 ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
+# Pipeline stage → the config section with its engine settings (truncation runs the judge's).
+STAGE_ENGINE_SECTION = {
+    "teacher": "teacher",
+    "truncate": "judge",
+    "align": "align",
+    "base_eval": "eval",
+    "eval": "eval",
+}
 
 
 def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:

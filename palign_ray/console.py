@@ -366,15 +366,6 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
 # --------------------------------------------------------------------------------------------
 # One summary line per stage, from its manifest (the driver's view of what happened in the actors)
 
-# Stage → config section with its engine settings (the truncation stage runs the judge's).
-ENGINE_SECTION = {
-    "teacher": "teacher",
-    "truncate": "judge",
-    "align": "align",
-    "base_eval": "eval",
-    "eval": "eval",
-}
-
 
 def summary_lines(
     stage: str, manifest: Mapping[str, Any], cfg: Any = None
@@ -393,9 +384,10 @@ def summary_lines(
 
 def stage_actors(cfg: Any, stage: str) -> int:
     """Actors in the stage's engine pool (0 for a stage without engines): each pass starts that many engines."""
+    from palign_ray.config import STAGE_ENGINE_SECTION as SECTION
     from palign_ray.config import stage_engine
 
-    return stage_engine(cfg, ENGINE_SECTION[stage])[1].num_actors if stage in ENGINE_SECTION else 0
+    return stage_engine(cfg, SECTION[stage])[1].num_actors if stage in SECTION else 0
 
 
 def _counts(stage: str, m: Mapping[str, Any]) -> str:
