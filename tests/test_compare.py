@@ -120,20 +120,27 @@ def test_compare_qwen7b_config_is_the_papers_setting_and_validates(monkeypatch):
     )
 
 
-def test_compare_mini_config_plans_three_methods_on_shared_stages():
+def test_compare_mini_config_plans_its_methods_on_shared_stages():
     from palign_ray.checks import plan_problems
 
     cfg = load_config(Path(__file__).parents[1] / "jobs" / "configs" / "compare_mini.yaml")
     runs = {r.label: r for r in C.plan_compare(cfg, C.method_labels(cfg, None))}
-    assert list(runs) == ["full_cot", "palign", "prefix_only"]
+    assert list(runs) == ["full_cot", "palign"]
     for r in runs.values():
         assert plan_problems(r.cfg, list(r.dirs), check_paths=False) == [], r.label
+    run_dir = Path(cfg.run.run_dir)
+    assert runs["palign"].dirs["truncate"] == run_dir / "truncate"
     assert (
-        runs["palign"].dirs["truncate"]
-        == runs["prefix_only"].dirs["truncate"]
-        == Path(cfg.run.run_dir) / "truncate"
+        runs["palign"].dirs["base_eval"]
+        == runs["full_cot"].dirs["base_eval"]
+        == run_dir / "base_eval"
     )
-    assert cfg.eval.builtin_seed != cfg.problems.builtin_seed  # held-out parameter draws
+    # Held out: the other side of the built-in split, so no training parameter draw is evaluated.
+    assert (cfg.problems.builtin_split, cfg.eval.builtin_split) == ("train", "heldout")
+    assert cfg.problems.builtin_style == "long"
+    # The extra methods the header offers: prefix_only shares palign's cuts, fixed_ratio has its own.
+    more = C.plan_compare(cfg, ["full_cot", "palign", "prefix_only", "fixed_ratio:0.5"])
+    assert more[2].dirs["truncate"] == more[1].dirs["truncate"] != more[3].dirs["truncate"]
 
 
 def test_run_report_of_the_embedded_model_says_smoke_run(tmp_path):
