@@ -1,28 +1,50 @@
-"""Host-memory probes of a phase: RSS peaks from the kernel, anonymous-memory peaks sampled."""
+"""Host-memory probes of a phase: RSS peaks from the kernel, anonymous-memory peaks sampled.
+
+Each measurement runs in a fresh interpreter: in the test process, freed heap memory that is still
+resident would be reused by the allocation and the peaks would not move.
+"""
 
 from __future__ import annotations
 
-import mmap
+import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from palign_ray.sft.memory import MIB, peak_rss_during
+MIB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads /proc/self/status"
 )
 
 
+def _measure(body: str) -> dict[str, int]:
+    """Run `body` (indented under `with peak_rss_during() as mem:`) in a fresh interpreter; returns mem."""
+    code = (
+        "import json, mmap, sys, time\n"
+        "from palign_ray.sft.memory import MIB, peak_rss_during\n"
+        + body.strip("\n")
+        + "\nprint(json.dumps(mem))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def test_a_freed_allocation_still_counts_in_both_peaks() -> None:
-    with peak_rss_during() as mem:
-        block = b"\1" * (64 * MIB)  # written: every page is resident
-        time.sleep(
-            0.2
-        )  # the anonymous peak is sampled (every 5 ms); a loaded box may delay the sampler
-        del block
+    mem = _measure(
+        """
+with peak_rss_during() as mem:
+    block = b"\\1" * (64 * MIB)  # written: every page is resident
+    time.sleep(0.2)  # the anonymous peak is sampled every 5 ms
+    del block
+"""
+    )
     assert mem["peak_increase"] > 56 * MIB and mem["anon_peak_increase"] > 56 * MIB, mem
 
 
@@ -30,9 +52,14 @@ def test_file_pages_raise_rss_but_not_anonymous_memory(tmp_path: Path) -> None:
     """A checkpoint read through mmap is page cache (shared by the ranks of a node), not the rank's own memory."""
     f = tmp_path / "weights.bin"
     f.write_bytes(b"\1" * (64 * MIB))
-    with f.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as m:
-        with peak_rss_during() as mem:
-            total = sum(m[i] for i in range(0, len(m), 4096))  # touch every page
-    assert total == 64 * MIB // 4096
+    mem = _measure(
+        f"""
+fh = open({str(f)!r}, "rb")
+m = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+with peak_rss_during() as mem:
+    total = sum(m[i] for i in range(0, len(m), 4096))  # touch every page
+assert total == 64 * MIB // 4096
+"""
+    )
     assert mem["peak_increase"] > 56 * MIB, mem
     assert mem["anon_peak_increase"] < 16 * MIB, mem
