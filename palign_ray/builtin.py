@@ -201,9 +201,12 @@ TEMPLATES: dict[str, Callable[[random.Random], Worked]] = {
 Split = Literal["all", "train", "heldout"]
 Style = Literal["short", "long"]
 HELDOUT_ONE_IN = 5  # a fifth of each template's parameter draws is held out
-MAX_DRAWS = (
-    10_000  # per problem: ample for the smallest split (rate_time's held-out fifth: ~90 draws)
-)
+# Draws per problem: ample for the smallest split (rate_time's held-out fifth: ~90 parameter draws).
+MAX_DRAWS = 10_000
+
+
+def _numbers(question: str) -> list[str]:
+    return re.findall(r"[0-9]+", question)
 
 
 def split_of(w: Worked) -> Literal["train", "heldout"]:
@@ -212,7 +215,7 @@ def split_of(w: Worked) -> Literal["train", "heldout"]:
     A held-out problem therefore never repeats a training problem's parameter draw in other words: the
     student must apply the procedure to numbers it has not seen with that template.
     """
-    key = f"{w.template}:{','.join(re.findall(r'[0-9]+', w.question))}"
+    key = f"{w.template}:{','.join(_numbers(w.question))}"
     digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     return "heldout" if digest % HELDOUT_ONE_IN == 0 else "train"
 
@@ -223,7 +226,7 @@ def lengthen(w: Worked) -> Worked:
     The dead end adds up every number in the question (the naive first move); it is left out where that
     sum happens to be the answer. The decisive sentence stays the one that first computes the answer.
     """
-    nums = re.findall(r"[0-9]+", w.question)
+    nums = _numbers(w.question)
     ask = next((q for q in re.split(r"(?<=[.?]) ", w.question) if q.endswith("?")), w.question)
     naive = sum(map(int, nums))
     start: list[str] = [

@@ -352,15 +352,13 @@ def headline_lines(res: dict[str, Any]) -> list[str]:
 
 
 def _base_line(bc: dict[str, Any]) -> str:
-    n = bc["num_evaluations"]
+    n, diff = bc["num_evaluations"], bc["differing_problems"]
     if n <= 1:
         return "The base student was evaluated once, in the base_eval stage the methods share."
-    if bc["agree"]:
-        return f"The base student was evaluated {n} times (base_eval differs between methods); they agree sample by sample."
-    diff = bc["differing_problems"]
-    return (
-        f"The base student was evaluated {n} times (base_eval differs between methods); they DIFFER on "
-        f"{len(diff)} problems ({', '.join(diff[:10])}); the table shows the first."
+    return f"The base student was evaluated {n} times (base_eval differs between methods); " + (
+        "they agree sample by sample."
+        if bc["agree"]
+        else f"they DIFFER on {len(diff)} problems ({', '.join(diff[:10])}); the table shows the first."
     )
 
 
