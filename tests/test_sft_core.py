@@ -67,6 +67,11 @@ def run_ranks(
     return [json.loads((tmp / f"{tag}-rank{r}.json").read_text()) for r in range(world)]
 
 
+def _setup_peak(rank_out: dict, what: str) -> float:
+    """One rank's peak over load and deepspeed.initialize (`what`: peak_rss_mb or anon_peak_mb)."""
+    return max(rank_out["load"][f"load_{what}"], rank_out["load"][f"init_{what}"])
+
+
 def _weights(d: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -95,12 +100,13 @@ def test_zero3_exports_what_zero2_exports_on_the_tiny_model(tiny_model, tmp_path
 @pytest.mark.timeout(1200)
 def test_zero3_loads_partitioned_smollm2_and_exports_in_bounded_memory(default_model, tmp_path):
     """Per rank, ZeRO-3's from_pretrained keeps only the rank's partition (half the bf16 weights on 2 ranks, where
-    ZeRO-2 holds them all) and peaks below the full fp32 copy every rank used to load; one step trains like ZeRO-2
-    (bf16 noise); the streamed export adds at most 1.5x the bf16 model to rank 0's host memory.
+    ZeRO-2 holds them all) and peaks below the full fp32 copy every rank used to load; the whole setup's peak
+    (load + deepspeed.initialize) is below ZeRO-2's by most of the weights a rank does not hold; one step trains
+    like ZeRO-2 (the same first-step loss); the streamed export adds at most 1.5x the bf16 model to rank 0's host
+    memory.
 
-    Not asserted: the whole setup's peak (load + deepspeed.initialize), RSS or anonymous. For a 135M model it is
-    set by zero.Init's transient full-size construction, DeepSpeed's fp32 masters and its 50M-element buckets,
-    and is about equal for both stages (measured, README).
+    Only the setup compares fairly: ZeRO-2's from_pretrained maps the checkpoint and copies it in
+    deepspeed.initialize, so its load phase alone looks cheap.
     """
     z2 = run_ranks(
         default_model, 2, 2, tmp_path, steps=1
@@ -114,6 +120,9 @@ def test_zero3_loads_partitioned_smollm2_and_exports_in_bounded_memory(default_m
         ]  # an fp32 copy is 2x bf16
         assert z2[r]["load"]["load_params_mb"] == pytest.approx(bf16_mb, rel=0.01)
         assert z3[r]["load"]["load_params_mb"] == pytest.approx(bf16_mb / 2, rel=0.01)
+        # Measured: ZeRO-3 ~110 MiB below in both (without sft.memory.setup_allocator: about equal).
+        for what in ("peak_rss_mb", "anon_peak_mb"):
+            assert _setup_peak(z3[r], what) < _setup_peak(z2[r], what) - bf16_mb / 4, (what, z2, z3)
     # The same weights and fp32 RoPE buffers: the same first-step loss (a bf16 inv_freq gave -0.5%).
     assert z3[0]["losses"] == pytest.approx(z2[0]["losses"], rel=1e-4)
     for run in (z2, z3):

@@ -12,7 +12,7 @@ from typing import Any
 from palign_ray.config import SFTConfig
 from palign_ray.sft import data as D
 from palign_ray.sft.deepspeed_config import ds_config, lr_ratio, warmup_steps
-from palign_ray.sft.memory import MIB, peak_rss_during
+from palign_ray.sft.memory import MIB, peak_rss_during, setup_allocator
 
 log = logging.getLogger(__name__)
 
@@ -133,19 +133,20 @@ def build_engine(
     import torch
 
     ds_cfg = ds_config(cfg, world, on_gpu)
-    with peak_rss_during() as load:
-        model = load_model(cfg, model_path, ds_cfg)
-    partitioned = all(hasattr(p, "ds_id") for p in model.parameters())  # built under zero.Init
-    held = sum(_held_bytes(p) for p in model.parameters())
-    with peak_rss_during() as init:
-        optimizer = build_optimizer(cfg, model, on_gpu)
-        num_warmup = warmup_steps(cfg, total_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: lr_ratio(s, total_steps, num_warmup)
-        )
-        engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
-        )
+    with setup_allocator():
+        with peak_rss_during() as load:
+            model = load_model(cfg, model_path, ds_cfg)
+        partitioned = all(hasattr(p, "ds_id") for p in model.parameters())  # built under zero.Init
+        held = sum(_held_bytes(p) for p in model.parameters())
+        with peak_rss_during() as init:
+            optimizer = build_optimizer(cfg, model, on_gpu)
+            num_warmup = warmup_steps(cfg, total_steps)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: lr_ratio(s, total_steps, num_warmup)
+            )
+            engine, _, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg
+            )
     out: dict[str, Any] = {
         "partitioned_at_load": partitioned,
         "load_params_mb": round(held / MIB, 1),
