@@ -137,7 +137,7 @@ def ray_run(
     import ray
 
     from bench.common import load_avg
-    from palign_ray.sft.train import run_sft
+    from palign_ray.sft.train import run_sft, setup_peaks
 
     load_before = load_avg()
     sc = dataclasses.replace(cfg.sft, zero_stage=zero_stage, max_steps=steps, checkpoint_every=0)
@@ -165,6 +165,10 @@ def ray_run(
         "train_wall_s": m["wall_time_s"],
         "wall_s_incl_export": round(wall, 1),
         "precision": sc.precision,
+        # Per rank, the peak over model load and deepspeed.initialize (MiB; anonymous = without page cache).
+        "setup_peak_rss_mb": setup_peaks(m["memory"], "peak_rss_mb"),
+        "setup_anon_peak_mb": setup_peaks(m["memory"], "anon_peak_mb"),
+        "load_params_mb": m["memory"].get("load_params_mb"),
         "load_avg_before": load_before,
         "load_avg_after": load_avg(),
     }
