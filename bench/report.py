@@ -219,6 +219,8 @@ def _sft(s: dict[str, Any]) -> list[str]:
             "tokens_per_s_ratio_vs_plain",
             "precision",
             "train_wall_s",
+            "setup_anon_peak_mb",
+            "setup_peak_rss_mb",
             "load_avg_before",
         ],
     )
