@@ -22,19 +22,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _fresh(code: str, *args: str) -> dict:
+    """Run `code` in a fresh interpreter; returns the JSON of its last output line."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
 def _measure(body: str) -> dict[str, int]:
     """Run `body` (indented under `with peak_rss_during() as mem:`) in a fresh interpreter; returns mem."""
-    code = (
+    return _fresh(
         "import json, mmap, sys, time\n"
         "from palign_ray.sft.memory import MIB, peak_rss_during\n"
         + body.strip("\n")
         + "\nprint(json.dumps(mem))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
 
 
 def test_a_freed_allocation_still_counts_in_both_peaks() -> None:
@@ -92,18 +96,10 @@ print(json.dumps({"tuned": tuned, "returned": returned}))
 """
 
 
-def _churn(mode: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", _CHURN, mode], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.splitlines()[-1])
-
-
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc")
 def test_setup_allocator_returns_freed_blocks_between_live_ones() -> None:
     """Without it, 64 MiB freed between small live blocks stays resident; with it, it goes back to the OS."""
-    plain, tuned = _churn("plain"), _churn("tuned")
+    plain, tuned = _fresh(_CHURN, "plain"), _fresh(_CHURN, "tuned")
     assert plain["returned"] < 8 * MIB, plain  # the premise: the heap kept the holes
     assert tuned["tuned"] is True
     assert tuned["returned"] > 56 * MIB, tuned
