@@ -13,6 +13,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import AlignConfig, Config, stage_engine
+from palign_ray.grading import Grade
 from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,9 @@ def filter_continuations(
     """Eq. 9 for one problem: accept continuations whose last boxed answer matches gold; quarantine the rest.
 
     Every rejected sample becomes one quarantine row with its own reason (wrong_answer,
-    no_boxed_answer, grader_timeout, grader_error) and sample_index, so a problem with no accepted
-    continuation is fully accounted for by its quarantine rows.
+    no_boxed_answer, grader_timeout, grader_error), sample_index and full continuation (see
+    `rejected_row`), so a problem with no accepted continuation is fully accounted for by its
+    quarantine rows.
     """
     from palign_ray.grading import grade
 
@@ -110,9 +112,32 @@ def filter_continuations(
         if g.correct:
             accepted.append(accepted_row(row, text, i, tokens[i], finishes[i]))
         else:
-            detail = f"extracted={g.extracted!r} gold={row[R.ANSWER]!r} finish={finishes[i]}: {text[-300:]}"
-            rejected.append(quarantine_row(STAGE, pid, g.reason, detail, **{SAMPLE_INDEX: i}))
+            rejected.append(rejected_row(row, g, text, i, tokens[i], finishes[i]))
     return accepted, rejected
+
+
+def rejected_row(
+    row: dict[str, Any], g: Grade, text: str, index: int, tokens: int, finish: str
+) -> dict[str, Any]:
+    """A quarantine row for one rejected continuation, its full text kept.
+
+    `detail` is cut for reading; the whole continuation, its length, how it ended and the answer the
+    grader saw stay beside it, so every Eq. 9 rejection can be re-graded or inspected per problem.
+    """
+    detail = f"extracted={g.extracted!r} gold={row[R.ANSWER]!r} finish={finish}: {text[-300:]}"
+    return quarantine_row(
+        STAGE,
+        str(row[R.PROBLEM_ID]),
+        g.reason,
+        detail,
+        **{
+            SAMPLE_INDEX: index,
+            R.CONTINUATION: text,
+            CONTINUATION_TOKENS: tokens,
+            FINISH_REASON: finish,
+            EXTRACTED: g.extracted,
+        },
+    )
 
 
 def filter_all(
@@ -130,24 +155,36 @@ def filter_all(
     return out, quar
 
 
+def continuation_sampling(a: AlignConfig) -> Any:
+    """The continuation sampling (the paper's settings), shared with the judge audit's rollouts."""
+    from palign_ray.engines.base import SamplingSpec
+
+    return SamplingSpec(
+        max_tokens=a.max_tokens,
+        temperature=a.temperature,
+        top_p=a.top_p,
+        repetition_penalty=a.repetition_penalty,
+        n=a.num_samples,
+    )
+
+
 class AlignWorker:
     """Inside an actor: the student continues each prefix (engine started on first use), then Eq. 9 filters."""
 
     def __init__(self, cfg: Config, on_engine_start: Any = None):
-        from palign_ray.engines.base import SamplingSpec
         from palign_ray.generation import Generator
 
-        a = cfg.align
         self.cfg = cfg
-        sampling = SamplingSpec(
-            max_tokens=a.max_tokens,
-            temperature=a.temperature,
-            top_p=a.top_p,
-            repetition_penalty=a.repetition_penalty,
-            n=a.num_samples,
-        )
         engine, _ = stage_engine(cfg, "align")
-        self.gen = Generator(a.model, engine, sampling, "", cfg.run.seed, STAGE, on_engine_start)
+        self.gen = Generator(
+            cfg.align.model,
+            engine,
+            continuation_sampling(cfg.align),
+            "",
+            cfg.run.seed,
+            STAGE,
+            on_engine_start,
+        )
 
     async def process(
         self, rows: list[dict[str, Any]]

@@ -9,7 +9,8 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,25 @@ def write_parquet(path: str | Path, rows: list[dict[str, Any]], schema: Any = No
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def parquet_writer(path: str | Path, schema: Any) -> Iterator[Any]:
+    """A `pq.ParquetWriter` with a fixed schema, written in batches and made visible only on success."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX, suffix=".parquet")
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            yield writer
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
     except BaseException:
@@ -223,7 +243,8 @@ class StageDir:
         part = f"part-{uuid.uuid4().hex[:12]}"
         files = []
         if quarantined:
-            write_parquet(self.quarantine_dir / f"{part}.parquet", quarantined)
+            # reasons carry different extra columns (align's rejected continuations have their text)
+            write_parquet(self.quarantine_dir / f"{part}.parquet", uniform_rows(quarantined))
             files.append(f"{self.quarantine_dir.name}/{part}.parquet")
         if rows:
             write_parquet(self.root / f"{part}.parquet", rows, schema)

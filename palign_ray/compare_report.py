@@ -271,10 +271,33 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
         "report": str(out / "report.md"),
     }
     write_json(out / "compare.json", result)
+    write_table_samples(runs, out, n)
     _plots(result, out)
     (out / "report.md").write_text(render_markdown(result))
     log.info("wrote %s", out / "report.md")
     return result
+
+
+def write_table_samples(runs: list[Any], out: Path, num_samples: int) -> Path:
+    """`out/samples.parquet`: every sample Table 1 scores, one evaluation read at a time.
+
+    The base rows come from the first finished base_eval, the one the table shows.
+    """
+    from palign_ray.compare_samples import write_samples
+
+    base = next(
+        (
+            d / BASE
+            for r in runs
+            if (d := r.dirs.get("base_eval")) is not None and (d / BASE / ".done").is_file()
+        ),
+        None,
+    )
+    sources = [(BASE, base)] if base is not None else []
+    sources += [(r.label, r.dirs["eval"] / "trained") for r in runs if "eval" in r.dirs]
+    evaluations = ((m, rows) for m, d in sources if (rows := _eval_rows(d)) is not None)
+    write_samples(out / "samples.parquet", evaluations, num_samples)
+    return out / "samples.parquet"
 
 
 def _pct(x: Any) -> str:

@@ -292,6 +292,27 @@ class JudgeConfig:
         False,
         "Serial, one probe at a time, generate verdicts: the authors' algorithm on our engine.",
     )
+    audit_problems: int = _f(
+        256,
+        "Judge audit: a seeded sample of this many problems (0 = off) on which the student continues "
+        "(align prompt, sampling, grader) from the cut, one sentence less, the full judged trace and the "
+        "empty prefix, to measure sufficiency and minimality of the cuts. 256 for clusters (about the "
+        "rollouts of 1,024 problems' align stage at audit_samples=4, and CIs of about ±0.06 on a rate); "
+        "the embedded run uses 16 (jobs/configs/default.yaml).",
+    )
+    audit_samples: int = _f(4, "Judge audit: continuations per audited prefix.")
+    known_cut_field: str = _f(
+        "decisive_sentence",
+        "Input column with the 0-based index of the sentence that fixes the answer (built-in traces have "
+        "one); where present (and the trace is not a teacher sample), exact/early/late shares and the AUC "
+        "of the verdict score are measured against it. '' = off.",
+    )
+    on_invalid: Literal["warn", "fail"] = _f(
+        "warn",
+        "A judge invalid by the audit's validity rule (README 'Is the judge valid?'): warn = an error line "
+        "and 'judge invalid' in every report; fail = also stop the pipeline before align.",
+        hashed=False,
+    )
     engine: StageEngineConfig = _section(
         StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
     )

@@ -377,9 +377,39 @@ def summary_lines(
     head = f"{stage:<{width}}" + " · ".join(
         x for x in (_counts(stage, m), _extra(stage, m), f"{m.get('wall_s', 0):.0f} s") if x
     )
-    return [(logging.INFO, head)] + [
-        (logging.WARNING, f"{stage}: {w}") for w in _warnings(stage, m, num_actors)
-    ]
+    return (
+        [(logging.INFO, head)]
+        + judge_lines(stage, m)
+        + [(logging.WARNING, f"{stage}: {w}") for w in _warnings(stage, m, num_actors)]
+    )
+
+
+def judge_lines(stage: str, m: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """truncate: the audit line, and an error line when the judge is invalid by the validity rule."""
+    measured = m.get("judge_audit") if stage == "truncate" else None
+    if not measured:
+        return []
+    from palign_ray.judge.measure import audit_line
+
+    out = [(logging.INFO, f"{stage}: judge {audit_line(measured)}")]
+    verdict = measured.get("validity") or {}
+    if verdict.get("status") == "invalid":
+        out.append(
+            (
+                logging.ERROR,
+                f"{stage}: judge INVALID: {'; '.join(verdict.get('reasons', []))} "
+                "(README 'Is the judge valid?'; judge.on_invalid=fail stops before align)",
+            )
+        )
+    elif verdict.get("status") == "unmeasured":
+        out.append(
+            (
+                logging.WARNING,
+                f"{stage}: judge unmeasured: no audit ({verdict.get('audit_note', '')}) "
+                "and no known cuts",
+            )
+        )
+    return out
 
 
 def stage_actors(cfg: Any, stage: str) -> int:

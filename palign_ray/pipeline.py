@@ -72,14 +72,16 @@ def run_problems(s: StageRun) -> dict[str, Any]:
     return {"num_input": len(rows) + len(quar), "summary": load_summary(rows, quar)}
 
 
-def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str, Any]]:
-    """A streaming row stage: its input's committed parts through `job_of(cfg)` (see palign_ray.streaming)."""
+def _row_stage(
+    job_of: Callable[[Config, list[Path]], Any],
+) -> Callable[[StageRun], dict[str, Any]]:
+    """A streaming row stage: its input's committed parts through `job_of(cfg, input files)` (see palign_ray.streaming)."""
 
     def run(s: StageRun) -> dict[str, Any]:
         from palign_ray.streaming import run_stream
 
         (src,) = s.inputs.values()
-        job = job_of(s.cfg)
+        job = job_of(s.cfg, src.output_files())
         res = run_stream(
             job,
             src.output_files(),
@@ -117,19 +119,49 @@ def _row_stage(job_of: Callable[[Config], Any]) -> Callable[[StageRun], dict[str
     return run
 
 
-def _teacher_job(cfg: Config) -> Any:
+def _teacher_job(cfg: Config, files: list[Path]) -> Any:
     from palign_ray.teacher import teacher_job
 
     return teacher_job(cfg)
 
 
-def _judge_job(cfg: Config) -> Any:
+def _judge_job(cfg: Config, files: list[Path]) -> Any:
     from palign_ray.judge.stage import judge_job
+    from palign_ray.streaming import input_ids
 
-    return judge_job(cfg)
+    # the audit's seeded sample is drawn from every input id (only that column is read)
+    return judge_job(cfg, ids=input_ids(files) if cfg.judge.audit_problems else ())
 
 
-def _align_job(cfg: Config) -> Any:
+def run_truncate(s: StageRun) -> dict[str, Any]:
+    """The judge as a streaming row stage, then its measurement (audit, known cuts, validity) from the parts."""
+    from palign_ray.judge.audit import audit_off_reason
+    from palign_ray.judge.measure import measure_stage_dir
+    from palign_ray.judge.stage import stage_judge_config
+
+    info = _row_stage(_judge_job)(s)
+    info["judge_audit"] = measure_stage_dir(
+        s.sd,
+        judged=stage_judge_config(s.cfg).search != "fixed_ratio",
+        fixed_ratio=s.cfg.judge.fixed_ratio,
+        seed=s.cfg.run.seed,
+        audit_note=audit_off_reason(s.cfg),
+    )
+    return info
+
+
+def check_judge_valid(cfg: Config, manifest: Mapping[str, Any]) -> None:
+    """judge.on_invalid=fail: an invalid judge stops the pipeline after truncate (its manifest is kept)."""
+    verdict = (manifest.get("judge_audit") or {}).get("validity") or {}
+    if cfg.judge.on_invalid == "fail" and verdict.get("status") == "invalid":
+        raise PipelineError(
+            f"stage 'truncate': the judge is invalid ({'; '.join(verdict.get('reasons', []))}); "
+            "judge.on_invalid=fail stops here, before align. The cuts and their audit are in "
+            "truncate/manifest.json; set judge.on_invalid=warn to go on anyway"
+        )
+
+
+def _align_job(cfg: Config, files: list[Path]) -> Any:
     from palign_ray.align import align_job
 
     return align_job(cfg)
@@ -224,7 +256,7 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 STAGES: tuple[Stage, ...] = (
     Stage("problems", (), ("problems",), False, run_problems),
     Stage("teacher", ("problems",), ("teacher", "engine"), True, _row_stage(_teacher_job)),
-    Stage("truncate", ("teacher",), ("judge", "engine"), True, _row_stage(_judge_job)),
+    Stage("truncate", ("teacher",), ("judge", "engine"), True, run_truncate),
     Stage("align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job)),
     # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
     Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),
@@ -365,6 +397,8 @@ def run_pipeline(
             }
             _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
         manifests[stage.name] = sd.manifest()
+        if stage.name == "truncate":
+            check_judge_valid(cfg, manifests[stage.name])
     if report and (not stages or "eval" in stages or "base_eval" in stages):
         from palign_ray.report import write_run_report
 

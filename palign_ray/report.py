@@ -232,6 +232,11 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
             "judge work per problem",
             "count",
         )
+    judge_m = (_manifest(run_dir, "truncate") or {}).get("judge_audit")
+    if judge_m:
+        from palign_ray.judge.measure import audit_markdown
+
+        lines += ["## Is the judge valid? (audit of the cuts)", "", *audit_markdown(judge_m)]
     sft_m = _manifest(run_dir, "sft_data")
     num_sft = int((sft_m or {}).get("num_output", 0))
     lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]

@@ -71,6 +71,56 @@ def test_filter_keeps_only_matching_answers() -> None:
     assert all(r["stage"] == "align" and r["problem_id"] == "p1" for r in rej)
 
 
+def test_rejected_continuations_keep_full_text() -> None:
+    """Every Eq. 9 rejection is re-derivable: whole text, tokens, finish reason and extracted answer."""
+    long_wrong = "x" * 500 + " so \\boxed{13}"
+    gen = {
+        **_gen("p1", [long_wrong, "no box at all", "\\boxed{12}"]),
+        "num_generated_tokens": [321, 7, 5],
+        "finish_reasons": ["stop", "length", "stop"],
+    }
+    _, rej = filter_continuations(_row(), gen, 10.0)
+    assert [(r["sample_index"], r["reason"]) for r in rej] == [
+        (0, "wrong_answer"),
+        (1, "no_boxed_answer"),
+    ]
+    wrong, unboxed = rej
+    assert wrong["continuation"] == long_wrong and len(wrong["detail"]) < len(long_wrong)
+    assert wrong["detail"].startswith("extracted='13' gold='12' finish=stop: ")
+    assert (wrong["continuation_tokens"], wrong["finish_reason"], wrong["extracted"]) == (
+        321,
+        "stop",
+        "13",
+    )
+    assert (unboxed["continuation"], unboxed["continuation_tokens"]) == ("no box at all", 7)
+    assert (unboxed["finish_reason"], unboxed["extracted"]) == ("length", None)
+
+
+def test_quarantine_parts_keep_columns_of_any_row(tmp_path: Path) -> None:
+    """Rows without the continuation columns (missing_prefix) before rows with them: nothing dropped."""
+    from palign_ray.artifacts import StageDir
+    from palign_ray.cli import finish
+
+    text = "long " * 100 + "\\boxed{7}"
+    _, bad = check_prefix_rows([_row("a"), {**_row("b"), "prefix": ""}])
+    _, rej = filter_continuations(_row("a"), _gen("a", [text]), 10.0)
+    sd = StageDir(tmp_path / "align")
+    sd.write_part([], bad + rej)
+    sd.write_part([], bad)  # a part with no rejected continuation at all
+    only_bad, mixed = sorted((pq.read_table(f).to_pylist() for f in sd.quarantine_files()), key=len)
+    assert [q["reason"] for q in only_bad] == ["missing_prefix"]
+    assert [(q["reason"], q["continuation"]) for q in mixed] == [
+        ("missing_prefix", None),
+        ("wrong_answer", text),
+    ]
+    assert mixed[1]["continuation_tokens"] == len(text) and mixed[1]["extracted"] == "7"
+    # palign align writes the same rows beside its output
+    finish(tmp_path / "aligned.parquet", {}, 0, rows=[], quarantined=bad + rej, stdout=False)
+    quar = pq.read_table(tmp_path / "aligned.quarantine.parquet").to_pylist()
+    assert [q["finish_reason"] for q in quar] == [None, "stop"]
+    assert quar[1]["continuation"] == rej[0]["continuation"]
+
+
 def test_filter_generation_errors() -> None:
     _, rej = filter_continuations(
         _row(), _gen("p1", [], "prompt_too_long: 4000 tokens >= engine.max_model_len 2048"), 10.0
@@ -147,6 +197,9 @@ def test_real_continuation_cli_tiny_model(ray_session, tiny_model: str, tmp_path
         "grader_timeout",
         "grader_error",
     }
+    assert all(  # rejected continuations are kept whole
+        isinstance(q["continuation"], str) and q["continuation_tokens"] > 0 for q in quar
+    )
     assert {r["problem_id"] for r in kept} | {q["problem_id"] for q in quar} == {
         p["problem_id"] for p in probs
     }

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from palign_ray import compare as C
@@ -220,6 +221,9 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(
     out = run / "compare"
     assert json.loads((out / "compare.json").read_text())["methods"] == methods
     assert (out / "scores.png").is_file() and (out / "length_vs_accuracy.png").is_file()
+    samples = pq.read_table(out / "samples.parquet").to_pylist()  # every sample behind Table 1
+    assert {s["method"] for s in samples} == {"base", *methods}
+    assert all(isinstance(s["generation"], str) for s in samples)
     assert list(res["scores"]) == ["base", *methods] and list(res["paired_vs_baseline"]) == [
         "prefix_only"
     ]
@@ -364,3 +368,53 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
         "agree": False,
         "differing_problems": ["b/p1"],
     }
+
+
+def test_samples_parquet_recomputes_table_1(tmp_path):
+    """compare/samples.parquet alone gives every Table-1 pass@1 cell, failed problems included."""
+    from palign_ray.compare_report import write_compare_report
+
+    cfg = load_config(
+        None, [f"run.run_dir={tmp_path}", "eval.num_samples=2", "eval.bootstrap_samples=10"]
+    )
+    runs = C.plan_compare(cfg, ["palign", "full_cot"])
+    _fake_eval(runs[0].dirs["base_eval"] / "base", {"p1": [False, False], "p2": [True, False]}, 5)
+    palign = runs[0].dirs["eval"] / "trained" / "samples.jsonl"
+    _fake_eval(palign.parent, {"p1": [True, True], "p2": [True, False]}, 6)
+    graded = [json.loads(line) for line in palign.read_text().splitlines()]
+    text = {"generation": "so \\boxed{4}", "extracted": "4", "finish_reason": "stop"}
+    palign.write_text("".join(json.dumps({**r, **text}) + "\n" for r in graded))
+    full = runs[1].dirs["eval"] / "trained"
+    _fake_eval(full, {"p1": [True, False]}, 7)
+    failed = {"stage": "eval", "problem_id": "p2", "reason": "generation_failed", "benchmark": "b"}
+    (full / "quarantine.jsonl").write_text(json.dumps(failed) + "\n")
+    res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
+
+    rows = pq.read_table(tmp_path / "compare" / "samples.parquet").to_pylist()
+    per_problem: dict[tuple[str, str, str], list[bool]] = {}
+    for r in rows:
+        per_problem.setdefault((r["method"], r["benchmark"], r["problem_id"]), []).append(
+            r["correct"]
+        )
+    for method, cells in res["scores"].items():
+        means = [sum(c) / len(c) for (m, _, _), c in per_problem.items() if m == method]
+        assert cells["pass@1"]["b"]["value"] == pytest.approx(sum(means) / len(means))
+    assert {r["method"] for r in rows} == {"base", "palign", "full_cot"} and len(rows) == 12
+    lost = [r for r in rows if r["failed"]]
+    assert [(r["method"], r["problem_id"], r["sample_index"]) for r in lost] == [
+        ("full_cot", "p2", 0),
+        ("full_cot", "p2", 1),
+    ]
+    assert all(not r["correct"] and r["generation"] == "" for r in lost)
+    kept = [r for r in rows if r["method"] == "palign"]
+    assert [(r["problem_id"], r["sample_index"], r["correct"]) for r in kept] == [
+        ("p1", 0, True),
+        ("p1", 1, True),
+        ("p2", 0, True),
+        ("p2", 1, False),
+    ]
+    assert {(r["generation"], r["extracted"], r["finish_reason"], r["failed"]) for r in kept} == {
+        ("so \\boxed{4}", "4", "stop", None)
+    }
+    assert {r["num_generated_tokens"] for r in kept} == {6}
+    assert res["scores"]["full_cot"]["pass@1"]["b"]["value"] == pytest.approx(0.25)

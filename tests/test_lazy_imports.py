@@ -37,6 +37,7 @@ PURE_MODULES = [
     "palign_ray.sft.train",
     "palign_ray.pipeline",
     "palign_ray.report",
+    "palign_ray.compare_samples",
 ]
 HEAVY = ["vllm", "torch", "deepspeed", "ray", "transformers"]
 

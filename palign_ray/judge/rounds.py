@@ -22,6 +22,7 @@ from palign_ray.artifacts import quarantine_row
 from palign_ray.config import EngineConfig, JudgeConfig
 from palign_ray.engines.base import Engine, GenerationResult, SamplingSpec
 from palign_ray.generation import derive_seed
+from palign_ray.judge.audit import AUDIT, AUDIT_ROLLOUTS, KNOWN_CUT, audit_schema
 from palign_ray.judge.calibration import (
     CALIBRATIONS,
     Calibrator,
@@ -54,6 +55,12 @@ _Q_REASON, _Q_DETAIL, _TRACE_JSON, _BATCH_KEY, _BATCH_CALLS, _BATCH_S = (
     "_batch_judge_s",
 )
 RAW_CHARS = 200  # judge output kept per probe in generate mode
+TRACE_SOURCE = "trace_source"  # the teacher stage's column: teacher | reference | ingested
+DECISIVE_SENTENCE = (
+    "decisive_sentence"  # built-in traces: the known cut's column (judge.known_cut_field)
+)
+KNOWN_CHAR_END = "decisive_char_end"  # and where that sentence ends, checked against the splitter
+KNOWN_INDEX = "known_index"  # checked input rows: judge.known_cut_field's value (0-based sentence)
 
 OUTPUT_COLUMNS: tuple[str, ...] = (
     R.PROBLEM_ID,
@@ -91,6 +98,9 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "num_calibration_probes",
     "num_contradictions",
     "probe_trace",
+    KNOWN_CUT,
+    AUDIT,
+    AUDIT_ROLLOUTS,
 )
 
 
@@ -118,6 +128,7 @@ def output_schema() -> Any:
         ]
     )
     s, i, f, b = pa.string(), pa.int32(), pa.float64(), pa.bool_()
+    audit, rollouts = audit_schema()
     types = {
         "num_sentences": i,
         "num_judged_sentences": i,
@@ -142,6 +153,9 @@ def output_schema() -> Any:
         "num_calibration_probes": i,
         "num_contradictions": i,
         "probe_trace": pa.list_(probe),
+        KNOWN_CUT: i,
+        AUDIT: audit,
+        AUDIT_ROLLOUTS: rollouts,
     }
     return pa.schema([(c, types.get(c, s)) for c in OUTPUT_COLUMNS])
 
@@ -212,6 +226,7 @@ class Problem:
     engine_error: str = (
         ""  # an engine call for this problem failed: it leaves as judge_engine_error, to be retried
     )
+    known_cut: int = -1  # the known shortest sufficient prefix in sentences (-1: not known)
 
     @property
     def cot_truncated(self) -> bool:
@@ -254,9 +269,10 @@ def prepare_problem(
     if not ends:
         return quarantine_row(STAGE, pid, "no_sentences", "segmentation found no sentence")
     answer = "" if row.get(R.ANSWER) is None else str(row.get(R.ANSWER))
+    known = known_cut(row.get(KNOWN_INDEX), row.get(KNOWN_CHAR_END), ends)
     if jcfg.search == "fixed_ratio":  # no judging: no prompt, no token budget
         state = SearchState(len(ends), "fixed_ratio", fixed_ratio=jcfg.fixed_ratio)
-        return Problem(pid, question, answer, cot, ends, len(ends), None, state)
+        return Problem(pid, question, answer, cot, ends, len(ends), None, state, known_cut=known)
     assert builder is not None
     prompt = builder.build(question, cot)
     room = max_model_len - len(prompt.head) - len(prompt.tail) - reserved_tokens(jcfg)
@@ -271,7 +287,26 @@ def prepare_problem(
             f"(or first sentence > judge.max_cot_tokens {jcfg.max_cot_tokens})",
         )
     state = SearchState(n, jcfg.search, kary_k=jcfg.kary_k)
-    return Problem(pid, question, answer, cot, ends, n, prompt, state)
+    return Problem(pid, question, answer, cot, ends, n, prompt, state, known_cut=known)
+
+
+def known_cut(index: Any, char_end: Any, ends: Sequence[int]) -> int:
+    """Sentences up to and including the known decisive one (0-based `index`), or -1 when unknown.
+
+    Where the data also gives the decisive sentence's end offset (built-in traces), the splitter must
+    agree with it, so a trace segmented differently is never scored against the wrong sentence.
+    """
+    if index is None or isinstance(index, bool) or not isinstance(index, (int, float)):
+        return -1
+    if isinstance(index, float) and (math.isnan(index) or index != int(index)):
+        return -1
+    k = int(index) + 1
+    if not 1 <= k <= len(ends):
+        return -1
+    if isinstance(char_end, (int, float)) and not isinstance(char_end, bool):
+        if not math.isnan(char_end) and ends[k - 1] != int(char_end):
+            return -1
+    return k
 
 
 # ---- one round ---------------------------------------------------------------------------------
@@ -606,6 +641,9 @@ def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, An
         "num_calibration_probes": len(p.probes) - len(search),
         "num_contradictions": contradictions([(x["k"], x["verdict"]) for x in search]),
         "probe_trace": [{key: x[key] for key in _PROBE_KEYS} for x in p.probes],
+        KNOWN_CUT: p.known_cut,
+        AUDIT: None,  # filled by the audit for the sampled problems (palign_ray.judge.audit)
+        AUDIT_ROLLOUTS: None,
     }
 
 
@@ -700,9 +738,13 @@ def judge_tools(tokenizer: Any, jcfg: JudgeConfig) -> tuple[JudgePromptBuilder, 
 
 
 def check_input(
-    rows: Iterable[dict[str, Any]],
+    rows: Iterable[dict[str, Any]], known_cut_field: str = ""
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Driver-side checks that need no model: ids present and unique, question and CoT non-empty strings."""
+    """Driver-side checks that need no model: ids present and unique, question and CoT non-empty strings.
+
+    `known_cut_field` (judge.known_cut_field) is carried as the known cut, except on teacher samples:
+    a known decisive sentence belongs to the reference trace, not to a trace the teacher wrote.
+    """
     ok: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -733,12 +775,22 @@ def check_input(
             )
             continue
         ans = row.get(R.ANSWER)
+        own = bool(known_cut_field) and row.get(TRACE_SOURCE) != "teacher"
+        checked = (
+            KNOWN_INDEX in row
+        )  # rows checked before (the in-memory path checks on both sides)
         ok.append(
             {
                 R.PROBLEM_ID: pid,
                 R.QUESTION: row[R.QUESTION],
                 R.COT: row[R.COT],
                 R.ANSWER: "" if ans is None else str(ans),
+                KNOWN_INDEX: row[KNOWN_INDEX]
+                if checked
+                else (row.get(known_cut_field) if own else None),
+                KNOWN_CHAR_END: row.get(KNOWN_CHAR_END)
+                if checked or (own and known_cut_field == DECISIVE_SENTENCE)
+                else None,
             }
         )
     return ok, bad

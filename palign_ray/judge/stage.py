@@ -17,6 +17,8 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
+from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
+from palign_ray.judge.measure import judge_measurement, records_of
 from palign_ray.judge.rounds import (
     STAGE,
     Problem,
@@ -49,14 +51,20 @@ def stage_ray_config(cfg: Config) -> RayConfig:
 class JudgeWorker:
     """Inside an actor: judge a part's problems in interleaved batches on one engine (started on first use)."""
 
-    def __init__(self, cfg: Config, on_engine_start: Any = None):
+    def __init__(
+        self, cfg: Config, audit_ids: frozenset[str] = frozenset(), on_engine_start: Any = None
+    ):
         self.cfg = cfg
+        self.audit_ids = (
+            audit_ids  # the seeded audit sample (judge.audit_problems), chosen by the driver
+        )
         self.jcfg = stage_judge_config(cfg)
         self.engine_cfg, _ = stage_engine(cfg, "judge")
         self.ray_cfg = stage_ray_config(cfg)
         self.on_engine_start = on_engine_start
         self.engine: Any = None
         self.tools: Any = None
+        self.auditor: Any = None
 
     def _start(self) -> None:
         from palign_ray.generation import start_engine
@@ -69,7 +77,7 @@ class JudgeWorker:
         self, rows: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         t0 = time.perf_counter()
-        items, bad = check_input(rows)
+        items, bad = check_input(rows, self.jcfg.known_cut_field)
         judged = self.jcfg.search != "fixed_ratio"
         if judged and items:
             self._start()
@@ -81,6 +89,7 @@ class JudgeWorker:
         out, failed = finished_rows(problems, self.jcfg, self.jcfg.model)
         bad += quarantined + failed
         out.sort(key=lambda r: r[R.PROBLEM_ID])
+        audit_s = await self._audit(out, problems) if judged else 0.0
         wall = time.perf_counter() - t0
         summary = summarize(
             out,
@@ -90,9 +99,24 @@ class JudgeWorker:
             self.jcfg,
             paper_reference=self.cfg.judge.paper_reference,
             engine_calls=calls,
-            judge_s=wall if judged else 0.0,
+            judge_s=wall - audit_s if judged else 0.0,
         )
+        summary.update(audit_tokens(out), audit_s=round(audit_s, 3))
         return out, bad, summary
+
+    async def _audit(self, out: list[dict[str, Any]], problems: list[Problem]) -> float:
+        """Roll the student out for this part's sampled problems (those with a gold answer); returns seconds."""
+        picked = [r for r in out if r[R.PROBLEM_ID] in self.audit_ids and str(r[R.ANSWER]).strip()]
+        if not picked:
+            return 0.0
+        from palign_ray.judge.audit import Auditor
+
+        t0 = time.perf_counter()
+        self._start()
+        if self.auditor is None:
+            self.auditor = Auditor(self.cfg, self.engine, self.engine_cfg)
+        await self.auditor.audit(picked, {p.problem_id: p.ends for p in problems})
+        return time.perf_counter() - t0
 
     async def _judge(self, problems: list[Problem]) -> int:
         """Batches of ray.batch_size problems, concurrently (paper-reference: one after another)."""
@@ -119,14 +143,32 @@ class JudgeWorker:
             self.engine = None
 
 
-def judge_job(cfg: Config, num_rows: int = 0) -> StreamJob:
-    """The truncate stage as a streaming job (one JudgeWorker per actor)."""
+def audit_tokens(out: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The audit's token cost in a part, kept apart from the judge's own."""
+    audits = [r["audit"] for r in out if r.get("audit")]
+    return {
+        "audit_problems": len(audits),
+        "audit_prompt_tokens": sum(int(a["prompt_tokens"]) for a in audits),
+        "audit_generated_tokens": sum(int(a["generated_tokens"]) for a in audits),
+    }
+
+
+def audit_ids_of(cfg: Config, ids: Sequence[str]) -> frozenset[str]:
+    """The seeded audit sample of the stage's input ids (none when `audit_off_reason` says why)."""
+    if audit_off_reason(cfg):
+        return frozenset()
+    return audit_sample(ids, cfg.judge.audit_problems, cfg.run.seed)
+
+
+def judge_job(cfg: Config, num_rows: int = 0, ids: Sequence[str] = ()) -> StreamJob:
+    """The truncate stage as a streaming job (one JudgeWorker per actor); `ids`: the input ids to sample audits from."""
     check_judge_config(stage_judge_config(cfg))
+    check_audit_config(cfg)
     ray_cfg = stage_ray_config(cfg)
     return StreamJob(
         STAGE,
         JudgeWorker,
-        {"cfg": cfg},
+        {"cfg": cfg, "audit_ids": audit_ids_of(cfg, ids)},
         ray_cfg,
         part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
         schema=output_schema,
@@ -147,13 +189,15 @@ def truncate_rows(
     jcfg = stage_judge_config(cfg)
     check_judge_config(jcfg)
     t0 = time.perf_counter()
-    items, bad = check_input(rows)  # ids unique across all rows, not only within a part
+    # ids unique across all rows, not only within a part
+    items, bad = check_input(rows, jcfg.known_cut_field)
     engine_starts = 0
     if jcfg.search == "fixed_ratio":
         out, more_bad, summary = asyncio.run(JudgeWorker(cfg).process(items))
         parts = [summary]
     else:
-        out, more_bad, parts, res = run_rows(judge_job(cfg, len(items)), items)
+        ids = [str(r[R.PROBLEM_ID]) for r in items]
+        out, more_bad, parts, res = run_rows(judge_job(cfg, len(items), ids), items)
         engine_starts = res.engine_starts
     bad += more_bad
     out.sort(key=lambda r: r[R.PROBLEM_ID])
@@ -169,4 +213,12 @@ def truncate_rows(
         judge_s=sum(float(p.get("judge_s", 0.0)) for p in parts),
     )
     summary["engine_starts"] = engine_starts
+    summary.update(audit_tokens(out))
+    summary["judge_audit"] = judge_measurement(
+        records_of(out),
+        judged=jcfg.search != "fixed_ratio",
+        fixed_ratio=jcfg.fixed_ratio,
+        seed=cfg.run.seed,
+        audit_note=audit_off_reason(cfg),
+    )
     return out, bad, summary
