@@ -240,6 +240,30 @@ def test_default_config_calibrates_the_embedded_model():
 # ---- real: SmolLM2 through Ray Data + vLLM -------------------------------------------------------------
 
 
+def assert_real_audit(out, summary, num_audited: int, samples: int) -> None:
+    """The audit of a real run: the sampled rows carry consistent counts and every rollout's text and grade."""
+    audited = [r for r in out if r["audit"]]
+    assert len(audited) == min(num_audited, len(out))
+    for r in audited:
+        a, rollouts = r["audit"], r["audit_rollouts"]
+        assert len(rollouts) == 4 * samples and all(x["text"] for x in rollouts)
+        assert a["k_cut"] == r["prefix_sentences"] and a["k_shorter"] == r["prefix_sentences"] - 1
+        assert a["k_full"] == r["num_judged_sentences"] and a["k_empty"] == 0
+        for arm in ("cut", "shorter", "full", "empty"):
+            assert a[f"correct_{arm}"] == sum(x["correct"] for x in rollouts if x["arm"] == arm)
+        assert a["generated_tokens"] == sum(x["tokens"] for x in rollouts) > 0
+    m = summary["judge_audit"]
+    assert m["audit"]["num_problems"] == len(audited)
+    assert summary["audit_generated_tokens"] == sum(r["audit"]["generated_tokens"] for r in audited)
+    # every built-in reference trace knows its decisive sentence, and the trivial cuts sit beside the judge's
+    assert m["known_cut"]["num_problems"] == len(out)
+    assert set(m["known_cut"]["cuts"]) >= {"judge", "always_full", "always_first"}
+    assert m["known_cut"]["cuts"]["always_full"]["late"]["value"] == sum(
+        r["known_cut"] < r["num_sentences"] for r in out
+    ) / len(out)
+    assert m["validity"]["status"] in ("valid", "invalid")
+
+
 def builtin_rows(n: int):
     from palign_ray.builtin import builtin_problems
 
@@ -250,6 +274,8 @@ def builtin_rows(n: int):
             "question": p["question"],
             "cot": p["solution"],
             "answer": p["answer"],
+            "decisive_sentence": p["decisive_sentence"],
+            "decisive_char_end": p["decisive_char_end"],
         }
         for p in probs
     ]
@@ -267,7 +293,9 @@ def test_relative_smollm2_truncate_rows(ray_session, default_model):
         run=RunConfig(seed=0),
         engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
         ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=16),
-        judge=JudgeConfig(model=default_model, calibration="relative", threshold=0.3),
+        judge=JudgeConfig(
+            model=default_model, calibration="relative", threshold=0.3, audit_problems=0
+        ),
     )
     t = time.perf_counter()
     out, bad, summary = truncate_rows(rows, cfg)
@@ -307,6 +335,7 @@ def test_default_config_cuts_are_non_degenerate_on_builtin(ray_session, default_
     rows, decisive = builtin_rows(16)
     out, bad, summary = truncate_rows(rows, cfg)
     assert not bad and len(out) == 16
+    assert_real_audit(out, summary, cfg.judge.audit_problems, cfg.judge.audit_samples)
     assert (
         summary["share_cut_at_first_sentence"] <= 0.8 and summary["share_cut_at_full_trace"] <= 0.8
     )

@@ -284,7 +284,8 @@ def real_cfg(model: str, **judge) -> Config:
         run=RunConfig(seed=0),
         engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
         ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=8),
-        judge=JudgeConfig(model=model, **judge),
+        # the audit has its own tests (tests/test_judge_audit.py); these measure the search only
+        judge=JudgeConfig(model=model, **{"audit_problems": 0, **judge}),
     )
 
 

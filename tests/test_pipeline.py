@@ -185,6 +185,9 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
         "eval.num_samples=1",
         "eval.max_tokens=8",
         "ray.num_cpus=4",
+        "judge.audit_problems=3",
+        "judge.audit_samples=1",
+        "align.max_tokens=8",
     ] + [f"{s}.model={tiny_model}" for s in ("teacher", "judge", "align", "sft")]
     cfg = load_config(None, over)
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
@@ -221,6 +224,13 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
         and "Cost per accepted SFT example" in report
         and "(trained)" in report
     )
+    # the judge audit ran inside the stage on the seeded sample and reached the manifest and the report
+    measured = manifests["truncate"]["judge_audit"]
+    assert measured["audit"]["num_problems"] == 3 and measured["audit"]["samples"] == 1
+    assert measured["known_cut"]["num_problems"] == 4  # reference traces of built-in problems
+    assert measured["validity"]["status"] in ("valid", "invalid")
+    assert "Is the judge valid?" in report and "| empty |" in report
+    assert sum(s.get("audit_problems", 0) for s in manifests["truncate"]["summaries"]) == 3
     before = {p: p.stat().st_mtime_ns for p in run.rglob("manifest.json")}
     again = P.run_pipeline(cfg)
     assert {

@@ -64,5 +64,11 @@ class FakeEngine:
         self.stats.add(results)
         return results
 
+    async def agenerate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingSpec | Sequence[SamplingSpec]
+    ) -> list[GenerationResult]:
+        """The async entry the stage workers use (answers at once)."""
+        return self.generate(prompts, params)
+
     def shutdown(self) -> None:
         pass
