@@ -185,6 +185,10 @@ def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
         "train_final_loss": train.get("final_loss"),
         "tokens_computed": computed,
         "stages": stages,
+        # the judge's audit and validity (issue 24): a method whose judge is invalid is no method result
+        "judge_audit": (_manifest(run.dirs["truncate"]) or {}).get("judge_audit")
+        if "truncate" in run.dirs
+        else None,
     }
 
 
@@ -345,11 +349,14 @@ def render_markdown(res: dict[str, Any]) -> str:
         ]
         for label, cells in res["scores"].items():
             lines.append(
-                f"| {label} | " + " | ".join(_cell(cells[f"pass@{k}"].get(c)) for c in cols) + " |"
+                f"| {_marked(res, label)} | "
+                + " | ".join(_cell(cells[f"pass@{k}"].get(c)) for c in cols)
+                + " |"
             )
         lines.append("")
     lines += _paired_lines(res["paired_vs_baseline"], res["baseline"], ks, cols)
     lines += _paired_lines(res["paired_vs_base"], BASE, ks, cols)
+    lines += _judge_lines(res)
     lines += _facts_lines(res)
     lines += [
         "## Base student",
@@ -364,11 +371,61 @@ def render_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _marked(res: dict[str, Any], label: str) -> str:
+    """The row label, with "(judge invalid)" / "(judge unmeasured)" where the method's judge is not valid."""
+    from palign_ray.judge.measure import status_label
+
+    status = status_label((res["facts"].get(label) or {}).get("judge_audit"))
+    return f"{label} ({status})" if status and status != "judge valid" else label
+
+
+def _judge_lines(res: dict[str, Any]) -> list[str]:
+    """Each judged method's audit and validity (judge.measure), beside its Table-1 row."""
+    from palign_ray.judge.measure import status_label
+
+    judged = {
+        label: f["judge_audit"]
+        for label, f in res["facts"].items()
+        if f.get("judge_audit") and status_label(f["judge_audit"])
+    }
+    if not judged:
+        return []
+    head = "| method | judge | solved from cut | full trace | empty | cut − empty | one sentence less fails | whole / first (%) | known-cut exact | AUC |"
+    lines = ["## Judge audit per method", "", head, "|---" * 10 + "|"]
+    for label, m in judged.items():
+        a, c, k = m.get("audit") or {}, m["cuts"], m.get("known_cut") or {}
+        d = a.get("cut_minus_empty")
+        cells = [
+            label,
+            status_label(m),
+            _rate_cell(a.get("cut")),
+            _rate_cell(a.get("full")),
+            _rate_cell(a.get("empty")),
+            f"{d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d else "–",
+            _rate_cell(a.get("minimal")),
+            f"{_pct(c.get('share_full'))} / {_pct(c.get('share_first'))}",
+            _rate_cell((k.get("cuts") or {}).get("judge", {}).get("exact")),
+            _rate_cell(k.get("auc")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for label, m in judged.items():
+        lines += [f"- {label}: {r}" for r in m["validity"].get("reasons", [])]
+    return [*lines, "", f"Rule: {next(iter(judged.values()))['validity']['rule']}.", ""]
+
+
+def _rate_cell(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "–"
+    lo, hi = c["ci95"]
+    return f"{c['value']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
 def headline_lines(res: dict[str, Any]) -> list[str]:
     """One console line per row of Table 1: the average over benchmarks, pass@1 and the largest k, with CIs."""
     ks = sorted({1, max(res["ks"] or [1])})
     return [
-        f"{label:<16}"
+        f"{_marked(res, label):<16}"
         + " · ".join(f"pass@{k} {_cell(cells[f'pass@{k}'].get('average'))}" for k in ks)
         for label, cells in res["scores"].items()
     ]

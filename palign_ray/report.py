@@ -179,11 +179,19 @@ def _columns(sd: StageDir, columns: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     """Write report.md (+ PNGs) from whatever stages have finished."""
+    from palign_ray.judge.measure import status_label
+
     run_dir = Path(run_dir)
+    judge_m = (
+        (_manifest(run_dir, "truncate") or {}).get("judge_audit") if "truncate" in stages else None
+    )
+    judge_status = status_label(judge_m)
     lines = [
         f"# P-ALIGN run report: `{run_dir}`",
         "",
-        f"method: **{cfg.run.method}**, seed {cfg.run.seed}",
+        f"method: **{cfg.run.method}**"
+        + (f" (**{judge_status}**, see 'Is the judge valid?')" if judge_status else "")
+        + f", seed {cfg.run.seed}",
         "",
         *(
             [
@@ -232,7 +240,6 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
             "judge work per problem",
             "count",
         )
-    judge_m = (_manifest(run_dir, "truncate") or {}).get("judge_audit")
     if judge_m:
         from palign_ray.judge.measure import audit_markdown
 

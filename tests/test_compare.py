@@ -418,3 +418,34 @@ def test_samples_parquet_recomputes_table_1(tmp_path):
     }
     assert {r["num_generated_tokens"] for r in kept} == {6}
     assert res["scores"]["full_cot"]["pass@1"]["b"]["value"] == pytest.approx(0.25)
+
+
+def test_a_method_whose_judge_is_invalid_is_marked_in_table_1_and_the_judge_table(tmp_path):
+    """The truncate manifest's judge_audit reaches the compare report beside the method (issue 24.4)."""
+    from palign_ray.compare_report import headline_lines, write_compare_report
+    from palign_ray.judge.measure import audit_summary, judge_measurement
+
+    cfg = load_config(
+        None, [f"run.run_dir={tmp_path}", "eval.num_samples=1", "eval.bootstrap_samples=50"]
+    )
+    runs = C.plan_compare(cfg, ["palign", "full_cot"])
+    _fake_eval(runs[0].dirs["base_eval"] / "base", {"p1": [False]}, 5)
+    for r in runs:
+        _fake_eval(r.dirs["eval"] / "trained", {"p1": [True]}, 5)
+    # every cut keeps the whole trace, and solves no more than the empty prefix
+    rec = {"prefix_sentences": 6, "num_sentences": 6, "prefix_ratio_sentences": 1.0}
+    counts = {f"correct_{a}": 0 for a in ("cut", "shorter", "full", "empty")}
+    audit = {"samples": 2, **counts, "errors": 0, "prompt_tokens": 1, "generated_tokens": 1}
+    assert audit_summary([audit]) is not None
+    recs = [{**rec, "known_cut": -1, "audit": audit, "probes": []}] * 8
+    m = judge_measurement(recs, judged=True, fixed_ratio=0.25)
+    assert m["validity"]["status"] == "invalid"
+    trunc = runs[0].dirs["truncate"]
+    trunc.mkdir(parents=True)
+    (trunc / "manifest.json").write_text(json.dumps({"judge_audit": m}))
+    res = write_compare_report(cfg, runs, tmp_path / "compare", baseline="full_cot")
+    report = (tmp_path / "compare" / "report.md").read_text()
+    assert "| palign (judge invalid) | 100.00" in report and "| full_cot | 100.00" in report
+    assert "## Judge audit per method" in report and "- palign: degenerate: 100% of 8" in report
+    assert headline_lines(res)[1].startswith("palign (judge invalid)")
+    assert res["facts"]["full_cot"]["judge_audit"] is None

@@ -160,7 +160,9 @@ def test_audit_sample_is_seeded_sized_and_independent_of_order_and_parts():
 
 def test_audit_arms():
     assert arm_sentences(4, 9) == {"cut": 4, "shorter": 3, "full": 9, "empty": 0}
-    assert arm_sentences(1, 9)["shorter"] == 0  # one sentence less than sentence 1 is the empty prefix
+    assert (
+        arm_sentences(1, 9)["shorter"] == 0
+    )  # one sentence less than sentence 1 is the empty prefix
 
 
 def test_known_cut_is_checked_against_the_splitter():
