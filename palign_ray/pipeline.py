@@ -253,10 +253,16 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 # The flow
 
 
+AUDIT_ALIGN_KEYS = tuple(
+    f"align.{k}"
+    for k in ("model", "temperature", "top_p", "repetition_penalty", "max_tokens", "grader")
+)
+
 STAGES: tuple[Stage, ...] = (
     Stage("problems", (), ("problems",), False, run_problems),
     Stage("teacher", ("problems",), ("teacher", "engine"), True, _row_stage(_teacher_job)),
-    Stage("truncate", ("teacher",), ("judge", "engine"), True, run_truncate),
+    # The judge audit continues with align's prompt, sampling and grader: those settings are its inputs too.
+    Stage("truncate", ("teacher",), ("judge", "engine", *AUDIT_ALIGN_KEYS), True, run_truncate),
     Stage("align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job)),
     # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
     Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),

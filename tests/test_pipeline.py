@@ -59,6 +59,21 @@ def test_changed_section_invalidates_that_stage_and_later_ones_only():
     assert P.stage_hashes(c, P.stages_for(c)) == ha
 
 
+def test_the_audits_align_settings_invalidate_truncate_but_align_only_settings_do_not():
+    """The judge audit continues with align's sampling and grader: a stale audit must not be reused."""
+    a = load_config(None)
+    ha = P.stage_hashes(a, P.stages_for(a))
+    for over, truncate_changes in (
+        ("align.temperature=0.9", True),
+        ("align.grader=paper", True),
+        ("align.num_samples=3", False),
+        ("judge.on_invalid=fail", False),
+    ):
+        b = load_config(None, [over])
+        hb = P.stage_hashes(b, P.stages_for(b))
+        assert (ha["truncate"] != hb["truncate"]) == truncate_changes, over
+
+
 def test_stage_engine_placement_does_not_invalidate_but_engine_settings_do():
     a = load_config(None)
     ha = P.stage_hashes(a, P.stages_for(a))
