@@ -19,6 +19,8 @@ from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, par
 log = logging.getLogger(__name__)
 
 STAGE = "align"
+ROLLOUT_K = "rollout_k"  # judge.rollout's columns, named here to keep this module free of the judge
+ROLLOUT_CONTINUATIONS = "rollout_continuations"
 SAMPLE_INDEX = "sample_index"
 CONTINUATION_TOKENS = "continuation_tokens"
 FINISH_REASON = "finish_reason"
@@ -198,30 +200,97 @@ class AlignWorker:
             STAGE, set().union(*(r.keys() for r in rows)) if rows else REQUIRED, REQUIRED
         )
         ok, quar = check_prefix_rows(rows)
-        if ok:
+        n = self.cfg.align.num_samples
+        kept = {str(r[R.PROBLEM_ID]): c[:n] for r in ok if (c := reusable_continuations(r))}
+        fresh = [r for r in ok if str(r[R.PROBLEM_ID]) not in kept]
+        more = [r for r in ok if 0 < n - len(kept.get(str(r[R.PROBLEM_ID]), ())) < n]
+        if fresh or more:
             self.gen.start()  # once per actor; kept out of the generation time below
         t_gen, started_at = time.perf_counter(), time.time()
-        gen_rows = await self.gen.generate(
-            [
-                {
-                    R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
-                    R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX]),
-                }
-                for r in ok
-            ]
+        gen_rows = await self.gen.generate(_prompts(fresh))
+        more_rows: list[dict[str, Any]] = []
+        by_surplus: dict[int, list[dict[str, Any]]] = {}
+        for r in more:
+            by_surplus.setdefault(n - len(kept[str(r[R.PROBLEM_ID])]), []).append(r)
+        for m, group in sorted(by_surplus.items()):
+            more_rows += await self._generate_more(group, m)
+        computed = gen_rows + more_rows
+        extra = (
+            generation_stats(computed, time.perf_counter() - t_gen, started_at) if computed else {}
         )
-        extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at) if ok else {}
+        gen_rows += [with_kept(pid, c, more_rows) for pid, c in kept.items()]
         # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
         out, rejected = await asyncio.to_thread(filter_all, ok, gen_rows, self.cfg.align)
         quar += rejected
         extra["num_continuations"] = len(out) + len(rejected)
         extra["num_accepted_continuations"] = len(out)
+        # verdict=rollout: the judge's continuations from the cut, graded again here (the same grader)
+        extra["num_reused_continuations"] = sum(len(c) for c in kept.values())
         extra["wall_s"] = round(time.perf_counter() - start, 2)
         extra["finish_reasons"] = dict(Counter(f for g in gen_rows for f in g[R.FINISH_REASONS]))
         return out, quar, retention(STAGE, len(rows), out, quar, **extra)
 
+    async def _generate_more(self, rows: list[dict[str, Any]], m: int) -> list[dict[str, Any]]:
+        """The samples align.num_samples asks for beyond the judge's kept ones (own seeds: salt 'align:more')."""
+        if not rows or m <= 0:
+            return []
+        import dataclasses
+
+        from palign_ray.generation import Generator
+
+        g = Generator(
+            self.cfg.align.model,
+            self.gen.engine_cfg,
+            dataclasses.replace(self.gen.sampling, n=m),
+            "",
+            self.cfg.run.seed,
+            STAGE + ":more",
+        )
+        g.engine = self.gen.start()  # the same engine
+        return await g.generate(_prompts(rows))
+
     def close(self) -> None:
         self.gen.close()
+
+
+def _prompts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {
+            R.PROBLEM_ID: str(r[R.PROBLEM_ID]),
+            R.PROMPT: continuation_prompt(r[R.QUESTION], r[R.PREFIX]),
+        }
+        for r in rows
+    ]
+
+
+def reusable_continuations(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """A rollout judge's continuations from this row's cut (sample order), or [] when there are none.
+
+    They are reused only when they were generated from exactly this prefix: the judge's kept cut
+    (`rollout_k`) must be the row's cut (`prefix_sentences`).
+    """
+    conts = row.get(ROLLOUT_CONTINUATIONS)
+    if not conts or row.get(ROLLOUT_K) is None or row.get(ROLLOUT_K) != row.get("prefix_sentences"):
+        return []
+    return sorted((dict(c) for c in conts), key=lambda c: int(c["sample_index"]))
+
+
+def with_kept(
+    pid: str, kept: list[dict[str, Any]], more_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A generation row of the kept continuations, followed by any generated for this problem now."""
+    from palign_ray.generation import ERROR
+
+    extra = next((g for g in more_rows if str(g[R.PROBLEM_ID]) == pid), None) or {}
+    return {
+        R.PROBLEM_ID: pid,
+        R.GENERATIONS: [c["text"] for c in kept] + list(extra.get(R.GENERATIONS) or []),
+        R.FINISH_REASONS: [c["finish_reason"] for c in kept]
+        + list(extra.get(R.FINISH_REASONS) or []),
+        R.NUM_GENERATED_TOKENS: [int(c["tokens"]) for c in kept]
+        + list(extra.get(R.NUM_GENERATED_TOKENS) or []),
+        ERROR: "",
+    }
 
 
 def align_job(cfg: Config, num_rows: int = 0) -> StreamJob:

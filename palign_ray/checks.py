@@ -18,6 +18,7 @@ from palign_ray.config import Config, stage_engine
 from palign_ray.fields import parse_filter
 from palign_ray.judge.audit import check_audit_config
 from palign_ray.judge.prompts import judge_template
+from palign_ray.judge.rollout import check_rollout_config
 from palign_ray.judge.rounds import check_judge_config, reference_config, reserved_tokens
 from palign_ray.judge.search import fixed_ratio_k
 from palign_ray.models import DEFAULT_ALIASES, check_model_dir
@@ -247,7 +248,7 @@ def _truncate_stage(cfg: Config, check_paths: bool) -> list[str]:
         return out + _raised(stage_engine, cfg, "judge")
     jcfg = reference_config(j) if j.paper_reference else j  # what truncate_rows runs with
     out += _raised(check_judge_config, jcfg) + _raised(judge_template, j.prompt_version)
-    out += _raised(check_audit_config, cfg)
+    out += _raised(check_audit_config, cfg) + _raised(check_rollout_config, cfg)
     if j.search == "kary" and j.kary_k < 1:
         out.append(f"judge.kary_k={j.kary_k}: must be >= 1")
     return out + _engine(cfg, "judge", reserved_tokens(jcfg))

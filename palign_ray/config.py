@@ -246,9 +246,16 @@ class JudgeConfig:
     fixed_ratio: float = _f(
         0.25, "Share of sentences kept by fixed_ratio truncation (the paper's baseline)."
     )
-    verdict: Literal["logprob", "generate"] = _f(
+    verdict: Literal["logprob", "generate", "rollout"] = _f(
         "logprob",
-        "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse.",
+        "logprob = one forward step on the first differing token; generate = the paper's decode-and-parse; "
+        "rollout = NOT the paper's self-judging prompt but a variant: a prefix is enough when at least "
+        "rollout_min_correct of rollout_samples student continuations from it (align prompt, sampling, "
+        "grader) reach the gold answer; needs judge.model = align.model (README 'Rollout verdicts').",
+    )
+    rollout_samples: int = _f(4, "verdict=rollout: continuations per probed prefix.")
+    rollout_min_correct: int = _f(
+        1, "verdict=rollout: correct continuations that make a prefix sufficient."
     )
     calibration: Literal["absolute", "contextual", "relative"] = _f(
         "absolute",

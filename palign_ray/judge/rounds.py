@@ -40,6 +40,7 @@ from palign_ray.judge.prompts import (
     logprob_score,
     verdict_tokens,
 )
+from palign_ray.judge.rollout import ROLLOUT_CONTINUATIONS, ROLLOUT_K
 from palign_ray.judge.search import SearchState, fixed_ratio_k, majority
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     KNOWN_CUT,
     AUDIT,
     AUDIT_ROLLOUTS,
+    ROLLOUT_K,
+    ROLLOUT_CONTINUATIONS,
 )
 
 
@@ -156,6 +159,8 @@ def output_schema() -> Any:
         KNOWN_CUT: i,
         AUDIT: audit,
         AUDIT_ROLLOUTS: rollouts,
+        ROLLOUT_K: i,
+        ROLLOUT_CONTINUATIONS: rollouts,
     }
     return pa.schema([(c, types.get(c, s)) for c in OUTPUT_COLUMNS])
 
@@ -185,6 +190,11 @@ def check_judge_config(jcfg: JudgeConfig) -> None:
         raise ValueError(f"judge.min_margin_range must be >= 0, got {jcfg.min_margin_range}")
     if jcfg.votes < 1:
         raise ValueError(f"judge.votes must be >= 1, got {jcfg.votes}")
+    if jcfg.verdict == "rollout" and jcfg.votes != 1:
+        raise ValueError(
+            "judge.verdict=rollout samples judge.rollout_samples continuations per probe; "
+            "set judge.votes=1"
+        )
     if jcfg.votes > 1 and jcfg.temperature <= 0:
         raise ValueError("judge.votes > 1 needs judge.temperature > 0 (greedy votes are identical)")
     if not 0.0 <= jcfg.threshold <= 1.0:
@@ -241,8 +251,12 @@ def sentence_ends(cot: str, mode: str, max_chars: int) -> list[int]:
 
 
 def reserved_tokens(jcfg: JudgeConfig) -> int:
-    """Tokens a probe generates: one in logprob mode, the decode budget in generate mode."""
-    return 1 if jcfg.verdict == "logprob" else jcfg.max_new_tokens
+    """Tokens a probe generates: one in logprob mode, the decode budget in generate mode.
+
+    Rollout probes generate up to align.max_tokens, cut to the room the prompt leaves (as align does):
+    the prompt needs room for one.
+    """
+    return jcfg.max_new_tokens if jcfg.verdict == "generate" else 1
 
 
 def judged_sentences(prompt: ProblemPrompt, ends: list[int], budget: int) -> int:
@@ -450,8 +464,10 @@ class RoundLoop:
         vt: VerdictTokens,
         max_model_len: int,
         seed: int = 0,
+        prober: Any = None,
     ):
         self.problems = problems
+        self.prober = prober  # judge.rollout.RolloutProber for verdict=rollout, else None
         self.jcfg = (
             dataclasses.replace(jcfg, calibration="absolute") if jcfg.verdict != "logprob" else jcfg
         )
@@ -478,6 +494,17 @@ class RoundLoop:
                     if k not in p.outcomes and (id(p), k) not in seen:
                         seen.add((id(p), k))
                         todo.append((p, k))
+            if todo and self.prober is not None:
+                prompts = [self.prober.ids(p.question, _prefix(p, k)) for p, k in todo]
+                specs = [
+                    self.prober.spec(
+                        len(ids),
+                        self.max_model_len,
+                        derive_seed(self.seed, p.problem_id, f"judge:{k}"),
+                    )
+                    for ids, (p, k) in zip(prompts, todo, strict=True)
+                ]
+                return todo, prompts, specs
             if todo:
                 prompts = [p.prompt.ids(p.ends[k - 1] if k else 0) for p, k in todo]  # type: ignore[union-attr]
                 specs = [
@@ -510,7 +537,11 @@ class RoundLoop:
                 p.engine_error = error or "engine call failed"
             return
         for (p, k), res in zip(todo, results, strict=True):
-            o = judge_result(res, self.jcfg, self.vt)
+            o = (
+                judge_result(res, self.jcfg, self.vt)
+                if self.prober is None
+                else self.prober.outcome(res, p.problem_id, p.question, p.answer, _prefix(p, k))
+            )
             o.update(
                 prompt_tokens=res.num_prompt_tokens,
                 cached_tokens=res.num_cached_tokens,
@@ -540,6 +571,11 @@ class RoundLoop:
                 p.state.stop()
 
 
+def _prefix(p: Problem, k: int) -> str:
+    """The first k sentences of the problem's trace (k = 0: nothing)."""
+    return p.cot[: p.ends[k - 1]] if k else ""
+
+
 def run_rounds(
     engine: Engine,
     problems: Sequence[Problem],
@@ -547,9 +583,10 @@ def run_rounds(
     vt: VerdictTokens,
     max_model_len: int,
     seed: int = 0,
+    prober: Any = None,
 ) -> int:
     """Advance every problem's search to the end, one engine call per round; returns the calls made."""
-    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
+    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed, prober)
     while (call := loop.next_call()) is not None:
         todo, prompts, specs = call
         try:
@@ -569,9 +606,12 @@ async def arun_rounds(
     vt: VerdictTokens,
     max_model_len: int,
     seed: int = 0,
+    prober: Any = None,
 ) -> int:
     """`run_rounds` on an async engine: while this batch waits for a round, other batches' probes fill the engine."""
-    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed)
+    import asyncio
+
+    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed, prober)
     while (call := loop.next_call()) is not None:
         todo, prompts, specs = call
         try:
@@ -580,7 +620,10 @@ async def arun_rounds(
         except Exception as e:  # noqa: BLE001 - the problems are retried (judge_engine_error), never guessed
             log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
             results, err = None, f"engine_error: {e!r}"
-        loop.record(todo, prompts, results, err)
+        if prober is not None:  # rollout verdicts grade with math-verify: off the event loop
+            await asyncio.to_thread(loop.record, todo, prompts, results, err)
+        else:
+            loop.record(todo, prompts, results, err)
     return loop.calls
 
 
@@ -644,7 +687,17 @@ def problem_row(p: Problem, jcfg: JudgeConfig, judge_model: str) -> dict[str, An
         KNOWN_CUT: p.known_cut,
         AUDIT: None,  # filled by the audit for the sampled problems (palign_ray.judge.audit)
         AUDIT_ROLLOUTS: None,
+        **kept_continuations(p, k, sufficient),
     }
+
+
+def kept_continuations(p: Problem, k: int, sufficient: bool) -> dict[str, Any]:
+    """verdict=rollout: the continuations from the final cut, which align reuses (none when the cut was
+    not probed sufficient, e.g. the whole-trace fallback)."""
+    o = p.outcomes.get(k)
+    if not sufficient or o is None or "continuations" not in o or not o["verdict"]:
+        return {ROLLOUT_K: -1, ROLLOUT_CONTINUATIONS: None}
+    return {ROLLOUT_K: k, ROLLOUT_CONTINUATIONS: [dict(c, k=k) for c in o["continuations"]]}
 
 
 def _score_points(p: Problem, jcfg: JudgeConfig) -> list[tuple[int, float]]:
@@ -720,13 +773,14 @@ def judge_rows(
     engine_cfg: EngineConfig,
     judge_model: str,
     seed: int,
+    prober: Any = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
     """Judge a batch of input rows together on a sync engine: (output rows, quarantine rows, engine calls)."""
     problems, quarantined = prepare_rows(rows, builder, jcfg, engine_cfg.max_model_len)
     calls = 0
     if problems and jcfg.search != "fixed_ratio":
         assert engine is not None and vt is not None
-        calls = run_rounds(engine, problems, jcfg, vt, engine_cfg.max_model_len, seed)
+        calls = run_rounds(engine, problems, jcfg, vt, engine_cfg.max_model_len, seed, prober)
     out, failed = finished_rows(problems, jcfg, judge_model)
     return out, quarantined + failed, calls
 

@@ -19,6 +19,7 @@ from palign_ray import records as R
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
 from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
 from palign_ray.judge.measure import judge_measurement, records_of
+from palign_ray.judge.rollout import check_rollout_config
 from palign_ray.judge.rounds import (
     STAGE,
     Problem,
@@ -65,6 +66,7 @@ class JudgeWorker:
         self.engine: Any = None
         self.tools: Any = None
         self.auditor: Any = None
+        self.prober: Any = None  # verdict=rollout: the student's continuations decide
 
     def _start(self) -> None:
         from palign_ray.generation import start_engine
@@ -72,6 +74,10 @@ class JudgeWorker:
         if self.engine is None:
             self.engine = start_engine(self.jcfg.model, self.engine_cfg, self.on_engine_start)
             self.tools = judge_tools(self.engine.tokenizer, self.jcfg)
+            if self.jcfg.verdict == "rollout":
+                from palign_ray.judge.rollout import RolloutProber
+
+                self.prober = RolloutProber(self.cfg, self.engine.tokenizer)
 
     async def process(
         self, rows: list[dict[str, Any]]
@@ -131,6 +137,7 @@ class JudgeWorker:
                 self.tools[1],
                 self.engine_cfg.max_model_len,
                 self.cfg.run.seed,
+                self.prober,
             )
 
         if self.cfg.judge.paper_reference:
@@ -164,6 +171,7 @@ def judge_job(cfg: Config, num_rows: int = 0, ids: Sequence[str] = ()) -> Stream
     """The truncate stage as a streaming job (one JudgeWorker per actor); `ids`: the input ids to sample audits from."""
     check_judge_config(stage_judge_config(cfg))
     check_audit_config(cfg)
+    check_rollout_config(cfg)
     ray_cfg = stage_ray_config(cfg)
     return StreamJob(
         STAGE,
