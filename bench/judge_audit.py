@@ -8,6 +8,8 @@ Design (fixed before any result of it was seen, issue 24.3):
 - modes: absolute (p(ENOUGH) >= 0.5), contextual (-0.1, the default run's), relative (0.5) with
   logprob verdicts, and the paper's decode-and-parse verdicts (`verdict=generate`, absolute,
   judge.max_new_tokens=64 instead of 256 to fit this CPU: a tag comes first or not at all);
+  a second experiment, fixed before its run: `verdict=rollout` (issue 28; a variant, not the paper's
+  judge) with 2 continuations per probe and 1 correct enough, on the same sets;
 - trace sets: built-in short and long worked solutions (train split; known decisive sentence), and
   the R1-Distill-Qwen-7B AIME24 traces in shared/data/external (reasoning before </think>; no known cut);
 - every problem of a set is audited (judge.audit_problems = --problems), --samples continuations per arm;
@@ -31,6 +33,14 @@ MODES: dict[str, list[str]] = {
     "contextual@-0.1": ["judge.calibration=contextual", "judge.contextual_threshold=-0.1"],
     "relative@0.5": ["judge.calibration=relative", "judge.threshold=0.5"],
     "generate": ["judge.verdict=generate", "judge.calibration=absolute", "judge.max_new_tokens=64"],
+    # issue 28's variant, run as a second invocation (--modes rollout) after the four above: not the
+    # paper's judge; 2 continuations per probe, 1 correct makes a prefix sufficient
+    "rollout": [
+        "judge.verdict=rollout",
+        "judge.calibration=absolute",
+        "judge.rollout_samples=2",
+        "judge.rollout_min_correct=1",
+    ],
 }
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,9 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--problems", type=int, default=12)
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--sets", default="builtin-short,builtin-long,r1-aime24")
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--modes", default="absolute@0.5,contextual@-0.1,relative@0.5,generate")
     p.add_argument("--data-dir", default=os.environ.get("PALIGN_DATA_DIR", "../shared/data"))
     p.add_argument("--out", default="runs/judge_audit")
+    p.add_argument("--merge", help="an earlier judge_audit.json whose results this run adds to")
     args = p.parse_args(argv)
     sets = {
         "builtin-short": lambda: builtin_rows(args.problems, "short"),
@@ -159,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, dict]] = {}
+    results: dict[str, dict[str, dict]] = (
+        json.loads(Path(args.merge).read_text()) if args.merge else {}
+    )
     for name in args.sets.split(","):
         rows = sets[name]()
         for mode in args.modes.split(","):
