@@ -40,7 +40,7 @@ class MethodRun:
 
 
 def method_config(cfg: Config, label: str) -> Config:
-    """`palign`, `full_cot`, `prefix_only`, `continuation_only`, `fixed_ratio` or `fixed_ratio:R` → that run's config."""
+    """`palign`, `palign:rollout`, `full_cot`, `prefix_only`, `continuation_only`, `fixed_ratio` or `fixed_ratio:R` → that run's config."""
     from typing import get_args, get_type_hints
 
     from palign_ray.config import RunConfig
@@ -52,10 +52,16 @@ def method_config(cfg: Config, label: str) -> Config:
             f"unknown method {label!r}; methods are {list(allowed)} (fixed_ratio:R sets judge.fixed_ratio=R)"
         )
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, method=method))  # type: ignore[arg-type]  # checked against the Literal above
+    if method == "palign" and arg == "rollout":
+        # issue 28's variant judge (not the paper's self-judging prompt): the student's continuations decide
+        judge = dataclasses.replace(
+            cfg.judge, verdict="rollout", calibration="absolute", isotonic=False, votes=1
+        )
+        return dataclasses.replace(cfg, judge=judge)
     if arg:
         if method != "fixed_ratio":
             raise ValueError(
-                f"method {label!r}: only fixed_ratio takes an argument (fixed_ratio:0.25)"
+                f"method {label!r}: only fixed_ratio (fixed_ratio:0.25) and palign:rollout take an argument"
             )
         try:
             ratio = float(arg)

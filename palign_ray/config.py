@@ -145,7 +145,8 @@ class RunConfig:
     )
     methods: tuple[str, ...] = _f(
         (),
-        "`palign compare`: the methods side by side (fixed_ratio:0.25 = fixed_ratio with judge.fixed_ratio=0.25); "
+        "`palign compare`: the methods side by side (fixed_ratio:0.25 = fixed_ratio with judge.fixed_ratio=0.25; "
+        "palign:rollout = palign with judge.verdict=rollout, a variant judge, not the paper's); "
         "empty = palign,full_cot. Each method's stages are hashed by their own settings, so this list is not.",
         hashed=False,
     )

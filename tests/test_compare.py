@@ -39,6 +39,16 @@ def test_method_labels_defaults_and_validation(tmp_path):
         C.method_config(cfg, "fixed_ratio:1.5")
     fr = C.method_config(cfg, "fixed_ratio:0.5")
     assert fr.run.method == "fixed_ratio" and fr.judge.fixed_ratio == 0.5
+    ro = C.method_config(load_config(None, ["judge.calibration=contextual"]), "palign:rollout")
+    assert (ro.run.method, ro.judge.verdict, ro.judge.calibration) == (
+        "palign",
+        "rollout",
+        "absolute",
+    )
+    # the rollout arm judges on its own: its truncate is not the self-judge's
+    runs = C.plan_compare(cfg, ["palign", "palign:rollout"])
+    assert runs[0].dirs["truncate"] != runs[1].dirs["truncate"]
+    assert runs[0].dirs["teacher"] == runs[1].dirs["teacher"]
 
 
 def test_plan_shares_stages_whose_hash_is_equal(tmp_path):
