@@ -107,6 +107,7 @@ def test_compare_qwen7b_config_is_the_papers_setting_and_validates(monkeypatch):
     runs = C.plan_compare(cfg, C.method_labels(cfg, None))
     assert [r.label for r in runs] == [
         "palign",
+        "palign:rollout",
         "full_cot",
         "fixed_ratio:0.25",
         "fixed_ratio:0.5",
@@ -127,8 +128,10 @@ def test_compare_qwen7b_config_is_the_papers_setting_and_validates(monkeypatch):
     assert (e.num_samples, e.temperature, e.top_p, e.repetition_penalty) == (3, 0.6, 0.9, 1.05)
     assert (
         len({r.dirs["teacher"] for r in runs}) == 1
-        and len({r.dirs["truncate"] for r in runs if "truncate" in r.dirs}) == 3
+        and len({r.dirs["truncate"] for r in runs if "truncate" in r.dirs}) == 4
     )
+    # the judged arms carry the audit at the cluster default, the rollout arm its variant judge
+    assert cfg.judge.audit_problems == 256 and runs[1].cfg.judge.verdict == "rollout"
 
 
 def test_compare_mini_config_plans_its_methods_on_shared_stages():
