@@ -1,6 +1,6 @@
 """Every judge mode, audited: the truncate stage's own audit and known-cut metrics on three trace sets.
 
-Run as: .venv/bin/python -m bench.judge_audit [--problems 12] [--samples 2] [--out runs/judge_audit]
+Run as: .venv/bin/python -m bench.judge_audit [--problems 8] [--r1-problems 4] [--samples 2] [--out runs/judge_audit]
 
 Design (fixed before any result of it was seen, issue 24.3):
 - judge = student = the embedded SmolLM2-135M, jobs/configs/default.yaml otherwise (engine 2048 tokens,
@@ -13,6 +13,9 @@ Design (fixed before any result of it was seen, issue 24.3):
 - trace sets: built-in short and long worked solutions (train split; known decisive sentence), and
   the R1-Distill-Qwen-7B AIME24 traces in shared/data/external (reasoning before </think>; no known cut);
 - every problem of a set is audited (judge.audit_problems = --problems), --samples continuations per arm;
+  sizes for this 2-core box (revised before any result, after measuring SmolLM2 continuations here at
+  ~37 tokens/s for 32 sequences: an audit of 8 problems x 4 arms x 2 samples at 256 tokens takes ~4 min):
+  8 built-in problems per set, 4 R1 traces (prompts up to ~1.8k tokens);
 - reported per (set, mode): the validity verdict, the audit (cut / one sentence less / full / empty with
   95% CIs, cut − empty, minimality), the cut shares, and on built-in traces exact/±1/early/late and the
   verdict-score AUC, with the always-full, always-first and fixed-ratio cuts and the position AUC beside.
@@ -100,7 +103,8 @@ def markdown(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> s
     lines = [
         "# Judge audit: every mode on built-in and real traces (SmolLM2-135M judging itself)",
         "",
-        f"{args.problems} problems per set, all audited, {args.samples} continuations per arm; "
+        f"{args.problems} built-in problems per set, {args.r1_problems} R1 traces, all audited, "
+        f"{args.samples} continuations per arm; "
         "rates = share of continuations reaching the gold answer, mean over problems, 95% bootstrap CI. "
         "Design: the docstring of bench/judge_audit.py, committed before this run.",
         "",
@@ -155,7 +159,8 @@ def markdown(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> s
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--problems", type=int, default=12)
+    p.add_argument("--problems", type=int, default=8)
+    p.add_argument("--r1-problems", type=int, default=4)
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--sets", default="builtin-short,builtin-long,r1-aime24")
     p.add_argument("--modes", default="absolute@0.5,contextual@-0.1,relative@0.5,generate")
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     sets = {
         "builtin-short": lambda: builtin_rows(args.problems, "short"),
         "builtin-long": lambda: builtin_rows(args.problems, "long"),
-        "r1-aime24": lambda: r1_rows(args.problems, args.data_dir),
+        "r1-aime24": lambda: r1_rows(args.r1_problems, args.data_dir),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.sets.split(","):
         rows = sets[name]()
         for mode in args.modes.split(","):
-            r = run_one(rows, MODES[mode], args.problems, args.samples)
+            r = run_one(rows, MODES[mode], len(rows), args.samples)
             results.setdefault(name, {})[mode] = r
             print(name, mode, r["judge_audit"]["validity"]["status"], r["wall_s"], "s", flush=True)
             (out / "judge_audit.json").write_text(json.dumps(results, indent=1, default=str))
