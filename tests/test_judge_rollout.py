@@ -144,3 +144,65 @@ def test_align_reuses_the_judges_continuations_and_generates_only_the_rest(token
     w, engine = _align_worker(tokenizer, 2, never)
     out, quar, summary = asyncio.run(w.process([stale]))
     assert not out and len(quar) == 2 and summary["num_reused_continuations"] == 0
+
+
+@pytest.mark.timeout(600)
+def test_rollout_judge_tiny_model_through_ray(ray_session, tiny_model):
+    """The real stage with rollout verdicts: probes are continuations on the judge's engine, graded."""
+    from palign_ray.config import RayConfig
+    from palign_ray.judge.stage import truncate_rows
+
+    cfg = Config(
+        run=RunConfig(seed=0),
+        engine=EngineConfig(max_model_len=1024, max_num_seqs=32),
+        ray=RayConfig(num_cpus=4, num_actors=1, num_cpus_per_actor=0.5, batch_size=8),
+        judge=JudgeConfig(model=tiny_model, verdict="rollout", rollout_samples=2, audit_problems=0),
+        align=AlignConfig(model=tiny_model, max_tokens=8),
+    )
+    out, bad, summary = truncate_rows(rows_for([(6, 2), (9, 4)]), cfg)
+    assert not bad and len(out) == 2 and summary["verdict_mode"] == "rollout"
+    for r in out:
+        probes = r["probe_trace"]
+        assert probes and all(
+            len(p["votes"]) == 2 and 1 <= p["generated_tokens"] <= 16 for p in probes
+        )
+        # a random tiny model never reaches the answer: nothing sufficient, nothing kept, whole trace
+        assert not r["is_sufficient"] and r["prefix_sentences"] == r["num_sentences"]
+        assert r["rollout_k"] == -1 and r["rollout_continuations"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_rollout_judge_smollm2_keeps_the_cuts_continuations(ray_session, default_model):
+    """SmolLM2 judging by its own continuations on built-in long traces (default.yaml otherwise)."""
+    from pathlib import Path
+
+    from palign_ray.config import load_config
+    from palign_ray.judge.stage import truncate_rows
+    from tests.test_judge_calibration import builtin_rows
+
+    cfg = load_config(
+        Path(__file__).parents[1] / "jobs" / "configs" / "default.yaml",
+        [
+            "ray.num_cpus=4",
+            "judge.verdict=rollout",
+            "judge.calibration=absolute",
+            "judge.rollout_samples=2",
+            "judge.audit_problems=3",
+            "judge.audit_samples=1",
+            "align.max_tokens=128",
+        ],
+    )
+    rows, _ = builtin_rows(3)
+    out, bad, summary = truncate_rows(rows, cfg)
+    assert not bad and len(out) == 3
+    for r in out:
+        assert all(len(p["votes"]) == 2 for p in r["probe_trace"])
+        kept = r["rollout_continuations"]
+        if r["is_sufficient"]:  # the final cut was probed sufficient: its continuations are kept
+            assert r["rollout_k"] == r["prefix_sentences"] and len(kept) == 2
+            assert sum(c["correct"] for c in kept) >= cfg.judge.rollout_min_correct
+        else:
+            assert kept is None and r["prefix_sentences"] == r["num_sentences"]
+    assert summary["judge_audit"]["audit"]["num_problems"] == 3
+    assert summary["generated_tokens"] > 0  # the rollout judge's own cost, reported
