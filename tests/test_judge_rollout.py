@@ -174,7 +174,7 @@ def test_rollout_judge_tiny_model_through_ray(ray_session, tiny_model):
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_rollout_judge_smollm2_keeps_the_cuts_continuations(ray_session, default_model):
-    """SmolLM2 judging by its own continuations on built-in long traces (default.yaml otherwise)."""
+    """SmolLM2 judging by its own continuations on 3 built-in traces (default.yaml otherwise)."""
     from pathlib import Path
 
     from palign_ray.config import load_config
