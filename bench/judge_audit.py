@@ -13,9 +13,11 @@ Design (fixed before any result of it was seen, issue 24.3):
 - trace sets: built-in short and long worked solutions (train split; known decisive sentence), and
   the R1-Distill-Qwen-7B AIME24 traces in shared/data/external (reasoning before </think>; no known cut);
 - every problem of a set is audited (judge.audit_problems = --problems), --samples continuations per arm;
-  sizes for this 2-core box (revised before any result, after measuring SmolLM2 continuations here at
-  ~37 tokens/s for 32 sequences: an audit of 8 problems x 4 arms x 2 samples at 256 tokens takes ~4 min):
-  8 built-in problems per set, 4 R1 traces (prompts up to ~1.8k tokens);
+  sizes for this 2-core box, revised twice before any result: after measuring SmolLM2 continuations
+  here at ~37 tokens/s for 32 sequences, and after a first configuration (8 long traces, absolute)
+  ran 12 min without finishing (the engine actor runs one thread): 6 built-in problems per set,
+  3 R1 traces, continuations capped at 96 tokens (align.max_tokens=96 in every arm and in the
+  rollout verdict; the built-in answers take one short sentence after the decisive one);
 - reported per (set, mode): the validity verdict, the audit (cut / one sentence less / full / empty with
   95% CIs, cut − empty, minimality), the cut shares, and on built-in traces exact/±1/early/late and the
   verdict-score AUC, with the always-full, always-first and fixed-ratio cuts and the position AUC beside.
@@ -104,7 +106,7 @@ def markdown(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> s
         "# Judge audit: every mode on built-in and real traces (SmolLM2-135M judging itself)",
         "",
         f"{args.problems} built-in problems per set, {args.r1_problems} R1 traces, all audited, "
-        f"{args.samples} continuations per arm; "
+        f"{args.samples} continuations per arm of at most {args.max_tokens} tokens; "
         "rates = share of continuations reaching the gold answer, mean over problems, 95% bootstrap CI. "
         "Design: the docstring of bench/judge_audit.py, committed before this run.",
         "",
@@ -159,8 +161,11 @@ def markdown(results: dict[str, dict[str, dict]], args: argparse.Namespace) -> s
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--problems", type=int, default=8)
-    p.add_argument("--r1-problems", type=int, default=4)
+    p.add_argument("--problems", type=int, default=6)
+    p.add_argument("--r1-problems", type=int, default=3)
+    p.add_argument(
+        "--max-tokens", type=int, default=96, help="align.max_tokens of every continuation"
+    )
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--sets", default="builtin-short,builtin-long,r1-aime24")
     p.add_argument("--modes", default="absolute@0.5,contextual@-0.1,relative@0.5,generate")
@@ -181,7 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.sets.split(","):
         rows = sets[name]()
         for mode in args.modes.split(","):
-            r = run_one(rows, MODES[mode], len(rows), args.samples)
+            over = [*MODES[mode], f"align.max_tokens={args.max_tokens}"]
+            r = run_one(rows, over, len(rows), args.samples)
             results.setdefault(name, {})[mode] = r
             print(name, mode, r["judge_audit"]["validity"]["status"], r["wall_s"], "s", flush=True)
             (out / "judge_audit.json").write_text(json.dumps(results, indent=1, default=str))

@@ -18,12 +18,16 @@ engine (the judge is the student), so no second engine starts.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from palign_ray import records as R
 from palign_ray.config import Config
 from palign_ray.generation import derive_seed
+
+log = logging.getLogger(__name__)
 
 ARMS = ("cut", "shorter", "full", "empty")
 AUDIT = "audit"  # struct of counts per audited row (null elsewhere)
@@ -138,9 +142,19 @@ class Auditor:
                     }
                 )
                 plan.append((r, arm, k, prefix))
+        t0 = time.perf_counter()
         gens = await self.gen.generate(items)
+        t1 = time.perf_counter()
         # grading runs math-verify child processes: off the event loop, so the engine keeps busy
         graded = await asyncio.to_thread(self._grade, plan, gens)
+        log.info(
+            "judge audit: %d problems, %d continuations, %d tokens generated in %.1f s, graded in %.1f s",
+            len(rows),
+            len(items) * self.gen.sampling.n,
+            sum(sum(g.get(R.NUM_GENERATED_TOKENS) or []) for g in gens),
+            t1 - t0,
+            time.perf_counter() - t1,
+        )
         for r in rows:
             r[AUDIT], r[AUDIT_ROLLOUTS] = graded[str(r[R.PROBLEM_ID])]
 
