@@ -71,7 +71,7 @@ class RolloutProber:
         from palign_ray.align import SAMPLE_INDEX, filter_continuations
 
         texts = [c.text for c in res.completions]
-        gen = {
+        gen: dict[str, Any] = {
             R.GENERATIONS: texts,
             R.FINISH_REASONS: [c.finish_reason for c in res.completions],
             R.NUM_GENERATED_TOKENS: [len(c.token_ids) for c in res.completions],
