@@ -97,6 +97,8 @@ def run_one(rows: list[dict[str, Any]], overrides: list[str], n: int, samples: i
 def _cell(c: dict | None) -> str:
     if not c:
         return "–"
+    if c["value"] != c["value"]:  # nan: an AUC whose probes all lie on one side of the known cut
+        return "undefined"
     lo, hi = c["ci95"]
     return f"{c['value']:.2f} [{lo:.2f}, {hi:.2f}]"
 

@@ -290,9 +290,10 @@ def audit_line(m: Mapping[str, Any]) -> str:
     k = m.get("known_cut")
     if k:
         j = k["cuts"]["judge"]
+        auc = k["auc"]["value"]
         parts.append(
             f"known cuts ({k['num_problems']}): exact {_rate(j['exact'])}, ±1 {_rate(j['within_1'])}, "
-            f"AUC {k['auc']['value']:.2f}"
+            + ("AUC undefined (probes on one side)" if math.isnan(auc) else f"AUC {auc:.2f}")
         )
     c = m.get("cuts") or {}
     if c.get("num_problems"):
@@ -403,5 +404,7 @@ def _diff(cell: Mapping[str, Any]) -> str:
 
 
 def _auc(cell: Mapping[str, Any]) -> str:
+    if math.isnan(cell["value"]):  # every probe on one side of the known cut: nothing to rank
+        return f"undefined ({cell['num_probes']} probes, all on one side of the known cut)"
     lo, hi = cell["ci95"]
     return f"{cell['value']:.2f} [{lo:.2f}, {hi:.2f}] ({cell['num_probes']} probes)"
