@@ -143,7 +143,14 @@ class Auditor:
                 )
                 plan.append((r, arm, k, prefix))
         t0 = time.perf_counter()
-        gens = await self.gen.generate(items)
+        # One arm per engine call: all four at once put 4x the sequences in flight, which overflowed
+        # the embedded engine's KV cache (46,592 tokens: 16 problems x 4 arms x 2 samples of ~500
+        # tokens) into preemption and recompute. Items are ordered problem by problem, arm by arm.
+        gens: list[dict[str, Any]] = [{} for _ in items]
+        for a in range(len(ARMS)):
+            idx = list(range(a, len(items), len(ARMS)))
+            for i, g in zip(idx, await self.gen.generate([items[i] for i in idx]), strict=True):
+                gens[i] = g
         t1 = time.perf_counter()
         # grading runs math-verify child processes: off the event loop, so the engine keeps busy
         graded = await asyncio.to_thread(self._grade, plan, gens)
