@@ -263,11 +263,10 @@ class JudgeConfig:
         "How logprob verdicts are decided (needs verdict=logprob, votes=1 unless absolute). absolute = p(ENOUGH) >= "
         "threshold: the paper-like choice for strong, calibrated judges. contextual = margin log p(EN) - log p(NOT) "
         "minus the margin with empty reasoning >= contextual_threshold. relative = that difference divided by the "
-        "full-trace one >= threshold. Measured with SmolLM2-135M (bench/judge_calibration.py, 32 built-in + 32 AIME "
-        "traces): absolute says ENOUGH on 100% of probes, every cut at sentence 1; relative finds "
-        "margin(full) <= margin(empty) on 26/32 built-ins (judge cannot tell; full trace kept); contextual gives "
-        "non-degenerate cuts (AIME: 54% ENOUGH, prefix-ratio median 0.22, 22% at sentence 1, 16% full). Use "
-        "absolute for strong judges, contextual for small biased ones (jobs/configs/default.yaml).",
+        "full-trace one >= threshold. Audited with SmolLM2-135M (bench/results/2026-12-05-judge-audit.md, built-in "
+        "long traces with known cuts): absolute cuts every trace at sentence 1, contextual (-0.1) and relative "
+        "(0.5) keep every trace whole; all are invalid by the validity rule (README 'Is the judge valid?'). "
+        "absolute is the paper-like choice for strong judges; check any judge's audit before trusting its cuts.",
     )
     threshold: float = _f(
         0.5, "Decision threshold: on p(ENOUGH) (absolute) or the normalised score (relative)."
