@@ -112,6 +112,14 @@ def test_verdict_scores_that_separate_known_cuts_are_valid_and_noise_is_invalid(
     k = known_cut_summary(flat, 0.25, seed=0)
     v = validity(None, cut_summary(flat), k)
     assert k["auc"]["value"] == 0.5 and v["status"] == "invalid" and "chance" in v["reasons"][0]
+    # scores that rank the known cut backwards are significant, and invalid (regression: the default
+    # run of 2026-12-05 had AUC 0.31 [0.19, 0.44] and the "CI contains 0.5" rule called it valid)
+    backwards = [_rec(5, 8, 5, [(4, 0.9, True), (5, 0.1, False), (2, 0.8, True)])] * 12
+    k = known_cut_summary(backwards, 0.25, seed=0)
+    v = validity(None, cut_summary(backwards), k)
+    assert (
+        k["auc"]["ci95"][1] < 0.5 and v["status"] == "invalid" and "below chance" in v["reasons"][0]
+    )
     # generate verdicts carry no score: the verdict itself is the score
     votes = [_rec(5, 8, 5, [(4, None, False), (6, None, True)])] * 12
     assert known_cut_summary(votes, 0.25)["auc"]["value"] == 1.0

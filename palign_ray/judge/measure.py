@@ -10,7 +10,9 @@ The validity rule (README, "Is the judge valid?"). A judge is invalid when any o
   2. degenerate cuts: more than DEGENERATE_SHARE of the multi-sentence traces keep the whole trace,
      or more than DEGENERATE_SHARE are cut at sentence 1;
   3. known cuts: the 95% CI of the verdict score's ROC-AUC against "the prefix reaches the known
-     cut" contains 0.5.
+     cut" does not lie above 0.5 (it contains chance, or lies below it: a judge whose scores rank
+     the known cut backwards, as the embedded default's did at AUC 0.31 [0.19, 0.44] on 2026-12-05,
+     is no better for being "significant").
 It is valid when at least one of 1 and 3 was measured and none holds; otherwise unmeasured.
 """
 
@@ -227,7 +229,7 @@ def known_cut_summary(
 RULE = (
     "invalid when the cut's audit accuracy is not above the empty prefix's beyond the 95% CI, when more "
     f"than {DEGENERATE_SHARE:.0%} of cuts keep the whole trace or cut at sentence 1, or when the 95% CI "
-    "of the verdict score's AUC against known cuts contains 0.5"
+    "of the verdict score's AUC against known cuts does not lie above 0.5"
 )
 
 
@@ -260,10 +262,10 @@ def validity(
     if known and not math.isnan(known["auc"]["value"]):
         lo, hi = known["auc"]["ci95"]
         measured = True
-        if lo <= 0.5 <= hi or math.isnan(lo):
+        if not lo > 0.5 or math.isnan(lo):
             reasons.append(
                 f"known cuts: verdict-score AUC {known['auc']['value']:.2f} [{lo:.2f}, {hi:.2f}] "
-                "cannot be told from chance (0.5)"
+                + ("is below chance (0.5)" if hi < 0.5 else "cannot be told from chance (0.5)")
             )
     status = "invalid" if reasons else ("valid" if measured else "unmeasured")
     return {"status": status, "reasons": reasons, "rule": RULE}
