@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from palign_ray.judge.measure import average_ranks
+
 MODES: dict[str, dict[str, Any]] = {
     "absolute@0.5": {"calibration": "absolute", "threshold": 0.5},
     "contextual@-0.1": {"calibration": "contextual", "contextual_threshold": -0.1},
@@ -50,23 +52,8 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
     return sxy / (sx * sy) if sx > 0 and sy > 0 else float("nan")
 
 
-def ranks(v: Sequence[float]) -> list[float]:
-    """Average ranks (ties share the mean rank)."""
-    order = sorted(range(len(v)), key=lambda i: v[i])
-    r = [0.0] * len(v)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            r[order[t]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    return pearson(ranks(x), ranks(y))
+    return pearson(average_ranks(x), average_ranks(y))
 
 
 def builtin_rows(

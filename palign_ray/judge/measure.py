@@ -144,23 +144,28 @@ def cut_errors(ks: Sequence[int], known: Sequence[int], seed: int) -> dict[str, 
     }
 
 
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks; tied values share the mean rank of their block."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            ranks[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """P(score of a positive > score of a negative), ties counted half (Mann-Whitney); nan without both."""
     pos = sum(labels)
     neg = len(labels) - pos
     if not pos or not neg:
         return float("nan")
-    order = sorted(range(len(scores)), key=lambda i: scores[i])
-    ranks = [0.0] * len(scores)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
-            j += 1
-        for t in range(i, j + 1):
-            ranks[order[t]] = (i + j) / 2 + 1  # average rank of the tie block, 1-based
-        i = j + 1
-    rank_pos = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    rank_pos = sum(r for r, y in zip(average_ranks(scores), labels, strict=True) if y)
     return (rank_pos - pos * (pos + 1) / 2) / (pos * neg)
 
 
