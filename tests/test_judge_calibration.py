@@ -330,7 +330,9 @@ def test_default_config_cuts_are_non_degenerate_on_builtin(ray_session, default_
     from palign_ray.judge.stage import truncate_rows
 
     cfg = load_config(
-        REPO / "jobs" / "configs" / "default.yaml", ["ray.num_cpus=4", "ray.num_actors=1"]
+        REPO / "jobs" / "configs" / "default.yaml",
+        # an audit of 4 problems with short continuations: the real SmolLM2 audit, at test cost
+        ["ray.num_cpus=4", "ray.num_actors=1", "judge.audit_problems=4", "align.max_tokens=64"],
     )
     rows, decisive = builtin_rows(16)
     out, bad, summary = truncate_rows(rows, cfg)
