@@ -8,6 +8,7 @@ cannot work, and (with check_paths) files and model directories that the driver 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from palign_ray.judge.rounds import check_judge_config, reference_config, reserv
 from palign_ray.judge.search import fixed_ratio_k
 from palign_ray.models import DEFAULT_ALIASES, check_model_dir
 from palign_ray.ray_env import ray_address
-from palign_ray.sft.deepspeed_config import ds_config, warmup_steps
+from palign_ray.sft.deepspeed_config import ds_config, resolve_precision, warmup_steps
 
 PLAN_STAGES = ("problems", "teacher", "truncate", "align", "sft_data", "train", "base_eval", "eval")
 
@@ -279,6 +280,7 @@ def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
             ("micro_batch_size", _at_least(1), ">= 1"),
             ("grad_accum_steps", _at_least(1), ">= 1"),
             ("max_steps", _at_least(0), ">= 0 (0 = epochs decide)"),
+            ("total_steps", _at_least(0), ">= 0 (0 = epochs decide)"),
             ("learning_rate", _positive, "> 0"),
             ("weight_decay", _at_least(0), ">= 0"),
             ("grad_clip", _at_least(0), ">= 0"),
@@ -288,7 +290,7 @@ def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
             ("max_failures", _at_least(0), ">= 0"),
         ],
     )
-    if s.max_steps == 0 and s.epochs < 1:
+    if s.max_steps == 0 and s.total_steps == 0 and s.epochs < 1:
         out.append(
             f"sft.epochs={s.epochs} with sft.max_steps=0: nothing would be trained; set one of them >= 1"
         )
@@ -303,6 +305,8 @@ def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
                 ("lora_target_modules", bool, "non-empty with sft.lora=true"),
             ],
         )
+    if s.precision == "auto":  # the ranks resolve it; either outcome must make a valid config
+        s = dataclasses.replace(s, precision=resolve_precision(s.precision, s.use_gpu, True))
     return (
         out + _raised(ds_config, s, max(1, s.num_workers), s.use_gpu) + _raised(warmup_steps, s, 1)
     )

@@ -37,8 +37,11 @@ class EngineConfig:
     """vLLM engine settings shared by every stage that generates."""
 
     max_model_len: int = _f(2048, "Context length of the engine (prompt + generation), tokens.")
-    dtype: str = _f(
-        "bfloat16", "Weight/activation dtype passed to vLLM (bfloat16, float16, float32)."
+    dtype: str | None = _f(
+        None,
+        "Weight/activation dtype passed to vLLM (bfloat16, float16, float32); null = platform "
+        "default: bfloat16 on CUDA and on CPUs with native bf16, float32 on other CPUs (vLLM-CPU "
+        "on an AVX2-only CPU: 58 tokens/s in bfloat16, 246 in float32, measured 2026-12-05).",
     )
     tensor_parallel_size: int = _f(1, "GPUs per engine (tensor parallelism); 1 on CPU.")
     gpu_memory_utilization: float | None = _f(
@@ -362,8 +365,12 @@ class SFTConfig:
     model: str = _f(DEFAULT_MODEL, "Student model to fine-tune.")
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage (2 or 3).")
     offload_optimizer: bool = _f(False, "Offload optimizer state to CPU (ZeRO-Offload).")
-    precision: Literal["bf16", "fp32"] = _f(
-        "bf16", "Training precision; bf16 on GPU, bf16 or fp32 on CPU."
+    precision: Literal["auto", "bf16", "fp32"] = _f(
+        "auto",
+        "Training precision. auto: bf16 on GPU and on CPUs with native bf16 kernels (oneDNN bf16: "
+        "AVX-512/AMX), fp32 on other CPUs, agreed by all ranks and recorded in the train metrics; "
+        "on an AVX2-only CPU a bf16 1024x1024 matmul took 2.2 s against 13.6 ms in fp32 (measured "
+        "2026-12-05), and an SFT step 94 s. bf16 on GPU only; fp32 on CPU only.",
     )
     num_workers: int = _f(2, "Ray Train workers (ranks).")
     use_gpu: bool = _f(False, "One GPU per worker.")
@@ -372,6 +379,12 @@ class SFTConfig:
     grad_accum_steps: int = _f(1, "Micro-steps per optimizer step.")
     epochs: int = _f(1, "Passes over the SFT set.")
     max_steps: int = _f(0, "Stop after this many optimizer steps (0 = epochs decide).")
+    total_steps: int = _f(
+        0,
+        "Train exactly this many optimizer steps, passing over the SFT set (reshuffled each pass) as "
+        "often as it takes; sft.epochs is then ignored. Compared arms whose SFT sets differ in size "
+        "get the same steps and batch size this way. 0 = sft.epochs decides.",
+    )
     learning_rate: float = _f(5e-5, "Peak learning rate (the paper: 5e-5).")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_ratio: float = _f(0.1, "Share of steps with linear warmup before the cosine decay.")
@@ -633,17 +646,32 @@ def config_hash(*sections: Any) -> str:
 # engine.* fields whose null default depends on where the engine runs. CPU: the settings measured on
 # the 2-core box (README); CUDA: CUDA graphs, most of the GPU for weights + KV cache, bigger batches.
 PLATFORM_ENGINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cpu": {"enforce_eager": True, "gpu_memory_utilization": 0.5, "max_num_seqs": 64},
-    "cuda": {"enforce_eager": False, "gpu_memory_utilization": 0.9, "max_num_seqs": 256},
+    "cpu": {
+        "enforce_eager": True,
+        "gpu_memory_utilization": 0.5,
+        "max_num_seqs": 64,
+        "dtype": "bfloat16",  # float32 where the CPU lacks native bf16 (resolve_engine_defaults)
+    },
+    "cuda": {
+        "enforce_eager": False,
+        "gpu_memory_utilization": 0.9,
+        "max_num_seqs": 256,
+        "dtype": "bfloat16",
+    },
 }
 
 
-def resolve_engine_defaults(engine: EngineConfig, on_cuda: bool) -> EngineConfig:
+def resolve_engine_defaults(
+    engine: EngineConfig, on_cuda: bool, cpu_bf16: bool = True
+) -> EngineConfig:
     """`engine` with its null (platform-default) fields filled for CUDA or CPU; set fields are kept.
 
-    Call it where the engine is built (the node that runs it knows its platform), and in `palign config`.
+    Call it where the engine is built (the node that runs it knows its platform and, for `cpu_bf16`,
+    whether its CPU has native bf16: palign_ray.hardware), and in `palign config`.
     """
-    defaults = PLATFORM_ENGINE_DEFAULTS["cuda" if on_cuda else "cpu"]
+    defaults = dict(PLATFORM_ENGINE_DEFAULTS["cuda" if on_cuda else "cpu"])
+    if not on_cuda and not cpu_bf16:
+        defaults["dtype"] = "float32"
     return dataclasses.replace(
         engine, **{k: v for k, v in defaults.items() if getattr(engine, k) is None}
     )

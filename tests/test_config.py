@@ -155,6 +155,18 @@ def test_engine_defaults_depend_on_the_platform():
     assert resolve_engine_defaults(cpu, on_cuda=True) == cpu  # nothing left to fill
 
 
+def test_engine_dtype_is_float32_only_on_a_cpu_without_native_bf16():
+    """The AVX2-only CPU generated 58 tokens/s in bfloat16 against 246 in float32 (2026-12-05)."""
+    from palign_ray.config import EngineConfig, resolve_engine_defaults
+
+    unset = EngineConfig()
+    assert resolve_engine_defaults(unset, on_cuda=False, cpu_bf16=False).dtype == "float32"
+    assert resolve_engine_defaults(unset, on_cuda=False, cpu_bf16=True).dtype == "bfloat16"
+    assert resolve_engine_defaults(unset, on_cuda=True, cpu_bf16=False).dtype == "bfloat16"
+    mine = EngineConfig(dtype="bfloat16")  # a dtype the user set is kept
+    assert resolve_engine_defaults(mine, on_cuda=False, cpu_bf16=False).dtype == "bfloat16"
+
+
 def test_engine_hash_is_unchanged_by_platform_defaults():
     """Finished CPU runs keep their stage hashes: 3ab2321a607d1eaf is the default engine's hash from before
     enforce_eager/gpu_memory_utilization/max_num_seqs became platform defaults (then True/0.5/64)."""

@@ -260,3 +260,21 @@ def test_packed_loss_equals_unpacked_loss(tiny_model, tokenizer, tmp_path):
             leaky[0, :n0], fair[0, :n0], atol=1e-5
         )  # first example: causal anyway
         assert not torch.allclose(leaky[0, n0:], fair[0, n0:], atol=1e-3)
+
+
+def test_total_steps_repeats_the_set_until_reached():
+    """sft.total_steps: arms with fewer examples pass over them more often, same steps and batch size."""
+    from palign_ray.config import SFTConfig
+    from palign_ray.sft.train import _epoch_plans, _schedule, _step_cap
+
+    def plan(ep: int) -> D.EpochPlan:  # 6 examples, 1 per sequence, 2 ranks x 1: 3 steps an epoch
+        return D.plan_epoch([5] * 6, 0, ep, 10, False, 2, 1, 1)
+
+    assert len(_epoch_plans(plan, 2, 0)) == 2  # epochs decide
+    plans = _epoch_plans(plan, 1, 7)  # 7 steps need a third pass, reshuffled
+    assert [p.epoch for p in plans] == [0, 1, 2]
+    cfg = SFTConfig(total_steps=7, max_steps=0)
+    sched = _schedule(plans, _step_cap(cfg))
+    assert len(sched) == 7 and sched[-1] == (2, 0)
+    assert _step_cap(SFTConfig(total_steps=7, max_steps=5)) == 5  # max_steps still caps a run
+    assert _step_cap(SFTConfig()) == 0

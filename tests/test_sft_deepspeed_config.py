@@ -9,11 +9,11 @@ import sys
 import pytest
 
 from palign_ray.config import SFTConfig
-from palign_ray.sft.deepspeed_config import ds_config, lr_ratio, warmup_steps
+from palign_ray.sft.deepspeed_config import ds_config, lr_ratio, resolve_precision, warmup_steps
 
 
 def test_default_is_zero2_bf16_with_batch_arithmetic():
-    cfg = SFTConfig(micro_batch_size=4, grad_accum_steps=3, grad_clip=0.5)
+    cfg = SFTConfig(micro_batch_size=4, grad_accum_steps=3, grad_clip=0.5, precision="bf16")
     d = ds_config(cfg, world_size=2, on_gpu=False)
     assert d["zero_optimization"]["stage"] == 2
     assert "offload_optimizer" not in d["zero_optimization"]
@@ -37,7 +37,7 @@ def test_zero3_offload_fp32_on_cpu():
 
 
 def test_gpu_offload_uses_pinned_memory_and_ds_cpu_adam():
-    d = ds_config(SFTConfig(offload_optimizer=True), world_size=8, on_gpu=True)
+    d = ds_config(SFTConfig(offload_optimizer=True, precision="bf16"), world_size=8, on_gpu=True)
     assert d["zero_optimization"]["offload_optimizer"]["pin_memory"] is True
     assert d["zero_optimization"]["overlap_comm"] is True
     assert "zero_force_ds_cpu_optimizer" not in d
@@ -52,16 +52,34 @@ def test_gpu_offload_uses_pinned_memory_and_ds_cpu_adam():
 )
 def test_rejects_bad_settings(bad, match):
     with pytest.raises(ValueError, match=match):
-        ds_config(dataclasses.replace(SFTConfig(), **bad), world_size=2, on_gpu=True)
+        ds_config(
+            dataclasses.replace(SFTConfig(precision="bf16"), **bad), world_size=2, on_gpu=True
+        )
     with pytest.raises(ValueError, match="world_size"):
-        ds_config(SFTConfig(), world_size=0, on_gpu=False)
+        ds_config(SFTConfig(precision="bf16"), world_size=0, on_gpu=False)
+
+
+def test_auto_precision_is_bf16_only_where_bf16_is_native():
+    """auto: bf16 on GPU or a native-bf16 CPU, fp32 elsewhere; an explicit choice is kept as given."""
+    assert resolve_precision("auto", on_gpu=True, cpu_bf16_native=False) == "bf16"
+    assert resolve_precision("auto", on_gpu=False, cpu_bf16_native=True) == "bf16"
+    assert resolve_precision("auto", on_gpu=False, cpu_bf16_native=False) == "fp32"
+    assert resolve_precision("bf16", on_gpu=False, cpu_bf16_native=False) == "bf16"
+    assert resolve_precision("fp32", on_gpu=False, cpu_bf16_native=True) == "fp32"
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", on_gpu=True, cpu_bf16_native=True)
+    with pytest.raises(ValueError, match="resolved first"):
+        ds_config(SFTConfig(precision="auto"), world_size=2, on_gpu=False)
 
 
 def test_deepspeed_accepts_the_dict():
     """DeepSpeed's own config parser takes what we build (no engine, no process group)."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    for cfg in (SFTConfig(), SFTConfig(zero_stage=3, offload_optimizer=True, precision="fp32")):
+    for cfg in (
+        SFTConfig(precision="bf16"),
+        SFTConfig(zero_stage=3, offload_optimizer=True, precision="fp32"),
+    ):
         # Without a process group DeepSpeed sees world size 1 and checks the batch arithmetic against it.
         parsed = DeepSpeedConfig(
             ds_config(cfg, world_size=1, on_gpu=False), mpu=None, mesh_device=None

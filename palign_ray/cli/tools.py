@@ -30,7 +30,10 @@ def config_main(argv: list[str]) -> int:
     )
     args, cfg = parse(p, argv)
     on_cuda = args.platform == "cuda" or (args.platform == "auto" and not is_cpu_build())
-    shown = dataclasses.replace(cfg, engine=resolve_engine_defaults(cfg.engine, on_cuda))
+    from palign_ray.hardware import cpu_bf16_native
+
+    engine = resolve_engine_defaults(cfg.engine, on_cuda, cpu_bf16=cpu_bf16_native())
+    shown = dataclasses.replace(cfg, engine=engine)
     sys.stdout.write(
         f"# engine defaults for {'cuda' if on_cuda else 'cpu'} (--platform cpu|cuda shows either)\n"
     )

