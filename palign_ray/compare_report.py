@@ -111,6 +111,124 @@ def paired_rows(
     return out
 
 
+def _only(
+    rows: dict[str, dict[str, dict[str, list[bool]]]], keep: set[str]
+) -> dict[str, dict[str, dict[str, list[bool]]]]:
+    """`rows` restricted to the problems in `keep` (ids as the evaluations write them)."""
+    return {
+        label: {b: {p: c for p, c in by.items() if p in keep} for b, by in correct.items()}
+        for label, correct in rows.items()
+    }
+
+
+def subset_scores(
+    rows: dict[str, dict[str, dict[str, list[bool]]]],
+    groups: dict[str, Any],
+    baseline: str,
+    benches: list[str],
+    ks: list[int],
+    num_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Table 1 on the novel-answer subset (with paired differences) and pass@1 per template."""
+    out: dict[str, Any] = {}
+    novel = groups.get("novel_answer")
+    if novel is not None:
+        sub = _only(rows, novel)
+        out["novel_answer"] = {
+            "num_problems": len(novel),
+            "of": groups["num_problems"],
+            "definition": groups["definition"],
+            "scores": score_rows(sub, benches, ks, num_resamples, seed),
+            "paired_vs_baseline": paired_rows(sub, baseline, benches, ks, num_resamples, seed)
+            if baseline in sub
+            else {},
+            "paired_vs_base": paired_rows(sub, BASE, benches, ks, num_resamples, seed)
+            if BASE in sub
+            else {},
+        }
+    out["per_template"] = {
+        t: {
+            "num_problems": len(pids),
+            "scores": score_rows(_only(rows, pids), benches, [1], num_resamples, seed),
+        }
+        for t, pids in sorted(groups.get("templates", {}).items())
+    }
+    return out
+
+
+def _problem_groups(cfg: Config, runs: list[Any]) -> dict[str, Any]:
+    """Held-out built-in problems by template, and those whose gold answer no training problem has.
+
+    A held-out problem "recalls" an answer when a training problem of the same template (any training
+    problem, where templates are unknown) has the same normalised gold; the rest are the novel-answer
+    subset. Only the built-in benchmark carries templates and is grouped here.
+    """
+    from palign_ray.benchmarks import BUILTIN, load_benchmark
+    from palign_ray.grading import normalize_gold
+
+    e = cfg.eval
+    if BUILTIN not in e.benchmarks:
+        return {}
+    problems_dir = next((r.dirs["problems"] for r in runs if "problems" in r.dirs), None)
+    train = _training_answers(problems_dir) if problems_dir is not None else None
+    held, _ = load_benchmark(
+        BUILTIN, e.data_dir, e.num_problems, e.builtin_seed, builtin_split=e.builtin_split
+    )
+    template = _builtin_templates(e.num_problems, e.builtin_seed, e.builtin_split)
+    groups: dict[str, Any] = {"num_problems": len(held), "templates": {}}
+    for row in held:
+        groups["templates"].setdefault(template.get(row["problem_id"], "?"), set()).add(
+            row["problem_id"]
+        )
+    if train is not None:
+        templated = {(t, a) for t, a in train if t is not None}
+        anywhere = {a for _, a in train}
+        groups["novel_answer"] = {
+            row["problem_id"]
+            for row in held
+            if (
+                (template.get(row["problem_id"]), normalize_gold(row["answer"])) not in templated
+                if templated
+                else normalize_gold(row["answer"]) not in anywhere
+            )
+        }
+        groups["definition"] = (
+            "gold answer not among the training problems' answers of the same template"
+            if templated
+            else "gold answer not among the training problems' answers"
+        )
+    return groups
+
+
+def _training_answers(problems_dir: Path) -> list[tuple[str | None, str]] | None:
+    """(template or None, normalised gold) of every training problem, or None before the problems stage ran."""
+    import pyarrow.parquet as pq
+
+    from palign_ray.grading import normalize_gold
+
+    stage = StageDir(problems_dir)
+    if not stage.manifest_path.exists():
+        return None
+    out: list[tuple[str | None, str]] = []
+    for f in stage.output_files():  # two columns, read file by file
+        names = pq.read_schema(f).names
+        t = pq.read_table(f, columns=[c for c in ("answer", "template") if c in names]).to_pylist()
+        out += [(r.get("template"), normalize_gold(r["answer"])) for r in t]
+    return out
+
+
+def _builtin_templates(num_problems: int, seed: int, split: str) -> dict[str, str]:
+    """Evaluation id (`builtin/<id>`) → template of the built-in held-out problems (as benchmarks loads them)."""
+    from palign_ray.benchmarks import BUILTIN
+    from palign_ray.builtin import builtin_problems
+
+    return {
+        f"{BUILTIN}/{r['problem_id']}": r["template"]
+        for r in builtin_problems(num_problems or 32, seed, split)  # type: ignore[arg-type]
+    }
+
+
 def _manifest(d: Path) -> dict[str, Any] | None:
     sd = StageDir(d)
     return sd.manifest() if sd.is_done() else None
@@ -180,6 +298,7 @@ def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
         "sft_examples": sft.get("num_examples"),
         "sft_tokens": sft.get("num_tokens"),
         "sft_loss_tokens": sft.get("num_loss_tokens"),
+        "sft_max_response_tokens": sft.get("max_loss_tokens"),
         "mean_prefix_ratio_sentences": ratio,
         "train_steps": train.get("num_steps"),
         "train_final_loss": train.get("final_loss"),
@@ -261,6 +380,7 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
             "seed": seed,
             "temperature": cfg.eval.temperature,
             "top_p": cfg.eval.top_p,
+            "max_tokens": cfg.eval.max_tokens,
         },
         "scores": score_rows(rows, benches, ks, nb, seed),
         "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, nb, seed)
@@ -270,6 +390,7 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
         if BASE in rows
         else {},  # did training move it?
         "mean_response_tokens": lengths,
+        "subsets": subset_scores(rows, _problem_groups(cfg, runs), baseline, benches, ks, nb, seed),
         "base_consistency": base_consistency({m: c for m, (c, _) in bases.items()}),
         "facts": {r.label: method_facts(r, shared) for r in runs},
         "report": str(out / "report.md"),
@@ -320,7 +441,12 @@ def _pcell(c: dict[str, Any] | None) -> str:
         return "—"
     lo, hi = c["ci95"]
     sign = "+" if c["diff"] > 0 else ""
-    return f"{sign}{_pct(c['diff'])} [{_pct(lo)}, {_pct(hi)}] p={c['p_permutation']:.3g} ({c['wins']}/{c['losses']}/{c['ties']})"
+    return f"{sign}{_pct(c['diff'])} [{_pct(lo)}, {_pct(hi)}] p{_p(c['p_permutation'])} ({c['wins']}/{c['losses']}/{c['ties']})"
+
+
+def _p(p: float) -> str:
+    """`=0.0123`, or `< 0.001` where a resampled p sits at its floor (1/(resamples+1)) or below."""
+    return " < 0.001" if p < 0.001 else f"={p:.3g}"
 
 
 def _num(x: Any, fmt: str = "{:,.0f}") -> str:
@@ -356,6 +482,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         lines.append("")
     lines += _paired_lines(res["paired_vs_baseline"], res["baseline"], ks, cols)
     lines += _paired_lines(res["paired_vs_base"], BASE, ks, cols)
+    lines += _subset_lines(res, ks, cols)
     lines += _judge_lines(res)
     lines += _facts_lines(res)
     lines += [
@@ -369,6 +496,56 @@ def render_markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _table_lines(res: dict[str, Any], scores: dict[str, Any], k: int, cols: list[str]) -> list[str]:
+    lines = ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, cells in scores.items():
+        lines.append(
+            f"| {_marked(res, label)} | "
+            + " | ".join(_cell(cells[f"pass@{k}"].get(c)) for c in cols)
+            + " |"
+        )
+    return [*lines, ""]
+
+
+def _subset_lines(res: dict[str, Any], ks: list[int], cols: list[str]) -> list[str]:
+    """Table 1 on the novel-answer subset (and its paired differences), then pass@1 per template."""
+    sub = res.get("subsets") or {}
+    lines: list[str] = []
+    if novel := sub.get("novel_answer"):
+        lines += [
+            f"## Table 1 on the novel-answer subset ({novel['num_problems']} of {novel['of']} "
+            f"held-out problems: {novel['definition']})",
+            "",
+            "A gain here is a procedure learned, not an answer recalled from training.",
+            "",
+        ]
+        for k in ks:
+            lines += [f"### pass@{k}", "", *_table_lines(res, novel["scores"], k, cols)]
+        for paired, against in (
+            (novel["paired_vs_baseline"], res["baseline"]),
+            (novel["paired_vs_base"], BASE),
+        ):
+            lines += [
+                line.replace("## Paired", "### Novel-answer subset: paired", 1)
+                for line in _paired_lines(paired, against, ks, cols)
+            ]
+    if per := sub.get("per_template"):
+        labels = list(res["scores"])
+        lines += [
+            "## pass@1 per template (average over benchmarks, [95% bootstrap CI])",
+            "",
+            "| template (problems) | " + " | ".join(_marked(res, x) for x in labels) + " |",
+            "|---" * (len(labels) + 1) + "|",
+        ]
+        for t, g in per.items():
+            cells = [
+                _cell((g["scores"].get(x) or {}).get("pass@1", {}).get("average")) for x in labels
+            ]
+            lines.append(f"| {t} ({g['num_problems']}) | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _marked(res: dict[str, Any], label: str) -> str:
@@ -478,6 +655,7 @@ def _facts_lines(res: dict[str, Any]) -> list[str]:
         "SFT tokens (loss)",
         "mean prefix ratio",
         "mean response tokens",
+        "longest trained response",
         "train steps",
         "final loss",
         "tokens computed (all its stages)",
@@ -495,11 +673,13 @@ def _facts_lines(res: dict[str, Any]) -> list[str]:
             f"{_num(f['sft_tokens'])} ({_num(f['sft_loss_tokens'])})",
             _num(f["mean_prefix_ratio_sentences"], "{:.3f}"),
             _num(res["mean_response_tokens"].get(label), "{:.1f}"),
+            _num(f.get("sft_max_response_tokens")),
             _num(f["train_steps"]),
             _num(f["train_final_loss"], "{:.4f}"),
             _num(f["tokens_computed"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _room_line(res)]
     lines += [
         "",
         f"Base student mean response tokens: {_num(res['mean_response_tokens'].get(BASE), '{:.1f}')}. "
@@ -524,6 +704,18 @@ def _facts_lines(res: dict[str, Any]) -> list[str]:
             )
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _room_line(res: dict[str, Any]) -> str:
+    """Whether evaluation left room for the longest response any arm was trained on (+32 tokens)."""
+    longest = max((f.get("sft_max_response_tokens") or 0 for f in res["facts"].values()), default=0)
+    room = res["eval"].get("max_tokens")
+    if not longest or room is None:
+        return "Longest trained response: not known (sft_data has not run or predates the count)."
+    verdict = (
+        "enough" if room >= longest + 32 else "TOO SHORT: trained answers are cut at evaluation"
+    )
+    return f"eval.max_tokens {room} against the longest trained response {longest} tokens + 32: {verdict}."
 
 
 def _all_stages(res: dict[str, Any]) -> list[str]:

@@ -139,11 +139,11 @@ def test_compare_mini_config_plans_its_methods_on_shared_stages():
 
     cfg = load_config(Path(__file__).parents[1] / "jobs" / "configs" / "compare_mini.yaml")
     runs = {r.label: r for r in C.plan_compare(cfg, C.method_labels(cfg, None))}
-    assert list(runs) == ["full_cot", "palign"]
+    assert list(runs) == ["full_cot", "palign", "palign:rollout", "fixed_ratio:0.61"]
     for r in runs.values():
         assert plan_problems(r.cfg, list(r.dirs), check_paths=False) == [], r.label
     run_dir = Path(cfg.run.run_dir)
-    assert runs["palign"].dirs["truncate"] == run_dir / "truncate"
+    assert runs["palign"].dirs["truncate"] == run_dir / "methods" / "palign" / "truncate"
     assert (
         runs["palign"].dirs["base_eval"]
         == runs["full_cot"].dirs["base_eval"]
@@ -152,6 +152,11 @@ def test_compare_mini_config_plans_its_methods_on_shared_stages():
     # Held out: the other side of the built-in split, so no training parameter draw is evaluated.
     assert (cfg.problems.builtin_split, cfg.eval.builtin_split) == ("train", "heldout")
     assert cfg.problems.builtin_style == "long"
+    # design 2's fairness: one step count for every trained arm, eval room for the longest response
+    assert cfg.sft.total_steps > 0 and cfg.align.num_samples >= 2
+    assert cfg.eval.max_tokens >= 239 + cfg.align.max_tokens + 32
+    assert runs["palign:rollout"].cfg.judge.verdict == "rollout"
+    assert runs["palign"].dirs["truncate"] != runs["palign:rollout"].dirs["truncate"]
     # The extra methods the header offers: prefix_only shares palign's cuts, fixed_ratio has its own.
     more = C.plan_compare(cfg, ["full_cot", "palign", "prefix_only", "fixed_ratio:0.5"])
     assert more[2].dirs["truncate"] == more[1].dirs["truncate"] != more[3].dirs["truncate"]
@@ -462,3 +467,46 @@ def test_a_method_whose_judge_is_invalid_is_marked_in_table_1_and_the_judge_tabl
     assert "## Judge audit per method" in report and "- palign: degenerate: 100% of 8" in report
     assert headline_lines(res)[1].startswith("palign (judge invalid)")
     assert res["facts"]["full_cot"]["judge_audit"] is None
+
+
+def test_novel_answer_subset_and_templates_of_the_builtin_heldout_set(tmp_path, monkeypatch):
+    """Issue 28: 29 of the 70 held-out problems share a gold answer with a training problem of their template."""
+    import palign_ray.compare_report as CR
+    from palign_ray.builtin import builtin_problems
+    from palign_ray.grading import normalize_gold
+
+    cfg = load_config(
+        Path(__file__).parents[1] / "jobs" / "configs" / "compare_mini.yaml",
+        [f"run.run_dir={tmp_path}"],
+    )
+    p = cfg.problems
+    train = [
+        (r["template"], normalize_gold(r["answer"]))
+        for r in builtin_problems(p.num_problems, p.builtin_seed, "train", "long")
+    ]
+    monkeypatch.setattr(CR, "_training_answers", lambda d: train)
+    runs = C.plan_compare(cfg, ["full_cot", "palign"])
+    g = CR._problem_groups(cfg, runs)
+    novel = g["novel_answer"]
+    assert g["num_problems"] == 70 and len(novel) == 41
+    assert len(g["templates"]) == 7 and all(len(ids) == 10 for ids in g["templates"].values())
+    every = set().union(*g["templates"].values())
+    # right exactly where the answer was seen in training: 0 on the novel subset, 1 on the rest
+    rows = {
+        "base": {"builtin": {i: [False] for i in every}},
+        "full_cot": {"builtin": {i: [i not in novel] for i in every}},
+    }
+    sub = CR.subset_scores(rows, g, "full_cot", ["builtin"], [1], 50, 0)
+    assert sub["novel_answer"]["scores"]["full_cot"]["pass@1"]["average"]["value"] == 0.0
+    assert sub["novel_answer"]["paired_vs_base"]["full_cot"]["pass@1"]["average"]["diff"] == 0.0
+    per = sub["per_template"]
+    assert sum(t["num_problems"] for t in per.values()) == 70
+    assert sum(
+        t["scores"]["full_cot"]["pass@1"]["average"]["value"] * t["num_problems"]
+        for t in per.values()
+    ) == pytest.approx(29)
+    assert CR._p(1 / 10001) == " < 0.001" and CR._p(0.25) == "=0.25"
+    room = {"facts": {"a": {"sft_max_response_tokens": 420}}, "eval": {"max_tokens": 448}}
+    assert "TOO SHORT" in CR._room_line(room)
+    room["facts"]["a"]["sft_max_response_tokens"] = 416
+    assert "enough" in CR._room_line(room)

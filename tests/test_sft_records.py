@@ -130,6 +130,7 @@ def test_build_examples_quarantine(tokenizer) -> None:
     ]
     assert len(ex) + len(quar) == len(rows)
     assert stats["num_loss_tokens"] == ex[0]["num_loss_tokens"] == sum(ex[0]["loss_mask"])
+    assert stats["max_loss_tokens"] == max(e["num_loss_tokens"] for e in ex)
 
 
 def test_shards_contract(tokenizer, tmp_path: Path) -> None:

@@ -191,6 +191,8 @@ class _Collector:
             "num_split_tokenized": self.num_split,
             "num_tokens": sum(e[NUM_TOKENS] for e in ex),
             "num_loss_tokens": sum(e[NUM_LOSS_TOKENS] for e in ex),
+            # the longest trained response: eval.max_tokens below it cuts answers the arm was taught
+            "max_loss_tokens": max((e[NUM_LOSS_TOKENS] for e in ex), default=0),
         }
 
 
