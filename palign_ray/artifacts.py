@@ -142,6 +142,16 @@ def read_jsonl(
             except json.JSONDecodeError as e:
                 bad.append(quarantine_row(stage, f"line-{lineno}", "invalid_json", f"{where}: {e}"))
                 continue
+            except RecursionError:  # nested deeper than the decoder's stack: a row, not a crash
+                bad.append(
+                    quarantine_row(
+                        stage,
+                        f"line-{lineno}",
+                        "invalid_json",
+                        f"{where}: nested too deeply to read",
+                    )
+                )
+                continue
             if not isinstance(obj, dict):
                 bad.append(
                     quarantine_row(

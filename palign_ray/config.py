@@ -488,6 +488,14 @@ class ConfigError(ValueError):
     """A config file or override that does not match the schema (names the key)."""
 
 
+def _number(key: str, tp: type, text: str) -> Any:
+    """A number written as people write it: `1e-4`, `5e-5`, `1_000` (YAML 1.1 reads the first two as text)."""
+    try:
+        return tp(text.strip())
+    except ValueError:
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
+
+
 def _check_type(key: str, tp: Any, value: Any) -> Any:
     """Return `value` coerced to `tp` where lossless (int → float, list → tuple), else raise."""
     origin = get_origin(tp)
@@ -513,6 +521,8 @@ def _check_type(key: str, tp: Any, value: Any) -> Any:
         return tuple(_check_type(f"{key}[{i}]", item_tp, v) for i, v in enumerate(value))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float) and isinstance(value, str):
+        value = _number(key, tp, value)
     if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
     return value

@@ -139,6 +139,26 @@ def test_grade_with_no_gradable_rows_exits_3(tmp_path: Path) -> None:
     assert _quarantine_reasons(tmp_path / "labels.quarantine.parquet")
 
 
+def test_unreadable_paths_and_deep_json_exit_cleanly(tmp_path: Path, capsys) -> None:
+    """Issue 27: a directory named like a file and a JSON line nested 100,000 deep ended in tracebacks."""
+    folder = tmp_path / "gens.jsonl"
+    folder.mkdir()
+    assert main(["grade", str(folder)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "Is a directory" in err and "Traceback" not in err
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text(
+        json.dumps({"prompt_ori": "q", "output": ["\\boxed{1}"], "answer": "1"})
+        + "\n"
+        + "[" * 100_000
+        + "\n"
+    )
+    labels = tmp_path / "labels.jsonl"
+    assert main(["grade", str(deep), "--labels-out", str(labels)]) == EXIT_ROWS
+    assert "Traceback" not in capsys.readouterr().err
+    assert _quarantine_reasons(tmp_path / "labels.quarantine.parquet") == ["invalid_json"]
+
+
 def test_grade_needs_exactly_one_file(tmp_path: Path) -> None:
     for argv in (["grade"], ["grade", "a.jsonl", "b.jsonl"]):
         with pytest.raises(SystemExit) as e:

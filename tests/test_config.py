@@ -195,3 +195,15 @@ def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util
         shown["engine"]["max_num_seqs"],
     ) == (eager, util, seqs)
     assert shown["judge"]["threshold"] == 0.3
+
+
+def test_numbers_written_the_usual_ways_are_accepted():
+    """Issue 27: `sft.learning_rate=1e-4` was refused (YAML 1.1 reads 1e-4 as text)."""
+    cfg = load_config(
+        None, ["sft.learning_rate=1e-4", "judge.threshold=5e-1", "sft.max_steps=1_000"]
+    )
+    assert (cfg.sft.learning_rate, cfg.judge.threshold, cfg.sft.max_steps) == (1e-4, 0.5, 1000)
+    with pytest.raises(ConfigError, match="sft.max_steps: expected int, got '1e3'"):
+        load_config(None, ["sft.max_steps=1e3"])
+    with pytest.raises(ConfigError, match="sft.learning_rate: expected float, got 'fast'"):
+        load_config(None, ["sft.learning_rate=fast"])

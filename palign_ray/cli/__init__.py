@@ -232,3 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"palign {argv[0]}: error: {e}\n")
         return EXIT_BAD_INPUT
+    except OSError as e:  # a path that is a directory, unreadable, read-only, on a full disk
+        sys.stderr.write(f"palign {argv[0]}: error: {e} (check the path and its permissions)\n")
+        return EXIT_BAD_INPUT
+    except RecursionError:  # e.g. a JSON line nested thousands deep
+        sys.stderr.write(
+            f"palign {argv[0]}: error: an input is nested too deeply to read (a JSON line with "
+            "thousands of nested brackets?); fix or drop that line\n"
+        )
+        return EXIT_BAD_INPUT
