@@ -159,6 +159,32 @@ def test_unreadable_paths_and_deep_json_exit_cleanly(tmp_path: Path, capsys) -> 
     assert _quarantine_reasons(tmp_path / "labels.quarantine.parquet") == ["invalid_json"]
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["grade", "{d}/data.jsonl", "--labels-out", "{d}/data.jsonl"],
+        ["truncate", "--input", "{d}/data.jsonl", "--output", "{d}/data.jsonl"],
+        ["align", "--input", "{d}/o.quarantine.parquet", "--output", "{d}/o.parquet"],
+        ["sft-data", "--input", "{d}", "--output", "{d}"],
+        ["sft-data", "--input", "{d}/data.jsonl", "--output", "{d}"],
+        ["generate", "--input", "{d}/data.jsonl", "--output", "{d}/data.jsonl/x.jsonl"],
+        ["train", "--data", "{d}", "--output", "{d}/model"],
+    ],
+)
+def test_an_output_that_would_destroy_an_input_is_refused_before_any_work(
+    tmp_path: Path, argv: list[str], capsys
+) -> None:
+    """Issue 27: `sft-data --input D --output D` deleted D's parts; `grade f --labels-out f` overwrote f."""
+    data = _generations(tmp_path)
+    (tmp_path / "data.jsonl").write_bytes(data.read_bytes())
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit) as e:
+        main([a.format(d=tmp_path) for a in argv])
+    assert e.value.code == EXIT_BAD_INPUT
+    assert "would overwrite or delete the input" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_grade_needs_exactly_one_file(tmp_path: Path) -> None:
     for argv in (["grade"], ["grade", "a.jsonl", "b.jsonl"]):
         with pytest.raises(SystemExit) as e:

@@ -145,7 +145,35 @@ def parse(
         cfg = load_config(args.config, [a for a in args.overrides if a not in files])
     except ConfigError as e:
         p.error(str(e))
+    problem = overlap(
+        [getattr(args, k, None) for k in ("input", "file", "data")],
+        [getattr(args, k, None) for k in ("output", "labels_out")],
+    )
+    if problem:
+        p.error(problem)
     return args, cfg
+
+
+def overlap(inputs: list[Any], outputs: list[Any]) -> str | None:
+    """Why writing `outputs` would destroy an input (the same path, one inside the other), or None.
+
+    Every file a command writes counts: the output, its `.quarantine.parquet` and `.summary.json`.
+    Checked before any work, so a refused command has read and written nothing.
+    """
+    from palign_ray.artifacts import quarantine_path
+
+    ins = {Path(i).resolve(): str(i) for i in inputs if i}
+    for o in (o for o in outputs if o):
+        out = Path(o)
+        for written in (out, quarantine_path(out), summary_path(out)):
+            w = written.resolve()
+            for i, given in ins.items():
+                if w == i or i in w.parents or w in i.parents:
+                    return (
+                        f"output {o} would overwrite or delete the input {given} "
+                        f"({written} {'is' if w == i else 'overlaps'} it); choose another output path"
+                    )
+    return None
 
 
 def summary_path(output: Path) -> Path:
