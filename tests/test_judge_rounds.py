@@ -274,6 +274,11 @@ def test_cli_reads_the_authors_released_format(tmp_path, shared_data):
         )
     summary = json.loads((tmp_path / "prefixes.summary.json").read_text())
     assert summary["num_output"] == 6 and (tmp_path / "prefixes.quarantine.parquet").is_file()
+    # issue 27: --limit 6 reported 40 in, 6 out, 0 quarantined; the traces it left are counted now
+    assert (
+        summary["num_skipped_by_limit"]
+        == 2 * summary["num_input_rows"] - 6 - summary["num_read_rejected"]
+    )
 
 
 # ---- real: Ray Data actor pool + vLLM ----------------------------------------------------------

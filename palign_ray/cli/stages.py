@@ -102,14 +102,16 @@ def truncate_main(argv: list[str]) -> int:
         strip_prompt_prefix=args.strip_prompt_prefix,
         keep_markers=args.keep_markers,
     )
-    if args.limit:
-        traces = traces[: args.limit]
+    skipped = traces[args.limit :] if args.limit else []
+    traces = traces[: args.limit] if args.limit else traces
     out, quarantined, summary = truncate_rows(traces, cfg)
     quarantined = read_bad + bad + quarantined
     summary.update(
         input=str(args.input),
         output=str(args.output),
         num_input_rows=len(rows),
+        # --limit: rows read but not judged, counted so that in = out + quarantined + skipped
+        num_skipped_by_limit=len(skipped),
         num_read_rejected=len(read_bad) + len(bad),
         num_quarantined_total=len(quarantined),
     )
