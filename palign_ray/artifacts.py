@@ -176,7 +176,10 @@ def read_parquet_rows(path: Path) -> list[dict[str, Any]]:
         files = sorted(
             p
             for p in path.rglob("*.parquet")
-            if not p.name.startswith(TMP_PREFIX) and "quarantine" not in p.parts
+            if not p.name.startswith(TMP_PREFIX)
+            and "quarantine" not in p.parts
+            # a command's side files beside its output (issue 27: they were read as data rows)
+            and not p.name.endswith(".quarantine.parquet")
         )
         rows: list[dict[str, Any]] = []
         for f in files:

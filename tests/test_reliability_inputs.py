@@ -136,6 +136,19 @@ def test_blank_lines_only_file_gives_no_rows_and_no_crash(tmp_path: Path) -> Non
     assert rows == [] and quar == []
 
 
+def test_a_directory_input_reads_data_files_not_side_files(tmp_path: Path) -> None:
+    """Issue 27: a directory given as input also read the *.quarantine.parquet lying beside the data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist([{"problem_id": "a"}, {"problem_id": "b"}]), tmp_path / "x.parquet"
+    )
+    pq.write_table(pa.Table.from_pylist([{"problem_id": "bad"}]), tmp_path / "x.quarantine.parquet")
+    rows, _ = read_rows(tmp_path)
+    assert [r["problem_id"] for r in rows] == ["a", "b"]
+
+
 # --------------------------------------------------------------------------- truncate stage (model-free)
 
 
