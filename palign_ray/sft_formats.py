@@ -36,12 +36,29 @@ def _text(row: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _not_text(row: dict[str, Any], keys: tuple[str, ...], fmt: str) -> Rejected | None:
+    """A prompt field that is present but not text (a number, a list, NaN) rejects the row.
+
+    Dropping it would train the response on a prompt that lost part of its question (issue 27).
+    """
+    for key in keys:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            return Rejected(
+                "bad_field_type",
+                f"{fmt} field {key!r} is {type(value).__name__} {str(value)[:60]!r}, not text",
+            )
+    return None
+
+
 def from_alpaca(row: dict[str, Any], join: str) -> ChatExample | Rejected:
     """`instruction` + join + `input` as the user turn, `output` as the response (optional `system`).
 
     join="" glues them as the paper's prompt does (`...within \\boxed{}.{problem}`), so a P-ALIGN
     file trains on the prompt evaluation uses; LLaMA-Factory's alpaca reader joins with "\\n".
     """
+    if bad := _not_text(row, ("instruction", "input", "system", "output"), "alpaca"):
+        return bad
     output = _text(row, "output")
     if output is None or not output.strip():
         return Rejected("missing_field", "alpaca row needs a non-empty string 'output'")
@@ -94,6 +111,8 @@ def from_row(row: dict[str, Any], fmt: str, join: str = "") -> ChatExample | Rej
     if fmt == "alpaca":
         return from_alpaca(row, join)
     if fmt == "sharegpt":
+        if bad := _not_text(row, ("system",), fmt):
+            return bad
         return _from_turns(
             row.get("conversations"),
             "from",
