@@ -20,7 +20,8 @@ from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, write_json, write_jsonl
 from palign_ray.benchmarks import BENCHMARK, load_benchmark
 from palign_ray.config import Config, EvalConfig, stage_engine, to_dict
-from palign_ray.grading import extract_boxed, grade, normalize_gold
+from palign_ray.fields import gold_answer
+from palign_ray.grading import extract_boxed, grade
 from palign_ray.metrics import ProblemResult, macro_average, summarize
 
 log = logging.getLogger(__name__)
@@ -503,15 +504,12 @@ def generations_from_file(
                 )
             )
             continue
-        try:
-            gold = normalize_gold(row.get(answer_field))
-        except ValueError as e:
-            bad.append(
-                quarantine_row(
-                    "grade", pid, "missing_answer", f"{where}: field {answer_field!r}: {e}"
-                )
-            )
+        # the problems stage's gold reading: ["5"] is 5, a dict or NaN is quarantined, never stringified
+        g = gold_answer(row.get(answer_field), answer_field, prose_is_solution=False)
+        if g.answer is None:
+            bad.append(quarantine_row("grade", pid, g.reason, f"{where}: {g.detail}"))
             continue
+        gold = g.answer
         refs = row.get(label_field)
         problems.append(
             {

@@ -254,6 +254,25 @@ def test_palign_grade_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     }
 
 
+def test_grade_reads_gold_the_way_the_problems_stage_does(tmp_path: Path) -> None:
+    """Issue 27: gold ["5"] became "['5']" and a gold {"v": "27"} was graded wrong_answer."""
+    src = tmp_path / "gens.jsonl"
+    rows = [
+        {"prompt_ori": "q", "answer": ["5"], "output": [r"\boxed{5}"]},
+        {"prompt_ori": "q", "answer": '["7"]', "output": [r"\boxed{7}"]},
+        {"prompt_ori": "q", "answer": {"v": "27"}, "output": [r"\boxed{27}"]},
+        {"prompt_ori": "q", "answer": float("nan"), "output": [r"\boxed{1}"]},
+        {"prompt_ori": "q", "answer": "", "output": [r"\boxed{1}"]},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    metrics, samples, bad = E.grade_file(str(src), CFG)
+    assert [(s["problem_id"], s["gold"], s["correct"]) for s in samples] == [
+        ("gens/0", "5", True),
+        ("gens/1", "7", True),
+    ]
+    assert [b["reason"] for b in bad] == ["wrong_type", "missing_answer", "missing_answer"]
+
+
 def test_palign_grade_needs_exactly_one_file(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["grade", "eval.grader=boxed"])
