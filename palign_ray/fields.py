@@ -46,7 +46,7 @@ def looks_serialised_list(text: str) -> bool:
     return bool(_LIST_REPR.match(text))
 
 
-def _decode_list(text: str) -> list[Any] | None:
+def decode_list(text: str) -> list[Any] | None:
     """A serialised list (JSON first, then a Python literal), or None when it does not parse as a list."""
     try:
         value = json.loads(text)
@@ -80,7 +80,7 @@ def pick(value: Any, index: int, name: str, role: str) -> Picked:
     if isinstance(value, (list, tuple)):
         return _element(list(value), index, name, "list")
     if isinstance(value, str) and looks_serialised_list(value):
-        items = _decode_list(value)
+        items = decode_list(value)
         if items is None or not all(isinstance(x, str) for x in items):
             what = "does not parse as a list" if items is None else "is a list, but not of strings"
             return Picked(

@@ -1,4 +1,5 @@
-"""Trace files → truncation rows: field mapping, list-CoT picks and draft-marker stripping (pure)."""
+"""Trace files → truncation rows: field mapping, list-CoT picks, draft-marker stripping, think split and gold
+reading the way the problems stage reads them (palign_ray.fields; pure)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
+from palign_ray.fields import decode_list, gold_answer, looks_serialised_list, pick, split_think
 
 DRAFT_MARKERS = re.compile(
     r"<(?:Begin|End)_of_(?:Draft|Prefix)>"
@@ -39,6 +41,20 @@ def traces_from_rows(
         ):
             question = question[len(strip_prompt_prefix) :].lstrip()
         cot = row.get(cot_field)
+        if isinstance(cot, str) and looks_serialised_list(
+            cot
+        ):  # s1K's trajectories, written as text
+            decoded = pick(cot, 0, cot_field, "cot")
+            if decoded.reason:
+                bad.append(quarantine_row("truncate", base, decoded.reason, decoded.detail))
+                continue
+            cot = decode_list(cot)
+        if isinstance(cot, list) and len(cot) == 1 and not cot_indices:
+            cot = cot[0]  # one trace: no index needed
+        gold = gold_answer(row.get(answer_field), answer_field, prose_is_solution=False)
+        if gold.answer is None:
+            bad.append(quarantine_row("truncate", base, gold.reason, gold.detail))
+            continue
         picks: list[tuple[str, Any]] = [(base, cot)]
         if isinstance(cot, list):
             if not cot_indices:
@@ -67,12 +83,11 @@ def traces_from_rows(
                 continue
             if isinstance(text, str) and not keep_markers:
                 text = DRAFT_MARKERS.sub("", text)
+            if isinstance(
+                text, str
+            ):  # the reasoning only: R1-style `</think>` and the answer after it go
+                text = split_think(text).reasoning
             out.append(
-                {
-                    R.PROBLEM_ID: pid,
-                    R.QUESTION: question,
-                    R.COT: text,
-                    R.ANSWER: row.get(answer_field),
-                }
+                {R.PROBLEM_ID: pid, R.QUESTION: question, R.COT: text, R.ANSWER: gold.answer}
             )
     return out, bad
