@@ -316,13 +316,33 @@ def _key_hash(cfg: Config, key: str) -> str:
     )
 
 
+def _input_digest(cfg: Config, stage: str) -> str:
+    """The content of the problems stage's input file(s), so an edited file is read again on rerun.
+
+    Empty for the built-in problems (their hash is unchanged) and for a path that does not exist
+    (the plan checks refuse that run before any stage).
+    """
+    p = cfg.problems
+    if stage != "problems" or p.source != "file" or not p.path or not Path(p.path).exists():
+        return ""
+    root = Path(p.path)
+    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return f"|input={digest.hexdigest()[:16]}"
+
+
 def stage_hashes(cfg: Config, plan: list[Stage]) -> dict[str, str]:
     """Chained hashes: a stage's hash covers its config keys, the run seed and the hashes of the stages it reads."""
     hashes: dict[str, str] = {}
     root = f"seed={cfg.run.seed}"  # not the method: problems and teacher do not depend on it
     for s in plan:
         h = hashlib.sha256("|".join(_key_hash(cfg, k) for k in s.keys).encode()).hexdigest()[:16]
-        upstream = ",".join(hashes[i] for i in s.inputs) or root
+        upstream = ",".join(hashes[i] for i in s.inputs) or root + _input_digest(cfg, s.name)
         hashes[s.name] = hashlib.sha256(f"{s.name}:{h}:{upstream}".encode()).hexdigest()[:16]
     return hashes
 

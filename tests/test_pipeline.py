@@ -59,6 +59,20 @@ def test_changed_section_invalidates_that_stage_and_later_ones_only():
     assert P.stage_hashes(c, P.stages_for(c)) == ha
 
 
+def test_an_edited_problems_file_invalidates_the_problems_stage(tmp_path):
+    """Issue 27: an edited problems.path file was skipped on rerun ("manifest present")."""
+    src = tmp_path / "problems.jsonl"
+    src.write_text('{"question": "1+1?", "answer": "2"}\n')
+    a = load_config(None, ["problems.source=file", f"problems.path={src}"])
+    ha = P.stage_hashes(a, P.stages_for(a))
+    assert P.stage_hashes(a, P.stages_for(a)) == ha  # the same file, the same hashes
+    src.write_text('{"question": "1+1?", "answer": "3"}\n')
+    hb = P.stage_hashes(a, P.stages_for(a))
+    assert all(ha[s] != hb[s] for s in ha if s != "base_eval")  # the base student reads no problems
+    builtin = load_config(None)
+    assert P._input_digest(builtin, "problems") == ""  # built-in runs keep their hashes
+
+
 def test_the_audits_align_settings_invalidate_truncate_but_align_only_settings_do_not():
     """The judge audit continues with align's sampling and grader: a stale audit must not be reused."""
     a = load_config(None)
