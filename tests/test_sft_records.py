@@ -139,7 +139,9 @@ def test_shards_contract(tokenizer, tmp_path: Path) -> None:
     ]
     out = tmp_path / "shards"
     (out).mkdir()
-    (out / "part-99999.parquet").write_text("stale")  # a stale part from an earlier run is replaced
+    # an earlier run's shard set (its meta lists it) is replaced; parts without one are refused (below)
+    (out / "part-99999.parquet").write_text("stale")
+    (out / "sft_meta.json").write_text('{"parts": ["part-99999.parquet"]}')
     cfg = Config()
     cfg = type(cfg)(align=AlignConfig(shard_rows=2))
     summary = build_shards(rows, cfg, "palign", out, tokenizer=tokenizer)
@@ -326,3 +328,43 @@ def test_build_sft_format_and_method_are_exclusive(tmp_path: Path) -> None:
                 "palign",
             ]
         )
+
+
+def test_shards_are_swapped_in_whole_and_foreign_outputs_refused(tokenizer, tmp_path: Path) -> None:
+    """Issue 27: sft-data deleted part files it had not written; an interrupted write left a partial set."""
+    from palign_ray.sft import data as D
+    from palign_ray.sft.records import META_FILE, write_shards
+
+    out = tmp_path / "shards"
+    rows = [
+        {
+            "problem_id": f"p{i}",
+            "input_ids": [1, 2, 3],
+            "loss_mask": [0, 1, 1],
+            "num_tokens": 3,
+            "num_loss_tokens": 2,
+        }
+        for i in range(5)
+    ]
+    assert write_shards(out, rows, 2, {"num_examples": 5}) == [
+        f"part-0000{i}.parquet" for i in range(3)
+    ]
+    assert json.loads((out / META_FILE).read_text())["parts"] == sorted(
+        p.name for p in out.glob("part-*")
+    )
+    assert write_shards(out, rows[:1], 2, {"num_examples": 1}) == [
+        "part-00000.parquet"
+    ]  # replaced whole
+    assert [p.name for p in out.iterdir() if p.name.startswith("part-")] == ["part-00000.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+    (out / "part-00009.parquet").write_bytes(
+        (out / "part-00000.parquet").read_bytes()
+    )  # a stray part
+    with pytest.raises(ValueError, match="rerun palign sft-data"):
+        D.shard_files(out)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="did not write"):
+        write_shards(mine, rows, 2, {})
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -47,6 +47,12 @@ def shard_files(data_dir: str | Path) -> list[str]:
     files = sorted(str(p) for p in d.glob("part-*.parquet") if not p.name.startswith(TMP_PREFIX))
     if not files:
         raise FileNotFoundError(f"SFT shard directory {d} has no part-*.parquet files")
+    listed = read_meta(d).get("parts")  # written last by palign sft-data: the complete set
+    if listed is not None and sorted(Path(f).name for f in files) != sorted(listed):
+        raise ValueError(
+            f"SFT shard directory {d} does not hold the {len(listed)} parts its {META_FILE} lists "
+            f"(found {len(files)}): an interrupted or mixed write; rerun palign sft-data"
+        )
     return files
 
 

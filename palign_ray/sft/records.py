@@ -272,20 +272,52 @@ def _write_table_atomic(table: Any, path: Path) -> None:
 def write_shards(
     out_dir: Path, examples: list[dict[str, Any]], shard_rows: int, meta: dict[str, Any]
 ) -> list[str]:
-    """part-NNNNN.parquet (atomic each; stale parts removed first), then sft_meta.json last."""
+    """part-NNNNN.parquet and sft_meta.json (last, listing the parts) in a temporary sibling directory,
+    then swapped in for `out_dir`: an interrupted write leaves the previous shard set (or none), never a
+    partial one that `train` would take for whole (issue 27).
+    """
+    import shutil
+
     from palign_ray.artifacts import write_json
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*out_dir.glob("part-*.parquet"), out_dir / META_FILE]:
-        stale.unlink(missing_ok=True)
+    check_shard_output(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f"{TMP_PREFIX}{out_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     names = []
     step = max(1, shard_rows)
     for i in range(0, max(len(examples), 1), step):
         name = f"part-{i // step:05d}.parquet"
-        _write_table_atomic(_shard_table(examples[i : i + step]), out_dir / name)
+        _write_table_atomic(_shard_table(examples[i : i + step]), tmp / name)
         names.append(name)
-    write_json(out_dir / META_FILE, meta)
+    write_json(tmp / META_FILE, {**meta, "parts": names})
+    old = out_dir.parent / f"{TMP_PREFIX}{out_dir.name}-old-{os.getpid()}"
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
     return names
+
+
+def check_shard_output(out_dir: Path) -> None:
+    """`out_dir` is new, empty or a shard set this command wrote before: never a directory of other files."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"--output {out_dir} is a file; SFT shards need a directory")
+    foreign = [
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.name == META_FILE or re.fullmatch(r"part-\d+\.parquet", p.name))
+        and not p.name.startswith(TMP_PREFIX)
+    ]
+    if foreign or (any(out_dir.glob("part-*.parquet")) and not (out_dir / META_FILE).is_file()):
+        raise ValueError(
+            f"--output {out_dir} holds files that palign sft-data did not write "
+            f"({', '.join(sorted(foreign)[:5]) or 'part files without ' + META_FILE}); "
+            "they would be replaced: choose a new or empty directory"
+        )
 
 
 def load_tokenizer(model: str) -> Any:
@@ -315,6 +347,7 @@ def build_shards(
     from palign_ray.artifacts import quarantine_path, uniform_rows, write_parquet
 
     out = Path(out_dir)
+    check_shard_output(out)  # before any work, not after the tokenizing
     tok = tokenizer if tokenizer is not None else load_tokenizer(cfg.sft.model)
     if fmt:
         examples, quar, stats = build_file_examples(rows, tok, fmt, cfg.align, join)
