@@ -493,7 +493,7 @@ def _number(key: str, tp: type, text: str) -> Any:
     try:
         return tp(text.strip())
     except ValueError:
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
+        raise ConfigError(f"{key}: expected {tp.__name__}, got str {text!r}") from None
 
 
 def _check_type(key: str, tp: Any, value: Any) -> Any:

@@ -203,7 +203,7 @@ def test_numbers_written_the_usual_ways_are_accepted():
         None, ["sft.learning_rate=1e-4", "judge.threshold=5e-1", "sft.max_steps=1_000"]
     )
     assert (cfg.sft.learning_rate, cfg.judge.threshold, cfg.sft.max_steps) == (1e-4, 0.5, 1000)
-    with pytest.raises(ConfigError, match="sft.max_steps: expected int, got '1e3'"):
+    with pytest.raises(ConfigError, match="sft.max_steps: expected int, got str '1e3'"):
         load_config(None, ["sft.max_steps=1e3"])
-    with pytest.raises(ConfigError, match="sft.learning_rate: expected float, got 'fast'"):
+    with pytest.raises(ConfigError, match="sft.learning_rate: expected float, got str 'fast'"):
         load_config(None, ["sft.learning_rate=fast"])

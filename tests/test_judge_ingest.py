@@ -25,10 +25,10 @@ def test_serialised_lists_think_tags_and_gold_are_decoded_not_stringified():
     assert [(r["problem_id"], r["cot"], r["answer"]) for r in out] == [
         ("0", "Step one. So 5.", "5"),
         ("1", "Think it through. It is 7.", "7"),
+        ("3", "Fine. So 3.", None),  # no gold: truncation needs none, it stays null (not "")
     ]
     assert [(b["problem_id"], b["reason"]) for b in bad] == [
         ("2", "wrong_type"),
-        ("3", "missing_answer"),
         ("4", "cot_is_serialised_list"),
     ]
     assert len(out) + len(bad) == len(rows)

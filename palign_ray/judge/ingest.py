@@ -9,7 +9,14 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row
-from palign_ray.fields import decode_list, gold_answer, looks_serialised_list, pick, split_think
+from palign_ray.fields import (
+    decode_list,
+    gold_answer,
+    looks_serialised_list,
+    missing,
+    pick,
+    split_think,
+)
 
 DRAFT_MARKERS = re.compile(
     r"<(?:Begin|End)_of_(?:Draft|Prefix)>"
@@ -51,10 +58,6 @@ def traces_from_rows(
             cot = decode_list(cot)
         if isinstance(cot, list) and len(cot) == 1 and not cot_indices:
             cot = cot[0]  # one trace: no index needed
-        gold = gold_answer(row.get(answer_field), answer_field, prose_is_solution=False)
-        if gold.answer is None:
-            bad.append(quarantine_row("truncate", base, gold.reason, gold.detail))
-            continue
         picks: list[tuple[str, Any]] = [(base, cot)]
         if isinstance(cot, list):
             if not cot_indices:
@@ -70,6 +73,13 @@ def traces_from_rows(
             picks = [
                 (f"{base}-{i}", cot[i] if -len(cot) <= i < len(cot) else None) for i in cot_indices
             ]
+        # truncation itself needs no gold (a missing one stays null); one that is there is read the
+        # problems stage's way: ["5"] is 5, a dict is quarantined, never stringified
+        raw = row.get(answer_field)
+        gold = None if missing(raw) else gold_answer(raw, answer_field, prose_is_solution=False)
+        if gold is not None and gold.answer is None:
+            bad.append(quarantine_row("truncate", base, gold.reason, gold.detail))
+            continue
         for pid, text in picks:
             if text is not None and not isinstance(text, str):
                 bad.append(
@@ -88,6 +98,11 @@ def traces_from_rows(
             ):  # the reasoning only: R1-style `</think>` and the answer after it go
                 text = split_think(text).reasoning
             out.append(
-                {R.PROBLEM_ID: pid, R.QUESTION: question, R.COT: text, R.ANSWER: gold.answer}
+                {
+                    R.PROBLEM_ID: pid,
+                    R.QUESTION: question,
+                    R.COT: text,
+                    R.ANSWER: gold and gold.answer,
+                }
             )
     return out, bad
