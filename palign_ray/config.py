@@ -266,9 +266,9 @@ class JudgeConfig:
         "How logprob verdicts are decided (needs verdict=logprob, votes=1 unless absolute). absolute = p(ENOUGH) >= "
         "threshold: the paper-like choice for strong, calibrated judges. contextual = margin log p(EN) - log p(NOT) "
         "minus the margin with empty reasoning >= contextual_threshold. relative = that difference divided by the "
-        "full-trace one >= threshold. Audited with SmolLM2-135M (bench/results/2026-12-05-judge-audit.md, built-in "
-        "long traces with known cuts): absolute cuts every trace at sentence 1, contextual (-0.1) and relative "
-        "(0.5) keep every trace whole; all are invalid by the validity rule (README 'Is the judge valid?'). "
+        "full-trace one >= threshold. Audited with SmolLM2-135M (bench/results/2026-12-05-judge-audit-fp32.md, built-in "
+        "traces with known cuts): absolute cuts every trace at sentence 1, contextual (-0.1) and relative "
+        "(0.5) keep 83-100% of traces whole; all are invalid by the validity rule (README 'Is the judge valid?'). "
         "absolute is the paper-like choice for strong judges; check any judge's audit before trusting its cuts.",
     )
     threshold: float = _f(
