@@ -48,14 +48,14 @@ def traces_from_rows(
         ):
             question = question[len(strip_prompt_prefix) :].lstrip()
         cot = row.get(cot_field)
-        if isinstance(cot, str) and looks_serialised_list(
-            cot
-        ):  # s1K's trajectories, written as text
-            decoded = pick(cot, 0, cot_field, "cot")
-            if decoded.reason:
-                bad.append(quarantine_row("truncate", base, decoded.reason, decoded.detail))
+        # s1K's trajectories written as the text of a list: decoded (pick says why one cannot be)
+        if isinstance(cot, str) and looks_serialised_list(cot):
+            items = decode_list(cot)
+            if items is None or not all(isinstance(x, str) for x in items):
+                why = pick(cot, 0, cot_field, "cot")
+                bad.append(quarantine_row("truncate", base, why.reason, why.detail))
                 continue
-            cot = decode_list(cot)
+            cot = items
         if isinstance(cot, list) and len(cot) == 1 and not cot_indices:
             cot = cot[0]  # one trace: no index needed
         picks: list[tuple[str, Any]] = [(base, cot)]
@@ -93,9 +93,8 @@ def traces_from_rows(
                 continue
             if isinstance(text, str) and not keep_markers:
                 text = DRAFT_MARKERS.sub("", text)
-            if isinstance(
-                text, str
-            ):  # the reasoning only: R1-style `</think>` and the answer after it go
+            if isinstance(text, str):
+                # the reasoning only: R1-style `</think>` and the answer after it are not the trace
                 text = split_think(text).reasoning
             out.append(
                 {
