@@ -111,6 +111,26 @@ def paired_rows(
     return out
 
 
+def table_one(
+    rows: dict[str, dict[str, dict[str, list[bool]]]],
+    baseline: str,
+    benches: list[str],
+    ks: list[int],
+    num_resamples: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Scores with CIs, and paired differences against the baseline and against base (did training move it?)."""
+    return {
+        "scores": score_rows(rows, benches, ks, num_resamples, seed),
+        "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, num_resamples, seed)
+        if baseline in rows
+        else {},
+        "paired_vs_base": paired_rows(rows, BASE, benches, ks, num_resamples, seed)
+        if BASE in rows
+        else {},
+    }
+
+
 def _only(
     rows: dict[str, dict[str, dict[str, list[bool]]]], keep: set[str]
 ) -> dict[str, dict[str, dict[str, list[bool]]]]:
@@ -139,13 +159,7 @@ def subset_scores(
             "num_problems": len(novel),
             "of": groups["num_problems"],
             "definition": groups["definition"],
-            "scores": score_rows(sub, benches, ks, num_resamples, seed),
-            "paired_vs_baseline": paired_rows(sub, baseline, benches, ks, num_resamples, seed)
-            if baseline in sub
-            else {},
-            "paired_vs_base": paired_rows(sub, BASE, benches, ks, num_resamples, seed)
-            if BASE in sub
-            else {},
+            **table_one(sub, baseline, benches, ks, num_resamples, seed),
         }
     out["per_template"] = {
         t: {
@@ -382,13 +396,7 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
             "top_p": cfg.eval.top_p,
             "max_tokens": cfg.eval.max_tokens,
         },
-        "scores": score_rows(rows, benches, ks, nb, seed),
-        "paired_vs_baseline": paired_rows(rows, baseline, benches, ks, nb, seed)
-        if baseline in rows
-        else {},
-        "paired_vs_base": paired_rows(rows, BASE, benches, ks, nb, seed)
-        if BASE in rows
-        else {},  # did training move it?
+        **table_one(rows, baseline, benches, ks, nb, seed),
         "mean_response_tokens": lengths,
         "subsets": subset_scores(rows, _problem_groups(cfg, runs), baseline, benches, ks, nb, seed),
         "base_consistency": base_consistency({m: c for m, (c, _) in bases.items()}),
