@@ -247,12 +247,12 @@ def _scale(sec: dict[str, Any]) -> list[str]:
             f"**a. Generation** ({g.get('prompts')} prompts, max_tokens {g.get('max_tokens')}, T {g.get('temperature')}, "
             "natural stops): tokens/s over the generation window, engine start excluded.",
             "",
-            "| path | generated tokens | seconds | tokens/s | engine start s |",
-            "|---|---|---|---|---|",
-            f"| teacher stage, Ray Data, 1 actor | {r.get('generated_tokens')} | {r.get('generation_span_s')} | "
-            f"{r.get('tokens_per_s')} | {r.get('engine_start_s')} |",
-            f"| bare in-process LLM.generate | {b.get('generated_tokens')} | {b.get('generate_s')} | {b.get('tokens_per_s')} | "
-            f"{b.get('engine_start_s')} |",
+            "| path | threads | generated tokens | seconds | tokens/s | engine start s |",
+            "|---|---|---|---|---|---|",
+            f"| teacher stage, Ray Data, 1 actor | {r.get('cpu_threads')} | {r.get('generated_tokens')} | "
+            f"{r.get('generation_span_s')} | {r.get('tokens_per_s')} | {r.get('engine_start_s')} |",
+            f"| plain vLLM process, LLM.generate | {b.get('torch_threads')} | {b.get('generated_tokens')} | "
+            f"{b.get('generate_s')} | {b.get('tokens_per_s')} | {b.get('engine_start_s')} |",
             "",
             f"Ratio Ray/bare: **{g.get('tokens_per_s_ratio_ray_vs_bare')}** (goal ≥ 0.95). "
             f"**b.** {r.get('num_parts')} parts of {g.get('part_rows')}: **{r.get('engine_starts')} engine start(s)** for "

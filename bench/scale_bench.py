@@ -1,7 +1,8 @@
 """Streaming stages at scale: Ray Data generation vs a bare engine, engine starts, driver memory, judge interleaving.
 
-a. the teacher stage through Ray Data (1 actor) vs one in-process `LLM.generate` over the same prompts,
-   sampled with natural stops; tokens/s over the generation window, engine start excluded on both sides;
+a. the teacher stage through Ray Data (1 actor) vs `LLM.generate` in a plain process of its own (vLLM's
+   default threading) over the same prompts and seeds, sampled with natural stops; tokens/s over the
+   generation window, engine start excluded on both sides;
 b. engine starts of that stage (parts of 32) against the actor count;
 c. the driver's peak RSS growth while a truncate stage streams N rows of ~20 KB traces (in a child process:
    only the driver is measured, the actors are other processes);
@@ -75,8 +76,9 @@ def generation_vs_bare(
         "num_parts": manifests["teacher"]["num_parts"],
         "engine_starts": manifests["teacher"]["engine_starts"],
         "num_actors": 1,
+        "cpu_threads": [s.get("cpu_threads") for s in starts],
     }
-    bare = _bare_generate(run_cfg, tmp / "run")
+    bare = _bare_in_child(run_cfg, tmp / "run")
     return {
         "prompts": num_prompts,
         "max_tokens": max_tokens,
@@ -88,8 +90,40 @@ def generation_vs_bare(
     }
 
 
+def _bare_in_child(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The baseline in a plain process of its own: nothing else (Ray, the stage's memory) shares it."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.scale_bench",
+            "bare-child",
+            str(run_dir),
+            json.dumps(_child_cfg(cfg)),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=3600,
+        # vLLM's default threading: not the OMP_NUM_THREADS=1 that bench.run sets for in-process engines
+        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
+    )
+    line = [x for x in proc.stdout.splitlines() if x.startswith("BARE ")]
+    return json.loads(line[-1][5:]) if line else {"error": proc.stderr[-2000:]}
+
+
+def bare_child(run_dir: str, cfg_json: str) -> None:
+    from palign_ray.config import config_from_dict
+
+    print(
+        "BARE " + json.dumps(_bare_generate(config_from_dict(json.loads(cfg_json)), Path(run_dir))),
+        flush=True,
+    )
+
+
 def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """One in-process engine, one `LLM.generate` over every prompt (the teacher's ids and per-problem seeds)."""
+    """One engine at vLLM's own threading, one `LLM.generate` over every prompt (the teacher's ids and
+    per-problem seeds)."""
     from palign_ray.artifacts import StageDir
     from palign_ray.chat import chat_ids, user_turn
     from palign_ray.config import stage_engine
@@ -100,7 +134,7 @@ def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
     from palign_ray.teacher import STAGE, teacher_prompt
 
     problems = StageDir(run_dir / "problems").output_rows()
-    engine_cfg, _ = stage_engine(cfg, "teacher")
+    engine_cfg = dataclasses.replace(stage_engine(cfg, "teacher")[0], cpu_threads=None)
     t0 = time.perf_counter()
     engine = VLLMEngine(resolve_model(cfg.teacher.model), engine_cfg)
     start_s = time.perf_counter() - t0
@@ -134,9 +168,16 @@ def _bare_generate(cfg: Config, run_dir: Path) -> dict[str, Any]:
         "generate_s": round(secs, 2),
         "tokens_per_s": round(tokens / secs, 2),
         "engine_start_s": round(start_s, 2),
+        "torch_threads": _torch_threads(),
         "median_tokens": lengths[len(lengths) // 2],
         "finished_by_stop": sum(c.finish_reason == "stop" for r in res for c in r.completions),
     }
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def driver_rss(cfg: Config, num_rows: list[int], trace_chars: int) -> dict[str, Any]:
@@ -317,3 +358,6 @@ if __name__ == "__main__":
         logging.basicConfig(level=logging.WARNING)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         rss_child(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "bare-child":
+        logging.basicConfig(level=logging.WARNING)
+        bare_child(sys.argv[2], sys.argv[3])

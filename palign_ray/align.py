@@ -295,9 +295,14 @@ def with_kept(
 
 def align_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The align stage as a streaming job (one AlignWorker per actor)."""
-    _, ray_cfg = stage_engine(cfg, "align")
+    engine, ray_cfg = stage_engine(cfg, "align")
     return StreamJob(
-        STAGE, AlignWorker, {"cfg": cfg}, ray_cfg, part_rows(cfg.run.chunk_size, ray_cfg, num_rows)
+        STAGE,
+        AlignWorker,
+        {"cfg": cfg},
+        ray_cfg,
+        part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
+        cpu_threads=engine.cpu_threads,
     )
 
 

@@ -17,6 +17,30 @@ from typing import Any
 from palign_ray import records as R
 
 TMP_PREFIX = ".tmp-"  # readers skip these; a crash never leaves a visible partial file
+# Files no commit marker names are deleted only when older than this. On a shared filesystem a rerun's
+# listing of commits/ can be stale (NFS caches directory attributes for up to acdirmax, 60 s by
+# default), so a fresh unnamed file may belong to a commit the driver cannot see yet; readers ignore
+# unnamed files, so keeping them a while costs only disk.
+UNCOMMITTED_GRACE_S = 600.0
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (a marker must not outlive the file it names after power loss)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the file itself is synced
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -29,6 +53,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -66,8 +91,10 @@ def write_parquet(path: str | Path, rows: list[dict[str, Any]], schema: Any = No
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        _fsync_file(tmp)  # on disk before its name (and then its commit marker) can be seen
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -85,8 +112,10 @@ def parquet_writer(path: str | Path, schema: Any) -> Iterator[Any]:
     try:
         with pq.ParquetWriter(tmp, schema) as writer:
             yield writer
+        _fsync_file(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -346,8 +375,9 @@ class StageDir:
                 seen |= ids
         return dropped
 
-    def remove_uncommitted(self) -> int:
-        """Delete part files no marker names (a crash before the commit); returns how many."""
+    def remove_uncommitted(self, grace_s: float = UNCOMMITTED_GRACE_S) -> int:
+        """Delete part files no marker names (a crash before the commit) once they are older than
+        `grace_s` (see UNCOMMITTED_GRACE_S); returns how many."""
         if not self.root.is_dir() or not self.commits_dir.is_dir() and self.manifest_path.is_file():
             return 0
         keep = {self.root / f for c in self.commits() for f in c["files"]}
@@ -364,6 +394,8 @@ class StageDir:
             if d.is_dir()
             for p in d.glob(TMP_PREFIX + "*")
         ]
+        cutoff = time.time() - grace_s
+        stale = [p for p in stale if _mtime(p) < cutoff]
         for p in stale:
             p.unlink(missing_ok=True)
         return len(stale)
@@ -390,6 +422,13 @@ class StageDir:
 
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except FileNotFoundError:  # removed meanwhile: nothing to delete
+        return float("inf")
 
 
 def _ids_in(files: Iterable[Path]) -> set[str]:
@@ -419,19 +458,26 @@ def retention(
     num_in: int,
     out: list[dict[str, Any]],
     quarantined: list[dict[str, Any]],
+    num_problems_in: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """Per-stage retention: rows in, out, quarantined by reason, distinct problems kept (+ stage extras)."""
+    """Per-stage retention: rows in, out, quarantined by reason, distinct problems kept (+ stage extras).
+
+    `retention` is problems kept ÷ `num_problems_in` where a stage's rows per problem vary (given),
+    else ÷ rows in (one row per problem).
+    """
     reasons = dict(Counter(str(q[R.REASON]) for q in quarantined))
     kept = len({str(r[R.PROBLEM_ID]) for r in out})
+    denom = num_in if num_problems_in is None else num_problems_in
     return {
         "stage": stage,
         "num_in": num_in,
         "num_out": len(out),
+        **({} if num_problems_in is None else {"num_problems_in": num_problems_in}),
         "num_problems_out": kept,
         "num_quarantined": len(quarantined),
         "reasons": reasons,
-        "retention": round(kept / num_in, 4) if num_in else 0.0,
+        "retention": round(kept / denom, 4) if denom else 0.0,
         **extra,
     }
 

@@ -122,6 +122,11 @@ def _model(key: str, name: str, check_paths: bool) -> list[str]:
     return []
 
 
+def model_problems(key: str, name: str) -> list[str]:
+    """What is wrong with the model `name` given as `key` (a command's --model): [] when it loads."""
+    return _model(key, name, check_paths=True)
+
+
 def _models(cfg: Config, stages: Sequence[str], check_paths: bool) -> list[str]:
     """Each model key once, named with the planned stages that load it."""
     users = {
@@ -153,7 +158,11 @@ def _engine(cfg: Config, section: str, max_new_tokens: int) -> list[str]:
     out = _ranges(
         key,
         engine,
-        [("max_model_len", _at_least(1), ">= 1"), ("tensor_parallel_size", _at_least(1), ">= 1")],
+        [
+            ("max_model_len", _at_least(1), ">= 1"),
+            ("tensor_parallel_size", _at_least(1), ">= 1"),
+            ("cpu_threads", _at_least(1), ">= 1 (null: the cores ÷ the stage's actors)"),
+        ],
     )
     out += _ranges(
         key,

@@ -121,7 +121,13 @@ def start_engine(
     t0 = time.perf_counter()
     eng = VLLMEngine(resolve_model(model), engine)
     if on_start is not None:
-        on_start({"model": model, "start_s": round(time.perf_counter() - t0, 3)})
+        on_start(
+            {
+                "model": model,
+                "start_s": round(time.perf_counter() - t0, 3),
+                "cpu_threads": eng.threads,  # null on CUDA
+            }
+        )
     return eng
 
 
@@ -200,7 +206,7 @@ def generate_batches(
             max_concurrent_calls_per_actor=c,
             max_tasks_in_flight_per_actor=c,
         ),
-        **actor_resources(ray_cfg),
+        **actor_resources(ray_cfg, engine.cpu_threads),
     )
     for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="pyarrow"):
         yield batch.to_pylist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 # x86: AVX-512 BF16 or AMX; Arm: the BF16 extension. Without them bf16 is emulated: on an AVX2-only
@@ -25,3 +26,11 @@ def cpu_bf16_native() -> bool:
         return bf16_in_cpuinfo(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1

@@ -60,9 +60,12 @@ def init_ray(cfg: RayConfig) -> Any:
     return ray
 
 
-def actor_resources(cfg: RayConfig) -> dict[str, float | int]:
-    """map_batches resource kwargs for one vLLM actor."""
-    res: dict[str, float] = {"num_cpus": cfg.num_cpus_per_actor}
+def actor_resources(cfg: RayConfig, cpu_threads: int | None = None) -> dict[str, Any]:
+    """map_batches resource kwargs for one vLLM actor; `cpu_threads`: its engine's threads on CPU."""
+    res: dict[str, Any] = {"num_cpus": cfg.num_cpus_per_actor}
+    env = engine_env(cpu_threads)
+    if env:
+        res["runtime_env"] = {"env_vars": env}
     if cfg.num_gpus_per_actor:
         res["num_gpus"] = cfg.num_gpus_per_actor
     # A killed actor (preempted node, OOM) is restarted and its in-flight batch retried, so a stage
@@ -70,6 +73,21 @@ def actor_resources(cfg: RayConfig) -> dict[str, float | int]:
     res["max_restarts"] = -1
     res["max_task_retries"] = -1
     return res
+
+
+def engine_env(cpu_threads: int | None) -> dict[str, str]:
+    """Environment of an engine actor: on vLLM-CPU, OpenMP sized to the engine's threads.
+
+    Ray sets OMP_NUM_THREADS=1 in an actor with fractional num_cpus unless its environment sets it, and
+    OpenMP reads it once, at process start, for every thread: an engine told otherwise later runs its
+    scheduler thread on one thread and vLLM-CPU's attention refuses the mismatch ("thread_num (1 vs. 2)").
+    On CUDA the setting is left to vLLM (it wants one torch thread while serving).
+    """
+    from palign_ray.engines.vllm_engine import is_cpu_build
+
+    if cpu_threads is None or not is_cpu_build():
+        return {}
+    return {"OMP_NUM_THREADS": str(cpu_threads)}
 
 
 def free_resources() -> dict[str, float]:

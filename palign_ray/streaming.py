@@ -59,6 +59,7 @@ class StreamJob:
     ray_cfg: RayConfig
     part_rows: int  # rows per part: the resume granularity (not the engine lifetime)
     schema: Callable[[], Any] | None = None  # Arrow schema of the output parts (None: inferred)
+    cpu_threads: int | None = None  # the engine's threads on CPU (EngineConfig.cpu_threads)
 
 
 @dataclass
@@ -302,7 +303,7 @@ def _dataset(
             max_concurrent_calls_per_actor=c,
             max_tasks_in_flight_per_actor=c,
         ),
-        **actor_resources(job.ray_cfg),
+        **actor_resources(job.ray_cfg, job.cpu_threads),
     )
 
 

@@ -328,13 +328,14 @@ def generation_stats(
 
 def teacher_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The teacher stage as a streaming job (one TeacherWorker per actor)."""
-    _, ray_cfg = stage_engine(cfg, "teacher")
+    engine, ray_cfg = stage_engine(cfg, "teacher")
     return StreamJob(
         STAGE,
         TeacherWorker,
         {"cfg": cfg},
         ray_cfg,
         part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
+        cpu_threads=engine.cpu_threads,
     )
 
 

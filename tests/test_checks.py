@@ -104,6 +104,10 @@ def test_engine_settings_resolved_per_stage(monkeypatch: pytest.MonkeyPatch) -> 
         )
         == []
     )
+    got = plan_problems(_cfg("judge.engine.cpu_threads=0"), ("truncate",))
+    assert got == [
+        "truncate: judge.engine.cpu_threads=0: must be >= 1 (null: the cores ÷ the stage's actors)"
+    ]
     # a local Ray whose actor pool takes every CPU would deadlock Ray Data; a cluster is not checked
     busy = _cfg("ray.num_cpus=2", "eval.engine.num_actors=4")
     assert any(

@@ -214,3 +214,49 @@ def test_stage_modules_have_no_main_blocks() -> None:
         if p.name != "__main__.py" and 'if __name__ == "__main__"' in p.read_text()
     ]
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["teacher", "--output", "o.parquet", "teacher.num_samples=0"], "teacher.num_samples=0"),
+        (
+            ["teacher", "--output", "o.txt"],
+            "--output o.txt: use a .parquet or .jsonl or .json file",
+        ),
+        (["generate", "--input", "{src}", "--output", "o.csv"], "--output o.csv: use a .parquet"),
+        (
+            ["align", "--input", "{src}", "--output", "o.parquet", "align.model=./nomodel"],
+            "no such model",
+        ),
+        (["truncate", "--input", "{src}", "--output", "o.jsonl"], "use a .parquet file"),
+        (["eval", "--model", "{pickled}", "--output", "o"], "--model="),
+        (["eval", "--output", "o", "eval.max_tokens=0"], "eval.max_tokens=0"),
+        (["sft-data", "--input", "{src}", "--output", "o", "sft.model=/nowhere"], "sft.model="),
+        (["train", "--data", "d", "--output", "o", "sft.learning_rate=0"], "sft.learning_rate=0"),
+    ],
+)
+def test_standalone_commands_check_everything_before_any_work(
+    argv: list[str], message: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Issue 27.3: `eval --model <pickle-only dir>` started Ray and died in a 69-line actor traceback;
+    `teacher.num_samples=0` reached the engine; a bad output suffix failed after all generation."""
+    import palign_ray.ray_env as ray_env
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started before the checks")
+
+    monkeypatch.setattr(ray_env, "init_ray", no_ray)
+    monkeypatch.chdir(tmp_path)
+    src = _jsonl(tmp_path / "in.jsonl", [{"problem_id": "a", "question": "q", "prompt": "p"}])
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}")
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80")
+    argv = [a.format(src=src, pickled=pickled) for a in argv]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == EXIT_BAD_INPUT and "nothing was run" in err and message in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "pickled"]  # nothing written

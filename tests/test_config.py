@@ -113,7 +113,7 @@ def test_stage_engine_overlays_only_the_fields_set():
         ray.num_gpus_per_actor,
     ) == (4, 32, 2, 4.0)
     engine, ray = stage_engine(cfg, "judge")  # unset → the global sections
-    assert (engine, ray) == (cfg.engine, cfg.ray)
+    assert (dataclasses.replace(engine, cpu_threads=None), ray) == (cfg.engine, cfg.ray)
     with pytest.raises(ValueError, match="sections with engines"):
         stage_engine(cfg, "sft")
 
@@ -167,6 +167,27 @@ def test_engine_dtype_is_float32_only_on_a_cpu_without_native_bf16():
     assert resolve_engine_defaults(mine, on_cuda=False, cpu_bf16=False).dtype == "bfloat16"
 
 
+def test_cpu_engines_share_the_cores_not_rays_fractional_cpus(monkeypatch):
+    """A Ray actor with num_cpus 0.5 gets one OpenMP thread; an unset engine.cpu_threads gives each of a
+    stage's actors its share of the cores instead (capped by a local Ray's declared CPUs)."""
+    import palign_ray.config as C
+
+    assert C.default_cpu_threads(0, 16, 1) == 16  # ray.num_cpus 0: every usable core
+    assert C.default_cpu_threads(0, 16, 3) == 5 and C.default_cpu_threads(0, 2, 4) == 1
+    assert C.default_cpu_threads(8, 16, 2) == 4  # a local Ray of 8 CPUs on a 16-core machine
+    assert C.default_cpu_threads(4, 2, 1) == 2  # more logical CPUs declared than cores
+    monkeypatch.setattr(C, "usable_cpus", lambda: 8)
+    cfg = load_config(None, ["ray.num_actors=2", "align.engine.num_actors=1"])
+    assert C.stage_engine(cfg, "teacher")[0].cpu_threads == 4
+    assert C.stage_engine(cfg, "align")[0].cpu_threads == 8  # the stage's own pool size
+    cfg = load_config(None, ["engine.cpu_threads=3", "judge.engine.cpu_threads=1"])
+    assert C.stage_engine(cfg, "teacher")[0].cpu_threads == 3  # set values are kept
+    assert C.stage_engine(cfg, "judge")[0].cpu_threads == 1
+    assert config_hash(C.EngineConfig(cpu_threads=3)) == config_hash(
+        C.EngineConfig()
+    )  # speed, not results
+
+
 def test_engine_hash_is_unchanged_by_platform_defaults():
     """Finished CPU runs keep their stage hashes: 3ab2321a607d1eaf is the default engine's hash from before
     enforce_eager/gpu_memory_utilization/max_num_seqs became platform defaults (then True/0.5/64)."""
@@ -195,6 +216,9 @@ def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util
         shown["engine"]["max_num_seqs"],
     ) == (eager, util, seqs)
     assert shown["judge"]["threshold"] == 0.3
+    from palign_ray.hardware import usable_cpus
+
+    assert shown["engine"]["cpu_threads"] == (usable_cpus() if platform == "cpu" else None)
 
 
 def test_numbers_written_the_usual_ways_are_accepted():

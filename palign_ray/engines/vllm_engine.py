@@ -51,6 +51,12 @@ def _prepare_cpu_env(cfg: EngineConfig) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.cpu_kvcache_space_gib))
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 class VLLMEngine:
     """One vLLM `LLM` instance; prompts are token ids so callers control prefix sharing."""
 
@@ -93,6 +99,16 @@ class VLLMEngine:
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.threads = _torch_threads() if self.on_cpu else None  # what the kernels run on
+        if self.threads is not None and cfg.cpu_threads not in (None, self.threads):
+            # OpenMP sizes every thread from OMP_NUM_THREADS at process start (a stage's actors get it
+            # from ray_env.engine_env); changing it afterwards breaks vLLM-CPU's attention.
+            log.warning(
+                "engine.cpu_threads=%s, but this process runs on %d threads (OMP_NUM_THREADS=%s)",
+                cfg.cpu_threads,
+                self.threads,
+                os.environ.get("OMP_NUM_THREADS"),
+            )
         self.stats = EngineStats()
         self._loop: _EngineLoop | None = None
 

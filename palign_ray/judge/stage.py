@@ -180,6 +180,7 @@ def judge_job(cfg: Config, num_rows: int = 0, ids: Sequence[str] = ()) -> Stream
         ray_cfg,
         part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
         schema=output_schema,
+        cpu_threads=stage_engine(cfg, "judge")[0].cpu_threads,
     )
 
 

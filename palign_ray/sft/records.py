@@ -8,10 +8,12 @@ Run as: palign sft-data --input aligned.parquet --output shards_dir/ [--method p
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import tempfile
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +157,7 @@ class _Collector:
         self.examples: list[dict[str, Any]] = []
         self.quarantine: list[dict[str, Any]] = []
         self.num_split = 0
+        self._seen: set[bytes] = set()  # digests of (problem_id, token ids) kept: 16 bytes each
 
     def add(self, pid: str, user: str, response: str, system: str = "") -> None:
         try:
@@ -172,6 +175,19 @@ class _Collector:
                 )
             )
             return
+        # One problem's row twice (a repeated input line, a rerun appended) would be trained on twice.
+        # The same text under another id is a dataset duplicate, left to deduplication (issue 26).
+        h = hashlib.blake2b(pid.encode(), digest_size=16)
+        h.update(array("i", tok.input_ids).tobytes())
+        digest = h.digest()
+        if digest in self._seen:
+            self.quarantine.append(
+                quarantine_row(
+                    STAGE, pid, "duplicate_example", "same problem_id and tokens as an earlier row"
+                )
+            )
+            return
+        self._seen.add(digest)
         self.num_split += not tok.joint
         self.examples.append(
             {
@@ -378,4 +394,8 @@ def build_shards(
         len(quar),
         dict(reasons),
     )
-    return retention(STAGE, len(rows), examples, quar, shards=shards, **stats)
+    # rows per problem vary (samples, duplicates): retention is over distinct problems, not rows
+    problems_in = len({str(r[R.PROBLEM_ID]) for r in (*examples, *quar)})
+    return retention(
+        STAGE, len(rows), examples, quar, num_problems_in=problems_in, shards=shards, **stats
+    )
