@@ -65,7 +65,8 @@ def plan_problems(cfg: Config, stages: Sequence[str], check_paths: bool = True) 
             name = "base_eval/eval" if stage == "base_eval" and "eval" in stages else stage
             out += [f"{name}: {msg}" for msg in checks[stage](cfg, check_paths)]
     out += _models(cfg, stages, check_paths)
-    if {"sft_data", "train"} & set(stages) and cfg.align.max_seq_len > cfg.sft.max_seq_len:
+    # both planned: shards built on their own (`palign sft-data`) may be meant for another trainer
+    if {"sft_data", "train"} <= set(stages) and cfg.align.max_seq_len > cfg.sft.max_seq_len:
         out.append(
             f"sft_data/train: align.max_seq_len={cfg.align.max_seq_len} > sft.max_seq_len={cfg.sft.max_seq_len}: "
             "examples between the two pass sft_data only to be dropped by training; make them equal "

@@ -67,10 +67,11 @@ class EngineConfig:
     cpu_threads: int | None = _f(
         None,
         "Threads of an engine on CPU (vLLM-CPU; ignored on CUDA); null = this machine's usable cores "
-        "(at most ray.num_cpus when set) ÷ the stage's actors, at least 1. Set it explicitly: "
-        "Ray gives an actor with fractional num_cpus one OpenMP thread (teacher stage 207 tokens/s "
-        "against 362 for a plain vLLM process on 2 cores, measured 2026-12-05). On a CPU cluster "
-        "whose nodes differ from the driver's, set it per node size.",
+        "(at most ray.num_cpus when set) ÷ the stage's actors, at least 1. It reaches the actor as "
+        "OMP_NUM_THREADS; Ray would give a fractional-CPU actor one thread (teacher stage on 2 "
+        "cores: 77 tokens/s on 1 thread, 121 on 2, a plain vLLM process 139; "
+        "bench/results/2026-12-05-vm-scale-threads.md). On a CPU cluster whose nodes differ "
+        "from the driver's, set it for the node size.",
         hashed=False,
     )
     trust_remote_code: bool = _f(
