@@ -12,7 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from palign_ray.cli import COMMANDS, EXIT_BAD_INPUT, EXIT_NO_ROWS, EXIT_ROWS, main
+from palign_ray.cli import (
+    COMMANDS,
+    EXIT_BAD_INPUT,
+    EXIT_NO_ROWS,
+    EXIT_ROWS,
+    existing_outputs,
+    main,
+)
 
 # the fewest arguments each subcommand needs to get as far as loading its config
 MINIMAL_ARGS: dict[str, list[str]] = {
@@ -260,3 +267,26 @@ def test_standalone_commands_check_everything_before_any_work(
     assert e.value.code == EXIT_BAD_INPUT and "nothing was run" in err and message in err
     assert "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "pickled"]  # nothing written
+
+
+def test_an_existing_output_is_replaced_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    """Issue 27.2: a rerun silently replaced an earlier output (and its quarantine and summary)."""
+    gens = _generations(tmp_path)
+    labels = tmp_path / "labels.jsonl"
+    assert main(["grade", str(gens), "--labels-out", str(labels)]) == EXIT_ROWS
+    before = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as e:
+        main(["grade", str(gens), "--labels-out", str(labels), "run.seed=7"])
+    err = capsys.readouterr().err
+    assert e.value.code == EXIT_BAD_INPUT and "pass --overwrite" in err and str(labels) in err
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing touched
+    summary = tmp_path / "labels.summary.json"
+    labels.unlink()  # a leftover sibling alone is an earlier output too
+    with pytest.raises(SystemExit):
+        main(["grade", str(gens), "--labels-out", str(labels)])
+    assert summary.read_bytes() == before[summary]
+    assert main(["grade", str(gens), "--labels-out", str(labels), "--overwrite"]) == EXIT_ROWS
+    assert labels.is_file()
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()  # an empty directory holds nothing to lose
+    assert existing_outputs([empty]) == [] and existing_outputs([labels]) != []

@@ -122,12 +122,15 @@ def parse(
     *,
     plan: Sequence[str] = (),
     output_suffixes: Sequence[str] = (),
+    resumes: bool = False,
 ) -> tuple[argparse.Namespace, Config]:
     """Parse argv of a `config_parser` parser → (args, config); a bad key or value exits 2.
 
     Before any work (no input read, no Ray): `plan` names the pipeline stages whose checks the
     command runs (checks.plan_problems, as `palign run` does: ranges, model directories, files) and
-    `output_suffixes` the suffixes `--output` may have.
+    `output_suffixes` the suffixes `--output` may have. An output that exists already is replaced
+    only with `--overwrite` (added to every parser with `--output`), unless the command `resumes`
+    from it (train: its checkpoints).
 
     FILE shares the positional slot with `key=value` overrides: it is the item without '=' (or an
     existing path, so a file name may contain '='). `file="required"` needs exactly one,
@@ -138,6 +141,13 @@ def parse(
         for action in p._actions:  # the shared positional slot also takes FILE
             if action.dest == "overrides":
                 action.help = "FILE and dotted key=value overrides, in any order"
+    writes = {a.dest for a in p._actions} & {"output", "labels_out"}
+    if writes and not resumes and "overwrite" not in {a.dest for a in p._actions}:
+        p.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace an existing output (with its .quarantine.parquet and .summary.json)",
+        )
     args = p.parse_intermixed_args(argv)
     files = (
         [a for a in args.overrides if "=" not in a or os.path.isfile(a)] if file != "none" else []
@@ -169,8 +179,29 @@ def parse(
     output = getattr(args, "output", None)
     if output and output_suffixes and Path(output).suffix not in output_suffixes:
         problems.append(f"--output {output}: use a {' or '.join(output_suffixes)} file")
+    if writes and not resumes and not args.overwrite:
+        problems += existing_outputs([getattr(args, d, None) for d in sorted(writes)])
     refuse(p, problems)
     return args, cfg
+
+
+def existing_outputs(outputs: list[Any]) -> list[str]:
+    """One line per output that is there already (a file, or a directory with anything in it)."""
+    from palign_ray.artifacts import quarantine_path
+
+    out = []
+    for o in (Path(o) for o in outputs if o):
+        there = [
+            str(w)
+            for w in (o, quarantine_path(o), summary_path(o))
+            if w.is_file() or (w.is_dir() and any(w.iterdir()))
+        ]
+        if there:
+            out.append(
+                f"--output {o}: {', '.join(there)} exist(s); pass --overwrite to replace, "
+                "or choose another path"
+            )
+    return out
 
 
 def refuse(p: argparse.ArgumentParser, problems: list[str]) -> None:

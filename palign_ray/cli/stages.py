@@ -210,7 +210,7 @@ def train_main(argv: list[str]) -> int:
         required=True,
         help="model directory: exported weights, metrics.json, ray_train/ checkpoints",
     )
-    args, cfg = parse(p, argv, plan=("train",))
+    args, cfg = parse(p, argv, plan=("train",), resumes=True)  # resumes from its checkpoints
     metrics = run_sft(cfg.sft, args.data, args.output, seed=cfg.run.seed, ray_cfg=cfg.ray)
     keys = (
         "num_examples",
