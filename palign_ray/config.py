@@ -105,6 +105,13 @@ class RayConfig:
         "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
         hashed=False,
     )
+    max_actor_restarts: int = _f(
+        4,
+        "Restarts of a killed engine actor (preempted node, OOM kill) before its stage fails; its "
+        "in-flight part is retried on the restarted actor. -1 = without limit (an engine that dies "
+        "at every start would then restart forever).",
+        hashed=False,
+    )
 
 
 @dataclass(frozen=True)

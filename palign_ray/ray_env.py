@@ -16,6 +16,11 @@ _LOOPBACK_ENV = {
     # Without it Ray swaps 127.0.0.1 for the machine's network address and talks to itself over it.
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
+# Read by the raylet at start (a local Ray inherits this process's environment; on a cluster the node's
+# `ray start` environment: cluster/raycluster.yaml). Each worker gets its own process group, killed
+# when the worker exits or is killed: a force-killed engine actor does not leave vLLM's EngineCore
+# child holding the GPU. (Ray 2.60's replacement for the deprecated raylet subreaper.)
+REAP_ENV = {"RAY_process_group_cleanup_enabled": "1"}
 
 
 def ray_address(cfg: RayConfig) -> str:
@@ -37,7 +42,7 @@ def init_ray(cfg: RayConfig) -> Any:
         ray.init(address=address, log_to_driver=console.log_to_driver())
         console.adopt_library_loggers()  # ray.init(configure_logging=True) attached a stderr handler again
         return ray
-    for key, value in _LOOPBACK_ENV.items():
+    for key, value in {**_LOOPBACK_ENV, **REAP_ENV}.items():
         os.environ.setdefault(key, value)
     num_cpus = cfg.num_cpus or os.cpu_count() or 2
     # vLLM actors reserve fractional CPUs; read/write tasks need the rest (see RayConfig docs).
@@ -70,7 +75,8 @@ def actor_resources(cfg: RayConfig, cpu_threads: int | None = None) -> dict[str,
         res["num_gpus"] = cfg.num_gpus_per_actor
     # A killed actor (preempted node, OOM) is restarted and its in-flight batch retried, so a stage
     # completes instead of failing; results are deterministic per problem (seeds from problem_id).
-    res["max_restarts"] = -1
+    # Restarts are capped: an engine that cannot start would otherwise restart forever.
+    res["max_restarts"] = cfg.max_actor_restarts
     res["max_task_retries"] = -1
     return res
 

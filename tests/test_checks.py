@@ -106,6 +106,8 @@ def test_engine_settings_resolved_per_stage(monkeypatch: pytest.MonkeyPatch) -> 
         )
         == []
     )
+    got = plan_problems(_cfg("ray.max_actor_restarts=-2"), ("align",))
+    assert got == ["align: align.engine.max_actor_restarts=-2: must be >= -1 (-1: without limit)"]
     got = plan_problems(_cfg("judge.engine.cpu_threads=0"), ("truncate",))
     assert got == [
         "truncate: judge.engine.cpu_threads=0: must be >= 1 (null: the cores ÷ the stage's actors)"

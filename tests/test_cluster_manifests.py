@@ -535,3 +535,16 @@ def test_cel_guard_check_can_fail(crd_schemas):
     job["spec"]["rayClusterSpec"]["managedBy"] = "ray.io/kuberay-operator"
     guarded = _guarded_paths(crd_schemas["RayJob"])
     assert guarded & _doc_paths(job) == {"spec.rayClusterSpec.managedBy"}
+
+
+def test_every_ray_node_reaps_a_killed_workers_children():
+    """Issue 29.2: vLLM's EngineCore outlived a force-killed actor and held ~90% of the GPU."""
+    from palign_ray.ray_env import REAP_ENV
+
+    for path, doc in [*_docs("RayCluster"), *_docs("RayJob")]:
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for g in groups:
+            for c in g["template"]["spec"]["containers"]:
+                env = {e["name"]: e["value"] for e in c.get("env", [])}
+                assert env.items() >= REAP_ENV.items(), (path.name, c["name"])

@@ -85,3 +85,50 @@ def test_cpu_engine_actors_get_their_threads_from_the_environment(monkeypatch):
     assert "runtime_env" not in actor_resources(RayConfig())  # nothing resolved: Ray's default
     monkeypatch.setattr(V, "is_cpu_build", lambda: False)  # CUDA: vLLM sizes its own threads
     assert "runtime_env" not in actor_resources(RayConfig(), cpu_threads=2)
+
+
+def test_a_killed_actors_child_process_dies_with_it(ray_session):
+    """Issue 29.2: a force-killed actor (OOM kill, Ray Data on a failed task) left its engine's child
+    process running. The local Ray starts with per-worker process groups, cleaned up on worker exit."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    @ray_session.remote(num_cpus=0, max_restarts=0)
+    class Spawner:
+        def spawn(self) -> tuple[int, int]:
+            import os
+            import subprocess
+
+            child = subprocess.Popen(["sleep", "600"])  # as vLLM starts its EngineCore
+            return os.getpid(), child.pid
+
+    actor = Spawner.remote()
+    worker, pid = ray_session.get(actor.spawn.remote())
+    assert psutil.pid_exists(pid)
+    os.kill(
+        worker, signal.SIGKILL
+    )  # as the OOM killer does: the worker cannot clean up after itself
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.5)
+    assert not _alive(pid), "the killed actor's child is still running"
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_engine_actor_restarts_are_capped():
+    from palign_ray.config import RayConfig
+    from palign_ray.ray_env import actor_resources
+
+    assert actor_resources(RayConfig())["max_restarts"] == 4
+    assert actor_resources(RayConfig(max_actor_restarts=-1))["max_restarts"] == -1
