@@ -53,7 +53,9 @@ class Stage:
     keys: tuple[
         str, ...
     ]  # config sections ("judge") or fields ("sft.model") whose change invalidates it
-    engines: bool  # starts vLLM actor pools: the next stage waits until they have released their hardware
+    # holds hardware through Ray actors (vLLM pools, Ray Train ranks): the next stage waits until the
+    # stage has released it
+    hardware: bool
     run: Callable[[StageRun], dict[str, Any]]  # does the work; returns the manifest's extra fields
 
 
@@ -266,7 +268,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job)),
     # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
     Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),
-    Stage("train", ("sft_data",), ("sft",), False, run_train),
+    Stage("train", ("sft_data",), ("sft",), True, run_train),
     Stage("base_eval", (), ("eval", "engine", "sft.model"), True, run_base_eval),
     Stage("eval", ("train", "base_eval"), ("eval", "engine"), True, run_eval),
 )
@@ -455,21 +457,22 @@ def _current_input(stage: str, src: StageDir, h: str) -> StageDir:
 
 
 def _run_stage(stage: Stage, run: StageRun) -> None:
-    from palign_ray.ray_env import free_resources, init_ray
+    from palign_ray.ray_env import device_snapshot, free_resources, init_ray
 
     t0 = time.perf_counter()
     _prepare(run.sd, run.config_hash)
     log.info("stage %s: start", stage.name)
-    if stage.engines:
+    if stage.hardware:
         init_ray(
             run.cfg.ray
         )  # before the stage, so the resources it frees again can be checked after it
     before = free_resources()
+    holders = device_snapshot() if stage.hardware else {}  # GPU users that are not the stage's
     try:
         info = stage.run(run)
     finally:
-        if stage.engines:
-            _release(stage.name, before)
+        if stage.hardware:
+            _release(stage.name, before, holders)
     run.sd.write_manifest(config_hash=run.config_hash, wall_s=time.perf_counter() - t0, **info)
     _log_summary(stage, run)
     log.info("stage %s: finished in %.1f s", stage.name, time.perf_counter() - t0)
@@ -483,10 +486,11 @@ def _log_summary(stage: Stage, run: StageRun) -> None:
         log.log(level, line, extra=CONSOLE)
 
 
-def _release(stage: str, before: dict[str, float]) -> None:
-    """Hand the hardware on: wait until the stage's vLLM actors have exited (GPUs free for the next stage)."""
+def _release(stage: str, before: dict[str, float], holders: dict[str, set[int]]) -> None:
+    """Hand the hardware on: wait until the stage's actors (vLLM engines, Ray Train ranks) have exited
+    and no process that appeared during the stage holds GPU memory (`holders`: those before it)."""
     from palign_ray.ray_env import wait_for_device_memory, wait_for_release
 
     waited = wait_for_release(before)
-    waited += wait_for_device_memory()
-    log.info("stage %s: engines released (waited %.1f s for %s)", stage, waited, before)
+    waited += wait_for_device_memory(holders)
+    log.info("stage %s: hardware released (waited %.1f s for %s)", stage, waited, before)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from palign_ray.config import RayConfig
@@ -178,37 +179,65 @@ def describe_holders(holders: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
-def wait_for_device_memory(timeout_s: float = 120.0, poll_s: float = 1.0) -> float:
-    """Block until no process holds GPU memory on any GPU node; raise naming the holders after `timeout_s`.
+def gpu_holders() -> dict[str, list[dict[str, Any]]]:
+    """Per GPU node (short id): the processes holding GPU memory there; {} without GPUs.
 
-    Ray frees an actor's logical GPUs when its process exits, but a tensor-parallel worker process
-    that lingers keeps its memory, and the next stage's engines (or Ray Train) would fail their
-    free-memory check. One NVML probe task per GPU node, pinned to it. A no-op without GPUs.
+    One NVML probe task per GPU node, pinned to it.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
-        return 0.0
+        return {}
     probe = ray.remote(num_cpus=0)(gpu_processes_on_this_node)
-    nodes = [
-        n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")
-    ]
-    t0 = time.monotonic()
+    refs = {
+        n["NodeID"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get("GPU")
+    }
+    return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
+
+
+def device_snapshot() -> dict[str, set[int]]:
+    """Per GPU node, the pids holding GPU memory now (before a stage: not the stage's to wait for)."""
+    return {node: {p["pid"] for p in procs} for node, procs in gpu_holders().items()}
+
+
+def new_holders(
+    baseline: dict[str, set[int]], holders: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The holders that were not there before the stage (an MPS server or a monitor agent was)."""
+    return {
+        node: [p for p in procs if p["pid"] not in baseline.get(node, set())]
+        for node, procs in holders.items()
+    }
+
+
+def wait_for_device_memory(
+    baseline: dict[str, set[int]] | None = None,
+    timeout_s: float = 120.0,
+    poll_s: float = 1.0,
+    probe: Callable[[], dict[str, list[dict[str, Any]]]] = gpu_holders,
+) -> float:
+    """Block until no process that appeared since `baseline` holds GPU memory; raise naming them after
+    `timeout_s`. Returns seconds waited; a no-op without GPUs.
+
+    Ray frees an actor's logical GPUs when its process exits, but a tensor-parallel worker process
+    (or a Ray Train rank's child) that lingers keeps its memory, and the next stage's engines (or
+    Ray Train) would fail their free-memory check. Processes that held memory before the stage (an
+    MPS server, a monitoring agent, another job) are not waited for.
+    """
+    t0, waited = time.monotonic(), 0.0
     while True:
-        refs = {
-            n: probe.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)
-            ).remote()
-            for n in nodes
-        }
-        holders = {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
-        waited = time.monotonic() - t0
-        if not any(holders.values()):
+        left = new_holders(baseline or {}, probe())
+        if not any(left.values()):
             return waited
         if waited > timeout_s:
             raise RuntimeError(
-                f"GPU memory still held {waited:.0f} s after the stage's engines exited: "
-                f"{describe_holders(holders)}; kill those processes (or raise the wait) before the next stage"
+                f"GPU memory still held {waited:.0f} s after the stage's actors exited: "
+                f"{describe_holders(left)}; kill those processes (or raise the wait) before the next stage"
             )
         time.sleep(poll_s)
+        waited = time.monotonic() - t0

@@ -222,14 +222,17 @@ def test_real_pipeline_tiny_model_end_to_end_and_resume(tmp_path, tiny_model, ra
     with caplog.at_level(logging.INFO, logger="palign_ray.pipeline"):
         manifests = P.run_pipeline(cfg)
     released = [
-        r.getMessage().split(":")[0] for r in caplog.records if "engines released" in r.getMessage()
+        r.getMessage().split(":")[0]
+        for r in caplog.records
+        if "hardware released" in r.getMessage()
     ]
     assert released == [
         "stage teacher",
         "stage truncate",
+        "stage train",
         "stage base_eval",
         "stage eval",
-    ]  # each engine stage handed its CPUs back
+    ]  # each stage with Ray actors (engines, training ranks) handed its CPUs back
     from palign_ray.hardware import usable_cpus
 
     # the streaming stages (teacher, truncate) record their engine starts; eval's generation pool does not

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from palign_ray import records as R
 from palign_ray.config import EngineConfig, RayConfig
 from palign_ray.engines.base import SamplingSpec
@@ -132,3 +134,24 @@ def test_engine_actor_restarts_are_capped():
 
     assert actor_resources(RayConfig())["max_restarts"] == 4
     assert actor_resources(RayConfig(max_actor_restarts=-1))["max_restarts"] == -1
+
+
+def test_the_hand_off_waits_only_for_gpu_holders_that_appeared_during_the_stage():
+    """Issue 29.2: the wait counted every process on the node, so a shared node (an MPS server, a
+    monitoring agent) failed every stage after 120 s."""
+    from palign_ray.ray_env import new_holders, wait_for_device_memory
+
+    mps = {"gpu": 0, "pid": 11, "used_mib": 300}
+    engine = {"gpu": 0, "pid": 99, "used_mib": 60000}
+    baseline = {"node1": {11}}
+    assert new_holders(baseline, {"node1": [mps, engine], "node2": [mps]}) == {
+        "node1": [engine],
+        "node2": [mps],  # pid 11 on another node is another process
+    }
+    polls = iter([{"node1": [mps, engine]}, {"node1": [mps, engine]}, {"node1": [mps]}])
+    waited = wait_for_device_memory(baseline, timeout_s=5, poll_s=0.01, probe=lambda: next(polls))
+    assert 0 < waited < 5  # returned once the stage's process was gone, the MPS server still there
+    with pytest.raises(RuntimeError, match="pid 99"):
+        wait_for_device_memory(
+            baseline, timeout_s=0.05, poll_s=0.01, probe=lambda: {"node1": [mps, engine]}
+        )
