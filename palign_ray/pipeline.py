@@ -278,7 +278,6 @@ SKIPPED_BY_METHOD: dict[str, frozenset[str]] = {
     "full_cot": frozenset({"truncate", "align"}),
     "prefix_only": frozenset({"align"}),
 }
-ENGINE_STAGES = tuple(s.name for s in STAGES if s.engines)
 
 
 def effective_config(cfg: Config) -> Config:

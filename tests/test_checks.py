@@ -190,3 +190,12 @@ def test_unknown_stage_and_the_module_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_cuda_engine_without_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import palign_ray.engines.vllm_engine as V
+
+    monkeypatch.setattr(V, "is_cpu_build", lambda: False)
+    got = plan_problems(_cfg("align.engine.num_gpus_per_actor=0"), ("align",))
+    assert len(got) == 1 and "align.engine.num_gpus_per_actor=0 with a CUDA vLLM" in got[0]
+    assert plan_problems(_cfg(), ("align",)) == []  # null: the tensor-parallel size

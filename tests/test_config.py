@@ -113,7 +113,8 @@ def test_stage_engine_overlays_only_the_fields_set():
         ray.num_gpus_per_actor,
     ) == (4, 32, 2, 4.0)
     engine, ray = stage_engine(cfg, "judge")  # unset → the global sections
-    assert (dataclasses.replace(engine, cpu_threads=None), ray) == (cfg.engine, cfg.ray)
+    resolved = (dataclasses.replace(engine, cpu_threads=None), ray)  # platform values filled in
+    assert resolved == (cfg.engine, dataclasses.replace(cfg.ray, num_gpus_per_actor=0.0))
     with pytest.raises(ValueError, match="sections with engines"):
         stage_engine(cfg, "sft")
 
@@ -219,6 +220,7 @@ def test_palign_config_shows_the_platform_defaults(capsys, platform, eager, util
     from palign_ray.hardware import usable_cpus
 
     assert shown["engine"]["cpu_threads"] == (usable_cpus() if platform == "cpu" else None)
+    assert shown["ray"]["num_gpus_per_actor"] == (0.0 if platform == "cpu" else 1.0)
 
 
 def test_numbers_written_the_usual_ways_are_accepted():
@@ -231,3 +233,18 @@ def test_numbers_written_the_usual_ways_are_accepted():
         load_config(None, ["sft.max_steps=1e3"])
     with pytest.raises(ConfigError, match="sft.learning_rate: expected float, got str 'fast'"):
         load_config(None, ["sft.learning_rate=fast"])
+
+
+def test_engine_actors_ask_for_their_gpus_on_a_cuda_vllm(monkeypatch):
+    """Issue 29.1: with num_gpus_per_actor 0 Ray set no CUDA_VISIBLE_DEVICES and every engine took GPU 0."""
+    import palign_ray.engines.vllm_engine as V
+
+    cfg = load_config(
+        None, ["judge.engine.tensor_parallel_size=2", "eval.engine.num_gpus_per_actor=4"]
+    )
+    monkeypatch.setattr(V, "is_cpu_build", lambda: False)
+    assert stage_engine(cfg, "teacher")[1].num_gpus_per_actor == 1.0  # = tensor_parallel_size
+    assert stage_engine(cfg, "judge")[1].num_gpus_per_actor == 2.0
+    assert stage_engine(cfg, "eval")[1].num_gpus_per_actor == 4.0  # a value set is kept
+    monkeypatch.setattr(V, "is_cpu_build", lambda: True)
+    assert stage_engine(cfg, "teacher")[1].num_gpus_per_actor == 0.0  # vLLM-CPU: no GPUs

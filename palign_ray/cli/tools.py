@@ -20,7 +20,8 @@ def config_main(argv: list[str]) -> int:
     from palign_ray.engines.vllm_engine import is_cpu_build
 
     p = config_parser(
-        "config", "Print the resolved config, engine.* platform defaults (null) filled in."
+        "config",
+        "Print the resolved config, platform defaults (engine.*, ray.num_gpus_per_actor) filled in.",
     )
     p.add_argument(
         "--platform",
@@ -39,7 +40,11 @@ def config_main(argv: list[str]) -> int:
 
         threads = default_cpu_threads(cfg.ray.num_cpus, usable_cpus(), cfg.ray.num_actors)
         engine = dataclasses.replace(engine, cpu_threads=threads)
-    shown = dataclasses.replace(cfg, engine=engine)
+    ray = cfg.ray
+    if ray.num_gpus_per_actor is None:  # as config.stage_engine resolves it
+        gpus = float(engine.tensor_parallel_size) if on_cuda else 0.0
+        ray = dataclasses.replace(ray, num_gpus_per_actor=gpus)
+    shown = dataclasses.replace(cfg, engine=engine, ray=ray)
     sys.stdout.write(
         f"# engine defaults for {'cuda' if on_cuda else 'cpu'} (--platform cpu|cuda shows either)\n"
     )
