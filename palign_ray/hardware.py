@@ -34,3 +34,29 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
         return os.cpu_count() or 1
+
+
+# requirements/gpu.lock pins CUDA 13.0 wheels (torch, vLLM, nvidia-*-cu13), which need an NVIDIA
+# driver of the 580 series or newer; an older one fails at the first engine with a CUDA error that
+# names neither.
+MIN_NVIDIA_DRIVER = (580, 0)
+
+
+def driver_problems(
+    versions: dict[str, str], minimum: tuple[int, int] = MIN_NVIDIA_DRIVER
+) -> list[str]:
+    """One line per GPU node whose NVIDIA driver (`nvidia-smi`'s "580.65.06") is older than `minimum`."""
+    out = []
+    for node, version in sorted(versions.items()):
+        try:
+            have = tuple(int(x) for x in version.split(".")[:2])
+        except ValueError:
+            out.append(f"node {node}: unreadable NVIDIA driver version {version!r}")
+            continue
+        if have < minimum:
+            out.append(
+                f"node {node}: NVIDIA driver {version} is older than {minimum[0]}, which the CUDA 13.0 "
+                "wheels of requirements/gpu.lock need; upgrade the driver, or install torch/vLLM "
+                "built for the CUDA version this driver supports"
+            )
+    return out

@@ -408,9 +408,15 @@ def run_pipeline(
     _validate(cfg, [s.name for s in plan if not stages or s.name in stages])
     hashes = stage_hashes(cfg, plan)
     run_dir = Path(cfg.run.run_dir)
+    where = {s.name: Path((dirs or {}).get(s.name, run_dir / s.name)) for s in plan}
+    pending = [
+        s
+        for s in plan
+        if (not stages or s.name in stages) and not StageDir(where[s.name]).is_done(hashes[s.name])
+    ]
+    check_gpu_drivers(cfg, pending)  # like the settings, before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "config.json", to_dict(cfg))
-    where = {s.name: Path((dirs or {}).get(s.name, run_dir / s.name)) for s in plan}
     manifests: dict[str, Any] = {}
     for stage in plan:
         if stages and stage.name not in stages:
@@ -438,6 +444,19 @@ def _validate(cfg: Config, names: list[str]) -> None:
     from palign_ray.checks import validate_plan
 
     validate_plan(cfg, names)
+
+
+def check_gpu_drivers(cfg: Config, stages: list[Stage]) -> None:
+    """On a cluster with GPUs, every GPU node's NVIDIA driver new enough for the lock, before any stage."""
+    from palign_ray.hardware import driver_problems
+    from palign_ray.ray_env import gpu_driver_versions, init_ray
+
+    if not any(s.hardware for s in stages):
+        return
+    init_ray(cfg.ray)
+    problems = driver_problems(gpu_driver_versions())
+    if problems:
+        raise PipelineError("; ".join(problems) + "; nothing was run")
 
 
 def _current_input(stage: str, src: StageDir, h: str) -> StageDir:

@@ -200,6 +200,35 @@ def gpu_holders() -> dict[str, list[dict[str, Any]]]:
     return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
 
 
+def _driver_version_on_this_node() -> str:
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def gpu_driver_versions() -> dict[str, str]:
+    """Per GPU node (short id), its NVIDIA driver version; {} without GPUs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
+        return {}
+    probe = ray.remote(num_cpus=0)(_driver_version_on_this_node)
+    refs = {
+        n["NodeID"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote()
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("Resources", {}).get("GPU")
+    }
+    return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
+
+
 def device_snapshot() -> dict[str, set[int]]:
     """Per GPU node, the pids holding GPU memory now (before a stage: not the stage's to wait for)."""
     return {node: {p["pid"] for p in procs} for node, procs in gpu_holders().items()}
