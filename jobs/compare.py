@@ -1,7 +1,7 @@
 """`ray job submit` entry point of `palign compare`: check the config, join the cluster, run every method.
 
 Run as:
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+    ray job submit --entrypoint-num-cpus=1 --working-dir . --runtime-env cluster/runtime_env.yaml -- \
         python -m jobs.compare --config jobs/configs/compare_qwen7b.yaml [--methods a,b] [key=value ...]
 
 Same resume contract as jobs.distill: put run.run_dir on shared storage and resubmit the same command;

@@ -1,7 +1,7 @@
 """`ray job submit` entry point: reject a bad config before anything starts, then run the pipeline.
 
 Run as:
-    ray job submit --working-dir . --runtime-env cluster/runtime_env.yaml -- \
+    ray job submit --entrypoint-num-cpus=1 --working-dir . --runtime-env cluster/runtime_env.yaml -- \
         python -m jobs.distill --config jobs/configs/default.yaml [--stages a,b] [key=value ...]
 
 Under `ray job submit` Ray sets RAY_ADDRESS (the cluster's GCS address) in the driver's environment,

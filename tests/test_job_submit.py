@@ -57,7 +57,7 @@ def test_job_config_loads_and_says_how_to_run_it(path):
             break
         header.append(line)
     assert header, f"{path.name}: starts with a comment saying how to run it"
-    assert "ray job submit" in "\n".join(
+    assert "ray job submit --entrypoint-num-cpus=1" in "\n".join(
         header
     ) and f"--config jobs/configs/{path.name}" in "\n".join(header)
     if path.name not in CPU_CONFIGS:  # cluster configs: state on shared storage, GPUs
@@ -335,6 +335,7 @@ def _submit(head: LocalHead, sid: str, *args: str, timeout: int) -> subprocess.C
         head.dashboard,
         "--submission-id",
         sid,
+        "--entrypoint-num-cpus=1",  # the driver's CPU, reserved (issue 29.5)
         "--working-dir",
         ".",
         "--runtime-env",
