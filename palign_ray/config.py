@@ -413,6 +413,15 @@ class SFTConfig:
     warmup_ratio: float = _f(0.1, "Share of steps with linear warmup before the cosine decay.")
     grad_clip: float = _f(1.0, "Gradient norm clip.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
+    loss_chunk_tokens: int = _f(
+        1024,
+        "Tokens per chunk of the loss: the output projection and fp32 cross-entropy run chunk by "
+        "chunk and are recomputed in backward, so full-vocabulary logits of a whole packed sequence "
+        "(16k tokens × 152k vocabulary ≈ 10 GB in fp32) never exist at once. 0 = one pass over "
+        "full logits. ZeRO-3, and models whose logits are not head(decoder) (e.g. final "
+        "soft-capping), always use the full pass.",
+        hashed=False,
+    )
     packing: bool = _f(
         True, "Pack several examples per sequence (attention kept apart by position-id resets)."
     )

@@ -128,3 +128,55 @@ def test_zero3_loads_partitioned_smollm2_and_exports_in_bounded_memory(default_m
     for run in (z2, z3):
         assert run[0]["export"]["peak_increase"] <= 1.5 * bf16_mb, run[0]["export"]
     print(json.dumps({"bf16_model_mb": round(bf16_mb, 1), "zero2": z2, "zero3": z3}))
+
+
+def test_chunked_loss_equals_the_full_logits_loss(tiny_model):
+    """Issue 29.4: the loss upcast full-vocabulary logits of a whole packed sequence to fp32 (16k tokens ×
+    152k ≈ 10 GB). Chunked, the loss and every gradient stay those of the full pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from palign_ray.sft import data as D
+    from palign_ray.sft.core import decoder_and_head, micro_loss
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    n = 45
+    ids = torch.randint(5, 200, (2, n)).tolist()
+    labels = [row[:] for row in ids]
+    for row in labels:
+        row[:12] = [D.IGNORE_INDEX] * 12  # a prompt: no labels in the first chunk of 8
+    labels[1][30:] = [D.IGNORE_INDEX] * (n - 30)  # padding
+    batch = {"input_ids": ids, "labels": labels, "position_ids": [list(range(n))] * 2}
+    results = []
+    for chunk in (0, 8, 1024):
+        model.zero_grad()
+        loss, value = micro_loss(model, batch, torch.device("cpu"), chunk)
+        loss.backward()
+        results.append((value, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    full_value, full_grads = results[0]
+    for value, grads in results[1:]:
+        assert abs(value - full_value) <= 1e-5 * abs(full_value)
+        for k, g in grads.items():
+            torch.testing.assert_close(g, full_grads[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert decoder_and_head(model) is not None
+    model.config.final_logit_softcapping = 30.0  # logits changed after the head: full pass only
+    assert decoder_and_head(model) is None
+
+
+def test_a_batch_without_labels_still_reaches_every_parameter(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from palign_ray.sft import data as D
+    from palign_ray.sft.core import micro_loss
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    batch = {
+        "input_ids": [[0] * 20],
+        "labels": [[D.IGNORE_INDEX] * 20],
+        "position_ids": [list(range(20))],
+    }
+    loss, value = micro_loss(model, batch, torch.device("cpu"), 4)
+    loss.backward()
+    assert value == 0.0 and all(p.grad is not None for p in model.parameters())

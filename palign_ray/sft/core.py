@@ -169,14 +169,25 @@ def _held_bytes(p: Any) -> int:
     return int(t.numel() * t.element_size())
 
 
-def micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, float]:
-    """Summed next-token cross-entropy over the batch's labelled tokens (fp32 logits)."""
+def micro_loss(
+    engine: Any, batch: dict[str, Any], device: Any, chunk_tokens: int = 0
+) -> tuple[Any, float]:
+    """Summed next-token cross-entropy over the batch's labelled tokens (fp32 logits).
+
+    With `chunk_tokens`, logits exist for one chunk of positions at a time (see `chunked_loss`).
+    """
     import torch
     import torch.nn.functional as F
 
     ids = torch.tensor(batch["input_ids"], device=device)
     labels = torch.tensor(batch["labels"], device=device)
     pos = torch.tensor(batch["position_ids"], device=device)
+    parts = decoder_and_head(getattr(engine, "module", engine)) if chunk_tokens > 0 else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False).last_hidden_state
+        loss = chunked_loss(hidden, head, labels, chunk_tokens)
+        return loss, float(loss.item())
     logits = engine(input_ids=ids, position_ids=pos, use_cache=False).logits
     loss = F.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]),
@@ -185,6 +196,59 @@ def micro_loss(engine: Any, batch: dict[str, Any], device: Any) -> tuple[Any, fl
         reduction="sum",
     )
     return loss, float(loss.item())
+
+
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder stack, output projection) of a causal LM whose logits are exactly head(decoder(x)).
+
+    None where the model changes its logits after the projection (Gemma-2's final soft-capping, a
+    logit scale) or does not expose the two parts: the loss then takes the full-logits path.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT (LoRA)
+    cfg = getattr(base, "config", None)
+    if any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+        return None
+    decoder = getattr(base, "model", None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None:
+        return None
+    return decoder, head
+
+
+def chunked_loss(hidden: Any, head: Any, labels: Any, chunk_tokens: int) -> Any:
+    """Summed next-token cross-entropy of `head(hidden)`, `chunk_tokens` positions at a time.
+
+    Each chunk's logits are recomputed in backward (activation checkpointing), so the peak is one
+    chunk's fp32 logits instead of the whole sequence's. Chunks with no labelled token are skipped,
+    except the first: a micro-batch with no label at all (a rank's filler in a short last step)
+    still backpropagates through every parameter, as the full pass does, with zero gradients.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    h, y = hidden[:, :-1], labels[:, 1:]
+    labelled = (y != D.IGNORE_INDEX).any(dim=0).tolist()  # one host sync per micro-batch
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, h.shape[1], chunk_tokens):
+        end = start + chunk_tokens
+        if start and not any(labelled[start:end]):
+            continue
+        total = total + checkpoint(
+            _chunk_ce, h[:, start:end], y[:, start:end], head, use_reentrant=False
+        )
+    return total
+
+
+def _chunk_ce(h: Any, y: Any, head: Any) -> Any:
+    import torch.nn.functional as F
+
+    logits = head(h).float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        y.reshape(-1),
+        ignore_index=D.IGNORE_INDEX,
+        reduction="sum",
+    )
 
 
 def run_step(
@@ -197,13 +261,14 @@ def run_step(
     grad_accum_steps: int,
     pad_id: int,
     device: Any,
+    loss_chunk_tokens: int = 0,
 ) -> tuple[float, int, int]:
     """One optimizer step of this rank: (loss sum, real tokens, pad tokens) before the all-reduce."""
     denom = max(1, D.step_loss_tokens(plan_step, examples))
     loss_sum, n_tok, n_pad = 0.0, 0, 0
     for micro in plan_step:
         batch = D.collate(micro[rank], examples, pad_id)
-        loss, value = micro_loss(engine, batch, device)
+        loss, value = micro_loss(engine, batch, device, loss_chunk_tokens)
         # DeepSpeed divides by grad_accum_steps and averages over ranks; this scale turns the
         # sum into the per-token mean over the whole optimizer step (every rank knows `denom`).
         engine.backward(loss * (world * grad_accum_steps / denom))

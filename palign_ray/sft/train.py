@@ -328,6 +328,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             grad_accum_steps=cfg.grad_accum_steps,
             pad_id=config["pad_id"],
             device=device,
+            # ZeRO-3 gathers the head's weight at each call, a collective: ranks with different
+            # sequence lengths would call it a different number of times and hang
+            loss_chunk_tokens=cfg.loss_chunk_tokens if cfg.zero_stage < 3 else 0,
         )
         totals = torch.tensor(
             [loss_sum, n_tok, n_pad], dtype=torch.float64, device=device
