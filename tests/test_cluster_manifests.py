@@ -548,3 +548,56 @@ def test_every_ray_node_reaps_a_killed_workers_children():
             for c in g["template"]["spec"]["containers"]:
                 env = {e["name"]: e["value"] for e in c.get("env", [])}
                 assert env.items() >= REAP_ENV.items(), (path.name, c["name"])
+
+
+# --- sites: one node shape per site, rendered onto the same manifests (issue 29.5) --------------
+
+
+def _render_site_module() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_site", CLUSTER / "render_site.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SITES = sorted((CLUSTER / "sites").glob("*.yaml"))
+
+
+def test_the_committed_manifests_are_the_h100_site():
+    """Hard-coded 8 GPUs, 64 CPUs, 512Gi and maxReplicas 2 now live in a site file; the committed
+    manifests must not drift from it."""
+    render = _render_site_module()
+    site = render.load_site(CLUSTER / "sites" / "h100x8.yaml")
+    for name in render.MANIFESTS:
+        for doc in _load_all(CLUSTER / name):
+            assert render.site_values(doc) == site, name
+            assert render.apply_site(doc, site) == doc, name  # rendering it changes nothing
+
+
+@pytest.mark.parametrize("site_file", SITES, ids=lambda p: p.stem)
+def test_every_site_renders_valid_manifests(site_file, tmp_path, validators):
+    render = _render_site_module()
+    site = render.load_site(site_file)
+    for path in render.render(site_file, tmp_path):
+        for doc in _load_all(path):
+            errors = check_manifest(validators, doc)
+            assert not errors, f"{site_file.stem}/{path.name}:\n" + "\n".join(errors)
+            assert render.site_values(doc) == site  # RayJob: its embedded cluster spec
+    assert {p.stem for p in SITES} >= {"h100x8", "a100x4"}
+
+
+def test_a_bad_site_file_is_refused(tmp_path):
+    render = _render_site_module()
+    good = yaml.safe_load((CLUSTER / "sites" / "a100x4.yaml").read_text())
+    for bad, match in (
+        ({**good, "gpus": 4}, "unknown keys"),
+        ({**good, "gpus_per_node": "4"}, "gpus_per_node must be int"),
+        ({**good, "replicas": 9}, "min_replicas <= replicas <= max_replicas"),
+    ):
+        path = tmp_path / "site.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ValueError, match=match):
+            render.load_site(path)
