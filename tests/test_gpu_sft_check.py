@@ -61,3 +61,25 @@ def test_gpu_sft_check_runs_on_cpu(tiny_model, tmp_path):
     for run in res["runs"]:
         assert len(run["steps"]) == 4 and run["loss_fell"]
         assert run["export"]["generates"] and run["export"]["files"]
+
+
+def test_long_sequence_check_runs_on_cpu_at_a_tiny_shape(tmp_path):
+    """bench/gpu_long_seq_check.py (issue 29.6) is ready for a GPU: on CPU at a tiny shape, with the GPU
+    host's imports only, both loss paths run at two lengths and agree."""
+    out = tmp_path / "long.json"
+    args = ["--shape", "tiny", "--lengths", "64,128", "--chunks", "0,32", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-c",
+        BLOCKED_IMPORTS + f"sys.argv = {['gpu_long_seq_check.py', *args, '--out', str(out)]!r}\n"
+        f"runpy.run_path({str(REPO / 'bench' / 'gpu_long_seq_check.py')!r}, run_name='__main__')\n",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["ok"] and res["shape"] == "tiny" and 0 < res["trainable_params"] < res["params"]
+    steps = {(r["tokens"], r["loss_chunk_tokens"]): r for r in res["steps"]}
+    assert set(steps) == {(64, 0), (64, 32), (128, 0), (128, 32)}
+    for n in (64, 128):  # the chunked loss is the full one (bf16 model: to bf16 noise)
+        full, chunked = steps[(n, 0)]["loss"], steps[(n, 32)]["loss"]
+        assert not steps[(n, 0)]["oom"] and abs(full - chunked) <= 0.02 * abs(full)
