@@ -369,9 +369,29 @@ def write_report(
     (out_dir / "report.md").write_text("\n".join(md))
 
 
+def _metrics_file(path: Path) -> dict[str, Any]:
+    """A metrics.json written by `palign eval`, or a ValueError naming the file and what is wrong."""
+    try:
+        m = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e}); give the metrics.json of an eval run") from None
+    ok = (
+        isinstance(m, dict)
+        and isinstance(m.get("benchmarks"), dict)
+        and all(isinstance(s, dict) for s in m["benchmarks"].values())
+        and isinstance(m.get("average", {}), dict)
+    )
+    if not ok:
+        raise ValueError(
+            f"{path}: not the metrics.json of an eval run (needs a 'benchmarks' object of "
+            "per-benchmark objects)"
+        )
+    return m
+
+
 def compare_table(paths: list[str]) -> str:
     """One Markdown table of several runs' metrics.json: pass@1 and pass@n per benchmark, plus the average."""
-    runs = [(Path(p), json.loads(Path(p).read_text())) for p in paths]
+    runs = [(Path(p), _metrics_file(Path(p))) for p in paths]
     benches = sorted({b for _, m in runs for b in m["benchmarks"]})
     head = ["model"] + [f"{b} pass@1 / pass@n" for b in benches] + ["average pass@1 / pass@n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
