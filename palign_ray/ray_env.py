@@ -179,17 +179,17 @@ def describe_holders(holders: dict[str, list[dict[str, Any]]]) -> str:
     )
 
 
-def gpu_holders() -> dict[str, list[dict[str, Any]]]:
-    """Per GPU node (short id): the processes holding GPU memory there; {} without GPUs.
+def on_every_gpu_node(fn: Callable[[], Any]) -> dict[str, Any]:
+    """`fn()` run once on each live GPU node, as a zero-CPU task pinned there; {short node id: result}.
 
-    One NVML probe task per GPU node, pinned to it.
+    {} without GPUs (or without Ray).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
         return {}
-    probe = ray.remote(num_cpus=0)(gpu_processes_on_this_node)
+    probe = ray.remote(num_cpus=0)(fn)
     refs = {
         n["NodeID"]: probe.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
@@ -198,6 +198,11 @@ def gpu_holders() -> dict[str, list[dict[str, Any]]]:
         if n.get("Alive") and n.get("Resources", {}).get("GPU")
     }
     return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
+
+
+def gpu_holders() -> dict[str, list[dict[str, Any]]]:
+    """Per GPU node (short id): the processes holding GPU memory there (NVML)."""
+    return on_every_gpu_node(gpu_processes_on_this_node)
 
 
 def _driver_version_on_this_node() -> str:
@@ -212,21 +217,8 @@ def _driver_version_on_this_node() -> str:
 
 
 def gpu_driver_versions() -> dict[str, str]:
-    """Per GPU node (short id), its NVIDIA driver version; {} without GPUs."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    if not ray.is_initialized() or not ray.cluster_resources().get("GPU"):
-        return {}
-    probe = ray.remote(num_cpus=0)(_driver_version_on_this_node)
-    refs = {
-        n["NodeID"]: probe.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-        ).remote()
-        for n in ray.nodes()
-        if n.get("Alive") and n.get("Resources", {}).get("GPU")
-    }
-    return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
+    """Per GPU node (short id), its NVIDIA driver version."""
+    return on_every_gpu_node(_driver_version_on_this_node)
 
 
 def device_snapshot() -> dict[str, set[int]]:
