@@ -247,7 +247,16 @@ def test_palign_grade_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert metrics["reference_agreement"]["agreement"] == 1.0
     assert metrics["benchmarks"]["gens"]["pass@n_any_correct"] == 1.0  # min n over problems is 1
     # no gold anywhere: every row quarantined, no labels out → exit 3 (issue 19.4)
-    assert main(["grade", str(src), "--answer-field", "nope", "--labels-out", str(labels)]) == 3
+    again = [
+        "grade",
+        str(src),
+        "--answer-field",
+        "nope",
+        "--labels-out",
+        str(labels),
+        "--overwrite",
+    ]
+    assert main(again) == 3
     assert json.loads(capsys.readouterr().out)["quarantine"] == {
         "bad_output": 1,
         "missing_answer": 3,

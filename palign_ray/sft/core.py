@@ -229,7 +229,9 @@ def chunked_loss(hidden: Any, head: Any, labels: Any, chunk_tokens: int) -> Any:
     h, y = hidden[:, :-1], labels[:, 1:]
     labelled = (y != D.IGNORE_INDEX).any(dim=0).tolist()  # one host sync per micro-batch
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, h.shape[1], chunk_tokens):
+    # max(1, ...): a one-token filler batch has no position to predict, and its zero loss must
+    # still have a graph (DeepSpeed's backward refuses a loss without grad_fn)
+    for start in range(0, max(1, h.shape[1]), chunk_tokens):
         end = start + chunk_tokens
         if start and not any(labelled[start:end]):
             continue
