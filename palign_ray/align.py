@@ -13,6 +13,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import AlignConfig, Config, stage_engine
+from palign_ray.fields import DUPLICATE
 from palign_ray.grading import Grade
 from palign_ray.streaming import RETENTION_KEYS, StreamJob, merge_summaries, part_rows, run_rows
 
@@ -43,28 +44,40 @@ def continuation_prompt(question: str, prefix: str) -> str:
 def check_prefix_rows(
     rows: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows fit to continue, and quarantine for empty prefixes/questions and repeated problem_ids."""
+    """Rows fit to continue, and quarantine for the others, each field read the problems stage's way
+    (`fields`): a missing prefix, question or gold (`missing_<field>`), a value of the wrong type
+    (`wrong_type`, never stringified), a repeated problem_id. A kept row's gold is normalised
+    (["5"] is 5), so Eq. 9 compares against the answer, not a list's text."""
     ok, bad, seen = [], [], set()
-    for r in rows:
-        pid = str(r[R.PROBLEM_ID])
-        if pid in seen:
-            bad.append(
-                quarantine_row(
-                    STAGE, pid, "duplicate_problem_id", "a prefix row for this id came earlier"
-                )
-            )
-        elif not isinstance(r.get(R.PREFIX), str) or not r[R.PREFIX].strip():
-            bad.append(
-                quarantine_row(STAGE, pid, "missing_prefix", "prefix is empty or not a string")
-            )
-        elif not isinstance(r.get(R.QUESTION), str) or not r[R.QUESTION].strip():
-            bad.append(
-                quarantine_row(STAGE, pid, "missing_question", "question is empty or not a string")
-            )
-        else:
-            seen.add(pid)
-            ok.append(r)
+    for n, r in enumerate(rows):
+        row, why = _read_prefix_row(r, n)
+        pid = row[R.PROBLEM_ID]
+        if why is None and pid in seen:
+            why = (DUPLICATE, "a prefix row for this id came earlier")
+        if why is not None:
+            bad.append(quarantine_row(STAGE, pid, *why))
+            continue
+        seen.add(pid)
+        ok.append(row)
     return ok, bad
+
+
+def _read_prefix_row(row: dict[str, Any], n: int) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """(the row with its id, prefix, question and gold read, or with its id only; (reason, detail) or None)."""
+    from palign_ray.fields import gold_answer, read_id, read_text
+
+    ident = read_id(row, R.PROBLEM_ID, n)
+    out = {**row, R.PROBLEM_ID: ident.value}
+    if ident.reason:
+        return out, (ident.reason, ident.detail)
+    for field, role in ((R.PREFIX, "prefix"), (R.QUESTION, "question")):
+        text = read_text(row.get(field), field, role)
+        if text.reason:
+            return out, (text.reason, text.detail)
+    gold = gold_answer(row.get(R.ANSWER), R.ANSWER, prose_is_solution=False)
+    if gold.answer is None:
+        return out, (gold.reason, gold.detail)
+    return {**out, R.ANSWER: gold.answer}, None
 
 
 def accepted_row(

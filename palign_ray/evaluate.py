@@ -20,7 +20,15 @@ from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, write_json, write_jsonl
 from palign_ray.benchmarks import BENCHMARK, load_benchmark
 from palign_ray.config import Config, EvalConfig, stage_engine, to_dict
-from palign_ray.fields import gold_answer
+from palign_ray.fields import (
+    DUPLICATE,
+    decode_list,
+    gold_answer,
+    looks_serialised_list,
+    missing,
+    read_id,
+    read_text,
+)
 from palign_ray.grading import extract_boxed, grade
 from palign_ray.metrics import ProblemResult, macro_average, summarize
 
@@ -504,38 +512,35 @@ def generations_from_file(
     rows, bad = read_rows(path, "grade")
     bench = Path(path).stem
     problems, gens = [], []
+    seen: set[str] = set()
     for n, row in enumerate(rows):
-        pid = f"{bench}/{row[id_field] if id_field and row.get(id_field) not in (None, '') else n}"
+        ident = read_id(row, id_field, n)
+        pid = f"{bench}/{ident.value}"
         where = f"{path}:{row.get('_source_line', n + 1)}"
-        outputs = row.get(output_field)
-        if isinstance(outputs, str):
-            outputs = [outputs]
-        if (
-            not isinstance(outputs, list)
-            or not outputs
-            or not all(isinstance(o, str) for o in outputs)
-        ):
-            bad.append(
-                quarantine_row(
-                    "grade",
-                    pid,
-                    "bad_output",
-                    f"{where}: field {output_field!r} must be a string or a list of strings",
-                )
-            )
-            continue
+        outputs, why = _samples(row.get(output_field), output_field)
         # the problems stage's gold reading: ["5"] is 5, a dict or NaN is quarantined, never stringified
         g = gold_answer(row.get(answer_field), answer_field, prose_is_solution=False)
-        if g.answer is None:
-            bad.append(quarantine_row("grade", pid, g.reason, f"{where}: {g.detail}"))
+        question = row.get(
+            question_field
+        )  # kept for reference only: optional, but never stringified
+        q = read_text(question, question_field, "question") if not missing(question) else None
+        for check in (ident, q):
+            if why is None and check is not None and check.reason:
+                why = (check.reason, check.detail)
+        if why is None and g.answer is None:
+            why = (g.reason, g.detail)
+        if why is None and pid in seen:
+            why = (DUPLICATE, "a row with this id came earlier in the file")
+        if why is not None:
+            bad.append(quarantine_row("grade", pid, why[0], f"{where}: {why[1]}"))
             continue
-        gold = g.answer
+        seen.add(pid)
         refs = row.get(label_field)
         problems.append(
             {
                 R.PROBLEM_ID: pid,
-                R.QUESTION: str(row.get(question_field) or ""),
-                R.ANSWER: gold,
+                R.QUESTION: q.value if q is not None else "",
+                R.ANSWER: g.answer,
                 BENCHMARK: bench,
             }
         )
@@ -549,6 +554,25 @@ def generations_from_file(
             }
         )
     return problems, gens, bad
+
+
+def _samples(value: Any, field: str) -> tuple[list[str], tuple[str, str] | None]:
+    """A generations field: one text, a list of texts, or a list serialised as text (a CSV round-trip)."""
+    if isinstance(value, str) and looks_serialised_list(value):
+        decoded = decode_list(value)
+        if decoded is None:
+            return [], ("output_is_serialised_list", f"field {field!r} does not parse as a list")
+        value = decoded
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        return [], ("missing_output", f"field {field!r} holds no sample")
+    texts: list[str] = []
+    for i, item in enumerate(items):
+        text = read_text(item, field, "output")
+        if text.reason and not isinstance(item, str):  # a blank sample is a sample, graded wrong
+            return [], (text.reason, f"{text.detail} (sample {i})")
+        texts.append(item)
+    return texts, None
 
 
 def grade_file(

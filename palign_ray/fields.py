@@ -247,6 +247,66 @@ def gold_answer(
         return Gold(None, solution, "bad_answer", str(e))
 
 
+# --------------------------------------------------------------------------- reading a row
+# One reading for every command that takes rows (problems, truncate, generate, align, grade, sft-data):
+# the same decoding, the same reason codes, and a wrong type is never stringified (issue 27).
+
+
+def read_text(value: Any, field: str, role: str, *, lists: bool = False, index: int = 0) -> Picked:
+    """A text field's value → Picked(text), or a reason: `missing_<role>` (absent, blank, NaN) or
+    `wrong_type` (a number, a dict, a bool; the detail names the field and what it held).
+
+    With `lists`, a list or a serialised list is unwrapped at `index` (`pick`); without, a list is
+    `wrong_type` (a question or prompt is one text; joining a list's items would guess).
+    """
+    picked = pick(value, index, field, role) if lists else Picked(value)
+    if picked.reason:
+        return picked
+    text = picked.value
+    if missing(text):
+        where = "" if picked.form == "string" else f" ({picked.form} element {index})"
+        return Picked(None, picked.form, f"missing_{role}", f"no text in field {field!r}{where}")
+    if not isinstance(text, str):
+        return Picked(None, picked.form, "wrong_type", f"field {field!r} {_shown(text)}, not text")
+    return Picked(text, picked.form)
+
+
+def read_trace(
+    value: Any, field: str, index: int = 0, role: str = "trace"
+) -> tuple[Picked, ThinkSplit]:
+    """A reasoning trace: `read_text` with lists, then split at its think tags (R1's `</think>` and the
+    answer after it are not the trace). A trace of nothing but tags keeps its text (the stages that
+    judge or train on it quarantine an empty trace by their own rule)."""
+    picked = read_text(value, field, role, lists=True, index=index)
+    if picked.reason:
+        return picked, ThinkSplit("", "", "")
+    split = split_think(picked.value)
+    return picked, split if split.reasoning else ThinkSplit(picked.value, "", split.case)
+
+
+def _shown(value: Any) -> str:
+    return f"is {type(value).__name__} {str(value)[:60]!r}"
+
+
+def read_id(row: dict[str, Any], field: str, n: int) -> Picked:
+    """A row's id: the id field's value (text or a whole number), else the row number `n`.
+
+    An id of another type (a dict, a list, a bool) is `wrong_type`, with the row number as the value so
+    that the quarantine row still names the row. A float id from a pandas column with gaps (7.0) is 7.
+    """
+    raw = row.get(field) if field else None
+    if missing(raw):
+        return Picked(str(n))
+    if isinstance(raw, float) and raw.is_integer():
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        return Picked(str(n), reason="wrong_type", detail=f"id field {field!r} {_shown(raw)}")
+    return Picked(str(raw))
+
+
+DUPLICATE = "duplicate_problem_id"  # the reason code every command gives a repeated id
+
+
 # --------------------------------------------------------------------------- row filter
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, uniform_rows
 from palign_ray.config import ProblemsConfig
-from palign_ray.fields import Gold, first_present, gold_answer, missing
+from palign_ray.fields import Gold, first_present, gold_answer, read_text
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +70,11 @@ class Trace:
 
 
 def _trace(row: dict[str, Any], cfg: ProblemsConfig) -> Trace:
-    from palign_ray.fields import pick, split_think
+    from palign_ray.fields import read_trace
 
-    field = cfg.trace_field
-    picked = pick(row.get(field), cfg.trace_index, field, "trace")
+    picked, split = read_trace(row.get(cfg.trace_field), cfg.trace_field, cfg.trace_index)
     if picked.reason:
         return Trace(None, picked.form, reason=picked.reason, detail=picked.detail)
-    value = picked.value
-    if not isinstance(value, str) or not value.strip():
-        what = "no text" if missing(value) else f"a {type(value).__name__}, not text"
-        return Trace(
-            None, picked.form, reason="missing_trace", detail=f"{what} in trace field {field!r}"
-        )
-    split = split_think(value)
-    if not split.reasoning:
-        # Nothing but tags: the teacher's ingest quarantines it as empty_trace (one place for that check).
-        return Trace(value, picked.form, split.case)
     return Trace(split.reasoning, picked.form, split.case, split.after)
 
 
@@ -115,22 +104,12 @@ def normalize_problem(
     raw_id = row.get(id_field) if id_field else None
     fallback_id = str(raw_id) if raw_id not in (None, "") else where
     group = _group(row, group_field)
-    if question is None or (isinstance(question, str) and not question.strip()):
+    text = read_text(question, qfield or "/".join(QUESTION_FIELDS), "question")
+    if text.reason:
         return None, quarantine_row(
-            STAGE,
-            fallback_id,
-            "missing_question",
-            f"{where}: no non-empty {qfield or '/'.join(QUESTION_FIELDS)}",
-            **group,
+            STAGE, fallback_id, text.reason, f"{where}: {text.detail}", **group
         )
-    if not isinstance(question, str):
-        return None, quarantine_row(
-            STAGE,
-            fallback_id,
-            "wrong_type",
-            f"{where}: {qfield} is {type(question).__name__}, not a string",
-            **group,
-        )
+    question = text.value
     pid = str(raw_id) if raw_id not in (None, "") else content_id(question)
     gold = _gold(row, cfg)
     if gold.answer is None:

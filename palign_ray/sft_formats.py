@@ -45,7 +45,7 @@ def _not_text(row: dict[str, Any], keys: tuple[str, ...], fmt: str) -> Rejected 
         value = row.get(key)
         if value is not None and not isinstance(value, str):
             return Rejected(
-                "bad_field_type",
+                "wrong_type",
                 f"{fmt} field {key!r} is {type(value).__name__} {str(value)[:60]!r}, not text",
             )
     return None

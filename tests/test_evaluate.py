@@ -243,7 +243,7 @@ def test_palign_grade_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         ("gens/1", 0, 1),
     ]
     assert "generation" not in rows[0]
-    assert metrics["quarantine"] == {"bad_output": 1, "missing_answer": 1}
+    assert metrics["quarantine"] == {"wrong_type": 1, "missing_answer": 1}
     assert metrics["reference_agreement"]["agreement"] == 1.0
     assert metrics["benchmarks"]["gens"]["pass@n_any_correct"] == 1.0  # min n over problems is 1
     # no gold anywhere: every row quarantined, no labels out → exit 3 (issue 19.4)
@@ -258,7 +258,7 @@ def test_palign_grade_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     ]
     assert main(again) == 3
     assert json.loads(capsys.readouterr().out)["quarantine"] == {
-        "bad_output": 1,
+        "wrong_type": 1,
         "missing_answer": 3,
     }
 

@@ -261,10 +261,10 @@ def test_truncate_cli_corpus_accounts_for_every_line(
     assert len(out) + len(quar) == 9
     assert sorted(r[R.PROBLEM_ID] for r in out) == ["g1", "g2"]
     assert reasons(quar) == {
-        "e1": "empty_cot",
-        "e2": "empty_cot",
+        "e1": "missing_cot",
+        "e2": "missing_cot",
         "l1": "cot_is_list",
-        "i1": "cot_not_text",
+        "i1": "wrong_type",
         "g1": "duplicate_problem_id",
         "line-8": "invalid_json",
         "line-9": "invalid_utf8",

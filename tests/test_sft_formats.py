@@ -23,7 +23,7 @@ from palign_ray.sft_formats import ChatExample, Rejected, from_row
 def test_alpaca_fields_that_are_not_text_reject_the_row(row):
     """Issue 27: `"input": 12345` (a list, NaN; `instruction: 7`) was dropped and the answer still trained."""
     got = from_row(row, "alpaca", "\n")
-    assert isinstance(got, Rejected) and got.reason == "bad_field_type"
+    assert isinstance(got, Rejected) and got.reason == "wrong_type"
     bad = next(k for k, v in row.items() if not isinstance(v, str))
     assert repr(bad) in got.detail
 

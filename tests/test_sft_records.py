@@ -125,7 +125,7 @@ def test_build_examples_quarantine(tokenizer) -> None:
     ex, quar, stats = build_examples(rows, tokenizer, "palign", AlignConfig(max_seq_len=200))
     assert [e["problem_id"] for e in ex] == ["p"]
     assert [(q["problem_id"], q["reason"]) for q in quar] == [
-        ("q", "missing_field"),
+        ("q", "missing_continuation"),
         ("long", "too_long"),
     ]
     assert len(ex) + len(quar) == len(rows)
@@ -148,7 +148,7 @@ def test_duplicates_are_trained_on_once_and_retention_counts_problems(
     quar = pq.read_table(tmp_path / "s.quarantine.parquet").to_pylist()
     assert [(q["problem_id"], q["reason"]) for q in quar] == [
         ("p", "duplicate_example"),
-        ("r", "missing_field"),
+        ("r", "missing_continuation"),
     ]
     assert summary["num_examples"] == 2 and summary["num_quarantined"] == 2  # 4 rows in
     assert summary["num_problems_in"] == 2 and summary["num_problems_out"] == 1
@@ -191,7 +191,7 @@ def test_shards_contract(tokenizer, tmp_path: Path) -> None:
         and meta["chat_template"]
     )
     quar = pq.read_table(tmp_path / "shards.quarantine.parquet").to_pylist()
-    assert [(q["problem_id"], q["reason"]) for q in quar] == [("bad", "missing_field")]
+    assert [(q["problem_id"], q["reason"]) for q in quar] == [("bad", "missing_prefix")]
     assert summary["num_examples"] == 5 and summary["num_quarantined"] == 1
 
 

@@ -128,8 +128,9 @@ def truncate_main(argv: list[str]) -> int:
 
 def align_main(argv: list[str]) -> int:
     """Run as: palign align --input prefixes.parquet --output aligned.parquet [key=value ...]"""
-    from palign_ray.align import STAGE, run_align
-    from palign_ray.artifacts import read_rows
+    from palign_ray import records as R
+    from palign_ray.align import REQUIRED, STAGE, check_prefix_rows, run_align
+    from palign_ray.artifacts import read_rows, retention
 
     p = config_parser(
         "align",
@@ -139,9 +140,15 @@ def align_main(argv: list[str]) -> int:
     p.add_argument("--output", required=True, help="output .parquet or .jsonl of accepted rows")
     args, cfg = parse(p, argv, file="input", plan=("align",), output_suffixes=ROW_SUFFIXES)
     rows, bad = read_rows(args.input, STAGE)
-    out, quar, summary = run_align(rows, cfg)
-    summary["unreadable_rows"] = len(bad)
-    return finish(args.output, summary, len(out), rows=out, quarantined=bad + quar)
+    columns = set().union(*(r.keys() for r in rows)) if rows else set(REQUIRED)
+    R.require_columns(STAGE, columns, REQUIRED, str(args.input))  # a wrong file: one clear error
+    num_in = len(rows)
+    # the whole file read once before any engine starts: a repeated id in another part is caught too
+    rows, rejected = check_prefix_rows(rows)
+    out, quar, summary = run_align(rows, cfg) if rows else ([], [], {})
+    summary.update(retention(STAGE, num_in, out, rejected + quar))  # every row of the file counted
+    summary.update(unreadable_rows=len(bad), num_read_rejected=len(rejected))
+    return finish(args.output, summary, len(out), rows=out, quarantined=bad + rejected + quar)
 
 
 def sft_data_main(argv: list[str]) -> int:
@@ -342,7 +349,7 @@ def grade_main(argv: list[str]) -> int:
 def generate_main(argv: list[str]) -> int:
     """Run as: palign generate --input prompts.jsonl --output gens.parquet [teacher.max_tokens=64 ...]"""
     from palign_ray import records as R
-    from palign_ray.artifacts import quarantine_row, read_rows, retention
+    from palign_ray.artifacts import read_rows, retention
 
     p = config_parser(
         "generate", "Generate from prompts with the teacher.* model and sampling settings."
@@ -357,21 +364,8 @@ def generate_main(argv: list[str]) -> int:
     p.add_argument("--id-field", default="", help="column holding a row id (default: row number)")
     args, cfg = parse(p, argv, file="input", plan=("teacher",), output_suffixes=ROW_SUFFIXES)
     rows, bad = read_rows(args.input, "generate")
-    items = []
-    for n, row in enumerate(rows):
-        prompt = row.get(args.prompt_field)
-        pid = str(row.get(args.id_field, n)) if args.id_field else str(n)
-        if not isinstance(prompt, str) or not prompt.strip():
-            bad.append(
-                quarantine_row(
-                    "generate",
-                    pid,
-                    "missing_prompt",
-                    f"field {args.prompt_field!r} missing or empty",
-                )
-            )
-            continue
-        items.append({R.PROBLEM_ID: pid, R.PROMPT: prompt})
+    items, rejected = prompt_items(rows, args.prompt_field, args.id_field)
+    bad += rejected
     out = _generate(items, cfg) if items else []  # no usable prompt: no engine starts
     for r in out[:3]:  # stdout: a preview of the first generations (the summary is in the file)
         sys.stdout.write(
@@ -398,6 +392,30 @@ def generate_main(argv: list[str]) -> int:
     return finish(args.output, summary, len(out), rows=out, quarantined=bad, stdout=False)
 
 
+def prompt_items(
+    rows: list[dict[str, Any]], prompt_field: str, id_field: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows → ({problem_id, prompt} items, quarantine), read the problems stage's way: a missing prompt
+    (`missing_prompt`), one of the wrong type (`wrong_type`, never stringified), a repeated id."""
+    from palign_ray import records as R
+    from palign_ray.artifacts import quarantine_row
+    from palign_ray.fields import DUPLICATE, read_id, read_text
+
+    items, bad, seen = [], [], set()
+    for n, row in enumerate(rows):
+        ident = read_id(row, id_field, n)
+        prompt = read_text(row.get(prompt_field), prompt_field, "prompt")
+        why = next(((p.reason, p.detail) for p in (ident, prompt) if p.reason), None)
+        if why is None and ident.value in seen:
+            why = (DUPLICATE, f"id {ident.value!r} came earlier in the input")
+        if why is not None:
+            bad.append(quarantine_row("generate", ident.value, *why))
+            continue
+        seen.add(ident.value)
+        items.append({R.PROBLEM_ID: ident.value, R.PROMPT: prompt.value})
+    return items, bad
+
+
 def _generate(items: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
     """Prompts → generation rows (one engine pool), in input order, each with its prompt."""
     from palign_ray import records as R
@@ -417,8 +435,8 @@ def _generate(items: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
         seed=cfg.run.seed,
     ):
         out += batch
-    by_id = {i[R.PROBLEM_ID]: i[R.PROMPT] for i in items}
+    by_id = {i[R.PROBLEM_ID]: (n, i[R.PROMPT]) for n, i in enumerate(items)}  # ids are unique here
     for r in out:
-        r[R.PROMPT] = by_id[r[R.PROBLEM_ID]]
-    out.sort(key=lambda r: int(r[R.PROBLEM_ID]) if r[R.PROBLEM_ID].isdigit() else r[R.PROBLEM_ID])
+        r[R.PROMPT] = by_id[r[R.PROBLEM_ID]][1]
+    out.sort(key=lambda r: by_id[r[R.PROBLEM_ID]][0])  # input order (ids may mix "10" and "a")
     return out

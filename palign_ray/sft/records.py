@@ -22,6 +22,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import TMP_PREFIX, quarantine_row, retention
 from palign_ray.config import AlignConfig, Config
+from palign_ray.fields import read_id
 from palign_ray.teacher import teacher_prompt
 
 log = logging.getLogger(__name__)
@@ -143,10 +144,31 @@ def tokenize_example(tokenizer: Any, user: str, response: str, system: str = "")
     return Tokenized(ids, mask, joint)
 
 
-def _missing_fields(row: dict[str, Any], method: str) -> list[str]:
-    return [
-        f for f in METHOD_FIELDS[method] if not isinstance(row.get(f), str) or not row[f].strip()
-    ]
+def read_method_row(
+    row: dict[str, Any], method: str
+) -> tuple[dict[str, Any], tuple[str, str] | None]:
+    """The fields `method` trains on, read the problems stage's way (`fields`): (row with them read,
+    None), or (row, (reason, detail)): `missing_<field>`, `wrong_type` (never stringified), or what
+    the gold reading says. A trace loses R1's `</think>` and the answer after it; gold ["5"] is 5."""
+    from palign_ray.fields import gold_answer, read_text, read_trace
+
+    out = dict(row)
+    for field in METHOD_FIELDS[method]:
+        if field == R.ANSWER:
+            gold = gold_answer(row.get(field), field, prose_is_solution=False)
+            if gold.answer is None:
+                return out, (gold.reason, gold.detail)
+            out[field] = gold.answer
+        elif field == R.COT:
+            picked, split = read_trace(row.get(field), field, role="cot")
+            if picked.reason:
+                return out, (picked.reason, picked.detail)
+            out[field] = split.reasoning
+        else:
+            text = read_text(row.get(field), field, field)
+            if text.reason:
+                return out, (text.reason, text.detail)
+    return out, None
 
 
 class _Collector:
@@ -219,15 +241,17 @@ def build_examples(
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
     out = _Collector(tokenizer, cfg)
-    for row in rows:
-        pid = str(row.get(R.PROBLEM_ID))
-        missing = _missing_fields(row, method)
-        if missing:
+    for n, raw in enumerate(rows):
+        ident = read_id(raw, R.PROBLEM_ID, n)
+        row, why = read_method_row(raw, method)
+        why = (ident.reason, ident.detail) if ident.reason else why
+        if why is not None:
+            reason, detail = why
             out.quarantine.append(
-                quarantine_row(STAGE, pid, "missing_field", f"method {method} needs {missing}")
+                quarantine_row(STAGE, ident.value, reason, f"method {method}: {detail}")
             )
             continue
-        out.add(pid, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
+        out.add(ident.value, teacher_prompt(row[R.QUESTION]), build_response(row, method, cfg))
     return out.examples, out.quarantine, out.stats(method)
 
 
