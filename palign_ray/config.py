@@ -227,6 +227,26 @@ class ProblemsConfig:
         "Built-in worked solutions: short = the steps; long = restated, a dead end and a 'Wait,', "
         "the steps, a check (as reasoning models write; gives truncation something to cut).",
     )
+    dedup: bool = _f(
+        True,
+        "Quarantine a problem whose text repeats an earlier one's, case, whitespace and LaTeX "
+        "spacing aside (duplicate_question, naming the first).",
+    )
+    decontaminate: bool = _f(
+        True,
+        "Quarantine a problem that overlaps an item of eval.benchmarks found on disk (contaminated, "
+        "naming the benchmark and item): its share of the item's n-grams >= decontaminate_threshold.",
+    )
+    decontaminate_ngram: int = _f(
+        8,
+        "n of the n-grams (word, number and symbol tokens). 8 as open-r1's and s1's decontamination; "
+        "bench/results/2026-12-05-decontam.md measures what it separates on the shared data.",
+    )
+    decontaminate_threshold: float = _f(
+        0.5,
+        "Share of a benchmark item's n-grams a problem must contain to count as that item "
+        "(bench/results/2026-12-05-decontam.md: the measured shares, copies against the rest).",
+    )
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,19 @@ class Stage:
 
 
 def run_problems(s: StageRun) -> dict[str, Any]:
+    from palign_ray.artifacts import uniform_rows
+    from palign_ray.decontam import screen_problems
     from palign_ray.problems import load_problems, load_summary
 
     rows, quar = load_problems(s.cfg.problems)
+    rows, screened, screen = screen_problems(rows, s.cfg)
+    quar = uniform_rows(quar + screened)
     s.sd.reset()
     _prepare(s.sd, s.config_hash)
     s.sd.write_part(rows, quar)
     _check_not_empty("problems", s.sd)
-    return {"num_input": len(rows) + len(quar), "summary": load_summary(rows, quar)}
+    summary = {**load_summary(rows, quar), "screen": screen}
+    return {"num_input": len(rows) + len(quar), "summary": summary}
 
 
 def _row_stage(
@@ -318,19 +323,37 @@ def _key_hash(cfg: Config, key: str) -> str:
 
 
 def _input_digest(cfg: Config, stage: str) -> str:
-    """The content of the problems stage's input file(s), so an edited file is read again on rerun.
+    """What the problems stage reads besides its config: the content of its input file(s), so an
+    edited file is read again on rerun, and, when it decontaminates, the benchmarks it screens
+    against (their settings and files: an added benchmark or an edited file screens again).
 
-    Empty for the built-in problems (their hash is unchanged) and for a path that does not exist
-    (the plan checks refuse that run before any stage).
+    Empty for the built-in problems without decontamination, and for paths that do not exist
+    (the plan checks refuse those runs before any stage).
     """
-    p = cfg.problems
-    if stage != "problems" or p.source != "file" or not p.path or not Path(p.path).exists():
+    if stage != "problems":
         return ""
-    root = Path(p.path)
-    files = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
-    digest = hashlib.sha256()
-    for f in files:
-        digest.update(str(f.relative_to(root) if root.is_dir() else f.name).encode())
+    p, e = cfg.problems, cfg.eval
+    files: list[tuple[str, Path]] = []
+    if p.source == "file" and p.path and Path(p.path).exists():
+        root = Path(p.path)
+        found = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        files += [(str(f.relative_to(root) if root.is_dir() else f.name), f) for f in found]
+    screen = ""
+    if p.decontaminate:
+        from palign_ray.benchmarks import BENCHMARKS
+
+        screen = json.dumps(
+            [e.benchmarks, e.data_dir, e.num_problems, e.builtin_seed, e.builtin_split]
+        )
+        for name in e.benchmarks:
+            f = Path(e.data_dir) / BENCHMARKS[name].path if name in BENCHMARKS else Path(name)
+            if f.is_file():
+                files.append((f"benchmark:{name}", f))
+    if not files and not screen:
+        return ""
+    digest = hashlib.sha256(screen.encode())
+    for label, f in files:
+        digest.update(label.encode())
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 digest.update(block)

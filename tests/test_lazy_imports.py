@@ -32,6 +32,7 @@ PURE_MODULES = [
     "palign_ray.benchmarks",
     "palign_ray.evaluate",
     "palign_ray.problems",
+    "palign_ray.decontam",
     "palign_ray.builtin",
     "palign_ray.teacher",
     "palign_ray.align",

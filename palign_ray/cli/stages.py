@@ -20,6 +20,8 @@ log = logging.getLogger("palign")
 
 def teacher_main(argv: list[str]) -> int:
     """Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=value ...]"""
+    from palign_ray.artifacts import uniform_rows
+    from palign_ray.decontam import screen_problems
     from palign_ray.problems import load_problems, load_summary
     from palign_ray.teacher import run_teacher
 
@@ -30,7 +32,10 @@ def teacher_main(argv: list[str]) -> int:
     p.add_argument("--output", required=True, help="output traces .parquet or .jsonl")
     args, cfg = parse(p, argv, file="input?", plan=("teacher",), output_suffixes=ROW_SUFFIXES)
     problems, bad = load_problems(cfg.problems, args.input)
+    problems, screened, screen = screen_problems(problems, cfg)  # the problems stage's screen
+    bad = uniform_rows(bad + screened)
     out, quar, summary = run_teacher(problems, cfg)
+    summary["screen"] = screen
     summary["problems_quarantined"] = len(bad)
     summary["problems"] = load_summary(problems, bad)
     return finish(args.output, summary, len(out), rows=out, quarantined=bad + quar)
