@@ -62,7 +62,7 @@ def _shopping(r: random.Random) -> Worked:
     na, pa_, nb, pb = r.randint(2, 9), r.randint(2, 12), r.randint(2, 9), r.randint(2, 12)
     ca, cb = na * pa_, nb * pb
     total = ca + cb
-    bill = next(b for b in (20, 50, 100, 200) if b > total)
+    bill = next(b for b in (20, 50, 100, 200, 500) if b > total)  # total reaches 2 * 9 * 12 = 216
     change = bill - total
     q = (
         f"{name} buys {na} {a2} for {pa_} dollars each and {nb} {b2} for {pb} dollars each. "

@@ -436,3 +436,18 @@ def test_load_builtin_default_and_retention_helpers(tmp_path: Path) -> None:
     )
     assert quarantine_path(tmp_path / "t.parquet").name == "t.quarantine.parquet"
     assert quarantine_path(tmp_path / "shards").name == "shards.quarantine.parquet"
+
+
+def test_the_shopping_template_draws_a_bill_for_its_largest_total() -> None:
+    """9 items at 12 dollars twice is 216 dollars: the bills stopped at 200, so a 100k-problem draw
+    (bench/decontam.py) died with StopIteration."""
+    import random
+
+    from palign_ray.builtin import _shopping
+
+    class Largest(random.Random):
+        def randint(self, a: int, b: int) -> int:
+            return b
+
+    w = _shopping(Largest(0))
+    assert "500 dollar bill" in w.question and w.answer == 500 - 216
