@@ -449,7 +449,18 @@ def _extra(stage: str, m: Mapping[str, Any]) -> str:
         )
     if stage in ("base_eval", "eval"):
         return " → ".join(f"{k} {_pass1(m[k])}" for k in ("base", "trained") if m.get(k))
+    if stage == "problems" and (screen := m.get("summary", {}).get("screen")):
+        return screen_line(screen)
     return ""
+
+
+def screen_line(screen: Mapping[str, Any]) -> str:
+    """The problems screen in a few words: duplicates, and what was checked against which benchmarks."""
+    against = screen.get("decontaminated_against") or []
+    dup = f"{screen.get('num_duplicates', 0)} duplicates" if screen.get("dedup") else "no dedup"
+    if not against:
+        return f"{dup}, no benchmark overlap check ({'; '.join(screen.get('not_checked', [])) or 'none listed'})"
+    return f"{dup}, {screen.get('num_contaminated', 0)} overlapping {', '.join(against)}"
 
 
 def _pass1(headline: Mapping[str, Any]) -> str:

@@ -196,7 +196,7 @@ def screen(
 def benchmark_index(cfg: Any) -> tuple[BenchmarkIndex | None, list[str]]:
     """The index over `cfg.eval.benchmarks` as evaluation loads them (None when problems.decontaminate
     is off or none is on disk), and a note per benchmark left out, saying why."""
-    from palign_ray.benchmarks import BENCHMARKS, BUILTIN, load_benchmark
+    from palign_ray.benchmarks import BENCHMARK, BENCHMARKS, BUILTIN, load_benchmark
 
     p, e = cfg.problems, cfg.eval
     if not p.decontaminate:
@@ -212,7 +212,7 @@ def benchmark_index(cfg: Any) -> tuple[BenchmarkIndex | None, list[str]]:
         rows, _ = load_benchmark(
             name, e.data_dir, e.num_problems, e.builtin_seed, builtin_split=e.builtin_split
         )
-        loaded.append((name, rows))
+        loaded.append((rows[0][BENCHMARK] if rows else name, rows))  # a file: named by its stem
     if not loaded:
         return None, notes
     return build_index(loaded, p.decontaminate_ngram), notes

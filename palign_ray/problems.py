@@ -286,6 +286,7 @@ def load_summary(rows: list[dict[str, Any]], quarantined: list[dict[str, Any]]) 
     summary: dict[str, Any] = {
         "num_in": len(rows) + len(quarantined),
         "num_out": len(rows),
+        "num_quarantined": len(quarantined),
         "reasons": dict(Counter(q[R.REASON] for q in quarantined)),
     }
     if by_group:

@@ -281,3 +281,18 @@ def test_a_crash_inside_the_run_lands_in_run_log_and_in_the_stage_log(tmp_path, 
         raise RuntimeError("the training ranks died")
     for name in ("run.log", "train.log"):
         assert "RuntimeError: the training ranks died" in (tmp_path / "logs" / name).read_text()
+
+
+def test_the_problems_line_says_what_the_screen_did():
+    """Issue 26.3: duplicates and benchmark overlaps on the console, or why nothing was checked."""
+    from palign_ray.console import screen_line
+
+    screened = {
+        "dedup": True,
+        "num_duplicates": 2,
+        "num_contaminated": 1,
+        "decontaminated_against": ["aime24", "math500"],
+    }
+    assert screen_line(screened) == "2 duplicates, 1 overlapping aime24, math500"
+    none = {"dedup": True, "num_duplicates": 0, "not_checked": ["math500: not on disk"]}
+    assert screen_line(none) == "0 duplicates, no benchmark overlap check (math500: not on disk)"

@@ -69,8 +69,26 @@ def test_an_edited_problems_file_invalidates_the_problems_stage(tmp_path):
     src.write_text('{"question": "1+1?", "answer": "3"}\n')
     hb = P.stage_hashes(a, P.stages_for(a))
     assert all(ha[s] != hb[s] for s in ha if s != "base_eval")  # the base student reads no problems
-    builtin = load_config(None)
-    assert P._input_digest(builtin, "problems") == ""  # built-in runs keep their hashes
+    builtin = load_config(None, ["problems.decontaminate=false"])
+    assert P._input_digest(builtin, "problems") == ""  # nothing read but the config
+
+
+def test_the_benchmarks_screened_against_are_part_of_the_problems_hash(tmp_path):
+    """Issue 26.3: an added benchmark or an edited benchmark file screens the problems again."""
+    bench = tmp_path / "mine.jsonl"
+    bench.write_text('{"problem": "What is 2+2?", "answer": "4"}\n')
+
+    def problems_hash(*over: str) -> str:
+        cfg = load_config(None, list(over))
+        return P.stage_hashes(cfg, P.stages_for(cfg))["problems"]
+
+    plain = problems_hash()
+    added = problems_hash(f"eval.benchmarks=[builtin,{bench}]")
+    assert added != plain
+    bench.write_text('{"problem": "What is 2+3?", "answer": "5"}\n')
+    assert problems_hash(f"eval.benchmarks=[builtin,{bench}]") != added
+    off = problems_hash("problems.decontaminate=false")
+    assert problems_hash("problems.decontaminate=false", f"eval.benchmarks=[{bench}]") == off
 
 
 def test_the_audits_align_settings_invalidate_truncate_but_align_only_settings_do_not():
