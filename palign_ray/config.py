@@ -367,6 +367,14 @@ class JudgeConfig:
         "and 'judge invalid' in every report; fail = also stop the pipeline before align.",
         hashed=False,
     )
+    kv_admission: float = _f(
+        0.9,
+        "Share of the judge engine's KV cache (blocks x block size, as the engine reports it) that the "
+        "problems in flight on an actor may reserve: a batch starts only when the longest probes of "
+        "everything resident and its own fit, so a problem's prompt stays cached across its rounds "
+        "(bench/results/2026-12-05-kv-admission.md). 0 = every batch at once.",
+        hashed=False,
+    )
     engine: StageEngineConfig = _section(
         StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
     )

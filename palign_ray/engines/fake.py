@@ -14,8 +14,15 @@ Responder = Callable[[Sequence[int], SamplingSpec, int], tuple[str, dict[int, fl
 class FakeEngine:
     """Answers every prompt through `respond`; token ids come from `tokenizer` when given."""
 
-    def __init__(self, respond: Responder, tokenizer: Any = None, cache_prefixes: bool = True):
+    def __init__(
+        self,
+        respond: Responder,
+        tokenizer: Any = None,
+        cache_prefixes: bool = True,
+        kv: tuple[int, int] | None = None,
+    ):
         self.respond = respond
+        self.kv = kv  # (tokens, block size) that kv_capacity reports; None = unknown
         self.tokenizer = tokenizer
         self.stats = EngineStats()
         self.calls: list[list[tuple[int, ...]]] = []  # prompts of every call, for assertions
@@ -69,6 +76,9 @@ class FakeEngine:
     ) -> list[GenerationResult]:
         """The async entry the stage workers use (answers at once)."""
         return self.generate(prompts, params)
+
+    def kv_capacity(self) -> tuple[int, int] | None:
+        return self.kv
 
     def shutdown(self) -> None:
         pass

@@ -112,6 +112,15 @@ class VLLMEngine:
         self.stats = EngineStats()
         self._loop: _EngineLoop | None = None
 
+    def kv_capacity(self) -> tuple[int, int] | None:
+        """(tokens, block size) of the KV cache as the engine reports it after start, or None."""
+        engine = getattr(self.llm, "llm_engine", None)
+        cache = getattr(getattr(engine, "vllm_config", None), "cache_config", None)
+        blocks, size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", None)
+        if not blocks or not size:
+            return None
+        return int(blocks) * int(size), int(size)
+
     def _params(self, sp: SamplingSpec) -> Any:
         from vllm import SamplingParams
 

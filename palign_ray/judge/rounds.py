@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,6 +190,10 @@ def check_judge_config(jcfg: JudgeConfig) -> None:
         raise ValueError(f"judge.min_margin_range must be >= 0, got {jcfg.min_margin_range}")
     if jcfg.votes < 1:
         raise ValueError(f"judge.votes must be >= 1, got {jcfg.votes}")
+    if not 0 <= jcfg.kv_admission <= 1:
+        raise ValueError(
+            f"judge.kv_admission must be a share of the KV cache in [0, 1] (0 = off), got {jcfg.kv_admission}"
+        )
     if jcfg.verdict == "rollout" and jcfg.votes != 1:
         raise ValueError(
             "judge.verdict=rollout samples judge.rollout_samples continuations per probe; "
@@ -599,6 +603,25 @@ def run_rounds(
     return loop.calls
 
 
+def resident_tokens(p: Problem, jcfg: JudgeConfig, block_size: int) -> int:
+    """A problem's footprint in the judge engine's KV cache while it is searched (judge.admission).
+
+    Its probes share its prompt up to their cuts, so the longest one (the whole judged trace) bounds
+    what they share; each sequence of a round adds its private last block, its verdict tail and
+    what it generates (a rollout probe: `rollout_samples` continuations).
+    """
+    if p.prompt is None:
+        return 0
+    longest = p.prompt.num_tokens(p.ends[p.num_judged - 1])
+    per_round = {"binary": 1, "kary": jcfg.kary_k}.get(jcfg.search, p.num_judged)
+    sequences = per_round + len(anchor_ks(jcfg.calibration, p.num_judged))
+    if jcfg.verdict == "rollout":
+        sequences *= jcfg.rollout_samples
+    elif jcfg.votes > 1:
+        sequences *= jcfg.votes
+    return longest + sequences * (block_size + len(p.prompt.tail) + reserved_tokens(jcfg))
+
+
 async def arun_rounds(
     engine: Any,
     problems: Sequence[Problem],
@@ -607,24 +630,41 @@ async def arun_rounds(
     max_model_len: int,
     seed: int = 0,
     prober: Any = None,
+    on_done: Callable[[Problem], None] | None = None,
 ) -> int:
-    """`run_rounds` on an async engine: while this batch waits for a round, other batches' probes fill the engine."""
+    """`run_rounds` on an async engine: while this batch waits for a round, other batches' probes fill
+    the engine. `on_done` is called once per problem as its search ends (admission frees its room)."""
+    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed, prober)
+    searching = {id(p): p for p in problems}  # by identity: two problems may hold equal fields
+    try:
+        while (call := loop.next_call()) is not None:
+            await _one_call(engine, loop, call, prober)
+            if on_done is not None:
+                for key, p in list(searching.items()):
+                    if p.state.done or p.engine_error:
+                        del searching[key]
+                        on_done(p)
+    finally:
+        if on_done is not None:  # the rest (after an error, or done without a call) leave too
+            for p in searching.values():
+                on_done(p)
+    return loop.calls
+
+
+async def _one_call(engine: Any, loop: RoundLoop, call: Any, prober: Any) -> None:
     import asyncio
 
-    loop = RoundLoop(problems, jcfg, vt, max_model_len, seed, prober)
-    while (call := loop.next_call()) is not None:
-        todo, prompts, specs = call
-        try:
-            results: Sequence[GenerationResult] | None = await engine.agenerate(prompts, specs)
-            err = ""
-        except Exception as e:  # noqa: BLE001 - the problems are retried (judge_engine_error), never guessed
-            log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
-            results, err = None, f"engine_error: {e!r}"
-        if prober is not None:  # rollout verdicts grade with math-verify: off the event loop
-            await asyncio.to_thread(loop.record, todo, prompts, results, err)
-        else:
-            loop.record(todo, prompts, results, err)
-    return loop.calls
+    todo, prompts, specs = call
+    try:
+        results: Sequence[GenerationResult] | None = await engine.agenerate(prompts, specs)
+        err = ""
+    except Exception as e:  # noqa: BLE001 - the problems are retried (judge_engine_error), never guessed
+        log.warning("judge engine call failed (%d probes): %r", len(prompts), e)
+        results, err = None, f"engine_error: {e!r}"
+    if prober is not None:  # rollout verdicts grade with math-verify: off the event loop
+        await asyncio.to_thread(loop.record, todo, prompts, results, err)
+    else:
+        loop.record(todo, prompts, results, err)
 
 
 # ---- output rows -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 from palign_ray import records as R
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
+from palign_ray.judge.admission import KVAdmission, fitting_batches
 from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
 from palign_ray.judge.measure import judge_measurement, records_of
 from palign_ray.judge.rollout import check_rollout_config
@@ -31,6 +32,7 @@ from palign_ray.judge.rounds import (
     output_schema,
     prepare_rows,
     reference_config,
+    resident_tokens,
     summarize,
 )
 from palign_ray.streaming import StreamJob, part_rows, run_rows
@@ -67,6 +69,9 @@ class JudgeWorker:
         self.tools: Any = None
         self.auditor: Any = None
         self.prober: Any = None  # verdict=rollout: the student's continuations decide
+        self.admission: KVAdmission | None = None  # shared by every part in flight on this actor
+        self.kv_block = 0
+        self.admission_note = "no engine"
 
     def _start(self) -> None:
         from palign_ray.generation import start_engine
@@ -74,6 +79,9 @@ class JudgeWorker:
         if self.engine is None:
             self.engine = start_engine(self.jcfg.model, self.engine_cfg, self.on_engine_start)
             self.tools = judge_tools(self.engine.tokenizer, self.jcfg)
+            self.admission, self.kv_block, self.admission_note = kv_admission(
+                self.engine, self.jcfg.kv_admission
+            )
             if self.jcfg.verdict == "rollout":
                 from palign_ray.judge.rollout import RolloutProber
 
@@ -108,6 +116,8 @@ class JudgeWorker:
             judge_s=wall - audit_s if judged else 0.0,
         )
         summary.update(audit_tokens(out), audit_s=round(audit_s, 3))
+        if judged:
+            summary["kv_admission"] = self.admission_note
         return out, bad, summary
 
     async def _audit(self, out: list[dict[str, Any]], problems: list[Problem]) -> float:
@@ -127,9 +137,8 @@ class JudgeWorker:
     async def _judge(self, problems: list[Problem]) -> int:
         """Batches of ray.batch_size problems, concurrently (paper-reference: one after another)."""
         size = max(1, self.ray_cfg.batch_size)
-        batches = [problems[i : i + size] for i in range(0, len(problems), size)]
 
-        def run(batch: list[Problem]) -> Any:
+        def run(batch: list[Problem], on_done: Any = None) -> Any:
             return arun_rounds(
                 self.engine,
                 batch,
@@ -138,16 +147,43 @@ class JudgeWorker:
                 self.engine_cfg.max_model_len,
                 self.cfg.run.seed,
                 self.prober,
+                on_done,
             )
 
-        if self.cfg.judge.paper_reference:
-            return sum([await run(b) for b in batches])
-        return sum(await asyncio.gather(*(run(b) for b in batches)))
+        admission = self.admission
+        if self.cfg.judge.paper_reference or admission is None:
+            batches = [problems[i : i + size] for i in range(0, len(problems), size)]
+            if self.cfg.judge.paper_reference:
+                return sum([await run(b) for b in batches])
+            return sum(await asyncio.gather(*(run(b) for b in batches)))
+        footprint = [resident_tokens(p, self.jcfg, self.kv_block) for p in problems]
+
+        async def admitted(idx: list[int]) -> int:
+            held = {id(problems[i]): footprint[i] for i in idx}
+            await admission.acquire(sum(held.values()))
+            return await run(
+                [problems[i] for i in idx], lambda p: admission.release(held.pop(id(p), 0))
+            )
+
+        batches_ = fitting_batches(footprint, admission.capacity, size)
+        return sum(await asyncio.gather(*(admitted(b) for b in batches_)))
 
     def close(self) -> None:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+
+
+def kv_admission(engine: Any, share: float) -> tuple[KVAdmission | None, int, str]:
+    """(admission over `share` of the engine's KV cache, block size, a note for the summary)."""
+    reported = engine.kv_capacity() if hasattr(engine, "kv_capacity") else None
+    if share <= 0:
+        return None, 0, "off (judge.kv_admission=0)"
+    if reported is None:
+        return None, 0, "off (the engine reports no KV capacity)"
+    tokens, block = reported
+    budget = int(tokens * share)
+    return KVAdmission(budget), block, f"{budget} of {tokens} KV tokens (share {share})"
 
 
 def audit_tokens(out: Sequence[dict[str, Any]]) -> dict[str, int]:
