@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from palign_ray import records as R
+from palign_ray.admission import KVAdmission
 from palign_ray.config import EngineConfig, RayConfig
 from palign_ray.engines.base import SamplingSpec
 
@@ -49,11 +50,13 @@ class Generator:
         self.system_prompt, self.seed, self.salt = system_prompt, seed, salt
         self.on_engine_start = on_engine_start
         self.engine: Any = None
+        self.admission: KVAdmission | None = None
 
     def start(self) -> Any:
         """Start the engine once (a worker that only ingests never starts one)."""
         if self.engine is None:
             self.engine = start_engine(self.model, self.engine_cfg, self.on_engine_start)
+            self.admission = generation_admission(self.engine, self.engine_cfg)
         return self.engine
 
     async def generate(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,7 +82,12 @@ class Generator:
             )
             for i in ok
         ]
-        results = dict(zip(ok, await engine.agenerate([ids[i] for i in ok], params), strict=True))
+        prompts = [ids[i] for i in ok]
+        if self.admission is None:
+            got = await engine.agenerate(prompts, params)
+        else:
+            got = await admitted_generate(engine, self.admission, prompts, params)
+        results = dict(zip(ok, got, strict=True))
         return [self._row(pid, results.get(i), len(ids[i])) for i, pid in enumerate(pids)]
 
     def _row(self, pid: str, res: Any, num_prompt: int) -> dict[str, Any]:
@@ -107,6 +115,33 @@ class Generator:
         if self.engine is not None:
             self.engine.shutdown()
             self.engine = None
+
+
+def generation_admission(engine: Any, cfg: EngineConfig) -> KVAdmission | None:
+    """Admission over the engine's whole KV cache, unless engine.max_num_seqs was set (the user's
+    bound stands) or the engine reports no capacity."""
+    if cfg.max_num_seqs is not None:
+        return None
+    reported = engine.kv_capacity() if hasattr(engine, "kv_capacity") else None
+    return KVAdmission(reported[0]) if reported else None
+
+
+async def admitted_generate(
+    engine: Any, admission: KVAdmission, prompts: list[list[int]], params: list[SamplingSpec]
+) -> list[Any]:
+    """One request per prompt, each started once its prompt and `max_tokens` per sample fit the cache
+    beside the running ones (first come first served), so a running sequence is never preempted."""
+    import asyncio
+
+    async def one(ids: list[int], sp: SamplingSpec) -> Any:
+        need = len(ids) + sp.n * sp.max_tokens
+        await admission.acquire(need)
+        try:
+            return (await engine.agenerate([ids], [sp]))[0]
+        finally:
+            admission.release(need)
+
+    return list(await asyncio.gather(*(one(i, p) for i, p in zip(prompts, params, strict=True))))
 
 
 def start_engine(

@@ -25,7 +25,7 @@ PURE_MODULES = [
     "palign_ray.judge.measure",
     "palign_ray.judge.stage",
     "palign_ray.judge.rollout",
-    "palign_ray.judge.admission",
+    "palign_ray.admission",
     "palign_ray.cli.stages",
     "palign_ray.cli.tools",
     "palign_ray.grading",

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from palign_ray import records as R
+from palign_ray.admission import KVAdmission, fitting_batches
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
-from palign_ray.judge.admission import KVAdmission, fitting_batches
 from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
 from palign_ray.judge.measure import judge_measurement, records_of
 from palign_ray.judge.rollout import check_rollout_config

@@ -1,14 +1,16 @@
-"""KV-aware admission: a judge actor keeps only as many problems in flight as its engine's KV cache
-holds, so a problem's prompt stays cached across its rounds. Pure asyncio: no Ray, no vLLM.
+"""KV-aware admission: an engine actor keeps in flight only what its engine's KV cache holds. Pure
+asyncio: no Ray, no vLLM.
 
-Why: every probe of a problem shares the problem's prompt (question and trace up to the cut). With
+Judge: every probe of a problem shares the problem's prompt (question and trace up to the cut). With
 more problems in flight than the cache holds, a problem's blocks are evicted between its rounds and
 every round prefills its trace again: measured on 70 R1-distill traces with a 46,592-token cache,
-64 problems in flight computed 2.73x the prefill the problems need (issue 29). A problem's
-footprint is its longest probe plus what each of its concurrent sequences adds (its private last
-block, the verdict tail, the tokens it generates); a batch of problems starts only when the
-footprints of everything resident and of the batch fit, and a problem's footprint is freed the
-moment its search ends.
+64 problems in flight computed 2.73x the prefill the problems need (issue 29). A problem reserves
+its footprint (`judge.rounds.resident_tokens`); a batch starts only when everything resident and
+the batch fit, and a problem's footprint is freed the moment its search ends.
+
+Generation (teacher, align, eval): a request reserves its prompt plus `max_tokens` per sample, so
+the sequences running at once fit the cache whole and vLLM never preempts (recomputes) one; this
+stands in for deriving `max_num_seqs` from the cache, which vLLM sizes only after it starts.
 """
 
 from __future__ import annotations

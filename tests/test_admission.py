@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 
+from palign_ray.admission import KVAdmission, fitting_batches
 from palign_ray.config import Config, JudgeConfig, RayConfig
 from palign_ray.engines.fake import FakeEngine
-from palign_ray.judge.admission import KVAdmission, fitting_batches
 from palign_ray.judge.rounds import check_judge_config, judge_tools, prepare_rows, resident_tokens
 from palign_ray.judge.stage import JudgeWorker, kv_admission
 from tests.judge_helpers import rows_for
@@ -103,3 +104,37 @@ def test_the_worker_admits_batches_within_the_engines_kv_cache(tokenizer) -> Non
     assert summary["kv_admission"] == "1080 of 1200 KV tokens (share 0.9)"
     off, _ = _worker(tokenizer, (1200, 16), 0.0)
     assert off.admission is None and off.admission_note == "off (judge.kv_admission=0)"
+
+
+def test_generation_requests_start_only_when_their_tokens_fit(tokenizer) -> None:
+    """Teacher, align, eval: prompt + max_tokens per sample reserved, so nothing is preempted."""
+    from palign_ray.config import EngineConfig
+    from palign_ray.engines.base import SamplingSpec
+    from palign_ray.generation import Generator, generation_admission
+
+    items = [{"problem_id": f"p{i}", "prompt": f"What is {i} + {i}?"} for i in range(12)]
+    sampling = SamplingSpec(max_tokens=40, n=2)
+
+    def run(kv: tuple[int, int] | None, engine_cfg: EngineConfig) -> tuple[list, list[int], Any]:
+        gen = Generator("default", engine_cfg, sampling)
+        engine = FakeEngine(lambda ids, sp, i: (f"answer {len(ids)} {i}", None), tokenizer, kv=kv)
+        gen.engine, gen.admission = engine, generation_admission(engine, engine_cfg)
+        reserved: list[int] = []
+        real = engine.agenerate
+
+        async def watched(prompts, params):
+            reserved.append(gen.admission.used if gen.admission else 0)
+            await asyncio.sleep(0)
+            return await real(prompts, params)
+
+        engine.agenerate = watched  # type: ignore[method-assign]
+        return asyncio.run(gen.generate(items)), reserved, gen.admission
+
+    free_rows, _, none = run(None, EngineConfig())
+    assert none is None
+    rows, reserved, admission = run((400, 16), EngineConfig())
+    assert rows == free_rows  # the same rows, in input order
+    assert len(reserved) == len(items) and max(reserved) <= 400 and admission.waits > 0
+    assert admission.used == 0
+    _, _, user_bound = run((400, 16), EngineConfig(max_num_seqs=8))
+    assert user_bound is None  # engine.max_num_seqs set: the user's bound stands
