@@ -61,7 +61,10 @@ class EngineConfig:
         "CUDA false: CUDA graphs).",
     )
     max_num_seqs: int | None = _f(
-        None, "Most sequences vLLM schedules at once; null = platform default (CPU 64, CUDA 256)."
+        None,
+        "Most sequences vLLM schedules at once; null = platform default (CPU 64, CUDA 256), and the "
+        "generation stages then start a request only when its prompt + max_tokens per sample fit the "
+        "KV cache beside the running ones (palign_ray/admission.py). Set: that bound alone.",
     )
     seed: int = _f(0, "Engine seed; per-request seeds are derived from run.seed and problem_id.")
     cpu_threads: int | None = _f(
