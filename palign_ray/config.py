@@ -243,12 +243,12 @@ class ProblemsConfig:
     decontaminate_ngram: int = _f(
         8,
         "n of the n-grams (word, number and symbol tokens). 8 as open-r1's and s1's decontamination; "
-        "bench/results/2026-12-05-decontam.md measures what it separates on the shared data.",
+        "bench/results/2026-12-06-decontam.md measures what it separates on the shared data.",
     )
     decontaminate_threshold: float = _f(
         0.5,
         "Share of a benchmark item's n-grams a problem must contain to count as that item "
-        "(bench/results/2026-12-05-decontam.md: the measured shares, copies against the rest).",
+        "(bench/results/2026-12-06-decontam.md: the measured shares, copies against the rest).",
     )
 
 
@@ -375,7 +375,7 @@ class JudgeConfig:
         "Share of the judge engine's KV cache (blocks x block size, as the engine reports it) that the "
         "problems in flight on an actor may reserve: a batch starts only when the longest probes of "
         "everything resident and its own fit, so a problem's prompt stays cached across its rounds "
-        "(bench/results/2026-12-05-kv-admission.md). 0 = every batch at once.",
+        "(bench/results/2026-12-06-kv-admission.md). 0 = every batch at once.",
         hashed=False,
     )
     engine: StageEngineConfig = _section(

@@ -124,7 +124,7 @@ class BenchmarkIndex:
 
 # Templated problems share their wording and differ in their numbers: measured on 1,000 built-in train
 # problems against the 70 held-out ones (8-grams), 282 hold >= 0.5 of a held-out item's n-grams (at
-# most 0.889) while no two are the same problem (bench/results/2026-12-05-decontam.md). Against the
+# most 0.889) while no two are the same problem (bench/results/2026-12-06-decontam.md). Against the
 # built-in benchmark only a whole match (share 1.0: the same draw) counts.
 EXACT_ONLY = frozenset({"builtin"})
 

@@ -75,7 +75,7 @@ def test_a_short_item_matches_where_it_is_contained_whole() -> None:
 
 
 def test_the_builtin_benchmark_counts_only_a_whole_match() -> None:
-    """Templated problems share wording, not numbers (bench/results/2026-12-05-decontam.md)."""
+    """Templated problems share wording, not numbers (bench/results/2026-12-06-decontam.md)."""
     from palign_ray.builtin import builtin_problems
 
     train = builtin_problems(300, 0, "train")
