@@ -258,6 +258,9 @@ def truncate_rows(
         judge_s=sum(float(p.get("judge_s", 0.0)) for p in parts),
     )
     summary["engine_starts"] = engine_starts
+    notes = sorted({str(p["kv_admission"]) for p in parts if p.get("kv_admission")})
+    if notes:  # what admission each actor ran with (off, or its budget)
+        summary["kv_admission"] = "; ".join(notes)
     summary.update(audit_tokens(out))
     summary["judge_audit"] = judge_measurement(
         records_of(out),
