@@ -375,7 +375,8 @@ class JudgeConfig:
         "Share of the judge engine's KV cache (blocks x block size, as the engine reports it) that the "
         "problems in flight on an actor may reserve: a batch starts only when the longest probes of "
         "everything resident and its own fit, so a problem's prompt stays cached across its rounds "
-        "(bench/results/2026-12-06-kv-admission.md). 0 = every batch at once.",
+        "(bench/results/2026-12-06-kv-admission.md, measured at 0.9 only: computed prefill 1.27x the "
+        "longest probes against 3.87x without, at 1 GiB). 0 = every batch at once.",
         hashed=False,
     )
     engine: StageEngineConfig = _section(
