@@ -209,8 +209,11 @@ def benchmark_index(cfg: Any) -> tuple[BenchmarkIndex | None, list[str]]:
         ):
             notes.append(f"{name}: not on disk (eval.data_dir={e.data_dir})")
             continue
+        # every item of a file (an evaluation of more problems later must still be clean); the
+        # built-in benchmark is generated, so exactly the draws evaluation makes
+        limit = e.num_problems if name == BUILTIN else 0
         rows, _ = load_benchmark(
-            name, e.data_dir, e.num_problems, e.builtin_seed, builtin_split=e.builtin_split
+            name, e.data_dir, limit, e.builtin_seed, builtin_split=e.builtin_split
         )
         loaded.append((rows[0][BENCHMARK] if rows else name, rows))  # a file: named by its stem
     if not loaded:

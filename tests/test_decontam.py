@@ -110,13 +110,25 @@ def test_the_index_screens_without_a_pairwise_scan() -> None:
 
 def test_benchmark_index_reads_eval_benchmarks_and_says_what_it_left_out(tmp_path: Path) -> None:
     bench = tmp_path / "mine.jsonl"
-    bench.write_text('{"problem": "' + OTHER + '", "answer": "3/28"}\n')
+    bench.write_text(
+        '{"problem": "'
+        + OTHER
+        + '", "answer": "3/28"}\n{"problem": "'
+        + AIME
+        + '", "answer": "5"}\n'
+    )
     cfg = dataclasses.replace(
         Config(),
-        eval=EvalConfig(benchmarks=("math500", str(bench)), data_dir=str(tmp_path / "nowhere")),
+        eval=EvalConfig(
+            benchmarks=("math500", str(bench)), data_dir=str(tmp_path / "nowhere"), num_problems=1
+        ),
     )
     index, notes = benchmark_index(cfg)
-    assert index is not None and [i[0] for i in index.items] == ["mine"]
+    # every item of a file is indexed, not only the eval.num_problems evaluated now
+    assert index is not None and [i[:2] for i in index.items] == [
+        ("mine", "mine/0"),
+        ("mine", "mine/1"),
+    ]
     assert len(notes) == 1 and notes[0].startswith("math500: not on disk")
     off = dataclasses.replace(cfg, problems=dataclasses.replace(cfg.problems, decontaminate=False))
     assert benchmark_index(off) == (None, ["problems.decontaminate=false"])
