@@ -19,6 +19,7 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -63,12 +64,10 @@ class KVAdmission:
             self._take(tokens)
             future.set_result(None)
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "kv_capacity_tokens": self.capacity,
-            "kv_peak_reserved": self.peak,
-            "kv_waits": self.waits,
-        }
+
+def reported_kv(engine: Any) -> tuple[int, int] | None:
+    """(tokens, block size) of the engine's KV cache as it reports it, or None (no such report)."""
+    return engine.kv_capacity() if hasattr(engine, "kv_capacity") else None
 
 
 def fitting_batches(footprints: Sequence[int], capacity: int, batch_size: int) -> list[list[int]]:

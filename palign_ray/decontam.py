@@ -110,16 +110,22 @@ class BenchmarkIndex:
         ranked = sorted(hits, key=lambda i: (-hits[i] / self.items[i][2], i))
         return [Match(*self.items[i][:2], hits[i], self.items[i][2]) for i in ranked]
 
-    def match(
-        self, text: str, threshold: float = 0.0, exact: frozenset[str] = frozenset()
-    ) -> Match | None:
-        """The best item whose share reaches `threshold` (1.0 for the benchmarks in `exact`), else the
-        best item at all, else None."""
+    def match(self, text: str) -> Match | None:
+        """The item with the largest share of its n-grams in `text`, or None."""
         found = self.matches(text)
-        for m in found:
-            if m.share >= (1.0 if m.benchmark in exact else threshold):
-                return m
         return found[0] if found else None
+
+    def contamination(self, text: str, threshold: float) -> Match | None:
+        """The best item `text` counts as: share >= `threshold`, or a whole match (1.0) for the
+        benchmarks in EXACT_ONLY; None when there is none."""
+        return next(
+            (
+                m
+                for m in self.matches(text)
+                if m.share >= (1.0 if m.benchmark in EXACT_ONLY else threshold)
+            ),
+            None,
+        )
 
 
 # Templated problems share their wording and differ in their numbers: measured on 1,000 built-in train
@@ -168,8 +174,8 @@ def screen(
                 )
                 continue
             first[key] = pid
-        hit = index.match(question, threshold, EXACT_ONLY) if index is not None else None
-        if hit is not None and hit.share >= (1.0 if hit.benchmark in EXACT_ONLY else threshold):
+        hit = index.contamination(question, threshold) if index is not None else None
+        if hit is not None:
             by_benchmark[hit.benchmark] += 1
             bad.append(
                 quarantine_row(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.admission import KVAdmission
+from palign_ray.admission import KVAdmission, reported_kv
 from palign_ray.config import EngineConfig, RayConfig
 from palign_ray.engines.base import SamplingSpec
 
@@ -122,7 +122,7 @@ def generation_admission(engine: Any, cfg: EngineConfig) -> KVAdmission | None:
     bound stands) or the engine reports no capacity."""
     if cfg.max_num_seqs is not None:
         return None
-    reported = engine.kv_capacity() if hasattr(engine, "kv_capacity") else None
+    reported = reported_kv(engine)
     return KVAdmission(reported[0]) if reported else None
 
 

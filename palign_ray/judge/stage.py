@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.admission import KVAdmission, fitting_batches
+from palign_ray.admission import KVAdmission, fitting_batches, reported_kv
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
 from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
 from palign_ray.judge.measure import judge_measurement, records_of
@@ -165,8 +165,8 @@ class JudgeWorker:
                 [problems[i] for i in idx], lambda p: admission.release(held.pop(id(p), 0))
             )
 
-        batches_ = fitting_batches(footprint, admission.capacity, size)
-        return sum(await asyncio.gather(*(admitted(b) for b in batches_)))
+        fitted = fitting_batches(footprint, admission.capacity, size)
+        return sum(await asyncio.gather(*(admitted(b) for b in fitted)))
 
     def close(self) -> None:
         if self.engine is not None:
@@ -176,7 +176,7 @@ class JudgeWorker:
 
 def kv_admission(engine: Any, share: float) -> tuple[KVAdmission | None, int, str]:
     """(admission over `share` of the engine's KV cache, block size, a note for the summary)."""
-    reported = engine.kv_capacity() if hasattr(engine, "kv_capacity") else None
+    reported = reported_kv(engine)
     if share <= 0:
         return None, 0, "off (judge.kv_admission=0)"
     if reported is None:
