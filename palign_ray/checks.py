@@ -138,6 +138,8 @@ def _models(cfg: Config, stages: Sequence[str], check_paths: bool) -> list[str]:
         "sft.model": ["sft_data", "train", "base_eval"],
     }
     out = []
+    if cfg.teacher.backend == "openai":  # a served model name, checked by _api
+        users["teacher.model"] = []
     for key, used_by in users.items():
         planned = [s for s in used_by if s in stages]
         if planned:
@@ -252,7 +254,40 @@ def _problems_stage(cfg: Config, check_paths: bool) -> list[str]:
 
 def _teacher_stage(cfg: Config, check_paths: bool) -> list[str]:
     t = cfg.teacher
+    if t.backend == "openai":
+        return _sampling("teacher", t) + _api("teacher", t)
     return _sampling("teacher", t) + _engine(cfg, "teacher", t.max_tokens)
+
+
+def _api(section: str, t: Any) -> list[str]:
+    """An OpenAI-compatible endpoint's settings (backend=openai): where, how many, how long, prices."""
+    out = []
+    if not t.base_url.startswith(("http://", "https://")):
+        out.append(
+            f"{section}.base_url={t.base_url!r}: backend=openai needs the API root, "
+            "e.g. https://api.example.com/v1 or http://localhost:8000/v1"
+        )
+    if t.model in DEFAULT_ALIASES:
+        out.append(
+            f"{section}.model={t.model!r}: with backend=openai the model is the name the server "
+            "serves (GET <base_url>/models lists them)"
+        )
+    out += _ranges(
+        section,
+        t,
+        [
+            ("max_concurrent_requests", _at_least(1), ">= 1"),
+            ("request_timeout_s", _positive, "> 0"),
+            ("max_retries", _at_least(0), ">= 0"),
+            ("retry_base_s", _positive, "> 0"),
+            ("retry_max_s", lambda v: v >= t.retry_base_s, f">= retry_base_s ({t.retry_base_s})"),
+        ],
+    )
+    for name in ("price_prompt_per_mtok", "price_cached_per_mtok", "price_completion_per_mtok"):
+        v = getattr(t, name)
+        if v is not None and v < 0:
+            out.append(f"{section}.{name}={v}: must be >= 0 (or null)")
+    return out
 
 
 def _judging(cfg: Config) -> bool:

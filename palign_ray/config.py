@@ -273,6 +273,63 @@ class TeacherConfig:
         "Where no sample is correct but the problem has a worked `solution`, keep that as the trace (trace_source=reference).",
     )
     grade_timeout_s: float = _f(10.0, "Time bound per graded sample (math-verify).")
+    backend: Literal["vllm", "openai"] = _f(
+        "vllm",
+        "vllm = a vLLM engine in each actor of the pool; openai = an OpenAI-compatible chat endpoint "
+        "(teacher.base_url: a hosted provider or `vllm serve`), teacher.model being the served model "
+        "name; one request per sample, usage and retries in the stage summary and report.md.",
+    )
+    base_url: str = _f(
+        "",
+        "backend=openai: the API root, e.g. https://api.example.com/v1 or http://host:8000/v1 "
+        "(requests go to <base_url>/chat/completions).",
+        hashed=False,
+    )
+    api_key_env: str = _f(
+        "OPENAI_API_KEY",
+        "backend=openai: NAME of the environment variable holding the API key, read inside each actor "
+        "(set it in the job's runtime_env on a cluster); the key never reaches a file, log or report. "
+        "Unset or empty variable = no Authorization header (a local server).",
+        hashed=False,
+    )
+    max_concurrent_requests: int = _f(
+        32,
+        "backend=openai: requests in flight per actor (provider rate limits bound it).",
+        hashed=False,
+    )
+    request_timeout_s: float = _f(
+        900.0,
+        "backend=openai: seconds one request may take; a 16k-token trace at 20 tokens/s takes 800 s.",
+        hashed=False,
+    )
+    max_retries: int = _f(
+        5,
+        "backend=openai: retries of a request after 429/5xx/timeouts/connection errors, with exponential "
+        "backoff and jitter (Retry-After honoured); then quarantine (api_error) or, for an unavailable "
+        "service, a retry by the stage's next pass or a rerun (api_unavailable).",
+        hashed=False,
+    )
+    retry_base_s: float = _f(
+        2.0, "backend=openai: first backoff (doubled per retry, jitter ½-1×).", hashed=False
+    )
+    retry_max_s: float = _f(
+        120.0, "backend=openai: the longest single wait, Retry-After included.", hashed=False
+    )
+    price_prompt_per_mtok: float | None = _f(
+        None,
+        "backend=openai: $ per million uncached prompt tokens (report.md's cost table).",
+        hashed=False,
+    )
+    price_cached_per_mtok: float | None = _f(
+        None,
+        "backend=openai: $ per million cached prompt tokens (null = the prompt price).",
+        hashed=False,
+    )
+    price_completion_per_mtok: float | None = _f(
+        None,
+        "backend=openai: $ per million completion tokens, reasoning included.",
+        hashed=False,
+    )
     engine: StageEngineConfig = _section(
         StageEngineConfig, "Engine/actor-pool settings of this stage only (null = [engine]/[ray])."
     )

@@ -85,6 +85,42 @@ def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
     return lines
 
 
+def api_usage_table(run_dir: Path, teacher: Any) -> list[str]:
+    """The teacher's API requests, retries, tokens and cost (backend=openai), from its part summaries."""
+    from palign_ray.engines.openai_api import api_cost
+    from palign_ray.streaming import merge_summaries
+
+    sums = [c.get("summary", {}) for c in StageDir(run_dir / "teacher").commits()]
+    m = merge_summaries([x for x in sums if "api_requests" in x])
+    if not m:
+        return []
+    prompt, cached, gen = (
+        int(m.get(k, 0)) for k in ("prompt_tokens", "cached_tokens", "generated_tokens")
+    )
+    prices = (
+        teacher.price_prompt_per_mtok,
+        teacher.price_cached_per_mtok,
+        teacher.price_completion_per_mtok,
+    )
+    cost = api_cost(prompt, cached, gen, prices)
+    retries = (
+        ", ".join(f"{k}: {v}" for k, v in sorted((m.get("api_retries") or {}).items())) or "none"
+    )
+    return [
+        f"## Teacher API usage (`{teacher.model}` at {teacher.base_url})",
+        "",
+        "| requests | retried (by cause) | failed | prompt tokens | cached | completion tokens | cost |",
+        "|---|---|---|---|---|---|---|",
+        f"| {m['api_requests']} | {retries} | {m.get('api_failed_requests', 0)} | {prompt} | {cached} | "
+        f"{gen} | {'–' if cost is None else f'${cost:,.2f}'} |",
+        "",
+        "Usage as the server reported it, summed over committed parts (requests of a part lost to a "
+        "crash and redone on resume were billed but are not counted); cost at teacher.price_*_per_mtok"
+        + ("." if cost is not None else " (unset: no cost shown)."),
+        "",
+    ]
+
+
 def truncation_stats(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["(no truncation rows)"]
@@ -247,9 +283,11 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     sft_m = _manifest(run_dir, "sft_data")
     num_sft = int((sft_m or {}).get("num_output", 0))
     lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]
+    if "teacher" in stages and cfg.teacher.backend == "openai":
+        lines += api_usage_table(run_dir, cfg.teacher)
     train_m = _manifest(run_dir, "train")
     steps = _train_steps((train_m or {}).get("metrics"))
-    if steps:
+    if steps and train_m:
         _plot_loss(run_dir / "loss.png", steps)
         m = train_m["metrics"]
         lines += [

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Quarantine reasons that mean "try again", not "this row is bad": such rows are never committed, so a
 # rerun (or the stage's next pass) processes the problem again.
-RETRYABLE_REASONS = frozenset({"judge_engine_error"})
+RETRYABLE_REASONS = frozenset({"judge_engine_error", "api_unavailable"})
 ENGINES = "engines"  # <stage>/engines/<attempt>-<id>.json: one file per engine start
 
 

@@ -5,6 +5,7 @@ Run as: palign teacher --output traces.parquet [--input problems.jsonl] [key=val
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -37,6 +38,12 @@ NUM_CORRECT = "num_correct"
 COT_TOKENS = "cot_tokens"
 TEACHER_MODEL = "teacher_model"
 TRACE_SOURCE = "trace_source"  # "teacher" | "reference" | "ingested"
+# Tokens the teacher spent on the problem, over all its samples (billed usage with backend=openai).
+USAGE = ("teacher_prompt_tokens", "teacher_cached_tokens", "teacher_generated_tokens")
+API_REASONS = (
+    "api_unavailable",
+    "api_error",
+)  # failure classes of backend=openai (engines/openai_api.py)
 SAMPLE_REASONS = ("wrong_answer", "no_boxed_answer", "grader_timeout", "grader_error")
 CARRIED = (
     SOLUTION,
@@ -146,6 +153,7 @@ def trace_row(
     cot_tokens: int,
     model: str,
     source: str,
+    usage: tuple[int, int, int] = (0, 0, 0),
 ) -> dict[str, Any]:
     return {
         **_base_row(problem),
@@ -155,7 +163,23 @@ def trace_row(
         COT_TOKENS: cot_tokens,
         TEACHER_MODEL: model,
         TRACE_SOURCE: source,
+        **dict(zip(USAGE, usage, strict=True)),
     }
+
+
+def row_usage(gen: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, cached, generated) tokens of one problem's generation row."""
+    return (
+        int(gen.get(R.NUM_PROMPT_TOKENS) or 0),
+        int(gen.get(R.NUM_CACHED_TOKENS) or 0),
+        sum(gen.get(R.NUM_GENERATED_TOKENS) or []),
+    )
+
+
+def failure_reason(error: str) -> str:
+    """The quarantine reason of a failed generation row: the API's failure class, else generation_failed."""
+    head = error.split(":", 1)[0]
+    return head if head in API_REASONS else "generation_failed"
 
 
 def select_rows(
@@ -169,14 +193,8 @@ def select_rows(
         pid = str(p[R.PROBLEM_ID])
         g = by_id.get(pid)
         if g is None or g.get("error"):
-            quar.append(
-                quarantine_row(
-                    STAGE,
-                    pid,
-                    "generation_failed",
-                    g.get("error", "") if g else "no generation row came back",
-                )
-            )
+            error = g.get("error", "") if g else "no generation row came back"
+            quar.append(quarantine_row(STAGE, pid, failure_reason(error), error))
             continue
         samples = grade_samples(
             list(g[R.GENERATIONS]),
@@ -191,7 +209,14 @@ def select_rows(
         if best is not None:
             out.append(
                 trace_row(
-                    p, best.text, len(samples), num_correct, best.num_tokens, cfg.model, "teacher"
+                    p,
+                    best.text,
+                    len(samples),
+                    num_correct,
+                    best.num_tokens,
+                    cfg.model,
+                    "teacher",
+                    row_usage(g),
                 )
             )
         elif (
@@ -206,6 +231,7 @@ def select_rows(
                     -1,
                     cfg.model,
                     "reference",
+                    row_usage(g),
                 )
             )
         else:
@@ -254,10 +280,15 @@ class TeacherWorker:
 
     def __init__(self, cfg: Config, on_engine_start: Any = None):
         from palign_ray.engines.base import SamplingSpec
+        from palign_ray.engines.openai_api import APIGenerator
         from palign_ray.generation import Generator
 
         t = cfg.teacher
         self.cfg = cfg
+        self.gen: Generator | APIGenerator
+        if t.backend == "openai":
+            self.gen = APIGenerator(t, cfg.run.seed, STAGE)
+            return
         sampling = SamplingSpec(
             max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=t.num_samples
         )
@@ -292,6 +323,8 @@ class TeacherWorker:
                 ]
             )
             extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at)
+            if self.cfg.teacher.backend == "openai":
+                extra.update(api_stats(gen_rows))
             # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy
             kept, rejected, sample_reasons = await asyncio.to_thread(
                 select_rows, todo, gen_rows, self.cfg.teacher
@@ -326,16 +359,31 @@ def generation_stats(
     }
 
 
+def api_stats(gen_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Requests, retries by cause and failed requests of a part's API generation rows."""
+    retries: Counter[str] = Counter()
+    for g in gen_rows:
+        retries.update(g.get("api_retries") or {})
+    return {
+        "api_requests": sum(int(g.get("api_requests") or 0) for g in gen_rows),
+        "api_retries": dict(retries),
+        "api_failed_requests": sum(int(g.get("api_failed_requests") or 0) for g in gen_rows),
+    }
+
+
 def teacher_job(cfg: Config, num_rows: int = 0) -> StreamJob:
     """The teacher stage as a streaming job (one TeacherWorker per actor)."""
     engine, ray_cfg = stage_engine(cfg, "teacher")
+    threads = engine.cpu_threads
+    if cfg.teacher.backend == "openai":  # the actors only send requests: no GPU, no engine threads
+        ray_cfg, threads = dataclasses.replace(ray_cfg, num_gpus_per_actor=0.0), None
     return StreamJob(
         STAGE,
         TeacherWorker,
         {"cfg": cfg},
         ray_cfg,
         part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
-        cpu_threads=engine.cpu_threads,
+        cpu_threads=threads,
     )
 
 

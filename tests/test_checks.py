@@ -169,7 +169,7 @@ def test_paths_the_driver_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize(
-    "name", ["qwen32b_to_qwen7b_lora", "qwen32b_to_qwen3_8b_full", "s1k_ingest"]
+    "name", ["qwen32b_to_qwen7b_lora", "qwen32b_to_qwen3_8b_full", "s1k_ingest", "hosted_teacher"]
 )
 def test_shipped_cluster_configs_validate(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the cluster (RAY_ADDRESS set, shared storage not mounted here) every stage's settings hold."""
