@@ -59,7 +59,7 @@ test: install ## Lint + tests that are not marked slow
 test-slow: install ## Slow tests (SmolLM2 end to end, fault injection)
 	$(VENV)/bin/pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
-lint: install ## Check style and types, no rewrite (ruff check, mypy on [tool.mypy] files, ruff format --check)
+lint: install ## Check style and types, no rewrite (ruff check, mypy palign_ray (every module), ruff format --check)
 	$(VENV)/bin/ruff check palign_ray jobs tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/ruff format --check palign_ray jobs tests

@@ -12,8 +12,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,7 @@ def cache_root() -> Path:
 
 
 @contextmanager
-def file_lock(path: Path):
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock: concurrent actors (or processes) wait instead of converting twice."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
@@ -68,9 +70,10 @@ def _convert_default(out_dir: Path) -> None:
     log.info("converting %s to %s (once)", gguf.name, out_dir)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Dequantize in fp32 (transformers' fast path for GGUF) and store bf16.
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    ).to(torch.bfloat16)
+    )
+    model = model.to(torch.bfloat16)
     # transformers refuses to save a model it believes is GGUF-quantized; the weights are
     # already dequantized, so drop the quantizer state (measured: loads fine in vLLM afterwards).
     if hasattr(model.config, "quantization_config"):
@@ -164,7 +167,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model: Any = LlamaForCausalLM(cfg)
+    model = model.to(torch.bfloat16)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)

@@ -79,20 +79,23 @@ class VLLMEngine:
             # avoids it; the step budget must then hold the longest prompt.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(cfg.max_model_len, 8192)
-            if cfg.gpu_memory_utilization > 0.5:
+            if (cfg.gpu_memory_utilization or 0.0) > 0.5:
                 raise ValueError(
                     "engine.gpu_memory_utilization must be <= 0.5 on CPU (vLLM reads the NUMA node size)"
                 )
         from vllm import LLM  # lazy: heavy, and env above must be set first
 
-        self.llm = LLM(
+        # resolved above: set on every platform (the config types them optional for "use the default")
+        kwargs |= {
+            "dtype": cfg.dtype,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+            "enforce_eager": cfg.enforce_eager,
+        }
+        self.llm: Any = LLM(
             model=model_path,
-            dtype=cfg.dtype,
             max_model_len=cfg.max_model_len,
             tensor_parallel_size=cfg.tensor_parallel_size,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=cfg.enable_prefix_caching,
-            enforce_eager=cfg.enforce_eager,
             max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed,
             trust_remote_code=cfg.trust_remote_code,

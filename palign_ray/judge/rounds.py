@@ -277,12 +277,14 @@ def prepare_problem(
 ) -> Problem | dict[str, Any]:
     """A Problem, or a quarantine row naming why the row cannot be judged."""
     pid = str(row[R.PROBLEM_ID])
-    question, cot = row.get(R.QUESTION), row.get(R.COT)
+    question, cot = _text(row, R.QUESTION), _text(row, R.COT)
     for name, value in ((R.QUESTION, question), (R.COT, cot)):
-        if not isinstance(value, str) or not value.strip():
+        if value is None:
             return quarantine_row(
                 STAGE, pid, f"empty_{name}", f"field {name!r} is missing, empty or whitespace-only"
             )
+    if question is None or cot is None:  # returned above; says so to the type checker
+        raise AssertionError
     ends = sentence_ends(cot, jcfg.segmentation, jcfg.max_sentence_chars)
     if not ends:
         return quarantine_row(STAGE, pid, "no_sentences", "segmentation found no sentence")
@@ -306,6 +308,12 @@ def prepare_problem(
         )
     state = SearchState(n, jcfg.search, kary_k=jcfg.kary_k)
     return Problem(pid, question, answer, cot, ends, n, prompt, state, known_cut=known)
+
+
+def _text(row: dict[str, Any], name: str) -> str | None:
+    """The field as text when it is a string with something in it, else None."""
+    value = row.get(name)
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def known_cut(index: Any, char_end: Any, ends: Sequence[int]) -> int:
@@ -334,7 +342,7 @@ def probe_spec(
     jcfg: JudgeConfig, vt: VerdictTokens, num_prompt_tokens: int, max_model_len: int, seed: int
 ) -> SamplingSpec:
     sampled = jcfg.votes > 1 or jcfg.temperature > 0
-    common = dict(
+    common: dict[str, Any] = dict(
         n=jcfg.votes,
         temperature=jcfg.temperature if sampled else 0.0,
         seed=seed if sampled else None,

@@ -18,9 +18,9 @@ def resolve_precision(
     """
     if requested not in ("auto", "bf16", "fp32"):
         raise ValueError(f"sft.precision={requested!r}: use auto, bf16 or fp32")
-    if requested == "bf16" or requested == "fp32":
-        return requested
-    return "bf16" if on_gpu or cpu_bf16_native else "fp32"
+    if requested == "auto":
+        return "bf16" if on_gpu or cpu_bf16_native else "fp32"
+    return "bf16" if requested == "bf16" else "fp32"
 
 
 def ds_config(cfg: SFTConfig, world_size: int, on_gpu: bool) -> dict[str, Any]:

@@ -118,7 +118,8 @@ def _hf_model(module: Any) -> Any:
     return module.get_base_model() if hasattr(module, "get_base_model") else module
 
 
-def _lora_layer_type() -> type | None:
+def _lora_layer_type() -> Any:
+    """peft's LoraLayer class, or None without peft."""
     try:
         from peft.tuners.lora import LoraLayer
     except ImportError:
