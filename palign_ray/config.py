@@ -18,15 +18,21 @@ from palign_ray.hardware import usable_cpus
 DEFAULT_MODEL = "default"  # the embedded SmolLM2-135M-Instruct (see palign_ray.models)
 
 
-def _f(default: Any, help: str, *, hashed: bool = True) -> Any:  # noqa: A002 - mirrors argparse's word
+def _f(  # noqa: A002 - `help` mirrors argparse's word
+    default: Any, help: str, *, hashed: bool = True, hash_default: bool = True
+) -> Any:
     """A dataclass field with a documented default (the doc becomes `--help` text).
 
     hashed=False: the field says where or how fast work runs, not what it computes, so changing it
-    does not invalidate finished stages (see `config_hash`).
+    does not invalidate finished stages (see `config_hash`). hash_default=False: a field added after
+    runs were made, whose default does what those runs did, is hashed only when set to something else,
+    so those runs keep their stage hashes.
     """
     if isinstance(default, (list, dict)):
         raise TypeError("use tuples for sequence defaults so configs stay immutable")
-    return field(default=default, metadata={"help": help, "hashed": hashed})
+    return field(
+        default=default, metadata={"help": help, "hashed": hashed, "hash_default": hash_default}
+    )
 
 
 def _section(cls: type, help: str) -> Any:  # noqa: A002
@@ -278,6 +284,7 @@ class TeacherConfig:
         "vllm = a vLLM engine in each actor of the pool; openai = an OpenAI-compatible chat endpoint "
         "(teacher.base_url: a hosted provider or `vllm serve`), teacher.model being the served model "
         "name; one request per sample, usage and retries in the stage summary and report.md.",
+        hash_default=False,  # added 2026-12-06: teacher stages hashed before keep their hashes
     )
     base_url: str = _f(
         "",
@@ -754,6 +761,8 @@ def _hashed_view(cfg: Any) -> dict[str, Any]:
         if not f.metadata.get("hashed", True):
             continue
         v = getattr(cfg, f.name)
+        if not f.metadata.get("hash_default", True) and v == f.default:
+            continue
         if (
             v is None
             and isinstance(cfg, EngineConfig)

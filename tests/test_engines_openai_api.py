@@ -301,3 +301,17 @@ def test_report_usage_table_sums_parts_and_prices_them(tmp_path: Path) -> None:
     assert "| 21 | 429: 3, timeout: 1 | 1 | 2000000 | 1000000 | 2000000 | $5.50 |" in table
     assert "no cost shown" in "\n".join(api_usage_table(tmp_path, _teacher("http://h/v1")))
     assert api_usage_table(tmp_path / "none", t) == []
+
+
+def test_the_backend_key_leaves_earlier_teacher_hashes_alone() -> None:
+    """teacher.backend came after runs were made: at its default it is not hashed (fb027c5a6137348a is
+    the teacher+engine hash of the default config at af35ad3, before the key existed)."""
+    from palign_ray.config import config_hash
+
+    cfg = Config()
+    assert config_hash(cfg.teacher, cfg.engine) == "fb027c5a6137348a"
+    api = dataclasses.replace(cfg.teacher, backend="openai")
+    assert config_hash(api, cfg.engine) != "fb027c5a6137348a"
+    # where and how requests go is not what they compute
+    moved = dataclasses.replace(api, base_url="http://elsewhere/v1", max_concurrent_requests=3)
+    assert config_hash(moved, cfg.engine) == config_hash(api, cfg.engine)
