@@ -125,7 +125,7 @@ def search_optimality(rows: Sequence[dict[str, Any]], kary_k: int) -> dict[str, 
 
 def cache_efficiency(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per problem: (prompt − cached tokens) / longest probe prompt (1.0 = the prefill lower bound with caching)."""
-    from palign_ray.judge.rounds import quantiles
+    from palign_ray.judge.summary import quantiles
 
     vals = []
     for r in rows:
@@ -196,7 +196,9 @@ def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int) -> dict[s
     The decode-and-parse modes (minutes per trace on a loaded CPU) run once; the logprob modes `repeats` times.
     """
     from palign_ray.engines.vllm_engine import VLLMEngine
-    from palign_ray.judge.rounds import check_input, judge_rows, judge_tools, reference_config
+    from palign_ray.judge.contract import check_input, reference_config
+    from palign_ray.judge.probes import judge_tools
+    from palign_ray.judge.rounds import judge_rows
     from palign_ray.models import resolve_model
 
     items, bad = check_input(items)

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def oracle_ratio(config: str) -> dict[str, float | int]:
     from palign_ray.builtin import builtin_problems
     from palign_ray.config import load_config
-    from palign_ray.judge.rounds import known_cut, sentence_ends
+    from palign_ray.judge.problem import known_cut, sentence_ends
     from palign_ray.judge.search import fixed_ratio_k
 
     cfg = load_config(config, [])

@@ -18,9 +18,10 @@ from palign_ray.benchmarks import BENCHMARKS, BUILTIN, benchmark_names
 from palign_ray.config import Config, stage_engine
 from palign_ray.fields import parse_filter
 from palign_ray.judge.audit import check_audit_config
+from palign_ray.judge.contract import check_judge_config, reference_config
+from palign_ray.judge.problem import reserved_tokens
 from palign_ray.judge.prompts import judge_template
 from palign_ray.judge.rollout import check_rollout_config
-from palign_ray.judge.rounds import check_judge_config, reference_config, reserved_tokens
 from palign_ray.judge.search import fixed_ratio_k
 from palign_ray.models import DEFAULT_ALIASES, check_model_dir
 from palign_ray.ray_env import ray_address

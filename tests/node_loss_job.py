@@ -55,7 +55,7 @@ def judge_batches_of(model, on_first_part):
 
     from palign_ray.artifacts import StageDir
     from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, RunConfig
-    from palign_ray.judge.rounds import check_input
+    from palign_ray.judge.contract import check_input
     from palign_ray.judge.stage import judge_job
     from palign_ray.streaming import run_stream
 

@@ -14,7 +14,10 @@ import pytest
 from palign_ray.admission import KVAdmission, fitting_batches
 from palign_ray.config import Config, JudgeConfig, RayConfig
 from palign_ray.engines.fake import FakeEngine
-from palign_ray.judge.rounds import check_judge_config, judge_tools, prepare_rows, resident_tokens
+from palign_ray.judge.contract import check_judge_config
+from palign_ray.judge.probes import judge_tools
+from palign_ray.judge.problem import prepare_rows
+from palign_ray.judge.rounds import resident_tokens
 from palign_ray.judge.stage import JudgeWorker, kv_admission
 from tests.judge_helpers import rows_for
 from tests.test_judge_rounds import logprob_judge

@@ -10,7 +10,7 @@ import pytest
 
 from palign_ray.checks import plan_problems, validate_plan
 from palign_ray.config import Config, JudgeConfig, config_from_dict, load_config
-from palign_ray.judge.rounds import check_judge_config
+from palign_ray.judge.contract import check_judge_config
 
 
 def test_isotonic_needs_logprob_verdicts() -> None:

@@ -9,7 +9,7 @@ import pytest
 from palign_ray.config import AlignConfig, Config, EngineConfig, JudgeConfig, RayConfig, RunConfig
 from palign_ray.engines.fake import FakeEngine
 from palign_ray.judge.audit import Auditor, audit_off_reason
-from palign_ray.judge.rounds import sentence_ends
+from palign_ray.judge.problem import sentence_ends
 from tests.judge_helpers import MARK, rows_for
 
 

@@ -18,7 +18,10 @@ from palign_ray.judge.calibration import (
     isotonic_cut,
     pav,
 )
-from palign_ray.judge.rounds import OUTPUT_COLUMNS, judge_rows, judge_tools, summarize
+from palign_ray.judge.contract import OUTPUT_COLUMNS
+from palign_ray.judge.probes import judge_tools
+from palign_ray.judge.rounds import judge_rows
+from palign_ray.judge.summary import summarize
 from tests.judge_helpers import MARK, reasoning_of, rows_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +197,7 @@ def test_contextual_uses_one_anchor_and_a_margin_threshold(tokenizer):
         )
         assert r["threshold"] == 0.5
     with pytest.raises(ValueError, match="votes=1"):
-        from palign_ray.judge.rounds import check_judge_config
+        from palign_ray.judge.contract import check_judge_config
 
         check_judge_config(JudgeConfig(calibration="relative", votes=3, temperature=0.7))
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from palign_ray.judge.audit import arm_sentences, audit_sample
+from palign_ray.judge.contract import check_input
 from palign_ray.judge.measure import (
     audit_markdown,
     audit_summary,
@@ -17,7 +18,7 @@ from palign_ray.judge.measure import (
     roc_auc,
     validity,
 )
-from palign_ray.judge.rounds import check_input, known_cut
+from palign_ray.judge.problem import known_cut
 
 
 def test_roc_auc_orders_ties_and_degenerate_labels():

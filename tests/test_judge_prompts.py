@@ -12,6 +12,8 @@ import pytest
 
 from palign_ray.config import JudgeConfig
 from palign_ray.engines.base import Completion, GenerationResult
+from palign_ray.judge.probes import judge_result
+from palign_ray.judge.problem import sentence_ends
 from palign_ray.judge.prompts import (
     PAPER_V1,
     JudgePromptBuilder,
@@ -22,7 +24,6 @@ from palign_ray.judge.prompts import (
     render_judge_prompt,
     verdict_tokens,
 )
-from palign_ray.judge.rounds import judge_result, sentence_ends
 
 
 def test_template_is_the_papers_verbatim(paper_md):

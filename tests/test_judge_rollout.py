@@ -8,8 +8,10 @@ import pytest
 
 from palign_ray.config import AlignConfig, Config, EngineConfig, JudgeConfig, RunConfig
 from palign_ray.engines.fake import FakeEngine
+from palign_ray.judge.contract import check_judge_config
+from palign_ray.judge.probes import judge_tools
 from palign_ray.judge.rollout import RolloutProber, check_rollout_config
-from palign_ray.judge.rounds import check_judge_config, judge_rows, judge_tools
+from palign_ray.judge.rounds import judge_rows
 from tests.judge_helpers import MARK, rows_for
 
 ECFG = EngineConfig(max_model_len=2048)

@@ -19,16 +19,12 @@ from palign_ray.config import (
     config_from_dict,
 )
 from palign_ray.engines.fake import FakeEngine
+from palign_ray.judge.contract import OUTPUT_COLUMNS, check_input
+from palign_ray.judge.probes import judge_tools
 from palign_ray.judge.prompts import verdict_tokens
-from palign_ray.judge.rounds import (
-    OUTPUT_COLUMNS,
-    check_input,
-    judge_rows,
-    judge_tools,
-    quantiles,
-    summarize,
-)
+from palign_ray.judge.rounds import judge_rows
 from palign_ray.judge.stage import truncate_rows
+from palign_ray.judge.summary import quantiles, summarize
 from tests.judge_helpers import MARK, reasoning_of, rows_for
 
 
@@ -225,7 +221,7 @@ def test_check_input_and_summary():
 
 
 def test_config_checks():
-    from palign_ray.judge.rounds import check_judge_config
+    from palign_ray.judge.contract import check_judge_config
 
     check_judge_config(JudgeConfig(calibration="relative"))
     with pytest.raises(ValueError, match="verdict=logprob"):

@@ -24,7 +24,8 @@ from palign_ray.config import (
     load_config,
 )
 from palign_ray.engines.fake import FakeEngine
-from palign_ray.judge.rounds import judge_rows, judge_tools
+from palign_ray.judge.probes import judge_tools
+from palign_ray.judge.rounds import judge_rows
 from palign_ray.judge.stage import truncate_rows
 from palign_ray.problems import load_problems
 

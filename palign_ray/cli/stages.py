@@ -89,8 +89,8 @@ def truncate_main(argv: list[str]) -> int:
     import pyarrow as pa
 
     from palign_ray.artifacts import read_rows
+    from palign_ray.judge.contract import output_schema
     from palign_ray.judge.ingest import QUARANTINE_COLUMNS, traces_from_rows
-    from palign_ray.judge.rounds import output_schema
     from palign_ray.judge.stage import truncate_rows
 
     args, cfg = parse(

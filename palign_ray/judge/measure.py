@@ -84,7 +84,7 @@ def judge_measurement(
 
 def cut_summary(recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Prefix-ratio distribution and the shares of trivial cuts (among traces of more than one sentence)."""
-    from palign_ray.judge.rounds import quantiles
+    from palign_ray.judge.summary import quantiles
 
     multi = [r for r in recs if r["num_sentences"] > 1]
     full = sum(r["prefix_sentences"] >= r["num_sentences"] for r in multi)

@@ -19,22 +19,20 @@ from palign_ray import records as R
 from palign_ray.admission import KVAdmission, fitting_batches, reported_kv
 from palign_ray.config import Config, JudgeConfig, RayConfig, stage_engine
 from palign_ray.judge.audit import audit_off_reason, audit_sample, check_audit_config
-from palign_ray.judge.measure import judge_measurement, records_of
-from palign_ray.judge.rollout import check_rollout_config
-from palign_ray.judge.rounds import (
+from palign_ray.judge.contract import (
     STAGE,
-    Problem,
-    arun_rounds,
     check_input,
     check_judge_config,
-    finished_rows,
-    judge_tools,
     output_schema,
-    prepare_rows,
     reference_config,
-    resident_tokens,
-    summarize,
 )
+from palign_ray.judge.measure import judge_measurement, records_of
+from palign_ray.judge.probes import judge_tools
+from palign_ray.judge.problem import Problem, prepare_rows
+from palign_ray.judge.rollout import check_rollout_config
+from palign_ray.judge.rounds import arun_rounds, resident_tokens
+from palign_ray.judge.rows import finished_rows
+from palign_ray.judge.summary import summarize
 from palign_ray.streaming import StreamJob, part_rows, run_rows
 
 
