@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from palign_ray import records as R
-from palign_ray.problems import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, SOURCE, TEMPLATE
+from palign_ray.records import DECISIVE_CHAR_END, DECISIVE_SENTENCE, SOLUTION, SOURCE, TEMPLATE
 
 
 @dataclass(frozen=True)

@@ -14,26 +14,20 @@ from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, read_rows, uniform_rows
 from palign_ray.config import ProblemsConfig
 from palign_ray.fields import Gold, first_present, gold_answer, read_text
+from palign_ray.records import (
+    AFTER_THINK,
+    GROUP,
+    SOLUTION,
+    THINK_SPLIT,
+    TRACE_FORMAT,
+)
 
 log = logging.getLogger(__name__)
 
 STAGE = "problems"
-SOLUTION = "solution"
-DECISIVE_SENTENCE = "decisive_sentence"  # 0-based index of the sentence that determines the answer
-DECISIVE_CHAR_END = (
-    "decisive_char_end"  # end offset of that sentence in `solution` (splitter-independent)
-)
-SOURCE = "source"
-TEMPLATE = "template"
 QUESTION_FIELDS = ("problem", "question", "prompt")
 ID_FIELDS = ("id", "unique_id")
-GROUP = "group"  # the row's value of the data's domain/source column (e.g. s1K's cot_type), for per-group counts
 GROUP_FIELDS = ("cot_type", "source_type", "source", "subject")
-# Columns of ingested traces (problems.trace_field): how the field was stored, its think-tag case, and
-# what followed `</think>` (R1-style final answers), kept apart from the CoT.
-TRACE_FORMAT = "trace_format"
-THINK_SPLIT = "think_split"
-AFTER_THINK = "after_think"
 
 
 # --------------------------------------------------------------------------- loading
@@ -247,7 +241,7 @@ def load_problems(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Problems from `path` (or cfg.path when source=file, or the built-in set) → (rows, quarantine)."""
     if path is None and cfg.source == "builtin":
-        from palign_ray.builtin import builtin_problems  # the generator imports this module's names
+        from palign_ray.builtin import builtin_problems  # lazy: only the built-in source needs it
 
         rows = builtin_problems(
             cfg.num_problems or 32, cfg.builtin_seed, cfg.builtin_split, cfg.builtin_style

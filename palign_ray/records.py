@@ -20,6 +20,22 @@ REASON = "reason"  # quarantine reason code
 DETAIL = "detail"  # quarantine free-text detail
 STAGE = "stage"
 
+# Problem columns beyond the core ones (the problems stage writes them, the teacher carries them).
+SOLUTION = "solution"  # a worked solution (built-in problems, GSM8K-style data)
+DECISIVE_SENTENCE = "decisive_sentence"  # 0-based index of the sentence that determines the answer
+DECISIVE_CHAR_END = (
+    "decisive_char_end"  # end offset of that sentence in `solution` (splitter-independent)
+)
+SOURCE = "source"
+TEMPLATE = "template"
+GROUP = "group"  # the row's value of the data's domain/source column (e.g. s1K's cot_type), for per-group counts
+# Columns of ingested traces (problems.trace_field): how the field was stored, its think-tag case, and
+# what followed `</think>` (R1-style final answers), kept apart from the CoT.
+TRACE_FORMAT = "trace_format"
+THINK_SPLIT = "think_split"
+AFTER_THINK = "after_think"
+TRACE_SOURCE = "trace_source"  # the teacher stage's: "teacher" | "reference" | "ingested"
+
 
 class MissingColumnsError(ValueError):
     pass

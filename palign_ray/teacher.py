@@ -16,7 +16,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import Config, TeacherConfig, stage_engine
-from palign_ray.problems import (
+from palign_ray.records import (
     AFTER_THINK,
     DECISIVE_CHAR_END,
     DECISIVE_SENTENCE,
@@ -37,7 +37,7 @@ NUM_SAMPLES = "num_samples"
 NUM_CORRECT = "num_correct"
 COT_TOKENS = "cot_tokens"
 TEACHER_MODEL = "teacher_model"
-TRACE_SOURCE = "trace_source"  # "teacher" | "reference" | "ingested"
+TRACE_SOURCE = R.TRACE_SOURCE  # "teacher" | "reference" | "ingested"
 # Tokens the teacher spent on the problem, over all its samples (billed usage with backend=openai).
 USAGE = ("teacher_prompt_tokens", "teacher_cached_tokens", "teacher_generated_tokens")
 API_REASONS = (

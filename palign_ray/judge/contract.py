@@ -16,13 +16,13 @@ from palign_ray.judge.rollout import ROLLOUT_CONTINUATIONS, ROLLOUT_K
 
 STAGE = "truncate"
 
-TRACE_SOURCE = "trace_source"  # the teacher stage's column: teacher | reference | ingested
+TRACE_SOURCE = R.TRACE_SOURCE  # the teacher stage's column: teacher | reference | ingested
 
 DECISIVE_SENTENCE = (
-    "decisive_sentence"  # built-in traces: the known cut's column (judge.known_cut_field)
-)
+    R.DECISIVE_SENTENCE
+)  # built-in traces: the known cut's column (judge.known_cut_field)
 
-KNOWN_CHAR_END = "decisive_char_end"  # and where that sentence ends, checked against the splitter
+KNOWN_CHAR_END = R.DECISIVE_CHAR_END  # and where that sentence ends, checked against the splitter
 
 KNOWN_INDEX = "known_index"  # checked input rows: judge.known_cut_field's value (0-based sentence)
 
