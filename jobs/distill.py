@@ -16,7 +16,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from palign_ray.config import Config, ConfigError, help_lines, load_config
+from palign_ray.cli import EXIT_BAD_INPUT, EXIT_NO_ROWS, EXIT_ROWS, config_parser
+from palign_ray.config import Config, ConfigError, load_config
 from palign_ray.ray_env import ray_address
 
 log = logging.getLogger("jobs")
@@ -25,19 +26,13 @@ log = logging.getLogger("jobs")
 def job_parser(
     prog: str, description: str, config_help: str = "YAML config file (see jobs/configs/)"
 ) -> argparse.ArgumentParser:
-    """--config, --stages and key=value overrides: what every job entry point takes."""
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        epilog="config keys (override with key=value):\n" + "\n".join(help_lines()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    """The CLI's parser (`--config`, key=value overrides, every config key in --help) with --config
+    required and `--stages`: what every job entry point takes."""
+    p = config_parser(
+        "", description, config_help=config_help, config_required=True, full_prog=prog
     )
-    p.add_argument("--config", required=True, help=config_help)
     p.add_argument(
         "--stages", default="", help="comma-separated subset of stages, e.g. problems,teacher"
-    )
-    p.add_argument(
-        "overrides", nargs="*", help="dotted key=value overrides, e.g. run.run_dir=/mnt/shared/x"
     )
     return p
 
@@ -80,7 +75,8 @@ def join_cluster(cfg: Config) -> None:
 
 
 def run_job(prog: str, args: argparse.Namespace, work: Callable[[Config], str]) -> int:
-    """Load and check the config, join the cluster, `work(cfg)`; exit 0, 2 (bad config: nothing ran) or 3 (a stage failed)."""
+    """Load and check the config, join the cluster, `work(cfg)`; exit with the CLI's codes: 0, 2 (bad
+    config: nothing ran) or 3 (a stage failed)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -88,7 +84,7 @@ def run_job(prog: str, args: argparse.Namespace, work: Callable[[Config], str]) 
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
         sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
+        return EXIT_BAD_INPUT
     log.info(
         "config %s → run_dir %s; Ray: %s",
         args.config,
@@ -104,12 +100,12 @@ def run_job(prog: str, args: argparse.Namespace, work: Callable[[Config], str]) 
         done = work(cfg)
     except PipelineError as e:
         log.error("%s", e)
-        return 3
+        return EXIT_NO_ROWS
     except ValueError as e:  # a bad setting (or method): nothing ran
         sys.stderr.write(f"{prog}: error: {e}\n")
-        return 2
+        return EXIT_BAD_INPUT
     log.info("%s", done)
-    return 0
+    return EXIT_ROWS
 
 
 def main(argv: list[str] | None = None) -> int:

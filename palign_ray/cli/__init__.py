@@ -83,16 +83,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """A parser with `--config` and trailing `key=value` overrides; `--help` lists every config key."""
+def config_parser(
+    prog: str,
+    description: str,
+    *,
+    config_help: str = "YAML config file (default: built-in defaults)",
+    config_required: bool = False,
+    full_prog: str = "",
+) -> argparse.ArgumentParser:
+    """A parser with `--config` and trailing `key=value` overrides; `--help` lists every config key.
+
+    `full_prog` names another front door (`python -m jobs.distill`) instead of `palign <prog>`.
+    """
     epilog = "config keys (override with key=value):\n" + "\n".join(help_lines())
     p = argparse.ArgumentParser(
-        prog=f"palign {prog}",
+        prog=full_prog or f"palign {prog}",
         description=description,
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="YAML config file (default: built-in defaults)")
+    p.add_argument("--config", default=None, required=config_required, help=config_help)
     p.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides, e.g. judge.threshold=0.3"
     )
