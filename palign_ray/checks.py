@@ -177,6 +177,7 @@ def _engine(cfg: Config, section: str, max_new_tokens: int) -> list[str]:
             ("num_cpus_per_actor", _at_least(0), ">= 0"),
             ("num_gpus_per_actor", _at_least(0), ">= 0"),
             ("max_actor_restarts", _at_least(-1), ">= -1 (-1: without limit)"),
+            ("stall_timeout_s", _at_least(0), ">= 0 (0: never)"),
         ],
     )
     if getattr(ray, "max_concurrent_batches", 1) < 1:

@@ -117,6 +117,14 @@ class RayConfig:
         "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
         hashed=False,
     )
+    stall_timeout_s: float = _f(
+        0.0,
+        "Seconds a stage's Ray Data job may go without a part (or generation batch) finishing before "
+        "Ray fails it; 0 = never. A part is one long UDF call: Ray Data's own default (30 min without "
+        "progress) killed a rollout-judge part of 64 problems on this CPU box (compare_mini, "
+        "2026-12-06), and a part of long R1 traces on a GPU can take longer.",
+        hashed=False,
+    )
     max_actor_restarts: int = _f(
         4,
         "Restarts of a killed engine actor (preempted node, OOM kill) before its stage fails; its "

@@ -215,7 +215,7 @@ def generate_batches(
     salt: str = "",
 ) -> Iterator[list[dict[str, Any]]]:
     """Stream `items` ({problem_id, prompt}) through the actor pool; yields output rows per batch."""
-    from palign_ray.ray_env import actor_resources, init_ray
+    from palign_ray.ray_env import actor_resources, init_ray, without_stall_guard
 
     if not items:
         return
@@ -243,5 +243,6 @@ def generate_batches(
         ),
         **actor_resources(ray_cfg, engine.cpu_threads),
     )
+    out = without_stall_guard(out, ray_cfg)
     for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="pyarrow"):
         yield batch.to_pylist()

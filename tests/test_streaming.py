@@ -324,3 +324,19 @@ def test_unnamed_files_are_deleted_only_after_a_grace_period(tmp_path: Path) -> 
         os.utime(p, (hour_ago, hour_ago))
     assert sd.remove_uncommitted() == 2 and not orphan.exists() and not tmp.exists()
     assert [r[R.PROBLEM_ID] for r in sd.output_rows()] == ["a"]
+
+
+@pytest.mark.timeout(600)
+def test_a_part_slower_than_ray_datas_stall_guard_still_completes(
+    tmp_path: Path, ray_session: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Data fails a dataset in which no block moved for execution_no_progress_timeout_s (30 min by
+    default): a rollout-judge part on CPU ran past it and the compare run died. Parts are long UDF
+    calls, so the stage turns the guard off (ray.stall_timeout_s=0); here the default is cut to 2 s
+    and each part takes 6 s."""
+    import ray
+
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "execution_no_progress_timeout_s", 2.0)
+    src, sd = _input(tmp_path, 4), StageDir(tmp_path / "t")
+    res = run_stream(_job(tmp_path, part_rows=4, sleep_s=6.0), src.output_files(), sd)
+    assert not res.retry_failed and sorted(_ids(sd)) == [f"p{i:02d}" for i in range(4)]
