@@ -4,8 +4,9 @@ a. the teacher stage through Ray Data (1 actor) vs `LLM.generate` in a plain pro
    default threading) over the same prompts and seeds, sampled with natural stops; tokens/s over the
    generation window, engine start excluded on both sides;
 b. engine starts of that stage (parts of 32) against the actor count;
-c. the driver's peak RSS growth while a truncate stage streams N rows of ~20 KB traces (in a child process:
-   only the driver is measured, the actors are other processes);
+c. the driver's peak RSS growth while a truncate stage streams N rows of ~20 KB traces, and while an
+   evaluation streams N problems of ~2 KB (in a child process: only the driver is measured, the actors are
+   other processes);
 d. the judge on real traces, batches of 16 and one actor, one batch at a time vs interleaved.
 """
 
@@ -180,12 +181,18 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def driver_rss(cfg: Config, num_rows: list[int], trace_chars: int) -> dict[str, Any]:
-    """(c) one child process per size: it streams a truncate stage over pre-written input parts."""
+def driver_rss(
+    cfg: Config, num_rows: list[int], trace_chars: int, stage: str = "truncate"
+) -> dict[str, Any]:
+    """(c) one child process per size: it streams a truncate stage over pre-written input parts, or (eval)
+    evaluates a benchmark file of that many problems."""
     out = {}
     for n in num_rows:
         tmp = Path(tempfile.mkdtemp(prefix="bench-rss-"))
-        _write_traces(tmp / "input", n, trace_chars)
+        if stage == "eval":
+            _write_benchmark(tmp / "bench.jsonl", n, trace_chars)
+        else:
+            _write_traces(tmp / "input", n, trace_chars)
         proc = subprocess.run(
             [
                 sys.executable,
@@ -194,6 +201,7 @@ def driver_rss(cfg: Config, num_rows: list[int], trace_chars: int) -> dict[str, 
                 "rss-child",
                 str(tmp),
                 json.dumps(_child_cfg(cfg)),
+                stage,
             ],
             capture_output=True,
             text=True,
@@ -236,7 +244,17 @@ def _write_traces(src_dir: Path, n: int, trace_chars: int, part: int = 500) -> N
         )
 
 
-def rss_child(tmp: str, cfg_json: str) -> None:
+def _write_benchmark(path: Path, n: int, question_chars: int) -> None:
+    """n problems with ~question_chars-character questions as a benchmark file (gold: the problem's number)."""
+    filler = "Recall that the total is the sum of every number listed before this sentence. "
+    pad = (filler * (question_chars // len(filler) + 1))[:question_chars]
+    with path.open("w") as fh:
+        for i in range(n):
+            row = {"id": f"q{i:06d}", "question": f"{pad}\nWhat is {i} + 1?", "answer": str(i + 1)}
+            fh.write(json.dumps(row) + "\n")
+
+
+def rss_child(tmp: str, cfg_json: str, stage: str = "truncate") -> None:
     import psutil
 
     from palign_ray.artifacts import StageDir
@@ -261,9 +279,18 @@ def rss_child(tmp: str, cfg_json: str) -> None:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    src, sd = StageDir(Path(tmp) / "input"), StageDir(Path(tmp) / "truncate")
     t0 = time.perf_counter()
-    res = run_stream(judge_job(cfg), src.output_files(), sd)
+    if stage == "eval":
+        from palign_ray.eval.stage import SAMPLES, evaluate
+
+        ev = dataclasses.replace(cfg.eval, benchmarks=(str(Path(tmp) / "bench.jsonl"),))
+        metrics = evaluate(dataclasses.replace(cfg, eval=ev), Path(tmp) / "eval")
+        sd = StageDir(Path(tmp) / "eval" / SAMPLES)
+        rows, starts = metrics["average"]["num_problems"], metrics["stream"]["engine_starts"]
+    else:
+        src, sd = StageDir(Path(tmp) / "input"), StageDir(Path(tmp) / "truncate")
+        res = run_stream(judge_job(cfg), src.output_files(), sd)
+        rows, starts = res.num_input, res.engine_starts
     wall = time.perf_counter() - t0
     stop.set()
     th.join()
@@ -273,10 +300,11 @@ def rss_child(tmp: str, cfg_json: str) -> None:
         "RSS "
         + json.dumps(
             {
-                "rows": res.num_input,
+                "stage": stage,
+                "rows": rows,
                 "parts": len(m),
                 "wall_s": round(wall, 1),
-                "engine_starts": res.engine_starts,
+                "engine_starts": starts,
                 "rss_before_mb": round(before / 2**20, 1),
                 "rss_peak_mb": round(peak[0] / 2**20, 1),
                 "growth_mb": round((peak[0] - before) / 2**20, 1),
@@ -348,6 +376,19 @@ def run(
             run__chunk_size=64,
         )
         out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
+        # eval: 2 KB questions, 2 samples of 32 tokens each (the tiny model keeps 20k problems minutes long)
+        eval_cfg = _cfg(
+            rss_cfg,
+            Path(tempfile.mkdtemp()),
+            eval__model=str(tiny),
+            eval__num_problems=0,
+            eval__num_samples=2,
+            eval__max_tokens=32,
+            eval__bootstrap_samples=100,
+        )
+        out["driver_rss_eval"] = driver_rss(
+            eval_cfg, [n for n in rss_rows if n], trace_chars=2_000, stage="eval"
+        )
     if judge_traces:
         out["judge_interleaving"] = judge_interleaving(cfg, traces[:judge_traces])
     return out
@@ -357,7 +398,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "rss-child":
         logging.basicConfig(level=logging.WARNING)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        rss_child(sys.argv[2], sys.argv[3])
+        rss_child(sys.argv[2], sys.argv[3], *sys.argv[4:5])
     elif sys.argv[1] == "bare-child":
         logging.basicConfig(level=logging.WARNING)
         bare_child(sys.argv[2], sys.argv[3])

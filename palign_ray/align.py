@@ -206,7 +206,7 @@ class AlignWorker:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
         import asyncio
 
-        from palign_ray.teacher import generation_stats
+        from palign_ray.generation import generation_stats
 
         start = time.perf_counter()
         R.require_columns(

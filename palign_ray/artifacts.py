@@ -44,11 +44,17 @@ def _fsync_file(path: str | Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write_chunks(path, [data])
+
+
+def _atomic_write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write chunks to a hidden temporary file, then rename it into place (never a visible partial file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TMP_PREFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in chunks:
+                fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
@@ -64,8 +70,11 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
-    _atomic_write_bytes(Path(path), text.encode())
+    """One JSON object per line, atomically; rows are consumed one at a time (a generator stays lazy)."""
+    _atomic_write_chunks(
+        Path(path),
+        ((json.dumps(r, ensure_ascii=False, default=_json_default) + "\n").encode() for r in rows),
+    )
 
 
 def _json_default(o: Any) -> Any:

@@ -24,7 +24,7 @@ BASE = "base"
 
 def _eval_rows(model_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
     """(samples, failed problems) of one finished evaluation, or None if it has not finished."""
-    from palign_ray.evaluate import FAILED_REASONS
+    from palign_ray.eval.score import FAILED_REASONS
 
     if not (model_dir / ".done").is_file():
         return None

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from palign_ray import evaluate as E
 from palign_ray import records as R
 from palign_ray.benchmarks import BENCHMARK
+from palign_ray.eval import score as E
 
 METHOD = "method"
 FAILED = (

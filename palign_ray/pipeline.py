@@ -241,7 +241,7 @@ def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
     The stage directory only holds results of the current config (`_prepare` clears it otherwise), and
     `.done` is written after every file of the evaluation, so a kill mid-way recomputes only this model.
     """
-    from palign_ray.evaluate import evaluate
+    from palign_ray.eval.stage import evaluate
 
     done = out_dir / ".done"
     if done.is_file() and (out_dir / "metrics.json").is_file():

@@ -330,7 +330,7 @@ def _eval_section(run_dir: Path) -> list[str]:
     ]
     if not files:
         return []
-    from palign_ray.evaluate import compare_table
+    from palign_ray.eval.report import compare_table
 
     return [
         "## Evaluation (pass@k): base vs trained student",

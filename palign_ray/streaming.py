@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Quarantine reasons that mean "try again", not "this row is bad": such rows are never committed, so a
 # rerun (or the stage's next pass) processes the problem again.
 RETRYABLE_REASONS = frozenset({"judge_engine_error", "api_unavailable"})
+LOST = "lost_in_stage"  # an input row the worker returned nothing for
 ENGINES = "engines"  # <stage>/engines/<attempt>-<id>.json: one file per engine start
 
 
@@ -136,9 +137,7 @@ def lost_rows(
     """Nothing may vanish silently: input ids with no output, quarantine or retry row become quarantine."""
     seen = {str(r[R.PROBLEM_ID]) for r in (*out, *quar, *retry)}
     missing = sorted({str(r[R.PROBLEM_ID]) for r in rows} - seen)
-    return [
-        quarantine_row(stage, pid, "lost_in_stage", "no output row came back") for pid in missing
-    ]
+    return [quarantine_row(stage, pid, LOST, "no output row came back") for pid in missing]
 
 
 def input_ids(files: Sequence[Path]) -> list[str]:

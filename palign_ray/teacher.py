@@ -16,6 +16,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import Config, TeacherConfig, stage_engine
+from palign_ray.generation import generation_stats
 from palign_ray.records import (
     AFTER_THINK,
     DECISIVE_CHAR_END,
@@ -338,25 +339,6 @@ class TeacherWorker:
 
     def close(self) -> None:
         self.gen.close()
-
-
-def generation_stats(
-    gen_rows: list[dict[str, Any]], wall_s: float, started_at: float = 0.0
-) -> dict[str, Any]:
-    """Token counts of generation rows (summed over parts in the stage summary) and the part's generation window.
-
-    Parts of one actor overlap (continuous batching), so a stage's generation time is the span of the
-    windows [started_at, ended_at] (epoch seconds), not the sum of generation_wall_s.
-    """
-    tokens = sum(sum(r[R.NUM_GENERATED_TOKENS]) for r in gen_rows)
-    return {
-        "generated_tokens": tokens,
-        "generation_wall_s": round(wall_s, 2),
-        "generation_window": [started_at, started_at + wall_s] if started_at else [],
-        "prompt_tokens": sum(g.get(R.NUM_PROMPT_TOKENS) or 0 for g in gen_rows),
-        "cached_tokens": sum(g.get(R.NUM_CACHED_TOKENS) or 0 for g in gen_rows),
-        "generated_tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 else 0.0,
-    }
 
 
 def api_stats(gen_rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -283,7 +283,7 @@ def test_real_compare_tiny_model_shares_stages_and_resumes(
 
 
 def _fake_eval(d: Path, correct: dict[str, list[bool]], tokens: int) -> None:
-    """An evaluation's files as palign_ray.evaluate.write_report leaves them (only what the report reads)."""
+    """An evaluation's files as palign_ray.eval.report.write_report leaves them (only what the report reads)."""
     d.mkdir(parents=True)
     rows = [
         {

@@ -19,7 +19,7 @@ from palign_ray import records as R
 from palign_ray.align import check_prefix_rows
 from palign_ray.cli.stages import prompt_items
 from palign_ray.config import ProblemsConfig
-from palign_ray.evaluate import generations_from_file
+from palign_ray.eval.files import generations_from_file
 from palign_ray.fields import read_id, read_text
 from palign_ray.judge.ingest import traces_from_rows
 from palign_ray.problems import normalize_problems

@@ -169,7 +169,7 @@ def test_ingest_s1k_style(tmp_path: Path) -> None:
 
 
 def test_prompt_matches_evaluation() -> None:
-    from palign_ray.evaluate import build_prompt
+    from palign_ray.eval.score import build_prompt
 
     assert teacher_prompt("What is 1+1?") == build_prompt("What is 1+1?")
     assert (

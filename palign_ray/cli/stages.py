@@ -241,7 +241,8 @@ def train_main(argv: list[str]) -> int:
 
 def eval_main(argv: list[str]) -> int:
     """Run as: palign eval --model PATH --benchmarks gsm8k,math500 --output DIR [key=value ...] | --compare a.json b.json"""
-    from palign_ray.evaluate import compare_table, evaluate, markdown_table
+    from palign_ray.eval.report import compare_table, markdown_table
+    from palign_ray.eval.stage import evaluate
 
     p = config_parser(
         "eval",
@@ -292,7 +293,8 @@ def eval_main(argv: list[str]) -> int:
 def grade_main(argv: list[str]) -> int:
     """Run as: palign grade FILE.jsonl [--question-field prompt_ori] [--answer-field answer] [--output-field output] [--labels-out labels.jsonl]"""
     from palign_ray.artifacts import write_jsonl
-    from palign_ray.evaluate import GENERATION, grade_file
+    from palign_ray.eval.files import grade_file
+    from palign_ray.eval.score import GENERATION
 
     p = config_parser(
         "grade",

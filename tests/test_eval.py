@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from palign_ray import evaluate as E
+from palign_ray.artifacts import StageDir
 from palign_ray.cli import main
-from palign_ray.config import Config, EngineConfig, EvalConfig, RayConfig
+from palign_ray.config import Config, EngineConfig, EvalConfig, RayConfig, RunConfig
+from palign_ray.eval import files, report, score, stage
 from palign_ray.grading import grade
 
 CFG = EvalConfig(bootstrap_samples=200)
@@ -18,7 +19,7 @@ CFG = EvalConfig(bootstrap_samples=200)
 
 def test_prompt_is_the_papers_verbatim() -> None:
     assert (
-        E.build_prompt("What is 1+1?")
+        score.build_prompt("What is 1+1?")
         == "Please reason step by step, and put your final answer within \\boxed{}.What is 1+1?"
     )
 
@@ -55,7 +56,7 @@ def test_grade_samples_joins_on_id_and_counts_every_row() -> None:
         },
         {"problem_id": "zzz", "generations": ["x"], "error": ""},
     ]
-    samples, bad = E.grade_samples(_problems(), gens, CFG)
+    samples, bad = score.grade_samples(_problems(), gens, CFG)
     assert len(samples) == 6
     assert sorted(b["reason"] for b in bad) == [
         "generation_failed",
@@ -73,7 +74,7 @@ def test_grade_samples_joins_on_id_and_counts_every_row() -> None:
         by[("b/1", 2)]["finish_reason"] == "length"
         and by[("b/1", 2)]["reason"] == "no_boxed_answer"
     )
-    m = E.compute_metrics(samples, CFG)
+    m = score.compute_metrics(samples, CFG)
     b = m["benchmarks"]["b"]
     assert b["num_problems"] == 2 and b["pass@k"]["3"] == 1.0
     assert b["mean_accuracy"] == pytest.approx((1 / 3 + 1) / 2)
@@ -93,11 +94,11 @@ def test_failed_problems_count_as_incorrect() -> None:
         },
         {"problem_id": "b/1", "generations": [], "error": "prompt_too_long: 9000 tokens"},
     ]
-    samples, bad = E.grade_samples(_problems()[:2], gens, cfg)
+    samples, bad = score.grade_samples(_problems()[:2], gens, cfg)
     assert [(b["problem_id"], b["reason"], b["benchmark"]) for b in bad] == [
         ("b/1", "generation_failed", "b")
     ]
-    m = E.compute_metrics(samples, cfg, failed=bad)
+    m = score.compute_metrics(samples, cfg, failed=bad)
     b = m["benchmarks"]["b"]
     assert (
         b["pass@k"] == {"1": 0.5, "2": 0.5}
@@ -111,18 +112,18 @@ def test_failed_problems_count_as_incorrect() -> None:
     assert b["failed_reasons"] == {"generation_failed": 1} and b["num_generations"] == 2
     assert b["mean_generation_tokens"] == 4  # lengths come from real generations only
     assert m["average"]["num_failed_problems"] == 1 and m["average"]["failed_problem_rate"] == 0.5
-    table = E.markdown_table(m)
+    table = report.markdown_table(m)
     assert table.splitlines()[0].endswith("| failed problems |") and table.splitlines()[2].endswith(
         "| 1 (50.00%) |"
     )
     assert (
-        E.compute_metrics(samples, dataclasses.replace(cfg, grader="paper"), failed=bad)[
+        score.compute_metrics(samples, dataclasses.replace(cfg, grader="paper"), failed=bad)[
             "boxed_only"
         ]["b"]["pass@k"]["1"]
         == 0.5
     )
     # without failures the numbers are those of the graded problems (and the failure count is 0)
-    clean = E.compute_metrics(samples, cfg)["benchmarks"]["b"]
+    clean = score.compute_metrics(samples, cfg)["benchmarks"]["b"]
     assert (
         clean["pass@k"]["1"] == 1.0
         and clean["num_failed_problems"] == 0
@@ -132,14 +133,14 @@ def test_failed_problems_count_as_incorrect() -> None:
 
 def test_a_benchmark_where_every_generation_failed() -> None:
     cfg = dataclasses.replace(CFG, num_samples=3, bootstrap_samples=0)
-    samples, bad = E.grade_samples(
+    samples, bad = score.grade_samples(
         _problems()[:2], [{"problem_id": "b/0", "generations": [], "error": "boom"}], cfg
     )
     assert samples == [] and sorted(b["reason"] for b in bad) == [
         "generation_failed",
         "no_generation",
     ]
-    b = E.compute_metrics(samples, cfg, failed=bad)["benchmarks"]["b"]
+    b = score.compute_metrics(samples, cfg, failed=bad)["benchmarks"]["b"]
     assert (
         b["num_problems"] == 2
         and b["failed_problem_rate"] == 1.0
@@ -168,7 +169,7 @@ def _fake_metrics(tmp_path: Path, name: str, acc: float) -> str:
         for j in range(3)
     ]
     metrics = {
-        **E.compute_metrics(samples, CFG),
+        **score.compute_metrics(samples, CFG),
         "model": name,
         "timing": {
             "wall_s": 2.0,
@@ -178,7 +179,7 @@ def _fake_metrics(tmp_path: Path, name: str, acc: float) -> str:
         },
     }
     out = tmp_path / name
-    E.write_report(out, metrics, samples, [])
+    report.write_report(out, metrics, samples, [])
     return str(out / "metrics.json")
 
 
@@ -274,7 +275,7 @@ def test_grade_reads_gold_the_way_the_problems_stage_does(tmp_path: Path) -> Non
         {"prompt_ori": "q", "answer": "", "output": [r"\boxed{1}"]},
     ]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    metrics, samples, bad = E.grade_file(str(src), CFG)
+    metrics, samples, bad = files.grade_file(str(src), CFG)
     assert [(s["problem_id"], s["gold"], s["correct"]) for s in samples] == [
         ("gens/0", "5", True),
         ("gens/1", "7", True),
@@ -291,7 +292,7 @@ def test_palign_grade_needs_exactly_one_file(tmp_path: Path) -> None:
 def test_authors_released_outputs(year: str, shared_data: str, tmp_path: Path) -> None:
     """The authors' AIME outputs: Pass@3 8/30 = 26.67 (their table) with the paper grader, labels agree."""
     path = f"{shared_data}/palign-results/aime{year}-output.jsonl"
-    metrics, samples, bad = E.grade_file(path, dataclasses.replace(CFG, grader="paper"))
+    metrics, samples, bad = files.grade_file(path, dataclasses.replace(CFG, grader="paper"))
     bench = metrics["benchmarks"][f"aime{year}-output"]
     assert bad == [] and len(samples) == 90
     assert bench["pass@k"]["3"] == pytest.approx(8 / 30) and bench[
@@ -302,7 +303,7 @@ def test_authors_released_outputs(year: str, shared_data: str, tmp_path: Path) -
     assert agreement["agreement"] == 1.0  # measured: 90/90 on both sets
     # Strict boxed-only grading differs exactly on samples with no box at all (truncated rambling where
     # the authors' whole-text math-verify found the number): 3 on AIME24, 1 on AIME25.
-    strict, _, _ = E.grade_file(path, dataclasses.replace(CFG, grader="boxed"))
+    strict, _, _ = files.grade_file(path, dataclasses.replace(CFG, grader="boxed"))
     dis = strict["reference_agreement"]["disagreements"]
     assert len(dis) == {"24": 3, "25": 1}[year]
     assert all(d["reason"] == "no_boxed_answer" and d["reference"] == 1 for d in dis)
@@ -314,6 +315,7 @@ def test_eval_real_vllm_on_gsm8k(
     tiny_model: str, ray_session: object, shared_data: str, tmp_path: Path
 ) -> None:
     cfg = Config(
+        run=RunConfig(chunk_size=2),  # two parts of two problems: resume has something to skip
         engine=EngineConfig(max_model_len=1024),
         ray=RayConfig(num_actors=1, batch_size=4),
         eval=EvalConfig(
@@ -325,7 +327,7 @@ def test_eval_real_vllm_on_gsm8k(
             bootstrap_samples=50,
         ),
     )
-    metrics = E.evaluate(cfg, tmp_path / "out", model=tiny_model)
+    metrics = stage.evaluate(cfg, tmp_path / "out", model=tiny_model)
     out = tmp_path / "out"
     for f in (
         "metrics.json",
@@ -352,6 +354,34 @@ def test_eval_real_vllm_on_gsm8k(
     )
     assert metrics["timing"]["generated_tokens"] == sum(s["num_generated_tokens"] for s in samples)
     assert "| gsm8k | 4 | 2 |" in (out / "report.md").read_text()
+    # streamed: parts generated, graded and committed on the workers, one engine for the evaluation
+    assert metrics["stream"]["num_parts"] == 2 and metrics["stream"]["engine_starts"] == 1
+    assert [s["problem_id"] for s in samples] == [
+        f"gsm8k/{i // 2}" for i in range(8)
+    ]  # input order
+
+    # A kill after the first part: its commit survives, the second part's files are gone.
+    sd = StageDir(out / "samples")
+    first, second = sorted(sd.commits(), key=lambda c: c["problem_ids"])
+    (sd.commits_dir / f"{second['part']}.json").unlink()
+    for f in second["files"]:
+        (sd.root / f).unlink()
+    kept = [s for s in samples if s["problem_id"] in first["problem_ids"]]
+    again = stage.evaluate(cfg, out, model=tiny_model)
+    assert again["stream"]["num_done_before"] == 2 and again["stream"]["num_processed"] == 2
+    resumed = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s for s in resumed if s["problem_id"] in first["problem_ids"]] == kept  # not redone
+    assert sorted((s["problem_id"], s["sample_index"]) for s in resumed) == sorted(
+        (s["problem_id"], s["sample_index"]) for s in samples
+    )
+    assert again["benchmarks"]["gsm8k"]["num_problems"] == 4
+
+    # Other settings make another evaluation: nothing of the old one is reused.
+    other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, num_samples=1))
+    fresh = stage.evaluate(other, out, model=tiny_model)
+    assert (
+        fresh["stream"]["num_done_before"] == 0 and fresh["benchmarks"]["gsm8k"]["num_samples"] == 1
+    )
 
 
 def test_evaluation_modules_import_no_heavy_packages() -> None:
@@ -359,7 +389,7 @@ def test_evaluation_modules_import_no_heavy_packages() -> None:
     import sys
 
     code = (
-        "import sys\nimport palign_ray.evaluate, palign_ray.grading, palign_ray.metrics, palign_ray.benchmarks, "
+        "import sys\nimport palign_ray.eval.stage, palign_ray.eval.files, palign_ray.grading, palign_ray.metrics, palign_ray.benchmarks, "
         "palign_ray.report_plots\nprint(','.join(m for m in ('vllm', 'torch', 'ray', 'deepspeed', 'matplotlib', 'sympy') "
         "if m in sys.modules))"
     )
