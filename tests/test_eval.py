@@ -369,6 +369,7 @@ def test_eval_real_vllm_on_gsm8k(
     kept = [s for s in samples if s["problem_id"] in first["problem_ids"]]
     again = stage.evaluate(cfg, out, model=tiny_model)
     assert again["stream"]["num_done_before"] == 2 and again["stream"]["num_processed"] == 2
+    assert "resumed: 2 problems were committed by an earlier run" in (out / "report.md").read_text()
     resumed = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s for s in resumed if s["problem_id"] in first["problem_ids"]] == kept  # not redone
     assert sorted((s["problem_id"], s["sample_index"]) for s in resumed) == sorted(

@@ -105,6 +105,18 @@ def write_report(
             f"({timing['tokens_per_s']:.1f} tokens/s); total wall {timing['wall_s']:.1f} s.",
             "",
         ]
+    stream = metrics.get("stream")
+    if stream:
+        resumed = (
+            f"; resumed: {stream['num_done_before']} problems were committed by an earlier run"
+            if stream["num_done_before"]
+            else ""
+        )
+        md += [
+            f"Streamed in {stream['num_parts']} parts, {stream['engine_starts']} engine starts on "
+            f"{stream['actors_used']} actors{resumed}.",
+            "",
+        ]
     md += [
         f"Quarantined problems: {len(quarantined)}.",
         "",
