@@ -136,6 +136,18 @@ def generation_stats(
     }
 
 
+async def timed_generate(
+    gen: Any, items: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`gen.generate(items)` with its generation_stats; the engine start (once per actor) is not timed."""
+    import time
+
+    gen.start()
+    t_gen, started_at = time.perf_counter(), time.time()
+    rows = await gen.generate(items)
+    return rows, generation_stats(rows, time.perf_counter() - t_gen, started_at)
+
+
 def generation_admission(engine: Any, cfg: EngineConfig) -> KVAdmission | None:
     """Admission over the engine's whole KV cache, unless engine.max_num_seqs was set (the user's
     bound stands) or the engine reports no capacity."""

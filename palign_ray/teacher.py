@@ -16,7 +16,7 @@ from typing import Any
 from palign_ray import records as R
 from palign_ray.artifacts import quarantine_row, retention
 from palign_ray.config import Config, TeacherConfig, stage_engine
-from palign_ray.generation import generation_stats
+from palign_ray.generation import timed_generate
 from palign_ray.records import (
     AFTER_THINK,
     DECISIVE_CHAR_END,
@@ -315,15 +315,13 @@ class TeacherWorker:
         )
         extra: dict[str, Any] = {}
         if todo:
-            self.gen.start()  # once per actor; kept out of the generation time below
-            t_gen, started_at = time.perf_counter(), time.time()
-            gen_rows = await self.gen.generate(
+            gen_rows, extra = await timed_generate(
+                self.gen,
                 [
                     {R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: teacher_prompt(p[R.QUESTION])}
                     for p in todo
-                ]
+                ],
             )
-            extra = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at)
             if self.cfg.teacher.backend == "openai":
                 extra.update(api_stats(gen_rows))
             # grading runs math-verify child processes: off the event loop, so other parts keep the engine busy

@@ -72,18 +72,16 @@ class EvalWorker:
     async def process(
         self, rows: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-        from palign_ray.generation import generation_stats
+        from palign_ray.generation import timed_generate
 
         start = time.perf_counter()
-        self.gen.start()  # once per actor; kept out of the generation time below
-        t_gen, started_at = time.perf_counter(), time.time()
-        gen_rows = await self.gen.generate(
+        gen_rows, stats = await timed_generate(
+            self.gen,
             [
                 {R.PROBLEM_ID: str(p[R.PROBLEM_ID]), R.PROMPT: build_prompt(p[R.QUESTION])}
                 for p in rows
-            ]
+            ],
         )
-        stats = generation_stats(gen_rows, time.perf_counter() - t_gen, started_at)
         # math-verify runs in child processes: off the event loop, so other parts keep the engine busy
         samples, failed = await asyncio.to_thread(grade_samples, rows, gen_rows, self.cfg.eval)
         stats["wall_s"] = round(time.perf_counter() - start, 2)
