@@ -25,6 +25,12 @@ from palign_ray.judge.summary import summarize
 from tests.judge_helpers import MARK, reasoning_of, rows_for
 
 REPO = Path(__file__).resolve().parents[1]
+# The self-judge default.yaml used before 2026-12-06 (the rollout variant replaced it there).
+SELF_JUDGE = [
+    "judge.verdict=logprob",
+    "judge.calibration=contextual",
+    "judge.contextual_threshold=-0.1",
+]
 ECFG = EngineConfig(max_model_len=2048)
 
 # ---- pure math --------------------------------------------------------------------------------------
@@ -229,15 +235,15 @@ def test_isotonic_linear_counts_contradictions_and_smooths(tokenizer):
     )
 
 
-def test_default_config_calibrates_the_embedded_model():
+def test_default_config_judges_the_embedded_model_by_rollouts():
+    # the one judge the audit found valid on the default run (bench/results/2026-12-06-default-judge-design.md)
     cfg = load_config(REPO / "jobs" / "configs" / "default.yaml")
+    assert cfg.judge.model == "default" and cfg.judge.verdict == "rollout"
+    assert (cfg.judge.rollout_samples, cfg.judge.rollout_min_correct) == (2, 1)
+    assert cfg.judge.calibration == "absolute" and cfg.judge.votes == 1
     assert (
-        cfg.judge.model == "default"
-        and cfg.judge.verdict == "logprob"
-        and cfg.judge.calibration == "contextual"
-    )
-    assert cfg.judge.votes == 1 and cfg.judge.contextual_threshold == -0.1
-    assert JudgeConfig().calibration == "absolute"  # the paper-like default for strong judges
+        JudgeConfig().verdict == "logprob"
+    )  # the paper's judge stays the default for real students
 
 
 # ---- real: SmolLM2 through Ray Data + vLLM -------------------------------------------------------------
@@ -328,14 +334,15 @@ def test_relative_smollm2_truncate_rows(ray_session, default_model):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_default_config_cuts_are_non_degenerate_on_builtin(ray_session, default_model):
-    """The default judge settings on 16 built-in solutions: neither almost all sentence 1 nor almost all full."""
+def test_contextual_calibration_cuts_are_non_degenerate_on_builtin(ray_session, default_model):
+    """SmolLM2 judging in words, contextual (-0.1), on 16 built-in solutions: neither almost all sentence 1 nor almost all full."""
     from palign_ray.judge.stage import truncate_rows
 
     cfg = load_config(
         REPO / "jobs" / "configs" / "default.yaml",
         # an audit of 4 problems with short continuations: the real SmolLM2 audit, at test cost
-        ["ray.num_cpus=4", "ray.num_actors=1", "judge.audit_problems=4", "align.max_tokens=64"],
+        ["ray.num_cpus=4", "ray.num_actors=1", "judge.audit_problems=4", "align.max_tokens=64"]
+        + SELF_JUDGE,
     )
     rows, decisive = builtin_rows(16)
     out, bad, summary = truncate_rows(rows, cfg)

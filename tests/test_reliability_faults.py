@@ -382,6 +382,10 @@ def _late_cmd(run_dir: Path) -> list[str]:
         "align.num_samples=4",
         "align.max_tokens=192",
         "judge.audit_problems=0",  # the audit has its own tests; this one kills align, train and eval
+        # the judge is not what this test kills: the logprob self-judge keeps truncate short
+        "judge.verdict=logprob",
+        "judge.calibration=contextual",
+        "judge.contextual_threshold=-0.1",
         "sft.packing=false",
         "sft.micro_batch_size=1",
         "sft.max_steps=4",
