@@ -115,21 +115,17 @@ def identity(cfg: Config, model: str) -> dict[str, Any]:
     }
 
 
-def claim(out: Path, ident: dict[str, Any]) -> bool:
-    """Make `out` an evaluation of `ident`: keep its committed parts if they are, else clear them.
-
-    Returns whether earlier parts were kept.
-    """
+def claim(out: Path, ident: dict[str, Any]) -> None:
+    """Make `out` an evaluation of `ident`: keep its committed parts if they are, else clear them."""
     path = out / IDENTITY
     ident = json.loads(json.dumps(ident, default=str))  # as read back (tuples are lists)
     if path.is_file() and json.loads(path.read_text()) == ident:
-        return True
+        return
     if path.is_file():
         log.warning("eval: %s holds an evaluation with other settings; starting afresh", out)
     for name in (PROBLEMS, SAMPLES):
         StageDir(out / name).reset()
     write_json(path, ident)
-    return False
 
 
 def load_problems(cfg: Config, sd: StageDir) -> None:
@@ -155,7 +151,8 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     model = model or cfg.eval.model
     out = Path(out_dir)
     t0 = time.monotonic()
-    claim(out, identity(cfg, model))
+    ident = identity(cfg, model)
+    claim(out, ident)
     problems, samples = StageDir(out / PROBLEMS), StageDir(out / SAMPLES)
     load_problems(cfg, problems)
     files = problems.output_files()
@@ -171,25 +168,22 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     failed = _with_benchmark(samples.quarantine_rows(), files)
     quarantined = problems.quarantine_rows() + failed
     metrics = compute_metrics(light, cfg.eval, cfg.run.seed, failed=failed)
-    parts = merge_summaries([c["summary"] for c in samples.commits()])
-    gen_wall = _covered_s(c["summary"].get("generation_window") or [] for c in samples.commits())
+    commits = samples.commits()  # read once: one marker file per part
+    parts = merge_summaries([c["summary"] for c in commits])
+    gen_wall = _covered_s(c["summary"].get("generation_window") or [] for c in commits)
     tokens = int(parts.get("generated_tokens", 0))
     metrics.update(
         model=model,
-        config={
-            "eval": to_dict(cfg.eval),
-            "engine": to_dict(stage_engine(cfg, STAGE)[0]),
-            "seed": cfg.run.seed,
-        },
+        config={k: v for k, v in ident.items() if k != "model"},
+        # wall_s: this call's; the earlier calls of a resumed evaluation are not counted
         timing={
-            "wall_s": time.monotonic()
-            - t0,  # this call's; a resumed evaluation's earlier calls not counted
+            "wall_s": time.monotonic() - t0,
             "generation_wall_s": gen_wall,
             "generated_tokens": tokens,
             "tokens_per_s": tokens / gen_wall if gen_wall > 0 else 0.0,
         },
         stream={
-            "num_parts": len(samples.commits()),
+            "num_parts": len(commits),
             "engine_starts": res.engine_starts if res else 0,
             "actors_used": res.actors_used if res else 0,
             "num_done_before": res.num_done_before if res else 0,
@@ -197,7 +191,9 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
         },
         quarantine=reason_counts(quarantined),
     )
-    write_report(out, metrics, light, quarantined, full_samples=_sample_rows(samples, files))
+    write_report(
+        out, metrics, light, quarantined, full_samples=_sample_rows(commits, samples.root, files)
+    )
     samples.write_manifest(model=model, engine_starts=metrics["stream"]["engine_starts"])
     log.info(
         "eval of %s: %d problems (%d done before), %d samples, %d quarantined, %d engine starts → %s",
@@ -241,7 +237,9 @@ def _with_benchmark(
     ]
 
 
-def _sample_rows(samples: StageDir, problem_files: list[Path]) -> Iterator[dict[str, Any]]:
+def _sample_rows(
+    commits: list[dict[str, Any]], root: Path, problem_files: list[Path]
+) -> Iterator[dict[str, Any]]:
     """Every committed sample row, one part in memory at a time, parts in the problems' input order.
 
     A part's rows are in input order already; ordering the parts by their first problem gives input
@@ -253,13 +251,13 @@ def _sample_rows(samples: StageDir, problem_files: list[Path]) -> Iterator[dict[
 
     position = {pid: i for i, pid in enumerate(input_ids(problem_files))}
     commits = sorted(
-        (c for c in samples.commits() if any("/" not in f for f in c["files"])),
+        (c for c in commits if any("/" not in f for f in c["files"])),
         key=lambda c: min((position.get(p, len(position)) for p in c["problem_ids"]), default=0),
     )
     for c in commits:
         for f in c["files"]:
             if "/" not in f:
-                yield from pq.read_table(samples.root / f).to_pylist()
+                yield from pq.read_table(root / f).to_pylist()
 
 
 def _covered_s(windows: Any) -> float:
