@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = [m for m in args.methods.split(",") if m] or None
 
     def work(cfg: Config) -> str:
-        from palign_ray.compare import run_compare  # every method's plan is validated first
+        from palign_ray.compare.run import run_compare  # every method's plan is validated first
 
         return "compare report: " + run_compare(cfg, methods, stages_of(args))["report"]
 

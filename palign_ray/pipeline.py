@@ -196,7 +196,8 @@ def run_sft_data(s: StageRun) -> dict[str, Any]:
 
 
 def run_train(s: StageRun) -> dict[str, Any]:
-    from palign_ray.sft.train import run_dir_of, run_sft
+    from palign_ray.sft.checkpoints import run_dir_of
+    from palign_ray.sft.train import run_sft
 
     data_dir = s.inputs["sft_data"].root / "shards"
     check_shards_model(data_dir, s.cfg.sft.model)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from palign_ray import compare as C
+from palign_ray.compare import run as C
 from palign_ray.config import load_config
 from tests.process_helpers import kill_when
 
@@ -307,7 +307,7 @@ def _fake_eval(d: Path, correct: dict[str, list[bool]], tokens: int) -> None:
 
 def test_report_numbers_from_eval_files_hand_computed(tmp_path):
     """Report logic on hand-written evaluation files (no Ray): scores, paired test, base check, files written."""
-    from palign_ray.compare_report import write_compare_report
+    from palign_ray.compare.report import write_compare_report
 
     cfg = load_config(
         None, [f"run.run_dir={tmp_path}", "eval.num_samples=2", "eval.bootstrap_samples=50"]
@@ -359,7 +359,7 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
         and "| palign − full_cot | +50.00" in report
     )
     assert "| full_cot − base | +25.00" in report and "evaluated once" in report
-    from palign_ray.compare_report import headline_lines
+    from palign_ray.compare.markdown import headline_lines
 
     assert headline_lines(res)[1].split() == [
         "palign",
@@ -391,7 +391,7 @@ def test_report_numbers_from_eval_files_hand_computed(tmp_path):
 
 def test_samples_parquet_recomputes_table_1(tmp_path):
     """compare/samples.parquet alone gives every Table-1 pass@1 cell, failed problems included."""
-    from palign_ray.compare_report import write_compare_report
+    from palign_ray.compare.report import write_compare_report
 
     cfg = load_config(
         None, [f"run.run_dir={tmp_path}", "eval.num_samples=2", "eval.bootstrap_samples=10"]
@@ -441,7 +441,8 @@ def test_samples_parquet_recomputes_table_1(tmp_path):
 
 def test_a_method_whose_judge_is_invalid_is_marked_in_table_1_and_the_judge_table(tmp_path):
     """The truncate manifest's judge_audit reaches the compare report beside the method (issue 24.4)."""
-    from palign_ray.compare_report import headline_lines, write_compare_report
+    from palign_ray.compare.markdown import headline_lines
+    from palign_ray.compare.report import write_compare_report
     from palign_ray.judge.measure import audit_summary, judge_measurement
 
     cfg = load_config(
@@ -472,8 +473,10 @@ def test_a_method_whose_judge_is_invalid_is_marked_in_table_1_and_the_judge_tabl
 
 def test_novel_answer_subset_and_templates_of_the_builtin_heldout_set(tmp_path, monkeypatch):
     """Issue 28: 29 of the 70 held-out problems share a gold answer with a training problem of their template."""
-    import palign_ray.compare_report as CR
     from palign_ray.builtin import builtin_problems
+    from palign_ray.compare import groups as G
+    from palign_ray.compare import markdown as MD
+    from palign_ray.compare import table as T
     from palign_ray.grading import normalize_gold
 
     cfg = load_config(
@@ -485,9 +488,9 @@ def test_novel_answer_subset_and_templates_of_the_builtin_heldout_set(tmp_path, 
         (r["template"], normalize_gold(r["answer"]))
         for r in builtin_problems(p.num_problems, p.builtin_seed, "train", "long")
     ]
-    monkeypatch.setattr(CR, "_training_answers", lambda d: train)
+    monkeypatch.setattr(G, "_training_answers", lambda d: train)
     runs = C.plan_compare(cfg, ["full_cot", "palign"])
-    g = CR._problem_groups(cfg, runs)
+    g = G.problem_groups(cfg, runs)
     novel = g["novel_answer"]
     assert g["num_problems"] == 70 and len(novel) == 41
     assert len(g["templates"]) == 7 and all(len(ids) == 10 for ids in g["templates"].values())
@@ -497,7 +500,7 @@ def test_novel_answer_subset_and_templates_of_the_builtin_heldout_set(tmp_path, 
         "base": {"builtin": {i: [False] for i in every}},
         "full_cot": {"builtin": {i: [i not in novel] for i in every}},
     }
-    sub = CR.subset_scores(rows, g, "full_cot", ["builtin"], [1], 50, 0)
+    sub = T.subset_scores(rows, g, "full_cot", ["builtin"], [1], 50, 0)
     assert sub["novel_answer"]["scores"]["full_cot"]["pass@1"]["average"]["value"] == 0.0
     assert sub["novel_answer"]["paired_vs_base"]["full_cot"]["pass@1"]["average"]["diff"] == 0.0
     per = sub["per_template"]
@@ -506,8 +509,8 @@ def test_novel_answer_subset_and_templates_of_the_builtin_heldout_set(tmp_path, 
         t["scores"]["full_cot"]["pass@1"]["average"]["value"] * t["num_problems"]
         for t in per.values()
     ) == pytest.approx(29)
-    assert CR._p(1 / 10001) == " < 0.001" and CR._p(0.25) == "=0.25"
+    assert MD._p(1 / 10001) == " < 0.001" and MD._p(0.25) == "=0.25"
     room = {"facts": {"a": {"sft_max_response_tokens": 420}}, "eval": {"max_tokens": 448}}
-    assert "TOO SHORT" in CR._room_line(room)
+    assert "TOO SHORT" in MD._room_line(room)
     room["facts"]["a"]["sft_max_response_tokens"] = 416
-    assert "enough" in CR._room_line(room)
+    assert "enough" in MD._room_line(room)

@@ -1,4 +1,4 @@
-"""compare_stats against hand-computed small cases (pure, fast)."""
+"""compare.stats against hand-computed small cases (pure, fast)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from palign_ray import compare_stats as S
+from palign_ray.compare import stats as S
 
 
 def test_correct_by_problem_orders_samples_and_counts_failed_problems_as_incorrect():

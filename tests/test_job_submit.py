@@ -170,16 +170,16 @@ def test_compare_job_runs_every_method_and_refuses_an_unknown_one(monkeypatch, t
     import jobs.compare as job
 
     calls: list[tuple[object, object, object]] = []
-    fake = types.ModuleType("palign_ray.compare")
+    fake = types.ModuleType("palign_ray.compare.run")
     fake.run_compare = lambda cfg, methods, stages: (  # type: ignore[attr-defined]
         calls.append((cfg.run.run_dir, methods, stages)) or {"report": "r.md"}
     )
-    monkeypatch.setitem(sys.modules, "palign_ray.compare", fake)
+    monkeypatch.setitem(sys.modules, "palign_ray.compare.run", fake)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     argv = ["--config", "jobs/configs/compare_mini.yaml", f"run.run_dir={tmp_path}"]
     assert job.main([*argv, "--methods", "full_cot,palign", "--stages", "problems"]) == 0
     assert calls == [(str(tmp_path), ["full_cot", "palign"], ["problems"])]
-    monkeypatch.delitem(sys.modules, "palign_ray.compare")  # the real one: methods are checked
+    monkeypatch.delitem(sys.modules, "palign_ray.compare.run")  # the real one: methods are checked
     assert job.main([*argv, "--methods", "full_cot,palgn"]) == 2
     assert "unknown method 'palgn'" in capsys.readouterr().err and not any(tmp_path.iterdir())
 

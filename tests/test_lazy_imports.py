@@ -49,10 +49,19 @@ PURE_MODULES = [
     "palign_ray.sft.records",
     "palign_ray.sft.data",
     "palign_ray.sft.deepspeed_config",
+    "palign_ray.sft.checkpoints",
     "palign_ray.sft.train",
     "palign_ray.pipeline",
     "palign_ray.report",
-    "palign_ray.compare_samples",
+    "palign_ray.compare.run",
+    "palign_ray.compare.stats",
+    "palign_ray.compare.table",
+    "palign_ray.compare.groups",
+    "palign_ray.compare.facts",
+    "palign_ray.compare.samples",
+    "palign_ray.compare.markdown",
+    "palign_ray.compare.plots",
+    "palign_ray.compare.report",
 ]
 HEAVY = ["vllm", "torch", "deepspeed", "ray", "transformers"]
 

@@ -410,7 +410,7 @@ def test_driver_killed_in_align_train_and_eval_resumes_to_identical_outputs(
     """Kill `palign run` mid-align, mid-training and mid-eval; each rerun continues, the end equals an uninterrupted run."""
     import shutil
 
-    from palign_ray.sft.train import checkpoint_step, latest_complete_checkpoint, run_dir_of
+    from palign_ray.sft.checkpoints import checkpoint_step, latest_complete_checkpoint, run_dir_of
 
     ref_dir, run_dir, logs = tmp_path / "ref", tmp_path / "run", tmp_path / "logs"
     logs.mkdir()

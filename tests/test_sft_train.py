@@ -202,7 +202,7 @@ def test_zero3_bf16_trains_and_exports(ray_session, shards, base_cfg, tiny_model
 def test_lora_trains_only_adapters_and_exports_merged(
     ray_session, shards, base_cfg, tiny_model, tmp_path
 ):
-    from palign_ray.sft.train import TRAIN_STATE, consolidated_state_dict
+    from palign_ray.sft.checkpoints import TRAIN_STATE, consolidated_state_dict
 
     cfg = dataclasses.replace(
         base_cfg, lora=True, lora_r=8, lora_alpha=16, learning_rate=2e-2, epochs=2
@@ -227,10 +227,15 @@ def test_lora_trains_only_adapters_and_exports_merged(
 def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
     import shutil
 
-    from palign_ray.sft.train import TAG, TRAIN_STATE, latest_complete_checkpoint, write_file_sizes
+    from palign_ray.sft.checkpoints import (
+        TAG,
+        TRAIN_STATE,
+        latest_complete_checkpoint,
+        write_file_sizes,
+    )
 
     def ckpt(step: int, world: int = 2) -> Path:
-        """Each rank writes its shard and file list in its own dir; Ray merges the dirs (as _save_and_report does)."""
+        """Each rank writes its shard and file list in its own dir; Ray merges the dirs (as save_and_report does)."""
         d = tmp_path / f"checkpoint_{step:06d}"
         for r in range(world):
             rank_dir = tmp_path / f"rank{r}-{step}"
@@ -266,7 +271,7 @@ def test_latest_complete_checkpoint_skips_partial_uploads(tmp_path):
 def test_ranks_writing_one_shared_checkpoint_dir_list_whole_files_only(tmp_path):
     """Direct checkpoints: every rank lists the dir after a barrier; the other ranks' lists (which may still
     be growing) are never listed, so a finished checkpoint is complete by the same rule as a staged one."""
-    from palign_ray.sft.train import (
+    from palign_ray.sft.checkpoints import (
         TAG,
         TRAIN_STATE,
         _checkpoints_direct,

@@ -146,12 +146,12 @@ def run_main(argv: list[str]) -> int:
 
 def compare_main(argv: list[str]) -> int:
     """`palign compare CONFIG [--methods a,b] [--stages a,b] [key=value ...]`"""
-    from palign_ray import compare
+    from palign_ray.compare import run
     from palign_ray.console import run_console
     from palign_ray.pipeline import STAGE_NAMES, PipelineError
 
     p = _run_parser("compare", "YAML run config (e.g. jobs/configs/compare_mini.yaml)")
-    p.description = compare.__doc__
+    p.description = run.__doc__
     p.add_argument(
         "--methods",
         default="",
@@ -174,11 +174,11 @@ def compare_main(argv: list[str]) -> int:
     stages = [s for s in args.stages.split(",") if s] or None
     with run_console(Path(cfg.run.run_dir), verbose=args.verbose):
         try:
-            result = compare.run_compare(cfg, methods, stages)
+            result = run.run_compare(cfg, methods, stages)
         except PipelineError as e:
             log.error("%s", e)
             return EXIT_NO_ROWS
-    from palign_ray.compare_report import headline_lines
+    from palign_ray.compare.markdown import headline_lines
 
     print("\n".join(headline_lines(result)))  # average over benchmarks, in percent [95% CI]
     print(f"report: {result['report']}")

@@ -23,7 +23,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from palign_ray import compare_stats as S
+from palign_ray.compare import stats as S
 from palign_ray.judge.audit import ARMS, AUDIT, KNOWN_CUT
 
 # Shares of cuts at the whole trace / at sentence 1 above which the cuts are degenerate. The value of

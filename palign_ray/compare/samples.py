@@ -49,7 +49,7 @@ def sample_rows(
 ) -> list[dict[str, Any]]:
     """One evaluation's rows: its graded samples, then `num_samples` incorrect rows per failed problem.
 
-    Failed problems count exactly as `compare_stats.correct_by_problem` counts them (a problem that
+    Failed problems count exactly as `compare.stats.correct_by_problem` counts them (a problem that
     also has samples keeps its samples), so per-problem means here equal the report's.
     """
     rows = [_sample_row(method, s) for s in samples]

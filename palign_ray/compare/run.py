@@ -164,7 +164,7 @@ def run_compare(
         log.info("method %s", r.label, extra=CONSOLE)
         log.info("method %s: %s", r.label, ", ".join(f"{s}→{d}" for s, d in r.dirs.items()))
         run_pipeline(r.cfg, stages, dirs=r.dirs, report=False)
-    from palign_ray.compare_report import write_compare_report
+    from palign_ray.compare.report import write_compare_report
 
     labels = [r.label for r in runs]
     return write_compare_report(
