@@ -175,24 +175,40 @@ def _align_job(cfg: Config, files: list[Path]) -> Any:
 
 
 def run_sft_data(s: StageRun) -> dict[str, Any]:
-    from palign_ray.sft.records import build_shards
+    """Tokenizing as a streaming row stage: each input part becomes a shard part on a worker (palign_ray.sft.stage)."""
+    from palign_ray.sft.stage import SHARDS, build_stage_shards
 
     (src,) = s.inputs.values()
-    rows = (
-        src.output_rows()
-    )  # tokenizing into shards happens on the driver: SFT sets are small next to traces
-    summary = build_shards(
-        rows,
-        s.cfg,
-        method=s.cfg.run.method,
-        out_dir=s.sd.root / "shards",
-        quarantine_file=s.sd.quarantine_dir / "part-sft.parquet",
-    )
-    if not summary.get("num_out"):
+    shards = StageDir(s.sd.root / SHARDS)
+    summary, res = build_stage_shards(s.cfg, s.cfg.run.method, src.output_files(), shards)
+    if res.retry_failed:
         raise PipelineError(
-            f"stage 'sft_data' produced no examples ({summary.get('reasons')}); see {s.sd.quarantine_dir}"
+            f"stage 'sft_data': {len(res.retry_failed)} rows have no committed shard part after "
+            f"{res.passes} passes: rerun the same command to tokenize them"
         )
-    return {"num_input": len(rows), "num_output": summary["num_out"], "summary": summary}
+    if not summary["num_out"]:
+        raise PipelineError(
+            f"stage 'sft_data' produced no examples ({summary['reasons']}); see {shards.quarantine_dir}"
+        )
+    log.info(
+        "stage sft_data: %d shard parts (%d tokenized now, %d rows done before), %d examples, "
+        "%d quarantined %s",
+        len(summary["shards"]),
+        res.num_parts,
+        res.num_done_before,
+        summary["num_out"],
+        summary["num_quarantined"],
+        summary["reasons"],
+    )
+    return {
+        "num_input": summary["num_in"],
+        "num_output": summary["num_out"],
+        "num_quarantined": summary["num_quarantined"],
+        "reasons": summary["reasons"],
+        "num_parts": len(summary["shards"]),
+        "num_done_before": res.num_done_before,
+        "summary": summary,
+    }
 
 
 def run_train(s: StageRun) -> dict[str, Any]:

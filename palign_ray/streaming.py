@@ -61,6 +61,9 @@ class StreamJob:
     part_rows: int  # rows per part: the resume granularity (not the engine lifetime)
     schema: Callable[[], Any] | None = None  # Arrow schema of the output parts (None: inferred)
     cpu_threads: int | None = None  # the engine's threads on CPU (EngineConfig.cpu_threads)
+    # Each input file is one part, read whole by the worker: a problem's several rows (align's samples)
+    # stay in one part, so "done" by problem_id is exact on resume. `part_rows` is then unused.
+    whole_files: bool = False
 
 
 @dataclass
@@ -97,7 +100,11 @@ class PartUDF:
         )
 
     async def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        rows = batch.to_pylist()
+        rows = (
+            await asyncio.to_thread(read_file_item, batch)
+            if self.job.whole_files
+            else batch.to_pylist()
+        )
         out, quar, summary = await self.worker.process(rows)
         retry = [q for q in quar if q[R.REASON] in RETRYABLE_REASONS]
         quar = [q for q in quar if q[R.REASON] not in RETRYABLE_REASONS]
@@ -148,6 +155,27 @@ def input_ids(files: Sequence[Path]) -> list[str]:
     for f in files:
         ids += [str(x) for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist()]
     return ids
+
+
+def file_items(files: Sequence[Path], done: set[str]) -> list[dict[str, Any]]:
+    """whole_files mode: the input files with a problem not done yet, each with its done ids (only the
+    id column is read)."""
+    import pyarrow.parquet as pq
+
+    items = []
+    for f in files:
+        ids = {str(x) for x in pq.read_table(f, columns=[R.PROBLEM_ID]).column(0).to_pylist()}
+        if ids - done:
+            items.append({"file": str(f), "done": sorted(ids & done)})
+    return items
+
+
+def read_file_item(batch: Any) -> list[dict[str, Any]]:
+    """On the worker, whole_files mode: one item of `file_items` → the file's rows not done yet."""
+    import pyarrow.parquet as pq
+
+    (item,) = batch.to_pylist()
+    return _drop_done(pq.read_table(item["file"]), item["done"] or []).to_pylist()
 
 
 def _drop_done(batch: Any, done: list[str]) -> Any:
@@ -283,18 +311,14 @@ def _dataset(
     from palign_ray.ray_env import actor_resources, without_stall_guard
 
     c = max(1, job.ray_cfg.max_concurrent_batches)
-    ds = ray.data.read_parquet([str(f) for f in input_files])
-    if done:
-        ds = ds.map_batches(
-            _drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None
-        )
-    # One block per part: an actor pool task takes whole blocks, so a single input file read as one
-    # block would run every part on one actor while the others idle. Streaming, no shuffle.
-    ds = ds.repartition(target_num_rows_per_block=job.part_rows, strict=True)
+    if job.whole_files:
+        ds = ray.data.from_items(file_items(input_files, set(done)))
+    else:
+        ds = _row_parts(ray, job, input_files, done)
     parts = ds.map_batches(
         PartUDF,
         fn_constructor_kwargs={"job": job, "stage_dir": str(sd.root), "attempt": attempt},
-        batch_size=job.part_rows,
+        batch_size=1 if job.whole_files else job.part_rows,
         batch_format="pyarrow",
         # Parts in flight per actor: an async UDF lets their engine requests share one running batch.
         compute=ray.data.ActorPoolStrategy(
@@ -305,6 +329,18 @@ def _dataset(
         **actor_resources(job.ray_cfg, job.cpu_threads),
     )
     return without_stall_guard(parts, job.ray_cfg)
+
+
+def _row_parts(ray: Any, job: StreamJob, input_files: Sequence[Path], done: list[str]) -> Any:
+    """The not-done input rows, read on the workers, in blocks of `job.part_rows`."""
+    ds = ray.data.read_parquet([str(f) for f in input_files])
+    if done:
+        ds = ds.map_batches(
+            _drop_done, fn_kwargs={"done": done}, batch_format="pyarrow", batch_size=None
+        )
+    # One block per part: an actor pool task takes whole blocks, so a single input file read as one
+    # block would run every part on one actor while the others idle. Streaming, no shuffle.
+    return ds.repartition(target_num_rows_per_block=job.part_rows, strict=True)
 
 
 def part_rows(chunk_size: int, ray_cfg: RayConfig, num_rows: int = 0) -> int:

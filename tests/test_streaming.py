@@ -196,6 +196,31 @@ def test_one_input_file_is_spread_over_every_actor(tmp_path: Path, ray_session: 
     assert sorted(_ids(sd)) == [f"p{i:02d}" for i in range(8)]
 
 
+@pytest.mark.timeout(600)
+def test_whole_files_keep_a_problems_rows_in_one_part_and_resume_per_file(
+    tmp_path: Path, ray_session: Any
+) -> None:
+    """sft_data's mode: each input file is one part, so a problem with several rows (align's samples)
+    is never split across parts, and a rerun redoes exactly the files without a committed part."""
+    src = StageDir(tmp_path / "input")
+    files = [["p00", "p00", "p01"], ["p02", "p02", "p02"], ["p03"]]
+    x = iter(range(1, 100))
+    for ids in files:
+        src.write_part([{R.PROBLEM_ID: i, "x": next(x)} for i in ids], [])
+    sd = StageDir(tmp_path / "t")
+    job = dataclasses.replace(_job(tmp_path, part_rows=2), whole_files=True)  # part_rows unused
+    res = run_stream(job, src.output_files(), sd)
+    calls = sorted(json.loads(p.read_text()) for p in (tmp_path / "calls").glob("p*.json"))
+    assert calls == sorted(files)  # one call per file, whole
+    assert res.num_parts == 3 and sorted(_ids(sd)) == sorted(i for f in files for i in f)
+    # a stage killed before the part of p02's file was committed: only that file runs again
+    (c,) = [c for c in sd.commits() if c["problem_ids"] == ["p02"]]
+    (sd.commits_dir / f"{c['part']}.json").unlink()
+    again = run_stream(job, src.output_files(), sd)
+    assert (again.num_done_before, again.num_processed, again.num_parts) == (4, 3, 1)
+    assert sorted(_ids(sd)) == sorted(i for f in files for i in f)
+
+
 def test_merge_summaries_sums_numbers_and_merges_dicts() -> None:
     got = merge_summaries(
         [

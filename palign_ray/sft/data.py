@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from palign_ray import records as R
-from palign_ray.artifacts import TMP_PREFIX, quarantine_row
+from palign_ray.artifacts import COMMITS, TMP_PREFIX, StageDir, quarantine_row
 
 STAGE = "sft"
 INPUT_IDS = "input_ids"
@@ -44,7 +44,12 @@ def shard_files(data_dir: str | Path) -> list[str]:
     d = Path(data_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"SFT shard directory {d} does not exist")
-    files = sorted(str(p) for p in d.glob("part-*.parquet") if not p.name.startswith(TMP_PREFIX))
+    if (d / COMMITS).is_dir():  # the pipeline's sft_data stage: its committed parts only
+        files = sorted(str(p) for p in StageDir(d).output_files())
+    else:
+        files = sorted(
+            str(p) for p in d.glob("part-*.parquet") if not p.name.startswith(TMP_PREFIX)
+        )
     if not files:
         raise FileNotFoundError(f"SFT shard directory {d} has no part-*.parquet files")
     listed = read_meta(d).get("parts")  # written last by palign sft-data: the complete set

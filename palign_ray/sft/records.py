@@ -281,10 +281,11 @@ def build_file_examples(
     )
 
 
-def _shard_table(examples: list[dict[str, Any]]) -> Any:
+def shard_schema() -> Any:
+    """The Arrow schema of a shard part (token ids int32, mask int8)."""
     import pyarrow as pa
 
-    schema = pa.schema(
+    return pa.schema(
         [
             (R.PROBLEM_ID, pa.string()),
             (INPUT_IDS, pa.list_(pa.int32())),
@@ -293,7 +294,12 @@ def _shard_table(examples: list[dict[str, Any]]) -> Any:
             (NUM_LOSS_TOKENS, pa.int32()),
         ]
     )
-    return pa.Table.from_pylist(examples, schema=schema)
+
+
+def _shard_table(examples: list[dict[str, Any]]) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_pylist(examples, schema=shard_schema())
 
 
 def _write_table_atomic(table: Any, path: Path) -> None:
