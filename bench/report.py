@@ -259,26 +259,19 @@ def _scale(sec: dict[str, Any]) -> list[str]:
             f"{r.get('num_actors')} actor(s).",
             "",
         ]
-    if "driver_rss" in sec:
-        lines += [
-            "**c. Driver peak RSS** while truncate streams ~20 KB traces (tiny model):",
-            "",
-            "| rows | parts | wall s | RSS before MB | peak MB | growth MB |",
-            "|---|---|---|---|---|---|",
-        ]
-        for n, v in sec["driver_rss"].items():
-            if isinstance(v, dict):
-                lines.append(
-                    f"| {n} | {v.get('parts')} | {v.get('wall_s')} | {v.get('rss_before_mb')} | {v.get('rss_peak_mb')} | "
-                    f"{v.get('growth_mb')} |"
-                    if "error" not in v
-                    else f"| {n} | failed: {v['error'][-200:]} |"
-                )
-        lines += [
-            "",
-            f"Largest growth {sec['driver_rss'].get('growth_mb_max')} MB (goal < 200 MB).",
-            "",
-        ]
+    for key, what in (
+        ("driver_rss", "truncate streams ~20 KB traces (tiny model)"),
+        (
+            "driver_rss_eval",
+            "eval streams a benchmark of ~2 KB questions, 2 samples of 32 tokens (tiny model)",
+        ),
+        (
+            "driver_rss_sft_data",
+            "sft_data tokenizes ~4 KB records, 2 per problem (default student's tokenizer)",
+        ),
+    ):
+        if key in sec:
+            lines += _rss_lines(sec[key], what)
     if "judge_interleaving" in sec:
         j = sec["judge_interleaving"]
         lines += [
@@ -346,3 +339,22 @@ def markdown(res: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _rss_lines(rss: dict[str, Any], what: str) -> list[str]:
+    """**c.** one stage's driver peak RSS per size, against the < 200 MB goal."""
+    lines = [
+        f"**c. Driver peak RSS** while {what}:",
+        "",
+        "| rows | parts | wall s | RSS before MB | peak MB | growth MB | out + quarantined |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, v in rss.items():
+        if isinstance(v, dict):
+            lines.append(
+                f"| {n} | {v.get('parts')} | {v.get('wall_s')} | {v.get('rss_before_mb')} | {v.get('rss_peak_mb')} | "
+                f"{v.get('growth_mb')} | {v.get('out_plus_quarantine')} |"
+                if "error" not in v
+                else f"| {n} | failed: {v['error'][-200:]} |"
+            )
+    return [*lines, "", f"Largest growth {rss.get('growth_mb_max')} MB (goal < 200 MB).", ""]

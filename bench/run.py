@@ -64,6 +64,9 @@ class Sizes:
     scale_gen_max_tokens: int = 256
     scale_rss_small: int = 1000  # rows of ~20 KB traces streamed through truncate (driver RSS)
     scale_rss_large: int = 20000
+    scale_rss_truncate: int = (
+        1  # 0: driver RSS of eval and sft_data only (truncate's was measured 2026-12-02)
+    )
     scale_judge_traces: int = 64  # judge before/after interleaving
 
 
@@ -212,6 +215,7 @@ def run_section(name: str, args: argparse.Namespace) -> dict[str, Any]:
             sizes.scale_gen_max_tokens,
             [sizes.scale_rss_small, sizes.scale_rss_large],
             sizes.scale_judge_traces,
+            rss_truncate=bool(sizes.scale_rss_truncate),
         )
     raise ValueError(f"unknown section {name!r}")
 

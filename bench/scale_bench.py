@@ -191,6 +191,8 @@ def driver_rss(
         tmp = Path(tempfile.mkdtemp(prefix="bench-rss-"))
         if stage == "eval":
             _write_benchmark(tmp / "bench.jsonl", n, trace_chars)
+        elif stage == "sft_data":
+            _write_aligned(tmp / "input", n, trace_chars)
         else:
             _write_traces(tmp / "input", n, trace_chars)
         proc = subprocess.run(
@@ -244,6 +246,30 @@ def _write_traces(src_dir: Path, n: int, trace_chars: int, part: int = 500) -> N
         )
 
 
+def _write_aligned(src_dir: Path, n: int, text_chars: int, part: int = 500) -> None:
+    """n align rows (2 samples per problem, ~text_chars of prefix + continuation each) as input parts."""
+    from palign_ray.artifacts import StageDir
+
+    sd = StageDir(src_dir)
+    sentence = "We add the next two numbers and check the running total once more. "
+    text = (sentence * (text_chars // len(sentence) + 1))[: text_chars // 2]
+    for lo in range(0, n, part):
+        sd.write_part(
+            [
+                {
+                    "problem_id": f"a{i // 2:06d}",
+                    "sample_index": i % 2,
+                    "question": f"What is {i // 2} + 1?",
+                    "answer": str(i // 2 + 1),
+                    "prefix": text,
+                    "continuation": f"{text} Sample {i % 2}: the answer is \\boxed{{{i // 2 + 1}}}.",
+                }
+                for i in range(lo, min(n, lo + part))
+            ],
+            [],
+        )
+
+
 def _write_benchmark(path: Path, n: int, question_chars: int) -> None:
     """n problems with ~question_chars-character questions as a benchmark file (gold: the problem's number)."""
     filler = "Recall that the total is the sum of every number listed before this sentence. "
@@ -287,6 +313,12 @@ def rss_child(tmp: str, cfg_json: str, stage: str = "truncate") -> None:
         metrics = evaluate(dataclasses.replace(cfg, eval=ev), Path(tmp) / "eval")
         sd = StageDir(Path(tmp) / "eval" / SAMPLES)
         rows, starts = metrics["average"]["num_problems"], metrics["stream"]["engine_starts"]
+    elif stage == "sft_data":
+        from palign_ray.sft.stage import build_stage_shards
+
+        src, sd = StageDir(Path(tmp) / "input"), StageDir(Path(tmp) / "sft_data" / "shards")
+        summary, res = build_stage_shards(cfg, "palign", src.output_files(), sd)
+        rows, starts = summary["num_in"], res.engine_starts
     else:
         src, sd = StageDir(Path(tmp) / "input"), StageDir(Path(tmp) / "truncate")
         res = run_stream(judge_job(cfg), src.output_files(), sd)
@@ -357,6 +389,7 @@ def run(
     gen_max_tokens: int,
     rss_rows: list[int],
     judge_traces: int,
+    rss_truncate: bool = True,
 ) -> dict[str, Any]:
     """Every part whose size is > 0 (`--set-size scale_gen_prompts=0` skips a)."""
     out: dict[str, Any] = {}
@@ -375,7 +408,8 @@ def run(
             judge__max_cot_tokens=64,
             run__chunk_size=64,
         )
-        out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
+        if rss_truncate:
+            out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
         # eval: 2 KB questions, 2 samples of 32 tokens each (the tiny model keeps 20k problems minutes long)
         eval_cfg = _cfg(
             rss_cfg,
@@ -388,6 +422,12 @@ def run(
         )
         out["driver_rss_eval"] = driver_rss(
             eval_cfg, [n for n in rss_rows if n], trace_chars=2_000, stage="eval"
+        )
+        # sft_data: ~4 KB records (2 per problem) tokenized for the default student, one input part per 500 rows
+        # (~900 tokens each: align.max_seq_len 2048 keeps them, so the shards hold real examples)
+        sft_cfg = _cfg(rss_cfg, Path(tempfile.mkdtemp()), align__max_seq_len=2048)
+        out["driver_rss_sft_data"] = driver_rss(
+            sft_cfg, [n for n in rss_rows if n], trace_chars=4_000, stage="sft_data"
         )
     if judge_traces:
         out["judge_interleaving"] = judge_interleaving(cfg, traces[:judge_traces])
