@@ -886,12 +886,6 @@ def default_cpu_threads(ray_cpus: int, usable: int, num_actors: int) -> int:
     return max(1, cores // max(1, num_actors))
 
 
-def stage_pool(cfg: Config, section: str) -> dict[str, Any]:
-    """`stage_engine` as the engine=/ray_cfg= keyword arguments of `generation.generate_batches`."""
-    engine, ray = stage_engine(cfg, section)
-    return {"engine": engine, "ray_cfg": ray}
-
-
 def help_lines(cls: type = Config, prefix: str = "") -> list[str]:
     """`key (type, default): doc` for every field; the CLI's --help text."""
     lines = []

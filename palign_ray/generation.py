@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from palign_ray import records as R
 from palign_ray.admission import KVAdmission, reported_kv
-from palign_ray.config import EngineConfig, RayConfig
+from palign_ray.config import EngineConfig
 from palign_ray.engines.base import SamplingSpec
 
 log = logging.getLogger(__name__)
@@ -197,83 +197,44 @@ def start_engine(
     return eng
 
 
-class GenerateUDF:
-    """Async actor-pool UDF owning one Generator; batch columns `problem_id`, `prompt` → generation rows."""
+class GenerateWorker:
+    """Inside an actor (`palign generate`): one Generator with the teacher's model and sampling (its engine
+    started once), a part of {problem_id, prompt} rows → generation rows. A prompt the engine cannot
+    take stays an output row with its `error`, as the command has always written it."""
 
-    def __init__(
-        self,
-        model: str,
-        engine: dict[str, Any],
-        sampling: dict[str, Any],
-        system_prompt: str,
-        seed: int,
-        salt: str,
-    ):
+    def __init__(self, cfg: Any, on_engine_start: Callable[[dict[str, Any]], None] | None = None):
+        from palign_ray.config import stage_engine
+
+        t = cfg.teacher
+        engine, _ = stage_engine(cfg, "teacher")
+        sampling = SamplingSpec(
+            max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=1
+        )
         self.gen = Generator(
-            model, EngineConfig(**engine), SamplingSpec(**sampling), system_prompt, seed, salt
+            t.model, engine, sampling, t.system_prompt, cfg.run.seed, "", on_engine_start
         )
 
-    async def __call__(self, batch: Any) -> dict[str, list[Any]]:
-        rows = await self.gen.generate(batch.to_pylist())
-        return {
-            k: [r[k] for r in rows]
-            for k in (
-                R.PROBLEM_ID,
-                R.GENERATIONS,
-                R.FINISH_REASONS,
-                R.NUM_PROMPT_TOKENS,
-                R.NUM_CACHED_TOKENS,
-                R.NUM_GENERATED_TOKENS,
-                ERROR,
-            )
-        }
+    async def process(
+        self, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+        out, stats = await timed_generate(self.gen, rows)
+        return out, [], stats
 
-    def __del__(self) -> None:
-        gen = getattr(self, "gen", None)
-        if gen is not None:
-            gen.close()
+    def close(self) -> None:
+        self.gen.close()
 
 
-def generate_batches(
-    items: list[dict[str, str]],
-    *,
-    model: str,
-    engine: EngineConfig,
-    ray_cfg: RayConfig,
-    sampling: SamplingSpec,
-    system_prompt: str = "",
-    seed: int = 0,
-    salt: str = "",
-) -> Iterator[list[dict[str, Any]]]:
-    """Stream `items` ({problem_id, prompt}) through the actor pool; yields output rows per batch."""
-    from palign_ray.ray_env import actor_resources, init_ray, without_stall_guard
+def generate_job(cfg: Any, num_rows: int = 0) -> Any:
+    """`palign generate` as a streaming job: parts of run.chunk_size prompts, one GenerateWorker per actor."""
+    from palign_ray.config import stage_engine
+    from palign_ray.streaming import StreamJob, part_rows
 
-    if not items:
-        return
-    ray = init_ray(ray_cfg)
-    ds = ray.data.from_items(
-        [{R.PROBLEM_ID: str(i[R.PROBLEM_ID]), R.PROMPT: i[R.PROMPT]} for i in items]
+    engine, ray_cfg = stage_engine(cfg, "teacher")
+    return StreamJob(
+        "generate",
+        GenerateWorker,
+        {"cfg": cfg},
+        ray_cfg,
+        part_rows(cfg.run.chunk_size, ray_cfg, num_rows),
+        cpu_threads=engine.cpu_threads,
     )
-    c = max(1, ray_cfg.max_concurrent_batches)
-    out = ds.map_batches(
-        GenerateUDF,
-        fn_constructor_kwargs={
-            "model": model,
-            "engine": dataclasses.asdict(engine),
-            "sampling": dataclasses.asdict(sampling),
-            "system_prompt": system_prompt,
-            "seed": seed,
-            "salt": salt,
-        },
-        batch_size=ray_cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(
-            size=ray_cfg.num_actors,
-            max_concurrent_calls_per_actor=c,
-            max_tasks_in_flight_per_actor=c,
-        ),
-        **actor_resources(ray_cfg, engine.cpu_threads),
-    )
-    out = without_stall_guard(out, ray_cfg)
-    for batch in out.iter_batches(batch_size=ray_cfg.batch_size, batch_format="pyarrow"):
-        yield batch.to_pylist()

@@ -27,24 +27,37 @@ def start_cluster():
     return cluster, workers
 
 
-def generation_batches(model):
-    from palign_ray.config import EngineConfig, RayConfig
-    from palign_ray.engines.base import SamplingSpec
-    from palign_ray.generation import generate_batches
+def generation_batches(model, on_first_part):
+    """`palign generate`'s streaming job (workers write the parts); `on_first_part` runs when a part is committed."""
+    import tempfile
+    from pathlib import Path
+
+    from palign_ray.artifacts import StageDir
+    from palign_ray.config import Config, EngineConfig, RayConfig, RunConfig, TeacherConfig
+    from palign_ray.generation import generate_job
+    from palign_ray.streaming import run_stream
 
     items = [
         {"problem_id": f"p{i:02d}", "prompt": f"Count from {i} to {i + 20}."} for i in range(32)
     ]
-    batches = generate_batches(
-        items,
-        model=model,
+    cfg = Config(
+        run=RunConfig(seed=1, chunk_size=2),
+        teacher=TeacherConfig(model=model, max_tokens=24, temperature=0.7),
         engine=EngineConfig(max_model_len=512),
-        ray_cfg=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
-        sampling=SamplingSpec(max_tokens=24, temperature=0.7),
-        seed=1,
+        ray=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="node-loss-gen-"))
+    src, sd = StageDir(tmp / "input"), StageDir(tmp / "generate")
+    src.write_part(items, [])
+    run_stream(
+        generate_job(cfg),
+        src.output_files(),
+        sd,
+        progress=lambda total, done: _FirstPart(on_first_part),
     )
     return items, (
-        {"problem_id": r["problem_id"], "out": r["generations"]} for b in batches for r in b
+        {"problem_id": r["problem_id"], "out": r.get("generations")}
+        for r in sd.output_rows() + sd.quarantine_rows()
     )
 
 
@@ -123,7 +136,7 @@ def run_once(model, mode, remove):
     if mode == "judge":
         items, rows_iter = judge_batches_of(model, remove_worker)
     else:
-        items, rows_iter = generation_batches(model)
+        items, rows_iter = generation_batches(model, remove_worker)
     rows = []
     for row in rows_iter:
         rows.append(row)

@@ -57,31 +57,58 @@ def test_fake_engine_is_scripted_and_counts_calls():
 
 @pytest.mark.timeout(300)
 def test_generate_stage_through_ray_data(tiny_model, ray_session):
-    from palign_ray.config import EngineConfig, RayConfig
-    from palign_ray.generation import generate_batches
+    """`palign generate`'s streaming job: every prompt is a row, in parts, one engine start per actor."""
+    from palign_ray.config import Config, EngineConfig, RayConfig, RunConfig, TeacherConfig
+    from palign_ray.generation import generate_job
+    from palign_ray.streaming import run_rows
 
     items = [{"problem_id": f"p{i}", "prompt": f"Count to {i}."} for i in range(6)]
     items.append({"problem_id": "long", "prompt": "x " * 5000})
-    rows = [
-        r
-        for b in generate_batches(
-            items,
-            model=tiny_model,
-            engine=EngineConfig(max_model_len=1024),
-            ray_cfg=RayConfig(num_actors=1, batch_size=4),
-            sampling=SamplingSpec(max_tokens=8, n=2, temperature=0.8),
-            seed=3,
-        )
-        for r in b
-    ]
+    cfg = Config(
+        run=RunConfig(seed=3, chunk_size=4),
+        teacher=TeacherConfig(model=tiny_model, max_tokens=8, temperature=0.8),
+        engine=EngineConfig(max_model_len=1024),
+        ray=RayConfig(num_actors=1, batch_size=4),
+    )
+    rows, quar, _, res = run_rows(generate_job(cfg, len(items)), items)
+    assert not quar and res.num_parts == 2 and res.engine_starts == 1
     by_id = {r["problem_id"]: r for r in rows}
     assert sorted(by_id) == sorted(i["problem_id"] for i in items)
     assert (
         by_id["long"]["error"].startswith("prompt_too_long") and by_id["long"]["generations"] == []
     )
     ok = [r for r in rows if not r["error"]]
-    assert all(len(r["generations"]) == 2 and len(r["num_generated_tokens"]) == 2 for r in ok)
+    assert all(len(r["generations"]) == 1 and len(r["num_generated_tokens"]) == 1 for r in ok)
     assert all(0 < t <= 8 for r in ok for t in r["num_generated_tokens"])
+
+
+@pytest.mark.timeout(300)
+def test_palign_generate_streams_parts_and_writes_rows_in_input_order(
+    tiny_model, ray_session, tmp_path
+):
+    """The command end to end: parts of 2 through the stream, rows back in input order (ids mixing
+    "10" and "a"), each with its prompt; a prompt over max_model_len is a row with its error."""
+    import json
+
+    from palign_ray.cli.stages import generate_main
+
+    prompts = [("10", "Count to 3."), ("a", "Name a color."), ("2", "x " * 900), ("b", "Hi.")]
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in prompts))
+    out = tmp_path / "o.jsonl"
+    code = generate_main(
+        [
+            "--input", str(src), "--output", str(out), "--id-field", "id",
+            f"teacher.model={tiny_model}", "teacher.max_tokens=6", "run.chunk_size=2",
+            "engine.max_model_len=512",
+        ]
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and [(r["problem_id"], r["prompt"]) for r in rows] == prompts
+    assert rows[2]["error"].startswith("prompt_too_long") and rows[2]["generations"] == []
+    assert all(
+        len(r["generations"]) == 1 and not r["error"] for r in rows if r["problem_id"] != "2"
+    )
 
 
 def test_seeded_batch_larger_than_one_prefill_step(tiny_engine):

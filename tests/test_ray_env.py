@@ -8,7 +8,6 @@ import pytest
 
 from palign_ray import records as R
 from palign_ray.config import EngineConfig, RayConfig
-from palign_ray.engines.base import SamplingSpec
 from palign_ray.ray_env import free_resources, wait_for_release
 
 
@@ -39,22 +38,19 @@ def test_wait_times_out_while_an_actor_holds_its_cpu_then_returns_when_it_exits(
 
 
 def test_generation_pool_is_gone_after_the_stage(ray_session, tiny_model):
-    """A real Ray Data pool of vLLM engines: once the stage's rows are consumed, its CPUs come back."""
-    from palign_ray.generation import generate_batches
+    """A real Ray Data pool of vLLM engines: once the stage has finished, its CPUs come back."""
+    from palign_ray.config import Config, TeacherConfig
+    from palign_ray.generation import generate_job
+    from palign_ray.streaming import run_rows
 
     before = free_resources()
     items = [{R.PROBLEM_ID: str(i), R.PROMPT: f"count to {i}"} for i in range(4)]
-    rows = [
-        r
-        for batch in generate_batches(
-            items,
-            model=tiny_model,
-            engine=EngineConfig(max_model_len=512, max_num_seqs=8),
-            ray_cfg=RayConfig(num_cpus=4, num_cpus_per_actor=0.5, batch_size=2),
-            sampling=SamplingSpec(max_tokens=4, temperature=0.0),
-        )
-        for r in batch
-    ]
+    cfg = Config(
+        teacher=TeacherConfig(model=tiny_model, max_tokens=4, temperature=0.0),
+        engine=EngineConfig(max_model_len=512, max_num_seqs=8),
+        ray=RayConfig(num_cpus=4, num_cpus_per_actor=0.5, batch_size=2),
+    )
+    rows, _, _, _ = run_rows(generate_job(cfg, len(items)), items)
     assert sorted(r[R.PROBLEM_ID] for r in rows) == ["0", "1", "2", "3"]
     waited = wait_for_release(before, timeout_s=120.0)
     assert waited < 120.0 and free_resources()["CPU"] >= before["CPU"]

@@ -373,7 +373,8 @@ def generate_main(argv: list[str]) -> int:
     rows, bad = read_rows(args.input, "generate")
     items, rejected = prompt_items(rows, args.prompt_field, args.id_field)
     bad += rejected
-    out = _generate(items, cfg) if items else []  # no usable prompt: no engine starts
+    out, lost = _generate(items, cfg) if items else ([], [])  # no usable prompt: no engine starts
+    bad += lost
     for r in out[:3]:  # stdout: a preview of the first generations (the summary is in the file)
         sys.stdout.write(
             json.dumps(
@@ -423,27 +424,23 @@ def prompt_items(
     return items, bad
 
 
-def _generate(items: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
-    """Prompts → generation rows (one engine pool), in input order, each with its prompt."""
+def _generate(
+    items: list[dict[str, Any]], cfg: Config
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Prompts → (generation rows in input order, each with its prompt; quarantine). A streaming job:
+    parts through one engine pool. Every prompt becomes a row (an engine refusal is the row's `error`);
+    only a prompt the stage lost after its retries is quarantined (`lost_in_stage`, `not_processed`)."""
     from palign_ray import records as R
-    from palign_ray.config import stage_pool
-    from palign_ray.engines.base import SamplingSpec
-    from palign_ray.generation import generate_batches
+    from palign_ray.generation import generate_job
+    from palign_ray.streaming import run_rows
 
-    t = cfg.teacher
-    sampling = SamplingSpec(max_tokens=t.max_tokens, temperature=t.temperature, top_p=t.top_p, n=1)
-    out: list[dict[str, Any]] = []
-    for batch in generate_batches(
-        items,
-        model=t.model,
-        **stage_pool(cfg, "teacher"),
-        sampling=sampling,
-        system_prompt=t.system_prompt,
-        seed=cfg.run.seed,
-    ):
-        out += batch
+    out, quar, _, _ = run_rows(generate_job(cfg, len(items)), items)
+    if (
+        quar
+    ):  # the worker writes every prompt as a row: only a part lost after its retries lands here
+        raise RuntimeError(f"generation left {len(quar)} prompts without a row: {quar[:3]}")
     by_id = {i[R.PROBLEM_ID]: (n, i[R.PROMPT]) for n, i in enumerate(items)}  # ids are unique here
     for r in out:
         r[R.PROMPT] = by_id[r[R.PROBLEM_ID]][1]
     out.sort(key=lambda r: by_id[r[R.PROBLEM_ID]][0])  # input order (ids may mix "10" and "a")
-    return out
+    return out, quar
