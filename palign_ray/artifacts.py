@@ -9,8 +9,9 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -503,3 +504,70 @@ def quarantine_path(output: Path) -> Path:
     """`<dir>/<stem>.quarantine.parquet` beside an output file or directory."""
     stem = output.name[: -len(output.suffix)] if output.suffix else output.name
     return output.with_name(f"{stem}.quarantine.parquet")
+
+
+# Manifest fields every stage has (StageDir.write_manifest and pipeline._run_stage write them); the
+# rest is the stage's own (`extra`). Written as one flat JSON object, as before.
+_COMMON_TYPES: dict[str, tuple[type, ...]] = {
+    "num_output": (int,),
+    "num_quarantined": (int,),
+    "reasons": (dict,),
+    "num_parts": (int,),
+    "config_hash": (str, type(None)),
+    "wall_s": (int, float, type(None)),
+    "num_input": (int, type(None)),
+    "summary": (dict, type(None)),
+}
+_REQUIRED = ("num_output", "num_quarantined", "reasons", "num_parts")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A stage's manifest.json, typed: the counts every stage writes, and its own fields in `extra`.
+
+    config_hash and wall_s are absent only where no pipeline stage wrote the file (an evaluation's
+    samples/, test fixtures); num_input where the stage did not count its input.
+    """
+
+    num_output: int
+    num_quarantined: int
+    reasons: dict[str, int]
+    num_parts: int
+    config_hash: str | None = None
+    wall_s: float | None = None
+    num_input: int | None = None
+    summary: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest") -> Manifest:
+        """Validate the common fields' presence and types (ValueError naming `where` and the field)."""
+        missing = [k for k in _REQUIRED if k not in d]
+        bad = [
+            f"{k}={d[k]!r}"
+            for k, types in _COMMON_TYPES.items()
+            if k in d and (not isinstance(d[k], types) or isinstance(d[k], bool))
+        ]
+        if missing or bad:
+            raise ValueError(
+                f"{where}: not a stage manifest (missing {missing}, wrong type {bad}); "
+                "rerun the stage that wrote it"
+            )
+        common = {k: d[k] for k in _COMMON_TYPES if k in d}
+        return cls(**common, extra={k: v for k, v in d.items() if k not in _COMMON_TYPES})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object as written: common fields (those set) and the extra ones, flat."""
+        common = {
+            k: getattr(self, k)
+            for k in _COMMON_TYPES
+            if k in _REQUIRED or getattr(self, k) is not None
+        }
+        return {**common, **self.extra}
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """`<stage dir>/manifest.json` (or the file itself) as a validated Manifest."""
+    p = Path(path)
+    p = p / "manifest.json" if p.is_dir() else p
+    return Manifest.from_dict(json.loads(p.read_text()), str(p))
