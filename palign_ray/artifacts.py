@@ -518,7 +518,7 @@ _COMMON_TYPES: dict[str, tuple[type, ...]] = {
     "num_input": (int, type(None)),
     "summary": (dict, type(None)),
 }
-_REQUIRED = ("num_output", "num_quarantined", "reasons", "num_parts")
+_COUNTS = ("num_output", "num_quarantined", "reasons", "num_parts")  # always written
 
 
 @dataclass(frozen=True)
@@ -526,13 +526,14 @@ class Manifest:
     """A stage's manifest.json, typed: the counts every stage writes, and its own fields in `extra`.
 
     config_hash and wall_s are absent only where no pipeline stage wrote the file (an evaluation's
-    samples/, test fixtures); num_input where the stage did not count its input.
+    samples/, test fixtures); num_input where the stage did not count its input. Absent counts read
+    as 0, as readers' `.get(key, 0)` did before.
     """
 
-    num_output: int
-    num_quarantined: int
-    reasons: dict[str, int]
-    num_parts: int
+    num_output: int = 0
+    num_quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    num_parts: int = 0
     config_hash: str | None = None
     wall_s: float | None = None
     num_input: int | None = None
@@ -541,16 +542,17 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "manifest") -> Manifest:
-        """Validate the common fields' presence and types (ValueError naming `where` and the field)."""
-        missing = [k for k in _REQUIRED if k not in d]
+        """Validate the common fields' types (ValueError naming `where` and the fields)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: not a stage manifest (a JSON object); rerun its stage")
         bad = [
             f"{k}={d[k]!r}"
             for k, types in _COMMON_TYPES.items()
             if k in d and (not isinstance(d[k], types) or isinstance(d[k], bool))
         ]
-        if missing or bad:
+        if bad:
             raise ValueError(
-                f"{where}: not a stage manifest (missing {missing}, wrong type {bad}); "
+                f"{where}: not a stage manifest (wrong type: {', '.join(bad)}); "
                 "rerun the stage that wrote it"
             )
         common = {k: d[k] for k in _COMMON_TYPES if k in d}
@@ -561,7 +563,7 @@ class Manifest:
         common = {
             k: getattr(self, k)
             for k in _COMMON_TYPES
-            if k in _REQUIRED or getattr(self, k) is not None
+            if k in _COUNTS or getattr(self, k) is not None
         }
         return {**common, **self.extra}
 

@@ -4,6 +4,9 @@ A bad value in a late stage (eval's tensor parallelism, a training setting, a mi
 would otherwise surface when that stage starts, after the teacher may have run for hours. The checks
 here are the cheap ones, made without Ray, engines or downloads: value ranges, combinations that
 cannot work, and (with check_paths) files and model directories that the driver reads.
+
+Which stages exist, which check each one has and which models it loads are the stage table's rows
+(`pipeline.STAGES`); this module holds the checks themselves.
 """
 
 from __future__ import annotations
@@ -14,20 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from palign_ray.benchmarks import BENCHMARKS, BUILTIN, benchmark_names
 from palign_ray.config import Config, stage_engine
 from palign_ray.fields import parse_filter
-from palign_ray.judge.audit import check_audit_config
-from palign_ray.judge.contract import check_judge_config, reference_config
-from palign_ray.judge.problem import reserved_tokens
-from palign_ray.judge.prompts import judge_template
-from palign_ray.judge.rollout import check_rollout_config
-from palign_ray.judge.search import fixed_ratio_k
 from palign_ray.models import DEFAULT_ALIASES, check_model_dir
 from palign_ray.ray_env import ray_address
-from palign_ray.sft.deepspeed_config import ds_config, resolve_precision, warmup_steps
 
-PLAN_STAGES = ("problems", "teacher", "truncate", "align", "sft_data", "train", "base_eval", "eval")
+# The stage table (pipeline.STAGES) names the check functions below, so this module loads with the
+# pipeline: the judge's, training's and the benchmarks' modules load inside their checks instead.
 
 
 def validate_plan(cfg: Config, stages: Sequence[str], check_paths: bool = True) -> None:
@@ -47,25 +43,20 @@ def validate_plan(cfg: Config, stages: Sequence[str], check_paths: bool = True) 
 
 def plan_problems(cfg: Config, stages: Sequence[str], check_paths: bool = True) -> list[str]:
     """Every problem found, each as 'stage: key=value: what is wrong (and the fix)'."""
-    unknown = sorted(set(stages) - set(PLAN_STAGES))
-    out = [f"unknown stage(s) {unknown}; stages are {list(PLAN_STAGES)}"] if unknown else []
-    checks: dict[str, Callable[[Config, bool], list[str]]] = {
-        "problems": _problems_stage,
-        "teacher": _teacher_stage,
-        "truncate": _truncate_stage,
-        "align": _align_stage,
-        "sft_data": _sft_data_stage,
-        "train": _train_stage,
-        "base_eval": _eval_stage,
-        "eval": _eval_stage,
-    }
-    for stage in PLAN_STAGES:
-        if stage == "eval" and "base_eval" in stages:
-            continue  # the same settings, reported once as base_eval/eval
-        if stage in stages:
-            name = "base_eval/eval" if stage == "base_eval" and "eval" in stages else stage
-            out += [f"{name}: {msg}" for msg in checks[stage](cfg, check_paths)]
-    out += _models(cfg, stages, check_paths)
+    from palign_ray.pipeline import STAGE_NAMES, STAGES  # the table's rows name these checks
+
+    unknown = sorted(set(stages) - set(STAGE_NAMES))
+    out = [f"unknown stage(s) {unknown}; stages are {list(STAGE_NAMES)}"] if unknown else []
+    planned = [s for s in STAGES if s.name in stages]
+    done: list[Callable[[Config, bool], list[str]]] = []
+    for row in planned:
+        if row.check is None or row.check in done:
+            continue
+        done.append(row.check)
+        # stages with one check (base_eval and eval: eval's settings) are reported once, as a/b
+        name = "/".join(s.name for s in planned if s.check is row.check)
+        out += [f"{name}: {msg}" for msg in row.check(cfg, check_paths)]
+    out += _models(cfg, planned, check_paths)
     # both planned: shards built on their own (`palign sft-data`) may be meant for another trainer
     if {"sft_data", "train"} <= set(stages) and cfg.align.max_seq_len > cfg.sft.max_seq_len:
         out.append(
@@ -129,26 +120,23 @@ def model_problems(key: str, name: str) -> list[str]:
     return _model(key, name, check_paths=True)
 
 
-def _models(cfg: Config, stages: Sequence[str], check_paths: bool) -> list[str]:
-    """Each model key once, named with the planned stages that load it."""
-    users = {
-        "teacher.model": ["teacher"],
-        "judge.model": ["truncate"] if _judging(cfg) else [],
-        "align.model": ["align"],
-        # sft_data tokenizes with its tokenizer and chat template; base_eval evaluates it as the base student
-        "sft.model": ["sft_data", "train", "base_eval"],
-    }
-    out = []
+def _models(cfg: Config, planned: Sequence[Any], check_paths: bool) -> list[str]:
+    """Each model key once (the rows' `models`), named with the planned stages that load it."""
+    users: dict[str, list[str]] = {}
+    for row in planned:
+        for key in row.models:
+            users.setdefault(key, []).append(row.name)
     if cfg.teacher.backend == "openai":  # a served model name, checked by _api
-        users["teacher.model"] = []
+        users.pop("teacher.model", None)
+    if not _judging(cfg):  # a fixed-ratio cut loads no judge
+        users.pop("judge.model", None)
+    out = []
     for key, used_by in users.items():
-        planned = [s for s in used_by if s in stages]
-        if planned:
-            section, field = key.split(".")
-            out += [
-                f"{'/'.join(planned)}: {msg}"
-                for msg in _model(key, getattr(getattr(cfg, section), field), check_paths)
-            ]
+        section, field = key.split(".")
+        out += [
+            f"{'/'.join(used_by)}: {msg}"
+            for msg in _model(key, getattr(getattr(cfg, section), field), check_paths)
+        ]
     return out
 
 
@@ -234,10 +222,10 @@ def _sampling(section: str, obj: Any) -> list[str]:
     )
 
 
-# ---- one function per stage ---------------------------------------------------------------------
+# ---- one function per stage (the rows' `check`) --------------------------------------------------
 
 
-def _problems_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_problems(cfg: Config, check_paths: bool) -> list[str]:
     p = cfg.problems
     out = _ranges(
         "problems",
@@ -254,7 +242,7 @@ def _problems_stage(cfg: Config, check_paths: bool) -> list[str]:
     return out
 
 
-def _teacher_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_teacher(cfg: Config, check_paths: bool) -> list[str]:
     t = cfg.teacher
     if t.backend == "openai":
         return _sampling("teacher", t) + _api("teacher", t)
@@ -293,10 +281,20 @@ def _api(section: str, t: Any) -> list[str]:
 
 
 def _judging(cfg: Config) -> bool:
-    return cfg.run.method != "fixed_ratio" and cfg.judge.search != "fixed_ratio"
+    """Whether truncate runs a judge model: not where the method or judge.search fixes the cut."""
+    from palign_ray.pipeline import effective_config
+
+    return effective_config(cfg).judge.search != "fixed_ratio"
 
 
-def _truncate_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_truncate(cfg: Config, check_paths: bool) -> list[str]:
+    from palign_ray.judge.audit import check_audit_config
+    from palign_ray.judge.contract import check_judge_config, reference_config
+    from palign_ray.judge.problem import reserved_tokens
+    from palign_ray.judge.prompts import judge_template
+    from palign_ray.judge.rollout import check_rollout_config
+    from palign_ray.judge.search import fixed_ratio_k
+
     j = cfg.judge
     out = _ranges("judge", j, [("max_sentence_chars", _at_least(1), ">= 1")])
     if not _judging(cfg) or j.flat_fallback == "fixed_ratio":
@@ -311,13 +309,13 @@ def _truncate_stage(cfg: Config, check_paths: bool) -> list[str]:
     return out + _engine(cfg, "judge", reserved_tokens(jcfg))
 
 
-def _align_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_align(cfg: Config, check_paths: bool) -> list[str]:
     a = cfg.align
     out = _sampling("align", a) + _ranges("align", a, [("repetition_penalty", _positive, "> 0")])
     return out + _engine(cfg, "align", a.max_tokens)
 
 
-def _sft_data_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_sft_data(cfg: Config, check_paths: bool) -> list[str]:
     return _ranges(
         "align",
         cfg.align,
@@ -325,7 +323,9 @@ def _sft_data_stage(cfg: Config, check_paths: bool) -> list[str]:
     )
 
 
-def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_train(cfg: Config, check_paths: bool) -> list[str]:
+    from palign_ray.sft.deepspeed_config import ds_config, resolve_precision, warmup_steps
+
     s = cfg.sft
     out = _ranges(
         "sft",
@@ -368,7 +368,9 @@ def _train_stage(cfg: Config, check_paths: bool) -> list[str]:
     )
 
 
-def _eval_stage(cfg: Config, check_paths: bool) -> list[str]:
+def check_eval(cfg: Config, check_paths: bool) -> list[str]:
+    from palign_ray.benchmarks import BENCHMARKS, BUILTIN, benchmark_names
+
     e = cfg.eval
     out = _sampling("eval", e) + _ranges(
         "eval",

@@ -827,15 +827,9 @@ def resolve_engine_defaults(
     )
 
 
-ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")  # sections with an `engine` override
-# Pipeline stage → the config section with its engine settings (truncation runs the judge's).
-STAGE_ENGINE_SECTION = {
-    "teacher": "teacher",
-    "truncate": "judge",
-    "align": "align",
-    "base_eval": "eval",
-    "eval": "eval",
-}
+# Sections with an `engine` override; which stage runs with which is its row's `engine_section`
+# (palign_ray.pipeline.STAGES: truncation runs the judge's).
+ENGINE_SECTIONS = ("teacher", "judge", "align", "eval")
 
 
 def stage_engine(cfg: Config, section: str) -> tuple[EngineConfig, RayConfig]:

@@ -364,18 +364,25 @@ def copy_new_output(offsets: Mapping[Path, int], out: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# One summary line per stage, from its manifest (the driver's view of what happened in the actors)
+# One summary line per stage, from its manifest (the driver's view of what happened in the actors).
+# What differs between stages is on their rows (pipeline.STAGES: counts_rows, summary, engine_section).
 
 
 def summary_lines(
     stage: str, manifest: Mapping[str, Any], cfg: Any = None
 ) -> list[tuple[int, str]]:
-    """(level, line) for the console: counts and wall time, then warnings (engine restarts, degenerate judge...)."""
-    m = manifest
+    """(level, line) for the console: counts and wall time, then warnings (engine restarts, degenerate judge...).
+
+    `manifest` is the JSON dict (`Manifest.to_dict()`): the words read the stage's own fields too.
+    """
+    from palign_ray.pipeline import stage_row
+
+    row, m = stage_row(stage), manifest
     num_actors = stage_actors(cfg, stage) if cfg is not None else 0
     width = 10  # the longest stage name, base_eval, and a space
+    counts = _counts(m) if row.counts_rows else ""
     head = f"{stage:<{width}}" + " · ".join(
-        x for x in (_counts(stage, m), _extra(stage, m), f"{m.get('wall_s', 0):.0f} s") if x
+        x for x in (counts, _extra(m, row.summary), f"{m.get('wall_s', 0):.0f} s") if x
     )
     return (
         [(logging.INFO, head)]
@@ -385,8 +392,8 @@ def summary_lines(
 
 
 def judge_lines(stage: str, m: Mapping[str, Any]) -> list[tuple[int, str]]:
-    """truncate: the audit line, and an error line when the judge is invalid by the validity rule."""
-    measured = m.get("judge_audit") if stage == "truncate" else None
+    """The judge's audit line, and an error line when it is invalid by the validity rule (truncate's manifest)."""
+    measured = m.get("judge_audit")
     if not measured:
         return []
     from palign_ray.judge.measure import audit_line
@@ -414,15 +421,14 @@ def judge_lines(stage: str, m: Mapping[str, Any]) -> list[tuple[int, str]]:
 
 def stage_actors(cfg: Any, stage: str) -> int:
     """Actors in the stage's engine pool (0 for a stage without engines): each pass starts that many engines."""
-    from palign_ray.config import STAGE_ENGINE_SECTION as SECTION
     from palign_ray.config import stage_engine
+    from palign_ray.pipeline import stage_row
 
-    return stage_engine(cfg, SECTION[stage])[1].num_actors if stage in SECTION else 0
+    section = stage_row(stage).engine_section
+    return stage_engine(cfg, section)[1].num_actors if section is not None else 0
 
 
-def _counts(stage: str, m: Mapping[str, Any]) -> str:
-    if stage in ("train", "base_eval", "eval"):
-        return ""
+def _counts(m: Mapping[str, Any]) -> str:
     out = (
         f"{m.get('num_output', 0)} rows out"
         if "num_input" not in m
@@ -436,36 +442,13 @@ def _counts(stage: str, m: Mapping[str, Any]) -> str:
     return out
 
 
-def _extra(stage: str, m: Mapping[str, Any]) -> str:
+def _extra(m: Mapping[str, Any], words: Callable[[Mapping[str, Any]], str] | None) -> str:
+    """Engine starts where the stage ran pools, else the stage's own words (its row's `summary`)."""
     if "engine_starts" in m:
         return f"{m['engine_starts']} engine start{'s' * (m['engine_starts'] != 1)}" + (
             f", {m['passes']} passes" if m.get("passes", 1) > 1 else ""
         )
-    if stage == "train":
-        t = m.get("metrics", {})
-        loss = t.get("final_loss")
-        return f"{t.get('num_examples', 0)} examples, {t.get('num_steps', 0)} steps" + (
-            f", final loss {loss:.3f}" if isinstance(loss, (int, float)) else ""
-        )
-    if stage in ("base_eval", "eval"):
-        return " → ".join(f"{k} {_pass1(m[k])}" for k in ("base", "trained") if m.get(k))
-    if stage == "problems" and (screen := m.get("summary", {}).get("screen")):
-        return screen_line(screen)
-    return ""
-
-
-def screen_line(screen: Mapping[str, Any]) -> str:
-    """The problems screen in a few words: duplicates, and what was checked against which benchmarks."""
-    against = screen.get("decontaminated_against") or []
-    dup = f"{screen.get('num_duplicates', 0)} duplicates" if screen.get("dedup") else "no dedup"
-    if not against:
-        return f"{dup}, no benchmark overlap check ({'; '.join(screen.get('not_checked', [])) or 'none listed'})"
-    return f"{dup}, {screen.get('num_contaminated', 0)} overlapping {', '.join(against)}"
-
-
-def _pass1(headline: Mapping[str, Any]) -> str:
-    pk = headline.get("average", {}).get("pass@k", {})
-    return ", ".join(f"pass@{k} {v:.3f}" for k, v in list(pk.items())[:2]) or "no score"
+    return words(m) if words is not None else ""
 
 
 def _warnings(stage: str, m: Mapping[str, Any], num_actors: int) -> list[str]:
@@ -483,7 +466,7 @@ def _warnings(stage: str, m: Mapping[str, Any], num_actors: int) -> list[str]:
         out.append(
             f"degenerate judge: {'; '.join(degenerate)}; the cuts say little (see judge.calibration)"
         )
-    restarts = m.get("metrics", {}).get("restarts") if stage == "train" else None
+    restarts = (m.get("metrics") or {}).get("restarts")  # a training's (train's manifest)
     if restarts:
         out.append(f"training restarted {len(restarts)} time(s) from a checkpoint: {restarts}")
     return out

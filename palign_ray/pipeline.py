@@ -2,8 +2,10 @@
 
 Run as: palign run jobs/configs/default.yaml [--stages a,b] [key=value ...]
 
-`STAGES` is the whole flow: each row names a stage, the stages whose output it reads, the config it
-depends on, whether it runs engine pools, and the function that runs it. Every stage writes
+`STAGES` is the whole flow: each row carries a whole stage (the stages whose output it reads, the
+config it depends on, whether it runs engine pools, the function that runs it, its engine section, plan
+check, the output readers open and its summary words); `METHODS` says which stages each method leaves
+out. Readers (checks, console, report, compare) ask the rows, never branch on names. Every stage writes
 `<run_dir>/<stage>/` (committed parts, quarantine/ with reasons, manifest.json last). Re-running
 resumes: a stage whose manifest carries the current config hash is skipped; an interrupted row stage
 processes only the problem_ids with no committed row yet. Hashes are chained, so a changed setting
@@ -18,13 +20,17 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from palign_ray.artifacts import StageDir, write_json
+from palign_ray import checks, summaries
+from palign_ray.artifacts import Manifest, StageDir, read_manifest, write_json
 from palign_ray.config import Config, config_hash, to_dict
+
+if TYPE_CHECKING:
+    from palign_ray.judge.search import SearchMode
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +49,51 @@ class StageRun:
     inputs: dict[str, StageDir]
     run_dir: Path
 
+    def input_output(self, name: str) -> Path:
+        """What this stage reads of its input stage `name` (the row's output inside its directory)."""
+        return output_in(self.inputs[name].root, name)
+
 
 @dataclass(frozen=True)
 class Stage:
+    """One stage, whole: what it reads and depends on, how it runs, what it leaves and how it is told."""
+
     name: str
-    inputs: tuple[
-        str, ...
-    ]  # stages whose output this one reads (a skipped one is replaced by its own input)
-    keys: tuple[
-        str, ...
-    ]  # config sections ("judge") or fields ("sft.model") whose change invalidates it
+    # stages whose output this one reads (a skipped one is replaced by its own input)
+    inputs: tuple[str, ...]
+    # config sections ("judge") or fields ("sft.model") whose change invalidates it
+    keys: tuple[str, ...]
     # holds hardware through Ray actors (vLLM pools, Ray Train ranks): the next stage waits until the
     # stage has released it
     hardware: bool
     run: Callable[[StageRun], dict[str, Any]]  # does the work; returns the manifest's extra fields
+    engine_section: str | None = None  # the config section whose `.engine` sets its pools
+    check: Callable[[Config, bool], list[str]] | None = None  # its settings, before anything runs
+    models: tuple[
+        str, ...
+    ] = ()  # config keys of the models it loads (checked before anything runs)
+    output: str = ""  # what readers open inside its directory ("": the committed parts)
+    counts_rows: bool = True  # its manifest counts rows in → out (not a model, not an evaluation)
+    tokens: bool = False  # its commit markers' summaries carry prompt/cached/generated token counts
+    evaluation: bool = False  # its output is one evaluation (metrics.json, samples.jsonl, .done)
+    summary: Callable[[Mapping[str, Any]], str] | None = None  # its own words on the console line
+    # the report's (in, out) cells where they are not the manifest's row counts
+    cells: Callable[[Mapping[str, Any]], tuple[Any, Any] | None] | None = None
+    digest: Callable[[Config], str] | None = (
+        None  # what it reads besides config and inputs (hashed)
+    )
+    gate: Callable[[Config, Manifest], None] | None = None  # may stop the run after it, done or not
+
+
+@dataclass(frozen=True)
+class Method:
+    """One `run.method`: the stages it leaves out, the judge it forces and what it trains on."""
+
+    name: str
+    sft_target: str  # what sft_data builds from each row (palign_ray.sft.records.build_response)
+    skips: frozenset[str] = frozenset()  # stages it leaves out (the next one reads their input)
+    judge_search: SearchMode | None = None  # judge.search it forces
+    prefix_ratio: float | None = None  # the kept share of every trace where the method fixes it
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +114,42 @@ def run_problems(s: StageRun) -> dict[str, Any]:
     _check_not_empty("problems", s.sd)
     summary = {**load_summary(rows, quar), "screen": screen}
     return {"num_input": len(rows) + len(quar), "summary": summary}
+
+
+def _input_digest(cfg: Config) -> str:
+    """What the problems stage reads besides its config: the content of its input file(s), so an
+    edited file is read again on rerun, and, when it decontaminates, the benchmarks it screens
+    against (their settings and files: an added benchmark or an edited file screens again).
+
+    Empty for the built-in problems without decontamination, and for paths that do not exist
+    (the plan checks refuse those runs before any stage).
+    """
+    p, e = cfg.problems, cfg.eval
+    files: list[tuple[str, Path]] = []
+    if p.source == "file" and p.path and Path(p.path).exists():
+        root = Path(p.path)
+        found = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
+        files += [(str(f.relative_to(root) if root.is_dir() else f.name), f) for f in found]
+    screen = ""
+    if p.decontaminate:
+        from palign_ray.benchmarks import BENCHMARKS
+
+        screen = json.dumps(
+            [e.benchmarks, e.data_dir, e.num_problems, e.builtin_seed, e.builtin_split]
+        )
+        for name in e.benchmarks:
+            f = Path(e.data_dir) / BENCHMARKS[name].path if name in BENCHMARKS else Path(name)
+            if f.is_file():
+                files.append((f"benchmark:{name}", f))
+    if not files and not screen:
+        return ""
+    digest = hashlib.sha256(screen.encode())
+    for label, f in files:
+        digest.update(label.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+    return f"|input={digest.hexdigest()[:16]}"
 
 
 def _row_stage(
@@ -157,9 +230,9 @@ def run_truncate(s: StageRun) -> dict[str, Any]:
     return info
 
 
-def check_judge_valid(cfg: Config, manifest: Mapping[str, Any]) -> None:
+def check_judge_valid(cfg: Config, manifest: Manifest) -> None:
     """judge.on_invalid=fail: an invalid judge stops the pipeline after truncate (its manifest is kept)."""
-    verdict = (manifest.get("judge_audit") or {}).get("validity") or {}
+    verdict = (manifest.extra.get("judge_audit") or {}).get("validity") or {}
     if cfg.judge.on_invalid == "fail" and verdict.get("status") == "invalid":
         raise PipelineError(
             f"stage 'truncate': the judge is invalid ({'; '.join(verdict.get('reasons', []))}); "
@@ -176,10 +249,10 @@ def _align_job(cfg: Config, files: list[Path]) -> Any:
 
 def run_sft_data(s: StageRun) -> dict[str, Any]:
     """Tokenizing as a streaming row stage: each input part becomes a shard part on a worker (palign_ray.sft.stage)."""
-    from palign_ray.sft.stage import SHARDS, build_stage_shards
+    from palign_ray.sft.stage import build_stage_shards
 
     (src,) = s.inputs.values()
-    shards = StageDir(s.sd.root / SHARDS)
+    shards = StageDir(output_in(s.sd.root, "sft_data"))
     summary, res = build_stage_shards(s.cfg, s.cfg.run.method, src.output_files(), shards)
     if res.retry_failed:
         raise PipelineError(
@@ -215,9 +288,9 @@ def run_train(s: StageRun) -> dict[str, Any]:
     from palign_ray.sft.checkpoints import run_dir_of
     from palign_ray.sft.train import run_sft
 
-    data_dir = s.inputs["sft_data"].root / "shards"
+    data_dir = s.input_output("sft_data")
     check_shards_model(data_dir, s.cfg.sft.model)
-    out = s.sd.root / "model"
+    out = output_in(s.sd.root, "train")
     resume = run_dir_of(
         out
     ).is_dir()  # an interrupted training continues from its last complete checkpoint
@@ -243,13 +316,15 @@ def run_base_eval(s: StageRun) -> dict[str, Any]:
     Its own stage because it depends on eval, engine and sft.model only (no input): every method of a
     `palign compare` has the same hash for it, so the base student is evaluated once per comparison.
     """
-    return {"base": _headline(_eval_once(s.cfg, s.sd.root / "base", s.cfg.sft.model))}
+    base = _eval_once(s.cfg, output_in(s.sd.root, "base_eval"), s.cfg.sft.model)
+    return {"base": _headline(base)}
 
 
 def run_eval(s: StageRun) -> dict[str, Any]:
     """The trained student, on the same benchmarks, samples and seed as base_eval (whose headline it repeats)."""
-    trained = _eval_once(s.cfg, s.sd.root / "trained", str(s.inputs["train"].root / "model"))
-    return {"base": s.inputs["base_eval"].manifest().get("base"), "trained": _headline(trained)}
+    trained = _eval_once(s.cfg, output_in(s.sd.root, "eval"), str(s.input_output("train")))
+    base = read_manifest(s.inputs["base_eval"].manifest_path).extra.get("base")
+    return {"base": base, "trained": _headline(trained)}
 
 
 def _eval_once(cfg: Config, out_dir: Path, model: str) -> dict[str, Any]:
@@ -282,43 +357,126 @@ AUDIT_ALIGN_KEYS = tuple(
     for k in ("model", "temperature", "top_p", "repetition_penalty", "max_tokens", "grader")
 )
 
+# A few lines per stage read as a table; one argument a line would not.
+# fmt: off
 STAGES: tuple[Stage, ...] = (
-    Stage("problems", (), ("problems",), False, run_problems),
-    Stage("teacher", ("problems",), ("teacher", "engine"), True, _row_stage(_teacher_job)),
+    Stage(
+        "problems", (), ("problems",), False, run_problems,
+        check=checks.check_problems, summary=summaries.problems_line,
+        digest=_input_digest,
+    ),
+    Stage(
+        "teacher", ("problems",), ("teacher", "engine"), True, _row_stage(_teacher_job),
+        engine_section="teacher", check=checks.check_teacher, models=("teacher.model",),
+        tokens=True,
+    ),
     # The judge audit continues with align's prompt, sampling and grader: those settings are its inputs too.
-    Stage("truncate", ("teacher",), ("judge", "engine", *AUDIT_ALIGN_KEYS), True, run_truncate),
-    Stage("align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job)),
+    Stage(
+        "truncate", ("teacher",), ("judge", "engine", *AUDIT_ALIGN_KEYS), True, run_truncate,
+        engine_section="judge", check=checks.check_truncate, models=("judge.model",),
+        tokens=True, gate=check_judge_valid,
+    ),
+    Stage(
+        "align", ("truncate",), ("align", "engine"), True, _row_stage(_align_job),
+        engine_section="align", check=checks.check_align, models=("align.model",), tokens=True,
+    ),
     # Shards hold sft.model's token ids and chat template, and the method decides what a record is.
-    Stage("sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data),
-    Stage("train", ("sft_data",), ("sft",), True, run_train),
-    Stage("base_eval", (), ("eval", "engine", "sft.model"), True, run_base_eval),
-    Stage("eval", ("train", "base_eval"), ("eval", "engine"), True, run_eval),
+    Stage(
+        "sft_data", ("align",), ("align", "run.method", "sft.model"), False, run_sft_data,
+        check=checks.check_sft_data, models=("sft.model",), output="shards",
+    ),
+    Stage(
+        "train", ("sft_data",), ("sft",), True, run_train,
+        check=checks.check_train, models=("sft.model",), output="model", counts_rows=False,
+        summary=summaries.train_line, cells=summaries.train_cells,
+    ),
+    # base_eval and eval share one check (their settings are eval's): reported once as base_eval/eval.
+    Stage(
+        "base_eval", (), ("eval", "engine", "sft.model"), True, run_base_eval,
+        engine_section="eval", check=checks.check_eval, models=("sft.model",), output="base",
+        counts_rows=False, evaluation=True, summary=summaries.eval_line,
+        cells=summaries.eval_cells,
+    ),
+    Stage(
+        "eval", ("train", "base_eval"), ("eval", "engine"), True, run_eval,
+        engine_section="eval", check=checks.check_eval, output="trained", counts_rows=False,
+        evaluation=True, summary=summaries.eval_line, cells=summaries.eval_cells,
+    ),
 )
+# fmt: on
 STAGE_NAMES = tuple(s.name for s in STAGES)
-# Stages a method leaves out: full_cot trains on whole traces; prefix_only trains on prefixes without continuation.
-SKIPPED_BY_METHOD: dict[str, frozenset[str]] = {
-    "full_cot": frozenset({"truncate", "align"}),
-    "prefix_only": frozenset({"align"}),
-}
+_BY_NAME = {s.name: s for s in STAGES}
+
+METHODS: tuple[Method, ...] = (
+    Method("palign", "the judged prefix in markers, then the student's filtered continuation"),
+    Method(
+        "full_cot",
+        "the whole teacher trace (a boxed final answer appended where it has none)",
+        skips=frozenset({"truncate", "align"}),
+        prefix_ratio=1.0,
+    ),
+    # a cut at a fixed share of the sentences: no judge runs
+    Method(
+        "fixed_ratio",
+        "the fixed-ratio prefix in markers, then the student's continuation from it",
+        judge_search="fixed_ratio",
+    ),
+    Method(
+        "prefix_only",
+        "the judged prefix in markers, then a boxed final answer (no continuation)",
+        skips=frozenset({"align"}),
+    ),
+    Method("continuation_only", "the student's filtered continuation alone (no prefix)"),
+)
+_METHOD_BY_NAME = {m.name: m for m in METHODS}
+
+
+def stage_row(name: str) -> Stage:
+    """The row of stage `name` (a ValueError naming the stages for any other name)."""
+    if name not in _BY_NAME:
+        raise ValueError(f"unknown stage {name!r}; stages are {list(STAGE_NAMES)}")
+    return _BY_NAME[name]
+
+
+def method_row(name: str) -> Method:
+    """The row of method `name` (`run.method`)."""
+    if name not in _METHOD_BY_NAME:
+        raise ValueError(f"unknown method {name!r}; methods are {list(_METHOD_BY_NAME)}")
+    return _METHOD_BY_NAME[name]
+
+
+def output_in(stage_dir: str | Path, name: str) -> Path:
+    """What readers open of stage `name` placed at `stage_dir`: the row's output inside it."""
+    return Path(stage_dir) / stage_row(name).output
+
+
+def stage_dirs(run_dir: str | Path, names: Iterable[str]) -> dict[str, Path]:
+    """Where a plain run places its stages: `<run_dir>/<stage>` (`palign compare` places them itself)."""
+    return {name: Path(run_dir) / name for name in names}
+
+
+def stage_output(dirs: Mapping[str, Path], name: str) -> Path:
+    """What readers open of stage `name`, placed as `dirs` says (a plain run's or a compared method's)."""
+    return output_in(dirs[name], name)
 
 
 def effective_config(cfg: Config) -> Config:
-    """Method-specific settings: fixed_ratio truncation needs no judge."""
-    if cfg.run.method == "fixed_ratio":
-        return dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, search="fixed_ratio"))
+    """Method-specific settings: the judge search a method forces (fixed_ratio truncation needs no judge)."""
+    search = method_row(cfg.run.method).judge_search
+    if search is not None:
+        return dataclasses.replace(cfg, judge=dataclasses.replace(cfg.judge, search=search))
     return cfg
 
 
 def stages_for(cfg: Config) -> list[Stage]:
     """The method's stages, each reading the nearest planned stage upstream of its declared input."""
-    skip = SKIPPED_BY_METHOD.get(cfg.run.method, frozenset())
-    by_name = {s.name: s for s in STAGES}
+    skip = method_row(cfg.run.method).skips
 
     def planned(name: str) -> tuple[str, ...]:
         return (
             (name,)
             if name not in skip
-            else tuple(x for i in by_name[name].inputs for x in planned(i))
+            else tuple(x for i in stage_row(name).inputs for x in planned(i))
         )
 
     return [
@@ -339,51 +497,14 @@ def _key_hash(cfg: Config, key: str) -> str:
     )
 
 
-def _input_digest(cfg: Config, stage: str) -> str:
-    """What the problems stage reads besides its config: the content of its input file(s), so an
-    edited file is read again on rerun, and, when it decontaminates, the benchmarks it screens
-    against (their settings and files: an added benchmark or an edited file screens again).
-
-    Empty for the built-in problems without decontamination, and for paths that do not exist
-    (the plan checks refuse those runs before any stage).
-    """
-    if stage != "problems":
-        return ""
-    p, e = cfg.problems, cfg.eval
-    files: list[tuple[str, Path]] = []
-    if p.source == "file" and p.path and Path(p.path).exists():
-        root = Path(p.path)
-        found = sorted(f for f in root.rglob("*") if f.is_file()) if root.is_dir() else [root]
-        files += [(str(f.relative_to(root) if root.is_dir() else f.name), f) for f in found]
-    screen = ""
-    if p.decontaminate:
-        from palign_ray.benchmarks import BENCHMARKS
-
-        screen = json.dumps(
-            [e.benchmarks, e.data_dir, e.num_problems, e.builtin_seed, e.builtin_split]
-        )
-        for name in e.benchmarks:
-            f = Path(e.data_dir) / BENCHMARKS[name].path if name in BENCHMARKS else Path(name)
-            if f.is_file():
-                files.append((f"benchmark:{name}", f))
-    if not files and not screen:
-        return ""
-    digest = hashlib.sha256(screen.encode())
-    for label, f in files:
-        digest.update(label.encode())
-        with open(f, "rb") as fh:
-            while block := fh.read(1 << 20):
-                digest.update(block)
-    return f"|input={digest.hexdigest()[:16]}"
-
-
 def stage_hashes(cfg: Config, plan: list[Stage]) -> dict[str, str]:
     """Chained hashes: a stage's hash covers its config keys, the run seed and the hashes of the stages it reads."""
     hashes: dict[str, str] = {}
     root = f"seed={cfg.run.seed}"  # not the method: problems and teacher do not depend on it
     for s in plan:
         h = hashlib.sha256("|".join(_key_hash(cfg, k) for k in s.keys).encode()).hexdigest()[:16]
-        upstream = ",".join(hashes[i] for i in s.inputs) or root + _input_digest(cfg, s.name)
+        digest = s.digest(cfg) if s.digest is not None else ""
+        upstream = ",".join(hashes[i] for i in s.inputs) or root + digest
         hashes[s.name] = hashlib.sha256(f"{s.name}:{h}:{upstream}".encode()).hexdigest()[:16]
     return hashes
 
@@ -448,7 +569,10 @@ def run_pipeline(
     _validate(cfg, [s.name for s in plan if not stages or s.name in stages])
     hashes = stage_hashes(cfg, plan)
     run_dir = Path(cfg.run.run_dir)
-    where = {s.name: Path((dirs or {}).get(s.name, run_dir / s.name)) for s in plan}
+    where = {
+        name: Path((dirs or {}).get(name, d))
+        for name, d in stage_dirs(run_dir, [s.name for s in plan]).items()
+    }
     pending = [
         s
         for s in plan
@@ -470,9 +594,10 @@ def run_pipeline(
             }
             _run_stage(stage, StageRun(cfg, sd, hashes[stage.name], inputs, run_dir))
         manifests[stage.name] = sd.manifest()
-        if stage.name == "truncate":
-            check_judge_valid(cfg, manifests[stage.name])
-    if report and (not stages or "eval" in stages or "base_eval" in stages):
+        if stage.gate is not None:
+            stage.gate(cfg, read_manifest(sd.manifest_path))
+    # the report's headline is the evaluation: written when an evaluation stage was asked for
+    if report and (not stages or any(stage_row(s).evaluation for s in stages)):
         from palign_ray.report import write_run_report
 
         write_run_report(run_dir, cfg, [s.name for s in plan])

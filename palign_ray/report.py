@@ -1,14 +1,19 @@
-"""Run report: `<run_dir>/report.md` + PNG plots from the stage manifests and outputs."""
+"""Run report: `<run_dir>/report.md` + PNG plots from the stage manifests and outputs.
+
+Stages are found where a plain run places them (`pipeline.stage_dirs`) and read through their rows
+(`pipeline.STAGES`: output path, token counts, report cells), never by a literal path or a name test.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from palign_ray.artifacts import StageDir
+from palign_ray.artifacts import Manifest, StageDir, read_manifest
+from palign_ray.pipeline import STAGE_NAMES, STAGES, stage_dirs, stage_output, stage_row
 
 log = logging.getLogger(__name__)
 
@@ -25,48 +30,48 @@ def summary_tokens(stage_dir: Path) -> dict[str, int] | None:
     }
 
 
-def _manifest(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    p = run_dir / stage / "manifest.json"
-    return json.loads(p.read_text()) if p.is_file() else None
+def _manifest(dirs: Mapping[str, Path], stage: str) -> Manifest | None:
+    """The stage's manifest where it is placed, or None (not planned, or not finished)."""
+    p = dirs[stage] / "manifest.json" if stage in dirs else None
+    return read_manifest(p) if p is not None and p.is_file() else None
 
 
-def counts_table(run_dir: Path, stages: list[str]) -> list[str]:
+def _cells(stage: str, m: Manifest) -> tuple[Any, Any]:
+    """(in, out): the stage's own cells where its row has them (a model, the models evaluated), else row counts."""
+    cells = stage_row(stage).cells
+    own = cells(m.to_dict()) if cells is not None else None
+    return own or ("–" if m.num_input is None else m.num_input, m.num_output)
+
+
+def counts_table(dirs: Mapping[str, Path], stages: list[str]) -> list[str]:
     lines = [
         "| stage | in | out | quarantined | reasons | engine starts | wall s |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in stages:
-        m = _manifest(run_dir, s)
+        m = _manifest(dirs, s)
         if m is None:
             lines.append(f"| {s} | – | – | – | not run | – | – |")
             continue
-        n_in, out = m.get("num_input", "–"), m.get("num_output", "–")
-        if s == "train" and m.get("metrics"):  # examples in, a model out
-            n_in, out = (
-                m["metrics"].get("num_examples", "–"),
-                f"model ({m['metrics'].get('num_steps', '?')} steps)",
-            )
-        elif s in ("base_eval", "eval"):
-            out = ", ".join(k for k in ("base", "trained") if m.get(k)) or "–"
-        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.get("reasons", {}).items())) or "–"
-        starts = m.get("engine_starts", "–")
+        n_in, out = _cells(s, m)
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(m.reasons.items())) or "–"
+        starts = m.extra.get("engine_starts", "–")
         lines.append(
-            f"| {s} | {n_in} | {out} | {m.get('num_quarantined', 0)} | {reasons} | {starts} | {m.get('wall_s', 0):.1f} |"
+            f"| {s} | {n_in} | {out} | {m.num_quarantined} | {reasons} | {starts} | {m.wall_s or 0:.1f} |"
         )
     return lines
 
 
-def token_table(run_dir: Path, stages: list[str], num_sft: int) -> list[str]:
+def token_table(dirs: Mapping[str, Path], stages: list[str], num_sft: int) -> list[str]:
     lines = [
         "| stage | prefilled | cached | computed (prefilled − cached) | generated |",
         "|---|---|---|---|---|",
     ]
     total = {"prefilled": 0, "cached": 0, "generated": 0}
     for s in stages:
-        sd = StageDir(run_dir / s)
-        if not sd.root.is_dir() or s in ("problems", "sft_data", "train", "base_eval", "eval"):
+        if not stage_row(s).tokens or not dirs[s].is_dir():
             continue
-        t = summary_tokens(run_dir / s) or {"prefilled": 0, "cached": 0, "generated": 0}
+        t = summary_tokens(dirs[s]) or {"prefilled": 0, "cached": 0, "generated": 0}
         for k in total:
             total[k] += t[k]
         lines.append(
@@ -90,7 +95,8 @@ def api_usage_table(run_dir: Path, teacher: Any) -> list[str]:
     from palign_ray.engines.openai_api import api_cost
     from palign_ray.streaming import merge_summaries
 
-    sums = [c.get("summary", {}) for c in StageDir(run_dir / "teacher").commits()]
+    teacher_dir = stage_output(stage_dirs(run_dir, ["teacher"]), "teacher")
+    sums = [c.get("summary", {}) for c in StageDir(teacher_dir).commits()]
     m = merge_summaries([x for x in sums if "api_requests" in x])
     if not m:
         return []
@@ -218,9 +224,9 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
     from palign_ray.judge.measure import status_label
 
     run_dir = Path(run_dir)
-    judge_m = (
-        (_manifest(run_dir, "truncate") or {}).get("judge_audit") if "truncate" in stages else None
-    )
+    dirs = stage_dirs(run_dir, STAGE_NAMES)
+    truncate_m = _manifest(dirs, "truncate") if "truncate" in stages else None
+    judge_m = truncate_m.extra.get("judge_audit") if truncate_m is not None else None
     judge_status = status_label(judge_m)
     lines = [
         f"# P-ALIGN run report: `{run_dir}`",
@@ -239,14 +245,16 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
         ),
         "## Rows per stage",
         "",
-        *counts_table(run_dir, stages),
+        *counts_table(dirs, stages),
         "",
         f"(align's out/quarantined count continuation samples: {cfg.align.num_samples} per problem; "
         "train's out is the exported model; eval lists the models evaluated.)",
         "",
     ]
     trunc = (
-        _columns(StageDir(run_dir / "truncate"), TRUNCATION_COLUMNS) if "truncate" in stages else []
+        _columns(StageDir(stage_output(dirs, "truncate")), TRUNCATION_COLUMNS)
+        if "truncate" in stages
+        else []
     )
     if trunc:
         lines += [
@@ -280,16 +288,16 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
         from palign_ray.judge.measure import audit_markdown
 
         lines += ["## Is the judge valid? (audit of the cuts)", "", *audit_markdown(judge_m)]
-    sft_m = _manifest(run_dir, "sft_data")
-    num_sft = int((sft_m or {}).get("num_output", 0))
-    lines += ["## Tokens per stage", "", *token_table(run_dir, stages, num_sft), ""]
+    sft_m = _manifest(dirs, "sft_data")
+    num_sft = sft_m.num_output if sft_m is not None else 0
+    lines += ["## Tokens per stage", "", *token_table(dirs, stages, num_sft), ""]
     if "teacher" in stages and cfg.teacher.backend == "openai":
         lines += api_usage_table(run_dir, cfg.teacher)
-    train_m = _manifest(run_dir, "train")
-    steps = _train_steps((train_m or {}).get("metrics"))
+    train_m = _manifest(dirs, "train")
+    steps = _train_steps(train_m.extra.get("metrics") if train_m is not None else None)
     if steps and train_m:
         _plot_loss(run_dir / "loss.png", steps)
-        m = train_m["metrics"]
+        m = train_m.extra["metrics"]
         lines += [
             "## Training",
             "",
@@ -312,21 +320,19 @@ def write_run_report(run_dir: Path, cfg: Any, stages: list[str]) -> Path:
             "![loss](loss.png)",
             "",
         ]
-    lines += _eval_section(run_dir)
+    lines += _eval_section(dirs)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     log.info("wrote %s", path)
     return path
 
 
-def _eval_section(run_dir: Path) -> list[str]:
+def _eval_section(dirs: Mapping[str, Path]) -> list[str]:
+    """Every evaluation stage's metrics side by side (base, then trained: the rows' order)."""
     files = [
         p
-        for p in (
-            run_dir / "base_eval" / "base" / "metrics.json",
-            run_dir / "eval" / "trained" / "metrics.json",
-        )
-        if p.is_file()
+        for row in STAGES
+        if row.evaluation and (p := stage_output(dirs, row.name) / "metrics.json").is_file()
     ]
     if not files:
         return []

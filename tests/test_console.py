@@ -285,7 +285,7 @@ def test_a_crash_inside_the_run_lands_in_run_log_and_in_the_stage_log(tmp_path, 
 
 def test_the_problems_line_says_what_the_screen_did():
     """Issue 26.3: duplicates and benchmark overlaps on the console, or why nothing was checked."""
-    from palign_ray.console import screen_line
+    from palign_ray.summaries import screen_line
 
     screened = {
         "dedup": True,

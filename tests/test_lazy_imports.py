@@ -52,6 +52,7 @@ PURE_MODULES = [
     "palign_ray.sft.checkpoints",
     "palign_ray.sft.train",
     "palign_ray.pipeline",
+    "palign_ray.summaries",
     "palign_ray.report",
     "palign_ray.compare.run",
     "palign_ray.compare.stats",

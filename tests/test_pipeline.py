@@ -70,7 +70,7 @@ def test_an_edited_problems_file_invalidates_the_problems_stage(tmp_path):
     hb = P.stage_hashes(a, P.stages_for(a))
     assert all(ha[s] != hb[s] for s in ha if s != "base_eval")  # the base student reads no problems
     builtin = load_config(None, ["problems.decontaminate=false"])
-    assert P._input_digest(builtin, "problems") == ""  # nothing read but the config
+    assert P._input_digest(builtin) == ""  # nothing read but the config
 
 
 def test_the_benchmarks_screened_against_are_part_of_the_problems_hash(tmp_path):

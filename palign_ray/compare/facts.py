@@ -1,4 +1,8 @@
-"""Per-method facts from the stage manifests and commit markers: SFT set, prefix ratio, training, tokens, wall times."""
+"""Per-method facts from the stage manifests and commit markers: SFT set, prefix ratio, training, tokens, wall times.
+
+Where a stage's tokens are, and what of it to open, are its row's (`pipeline.STAGES`); what a method
+fixes (full_cot's whole trace) is its row's (`pipeline.METHODS`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from palign_ray.artifacts import StageDir
-from palign_ray.compare.table import BASE
+from palign_ray.artifacts import Manifest, StageDir, read_manifest
+from palign_ray.pipeline import method_row, output_in, stage_output, stage_row
 
 
-def _manifest(d: Path) -> dict[str, Any] | None:
+def _manifest(d: Path) -> Manifest | None:
     sd = StageDir(d)
-    return sd.manifest() if sd.is_done() else None
+    return read_manifest(sd.manifest_path) if sd.is_done() else None
+
+
+def _stage_manifest(run: Any, stage: str) -> Manifest | None:
+    return _manifest(run.dirs[stage]) if stage in run.dirs else None
 
 
 def _stage_tokens(d: Path) -> dict[str, int] | None:
@@ -37,36 +45,32 @@ def _mean_prefix_ratio(d: Path) -> float | None:
 
 def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
     """SFT set, prefix ratio, training, cost (tokens computed per stage) and wall time of one method."""
-    sft = (
-        (_manifest(run.dirs["sft_data"]) or {}).get("summary", {}) if "sft_data" in run.dirs else {}
-    )
-    train = (_manifest(run.dirs["train"]) or {}).get("metrics", {}) if "train" in run.dirs else {}
+    sft_m, train_m = _stage_manifest(run, "sft_data"), _stage_manifest(run, "train")
+    sft = (sft_m.summary or {}) if sft_m is not None else {}
+    train = train_m.extra.get("metrics", {}) if train_m is not None else {}
+    truncate_m = _stage_manifest(run, "truncate")
     stages: dict[str, Any] = {}
     for stage, d in run.dirs.items():
-        m = _manifest(d)
+        m, row = _manifest(d), stage_row(stage)
         entry: dict[str, Any] = {
             "dir": str(d),
             "done": m is not None,
-            "wall_s": (m or {}).get("wall_s"),
+            "wall_s": m.wall_s if m is not None else None,
             "shared_with": [x for x in shared_with.get(str(d), []) if x != run.label],
         }
-        if stage in ("teacher", "truncate", "align"):
+        if row.tokens:
             entry["tokens"] = _stage_tokens(d)
-        if stage in ("base_eval", "eval"):
-            entry["tokens"] = {
-                "generated": _eval_generated(d / (BASE if stage == "base_eval" else "trained"))
-            }
+        if row.evaluation:
+            entry["tokens"] = {"generated": _eval_generated(output_in(d, stage))}
         stages[stage] = entry
     computed = sum(
         t.get("prefilled", 0) - t.get("cached", 0) + t.get("generated", 0)
         for s in stages.values()
         if (t := s.get("tokens"))
     )
-    ratio = (
-        1.0
-        if run.cfg.run.method == "full_cot"
-        else (_mean_prefix_ratio(run.dirs["truncate"]) if "truncate" in run.dirs else None)
-    )
+    ratio = method_row(run.cfg.run.method).prefix_ratio
+    if ratio is None and "truncate" in run.dirs:
+        ratio = _mean_prefix_ratio(stage_output(run.dirs, "truncate"))
     return {
         "method": run.cfg.run.method,
         "judge_search": run.cfg.judge.search,
@@ -81,9 +85,7 @@ def method_facts(run: Any, shared_with: dict[str, list[str]]) -> dict[str, Any]:
         "tokens_computed": computed,
         "stages": stages,
         # the judge's audit and validity (issue 24): a method whose judge is invalid is no method result
-        "judge_audit": (_manifest(run.dirs["truncate"]) or {}).get("judge_audit")
-        if "truncate" in run.dirs
-        else None,
+        "judge_audit": truncate_m.extra.get("judge_audit") if truncate_m is not None else None,
     }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from palign_ray.artifacts import StageDir
 from palign_ray.config import Config
+from palign_ray.pipeline import stage_output
 
 
 def problem_groups(cfg: Config, runs: list[Any]) -> dict[str, Any]:
@@ -22,7 +23,9 @@ def problem_groups(cfg: Config, runs: list[Any]) -> dict[str, Any]:
     e = cfg.eval
     if BUILTIN not in e.benchmarks:
         return {}
-    problems_dir = next((r.dirs["problems"] for r in runs if "problems" in r.dirs), None)
+    problems_dir = next(
+        (stage_output(r.dirs, "problems") for r in runs if "problems" in r.dirs), None
+    )
     train = _training_answers(problems_dir) if problems_dir is not None else None
     held, _ = load_benchmark(
         BUILTIN, e.data_dir, e.num_problems, e.builtin_seed, builtin_split=e.builtin_split

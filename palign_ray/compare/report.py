@@ -28,6 +28,7 @@ from palign_ray.compare.table import (
     table_one,
 )
 from palign_ray.config import Config
+from palign_ray.pipeline import output_in, stage_output
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,11 @@ def write_compare_report(cfg: Config, runs: list[Any], out: Path, baseline: str)
     n = cfg.eval.num_samples
     trained, bases = {}, {}
     for r in runs:
-        if "eval" in r.dirs and (t := eval_rows(r.dirs["eval"] / "trained")) is not None:
+        if "eval" in r.dirs and (t := eval_rows(stage_output(r.dirs, "eval"))) is not None:
             trained[r.label] = (correct_of(t, n), mean_tokens(t[0]))
         base_dir = r.dirs.get("base_eval")
         if base_dir is not None and str(base_dir) not in bases:  # a shared base_eval counts once
-            if (b := eval_rows(base_dir / BASE)) is not None:
+            if (b := eval_rows(output_in(base_dir, "base_eval"))) is not None:
                 bases[str(base_dir)] = (correct_of(b, n), mean_tokens(b[0]))
     rows = ({BASE: next(iter(bases.values()))[0]} if bases else {}) | {
         m: c for m, (c, _) in trained.items()
@@ -97,14 +98,15 @@ def write_table_samples(runs: list[Any], out: Path, num_samples: int) -> Path:
 
     base = next(
         (
-            d / BASE
+            done
             for r in runs
-            if (d := r.dirs.get("base_eval")) is not None and (d / BASE / ".done").is_file()
+            if "base_eval" in r.dirs
+            and ((done := stage_output(r.dirs, "base_eval")) / ".done").is_file()
         ),
         None,
     )
     sources = [(BASE, base)] if base is not None else []
-    sources += [(r.label, r.dirs["eval"] / "trained") for r in runs if "eval" in r.dirs]
+    sources += [(r.label, stage_output(r.dirs, "eval")) for r in runs if "eval" in r.dirs]
     evaluations = ((m, rows) for m, d in sources if (rows := eval_rows(d)) is not None)
     write_samples(out / "samples.parquet", evaluations, num_samples)
     return out / "samples.parquet"

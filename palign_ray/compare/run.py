@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_METHODS = ("palign", "full_cot")
 BASELINE = "full_cot"  # paired differences are taken against it, as in the paper's Table 1
-ROW_STAGES = ("teacher", "truncate", "align")  # stages whose commit markers carry token counts
 
 
 @dataclass(frozen=True)
