@@ -69,9 +69,8 @@ class Stage:
     run: Callable[[StageRun], dict[str, Any]]  # does the work; returns the manifest's extra fields
     engine_section: str | None = None  # the config section whose `.engine` sets its pools
     check: Callable[[Config, bool], list[str]] | None = None  # its settings, before anything runs
-    models: tuple[
-        str, ...
-    ] = ()  # config keys of the models it loads (checked before anything runs)
+    # config keys of the models it loads (checked before anything runs)
+    models: tuple[str, ...] = ()
     output: str = ""  # what readers open inside its directory ("": the committed parts)
     counts_rows: bool = True  # its manifest counts rows in → out (not a model, not an evaluation)
     tokens: bool = False  # its commit markers' summaries carry prompt/cached/generated token counts
@@ -79,9 +78,8 @@ class Stage:
     summary: Callable[[Mapping[str, Any]], str] | None = None  # its own words on the console line
     # the report's (in, out) cells where they are not the manifest's row counts
     cells: Callable[[Mapping[str, Any]], tuple[Any, Any] | None] | None = None
-    digest: Callable[[Config], str] | None = (
-        None  # what it reads besides config and inputs (hashed)
-    )
+    # what it reads besides config and inputs (hashed)
+    digest: Callable[[Config], str] | None = None
     gate: Callable[[Config, Manifest], None] | None = None  # may stop the run after it, done or not
 
 
