@@ -263,7 +263,7 @@ def _scale(sec: dict[str, Any]) -> list[str]:
         ("driver_rss", "truncate streams ~20 KB traces (tiny model)"),
         (
             "driver_rss_eval",
-            "eval streams a benchmark of ~2 KB questions, 2 samples of 32 tokens (tiny model)",
+            "eval streams a benchmark of ~2 KB questions, 1 sample of 4 tokens (tiny model)",
         ),
         (
             "driver_rss_sft_data",

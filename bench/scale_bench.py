@@ -410,14 +410,15 @@ def run(
         )
         if rss_truncate:
             out["driver_rss"] = driver_rss(rss_cfg, [n for n in rss_rows if n], trace_chars=20_000)
-        # eval: 2 KB questions, 2 samples of 32 tokens each (the tiny model keeps 20k problems minutes long)
+        # eval: 2 KB questions, 1 sample of 4 tokens: the driver holds counts whatever the samples' length,
+        # and 2 samples of 32 tokens took 517 s per 1k problems here (20k: ~3 h)
         eval_cfg = _cfg(
             rss_cfg,
             Path(tempfile.mkdtemp()),
             eval__model=str(tiny),
             eval__num_problems=0,
-            eval__num_samples=2,
-            eval__max_tokens=32,
+            eval__num_samples=1,
+            eval__max_tokens=4,
             eval__bootstrap_samples=100,
         )
         out["driver_rss_eval"] = driver_rss(
