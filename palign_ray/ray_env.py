@@ -210,6 +210,22 @@ def on_every_gpu_node(fn: Callable[[], Any]) -> dict[str, Any]:
     return {n[:8]: ray.get(r, timeout=60) for n, r in refs.items()}
 
 
+def beside_driver(cfg: RayConfig, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in a Ray worker process on the driver's node (zero-CPU task); its result.
+
+    For driver-side steps that would load whole inputs or heavy libraries (a benchmark file, a
+    tokenizer): the driver of a long stream stays small, and paths mean what they mean to the driver.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ray = init_ray(cfg)
+    here = ray.get_runtime_context().get_node_id()
+    task = ray.remote(num_cpus=0, max_retries=0)(fn).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False)
+    )
+    return ray.get(task.remote(*args))
+
+
 def gpu_holders() -> dict[str, list[dict[str, Any]]]:
     """Per GPU node (short id): the processes holding GPU memory there (NVML)."""
     return on_every_gpu_node(gpu_processes_on_this_node)

@@ -129,9 +129,20 @@ def claim(out: Path, ident: dict[str, Any]) -> None:
 
 
 def load_problems(cfg: Config, sd: StageDir) -> None:
-    """Every benchmark's problems as one committed part (load failures in its quarantine), once."""
-    if sd.commits():
-        return
+    """Every benchmark's problems as one committed part (load failures in its quarantine), once.
+
+    Read and written by a worker beside the driver: the driver never holds the problems' text (loading
+    20k problems of 2 KB in the driver grew it by ~95 MB, bench/results/2026-12-06-driver-rss.md).
+    """
+    from palign_ray.ray_env import beside_driver
+
+    if not sd.commits():
+        beside_driver(cfg.ray, write_problems, cfg, str(sd.root))
+
+
+def write_problems(cfg: Config, root: str) -> None:
+    """Load every benchmark of cfg.eval and commit them as one part of the problems stage dir `root`."""
+    sd = StageDir(root)
     e = cfg.eval
     problems: list[dict[str, Any]] = []
     bad: list[dict[str, Any]] = []
