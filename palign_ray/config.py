@@ -72,6 +72,14 @@ class EngineConfig:
         "generation stages then start a request only when its prompt + max_tokens per sample fit the "
         "KV cache beside the running ones (palign_ray/admission.py). Set: that bound alone.",
     )
+    block_size: int | None = _f(
+        None,
+        "KV-cache block size in tokens; null = vLLM's platform default (CPU 128, CUDA 16). The prefix "
+        "cache reuses whole blocks only, so every judge probe recomputes up to block_size - 1 tokens "
+        "of its shared prefix (bench/results/2026-12-06-kv-block-size.md). Changes what is recomputed, "
+        "not what is computed: not part of the stage hash.",
+        hashed=False,
+    )
     seed: int = _f(0, "Engine seed; per-request seeds are derived from run.seed and problem_id.")
     cpu_threads: int | None = _f(
         None,
@@ -149,6 +157,7 @@ class StageEngineConfig:
     enable_prefix_caching: bool | None = _f(None, "engine.enable_prefix_caching for this stage.")
     enforce_eager: bool | None = _f(None, "engine.enforce_eager for this stage.")
     max_num_seqs: int | None = _f(None, "engine.max_num_seqs for this stage.")
+    block_size: int | None = _f(None, "engine.block_size for this stage.", hashed=False)
     cpu_threads: int | None = _f(None, "engine.cpu_threads for this stage.", hashed=False)
     num_actors: int | None = _f(
         None, "ray.num_actors for this stage (engines in the pool).", hashed=False

@@ -91,6 +91,8 @@ class VLLMEngine:
             "gpu_memory_utilization": cfg.gpu_memory_utilization,
             "enforce_eager": cfg.enforce_eager,
         }
+        if cfg.block_size is not None:
+            kwargs["block_size"] = cfg.block_size
         self.llm: Any = LLM(
             model=model_path,
             max_model_len=cfg.max_model_len,
