@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -139,8 +139,12 @@ def grade_jobs(jobs: list[dict[str, Any]], cfg: EvalConfig) -> list[dict[str, An
     return out
 
 
-def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResult]]:
-    """Sample rows → ProblemResults grouped by benchmark (samples ordered by sample_index)."""
+def problem_results(
+    samples: list[dict[str, Any]], correct: Callable[[dict[str, Any]], bool] | None = None
+) -> dict[str, list[ProblemResult]]:
+    """Sample rows → ProblemResults grouped by benchmark (samples ordered by sample_index); `correct`
+    (default: the row's `correct`) decides each sample without copying the rows."""
+    is_correct = correct or (lambda r: bool(r[CORRECT]))
     grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for s in samples:
         grouped.setdefault(s[BENCHMARK], {}).setdefault(s[R.PROBLEM_ID], []).append(s)
@@ -157,7 +161,7 @@ def problem_results(samples: list[dict[str, Any]]) -> dict[str, list[ProblemResu
             out[bench].append(
                 ProblemResult(
                     pid,
-                    tuple(bool(r[CORRECT]) for r in rows),
+                    tuple(is_correct(r) for r in rows),
                     num_tokens=tokens,
                     num_chars=tuple(r[NUM_CHARS] for r in rows),
                     finish_reasons=tuple(r[FINISH_REASON] for r in rows if r.get(FINISH_REASON)),
@@ -204,12 +208,13 @@ def compute_metrics(
     }
     out: dict[str, Any] = {"grader": cfg.grader, "benchmarks": per, "average": macro_average(per)}
     if cfg.grader == "paper":  # the strict numbers too: only the last boxed answer counts
-        strict = [
-            {**s, CORRECT: bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"} for s in samples
-        ]
+
+        def strict(s: dict[str, Any]) -> bool:
+            return bool(s[CORRECT]) and s.get(ANSWER_SOURCE) == "boxed"
+
         out["boxed_only"] = {
             b: {k: m[k] for k in ("pass@k", "mean_accuracy", "pass@n_any_correct")}
-            for b, p in _with_failed(problem_results(strict), lost).items()
+            for b, p in _with_failed(problem_results(samples, strict), lost).items()
             for m in [summarize(p, 0, seed)]
         }
     refs = [s for s in samples if s.get(REFERENCE_LABEL) is not None]

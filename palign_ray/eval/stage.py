@@ -29,7 +29,10 @@ from palign_ray.benchmarks import BENCHMARK, load_benchmark
 from palign_ray.config import Config, stage_engine, to_dict
 from palign_ray.eval.report import write_report
 from palign_ray.eval.score import (
+    EXTRACTED,
     GENERATION,
+    GOLD,
+    LABEL,
     STAGE,
     build_prompt,
     compute_metrics,
@@ -219,13 +222,18 @@ def evaluate(cfg: Config, out_dir: str | Path, model: str | None = None) -> dict
     return metrics
 
 
+# Columns the driver does not read back to score (samples.jsonl keeps them): fewer keys in each of its
+# per-sample dicts. With the text only left out, 20k problems grew the driver by 201 MB (goal < 200).
+_HEAVY = frozenset({GENERATION, GOLD, EXTRACTED, LABEL})
+
+
 def _light_rows(files: list[Path]) -> list[dict[str, Any]]:
-    """Committed sample rows without their generation text: what scoring and plots read."""
+    """Committed sample rows without their generation text and answers: what scoring and plots read."""
     import pyarrow.parquet as pq
 
     rows: list[dict[str, Any]] = []
     for f in files:
-        cols = [c for c in pq.ParquetFile(f).schema_arrow.names if c != GENERATION]
+        cols = [c for c in pq.ParquetFile(f).schema_arrow.names if c not in _HEAVY]
         rows += pq.read_table(f, columns=cols).to_pylist()
     return rows
 
