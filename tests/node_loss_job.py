@@ -28,14 +28,9 @@ def start_cluster():
 
 
 def generation_batches(model, on_first_part):
-    """`palign generate`'s streaming job (workers write the parts); `on_first_part` runs when a part is committed."""
-    import tempfile
-    from pathlib import Path
-
-    from palign_ray.artifacts import StageDir
+    """`palign generate`'s streaming job; `on_first_part` runs when a part is committed."""
     from palign_ray.config import Config, EngineConfig, RayConfig, RunConfig, TeacherConfig
     from palign_ray.generation import generate_job
-    from palign_ray.streaming import run_stream
 
     items = [
         {"problem_id": f"p{i:02d}", "prompt": f"Count from {i} to {i + 20}."} for i in range(32)
@@ -46,31 +41,15 @@ def generation_batches(model, on_first_part):
         engine=EngineConfig(max_model_len=512),
         ray=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
     )
-    tmp = Path(tempfile.mkdtemp(prefix="node-loss-gen-"))
-    src, sd = StageDir(tmp / "input"), StageDir(tmp / "generate")
-    src.write_part(items, [])
-    run_stream(
-        generate_job(cfg),
-        src.output_files(),
-        sd,
-        progress=lambda total, done: _FirstPart(on_first_part),
-    )
-    return items, (
-        {"problem_id": r["problem_id"], "out": r.get("generations")}
-        for r in sd.output_rows() + sd.quarantine_rows()
-    )
+    rows = _stream(generate_job(cfg), items, on_first_part)
+    return items, ({"problem_id": r["problem_id"], "out": r.get("generations")} for r in rows)
 
 
 def judge_batches_of(model, on_first_part):
-    """The truncate stage's streaming job (workers write the parts); `on_first_part` runs when a part is committed."""
-    import tempfile
-    from pathlib import Path
-
-    from palign_ray.artifacts import StageDir
+    """The truncate stage's streaming job; `on_first_part` runs when a part is committed."""
     from palign_ray.config import Config, EngineConfig, JudgeConfig, RayConfig, RunConfig
     from palign_ray.judge.contract import check_input
     from palign_ray.judge.stage import judge_job
-    from palign_ray.streaming import run_stream
 
     items = [
         {
@@ -89,20 +68,25 @@ def judge_batches_of(model, on_first_part):
         engine=EngineConfig(max_model_len=1024, max_num_seqs=16),
         ray=RayConfig(num_actors=2, num_cpus_per_actor=ACTOR_CPUS, batch_size=2),
     )
-    tmp = Path(tempfile.mkdtemp(prefix="node-loss-"))
-    src, sd = StageDir(tmp / "input"), StageDir(tmp / "truncate")
-    src.write_part(ok, [])
-    run_stream(
-        judge_job(cfg),
-        src.output_files(),
-        sd,
-        progress=lambda total, done: _FirstPart(on_first_part),
-    )
     keep = ("prefix_sentences", "num_probes", "num_rounds", "is_sufficient")
-    return items, (
-        {"problem_id": r["problem_id"], "out": [r.get(k) for k in keep]}
-        for r in sd.output_rows() + sd.quarantine_rows()
-    )
+    rows = _stream(judge_job(cfg), ok, on_first_part)
+    return items, ({"problem_id": r["problem_id"], "out": [r.get(k) for k in keep]} for r in rows)
+
+
+def _stream(job, items, on_first_part):
+    """`items` through the streaming `job` (workers write the parts); `on_first_part` runs when a part is
+    committed. Every row out: committed output and quarantine."""
+    import tempfile
+    from pathlib import Path
+
+    from palign_ray.artifacts import StageDir
+    from palign_ray.streaming import run_stream
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"node-loss-{job.stage}-"))
+    src, sd = StageDir(tmp / "input"), StageDir(tmp / job.stage)
+    src.write_part(items, [])
+    run_stream(job, src.output_files(), sd, progress=lambda total, done: _FirstPart(on_first_part))
+    return sd.output_rows() + sd.quarantine_rows()
 
 
 class _FirstPart:
