@@ -374,6 +374,21 @@ def load_tokenizer(model: str) -> Any:
     return AutoTokenizer.from_pretrained(resolve_model(model))
 
 
+def shard_meta(cfg: Config, chat_template: Any, stats: dict[str, Any]) -> dict[str, Any]:
+    """sft_meta.json's fields (without `parts`): what the shards were made for, and their counts."""
+    return {
+        "model": cfg.sft.model,
+        "chat_template": chat_template,
+        "max_seq_len": cfg.align.max_seq_len,
+        "num_examples": stats["num_examples"],
+        "method": stats["method"],
+        "prefix_begin": cfg.align.prefix_begin,
+        "prefix_end": cfg.align.prefix_end,
+        "num_tokens": stats["num_tokens"],
+        "num_loss_tokens": stats["num_loss_tokens"],
+    }
+
+
 def build_shards(
     rows: list[dict[str, Any]],
     cfg: Config,
@@ -400,17 +415,7 @@ def build_shards(
     else:
         examples, quar, stats = build_examples(rows, tok, method, cfg.align)
     quar = [*extra_quarantine, *quar]
-    meta = {
-        "model": cfg.sft.model,
-        "chat_template": tok.chat_template,
-        "max_seq_len": cfg.align.max_seq_len,
-        "num_examples": len(examples),
-        "method": stats["method"],
-        "prefix_begin": cfg.align.prefix_begin,
-        "prefix_end": cfg.align.prefix_end,
-        "num_tokens": stats["num_tokens"],
-        "num_loss_tokens": stats["num_loss_tokens"],
-    }
+    meta = shard_meta(cfg, tok.chat_template, stats)
     shards = write_shards(out, examples, cfg.align.shard_rows, meta)
     write_parquet(
         Path(quarantine_file) if quarantine_file else quarantine_path(out), uniform_rows(quar)

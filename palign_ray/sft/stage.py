@@ -25,6 +25,7 @@ from palign_ray.sft.records import (
     STAGE,
     build_examples,
     load_tokenizer,
+    shard_meta,
     shard_schema,
 )
 from palign_ray.streaming import StreamJob, StreamResult, run_stream
@@ -115,21 +116,18 @@ def build_stage_shards(
     meta_path = out.root / META_FILE
     meta_path.unlink(missing_ok=True)  # listed parts change: train must not read a stale list
     res = run_stream(sft_data_job(cfg, method), input_files, out)
-    shards = [f.name for f in out.output_files()]
-    summary = shard_summary(out.commits(), shards)
+    commits = out.commits()  # read once: one marker file per part
+    shards = [
+        f for c in commits for f in c["files"] if "/" not in f
+    ]  # output files, not quarantine
+    summary = shard_summary(commits, shards)
+    # the chat template is read by a worker beside the driver: importing transformers grew the driver
+    # by ~470 MB (bench/results/2026-12-06-driver-rss.md)
+    template = beside_driver(cfg.ray, chat_template, cfg.sft.model)
     write_json(
         meta_path,
         {
-            "model": cfg.sft.model,
-            # read by a worker beside the driver: importing transformers grew the driver by ~470 MB
-            "chat_template": beside_driver(cfg.ray, chat_template, cfg.sft.model),
-            "max_seq_len": cfg.align.max_seq_len,
-            "num_examples": summary["num_examples"],
-            "method": summary["method"] or method,
-            "prefix_begin": cfg.align.prefix_begin,
-            "prefix_end": cfg.align.prefix_end,
-            "num_tokens": summary["num_tokens"],
-            "num_loss_tokens": summary["num_loss_tokens"],
+            **shard_meta(cfg, template, {**summary, "method": summary["method"] or method}),
             "parts": shards,
         },
     )
