@@ -122,7 +122,10 @@ class RayConfig:
     )
     max_concurrent_batches: int = _f(
         4,
-        "Parts in flight per actor: their requests share the engine's running batch (continuous batching).",
+        "Parts in flight per actor: their requests share the engine's running batch (continuous batching). "
+        "4 on every platform: on CPU too it is the faster choice since engines use every core and the judge "
+        "admits by KV (judge on 64 R1 traces, 1 actor, 2026-12-06: 227.1 s interleaved vs 242.2 s one "
+        "batch at a time, same cuts; it was 209.6 vs 181.2 s with 1-thread engines, 2026-12-02).",
         hashed=False,
     )
     stall_timeout_s: float = _f(
