@@ -37,6 +37,13 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# Section a's teacher settings, the same for the stage arms and the plain process
+SAMPLING: dict[str, Any] = {
+    "teacher__num_samples": 1,
+    "teacher__max_tokens": 256,
+    "teacher__temperature": 0.6,
+    "teacher__use_reference_solutions": True,
+}
 
 
 def _cpu_times() -> list[int]:
@@ -78,10 +85,7 @@ def stage_child(run_dir: str, prompts: int) -> None:
         load_config(None, list(BENCH_DEFAULTS)),
         Path(run_dir),
         problems__num_problems=prompts,
-        teacher__num_samples=1,
-        teacher__max_tokens=256,
-        teacher__temperature=0.6,
-        teacher__use_reference_solutions=True,
+        **SAMPLING,
         run__chunk_size=32,
         ray__num_actors=1,
     )
@@ -119,10 +123,7 @@ def main() -> None:
         cfg = _cfg(
             load_config(None, list(BENCH_DEFAULTS)),
             problems_dir,
-            teacher__num_samples=1,
-            teacher__max_tokens=256,
-            teacher__temperature=0.6,
-            teacher__use_reference_solutions=True,
+            **SAMPLING,
         )
         argv = ["bench.scale_bench", "bare-child", str(problems_dir), json.dumps(_child_cfg(cfg))]
         return {"arm": "plain", **_child(argv, base, "BARE")}

@@ -252,3 +252,12 @@ def test_threads_section_runs_both_settings_and_reports_the_ratio(monkeypatch):
     assert out["tokens_per_s_ratio_unset_vs_1"] == 0.25 and out["section_wall_s"] == 20.0
     md = report.markdown({"sections": {"threads": out}})
     assert "| unset |" in md and "0.25" in md
+
+
+def test_worker_niceness_cpu_shares_come_from_proc_stat_deltas():
+    from bench.worker_niceness import _share
+
+    # /proc/stat columns: user nice system idle iowait irq softirq steal ...
+    before = [100, 0, 10, 50, 0, 0, 0, 5, 0, 0]
+    after = [160, 0, 20, 80, 0, 0, 0, 15, 0, 0]  # +60 user, +10 system, +30 idle, +10 steal
+    assert _share(before, after) == {"idle": 0.2727, "steal": 0.0909}
