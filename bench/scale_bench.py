@@ -63,10 +63,7 @@ def generation_vs_bare(
     from palign_ray.artifacts import StageDir
 
     sd = StageDir(tmp / "run" / "teacher")
-    parts = [c["summary"] for c in sd.commits()]
-    windows = [p["generation_window"] for p in parts if p.get("generation_window")]
-    span = max(w[1] for w in windows) - min(w[0] for w in windows)
-    tokens = sum(int(p.get("generated_tokens", 0)) for p in parts)
+    tokens, span = generation_span(sd)
     starts = [json.loads(f.read_text()) for f in (sd.root / "engines").glob("*.json")]
     ray_side = {
         "generated_tokens": tokens,
@@ -89,6 +86,15 @@ def generation_vs_bare(
         "bare": bare,
         "tokens_per_s_ratio_ray_vs_bare": round(ray_side["tokens_per_s"] / bare["tokens_per_s"], 3),
     }
+
+
+def generation_span(sd: Any) -> tuple[int, float]:
+    """(generated tokens, seconds) of a generation stage: its parts overlap, so the time is the span of
+    their generation windows, not their sum."""
+    parts = [c["summary"] for c in sd.commits()]
+    windows = [p["generation_window"] for p in parts if p.get("generation_window")]
+    span = max(w[1] for w in windows) - min(w[0] for w in windows)
+    return sum(int(p.get("generated_tokens", 0)) for p in parts), span
 
 
 def _bare_in_child(cfg: Config, run_dir: Path) -> dict[str, Any]:

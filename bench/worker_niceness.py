@@ -76,7 +76,7 @@ def _child(args: list[str], env: dict[str, str], tag: str) -> dict[str, Any]:
 def stage_child(run_dir: str, prompts: int) -> None:
     """Problems + teacher stage (section a's settings) in this process's own local Ray."""
     from bench.run import BENCH_DEFAULTS
-    from bench.scale_bench import _cfg
+    from bench.scale_bench import _cfg, generation_span
     from palign_ray import pipeline as P
     from palign_ray.artifacts import StageDir
     from palign_ray.config import load_config
@@ -90,10 +90,7 @@ def stage_child(run_dir: str, prompts: int) -> None:
         ray__num_actors=1,
     )
     P.run_pipeline(cfg, ["problems", "teacher"])
-    parts = [c["summary"] for c in StageDir(Path(run_dir) / "teacher").commits()]
-    windows = [p["generation_window"] for p in parts if p.get("generation_window")]
-    span = max(w[1] for w in windows) - min(w[0] for w in windows)
-    tokens = sum(int(p.get("generated_tokens", 0)) for p in parts)
+    tokens, span = generation_span(StageDir(Path(run_dir) / "teacher"))
     out = {
         "generated_tokens": tokens,
         "span_s": round(span, 2),

@@ -261,3 +261,16 @@ def test_worker_niceness_cpu_shares_come_from_proc_stat_deltas():
     before = [100, 0, 10, 50, 0, 0, 0, 5, 0, 0]
     after = [160, 0, 20, 80, 0, 0, 0, 15, 0, 0]  # +60 user, +10 system, +30 idle, +10 steal
     assert _share(before, after) == {"idle": 0.2727, "steal": 0.0909}
+
+
+def test_generation_span_is_the_union_of_overlapping_part_windows():
+    from bench.scale_bench import generation_span
+
+    class Parts:
+        def commits(self):
+            return [
+                {"summary": {"generation_window": [10.0, 40.0], "generated_tokens": 300}},
+                {"summary": {"generation_window": [20.0, 50.0], "generated_tokens": 100}},
+            ]
+
+    assert generation_span(Parts()) == (400, 40.0)  # not 30 + 30 seconds
