@@ -215,7 +215,7 @@ def run_subset(items: list[dict[str, Any]], cfg: Config, repeats: int) -> dict[s
             builder, vt = judge_tools(engine.tokenizer, jcfg)
             secs, rows = [], []
             for _ in range(1 if mcfg.judge.verdict == "generate" else repeats):
-                engine.llm.reset_prefix_cache()
+                engine.reset_prefix_cache()
                 t0 = time.perf_counter()
                 if mcfg.judge.paper_reference:
                     rows = [

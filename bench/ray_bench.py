@@ -46,7 +46,7 @@ def run_bare(
         spec = SamplingSpec(max_tokens=max_tokens, temperature=0.0)
         secs, toks = [], 0
         for _ in range(repeats):
-            engine.llm.reset_prefix_cache()
+            engine.reset_prefix_cache()
             t0 = time.perf_counter()
             res = engine.generate(ids, spec)
             secs.append(time.perf_counter() - t0)

@@ -99,15 +99,23 @@ def stage_child(run_dir: str, prompts: int) -> None:
     print("STAGE " + json.dumps(out), flush=True)
 
 
+def plain_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    """A plain vLLM process (scale bench `bare-child`) over the prompts and seeds of the stage arm
+    that wrote `problems_dir`, in a fresh child process."""
+    from bench.run import BENCH_DEFAULTS
+    from bench.scale_bench import _cfg, _child_cfg
+    from palign_ray.config import load_config
+
+    cfg = _cfg(load_config(None, list(BENCH_DEFAULTS)), problems_dir, **SAMPLING)
+    argv = ["bench.scale_bench", "bare-child", str(problems_dir), json.dumps(_child_cfg(cfg))]
+    return {"arm": "plain", **_child(argv, env, "BARE")}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    from bench.run import BENCH_DEFAULTS
-    from bench.scale_bench import _cfg, _child_cfg
-    from palign_ray.config import load_config
-
     base = {
         k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_worker_niceness")
     }
@@ -117,13 +125,7 @@ def main() -> None:
     order = [("nice15", "15"), ("nice0", "0"), ("nice15", "15"), ("nice0", "0")]
 
     def bare() -> dict[str, Any]:
-        cfg = _cfg(
-            load_config(None, list(BENCH_DEFAULTS)),
-            problems_dir,
-            **SAMPLING,
-        )
-        argv = ["bench.scale_bench", "bare-child", str(problems_dir), json.dumps(_child_cfg(cfg))]
-        return {"arm": "plain", **_child(argv, base, "BARE")}
+        return plain_arm(problems_dir, base)
 
     for i, (name, nice) in enumerate(order):
         run_dir = tmp / f"{name}-{i}"

@@ -263,6 +263,23 @@ def test_worker_niceness_cpu_shares_come_from_proc_stat_deltas():
     assert _share(before, after) == {"idle": 0.2727, "steal": 0.0909}
 
 
+def test_engine_thread_verdict_pairs_neighbours_and_drops_stolen_pairs():
+    from bench.engine_thread import verdict
+
+    def arm(tps, steal=0.01):
+        return {"tokens_per_s": tps, "steal": steal}
+
+    # stage, plain, stage, plain, stage, plain: the middle pair ran under 5% steal
+    got = verdict([arm(96), arm(100), arm(50, 0.05), arm(100), arm(98), arm(100)])
+    assert [p["ratio"] for p in got["pairs"]] == [0.96, 0.5, 0.98]
+    assert [p["valid"] for p in got["pairs"]] == [True, False, True]
+    assert got["mean_valid_ratio"] == 0.97 and got["goal_met"] is True
+    # one valid pair is not enough, and a failed arm (no tokens/s) is never a valid pair
+    lone = verdict([arm(99), arm(100), {"error": "x"}, arm(100), arm(99, 0.2), arm(100)])
+    assert lone["goal_met"] is False and [p["valid"] for p in lone["pairs"]] == [True, False, False]
+    assert verdict([arm(90), arm(100), arm(92), arm(100)])["goal_met"] is False
+
+
 def test_generation_span_is_the_union_of_overlapping_part_windows():
     from bench.scale_bench import generation_span
 

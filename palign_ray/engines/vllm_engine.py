@@ -6,13 +6,14 @@ The only module (with palign_ray.models' device probe) that imports vllm.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.metadata
 import itertools
 import logging
 import os
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,6 @@ class VLLMEngine:
                 raise ValueError(
                     "engine.gpu_memory_utilization must be <= 0.5 on CPU (vLLM reads the NUMA node size)"
                 )
-        from vllm import LLM  # lazy: heavy, and env above must be set first
-
         # resolved above: set on every platform (the config types them optional for "use the default")
         kwargs |= {
             "dtype": cfg.dtype,
@@ -93,18 +92,21 @@ class VLLMEngine:
         }
         if cfg.block_size is not None:
             kwargs["block_size"] = cfg.block_size
-        self.llm: Any = LLM(
-            model=model_path,
-            max_model_len=cfg.max_model_len,
-            tensor_parallel_size=cfg.tensor_parallel_size,
-            enable_prefix_caching=cfg.enable_prefix_caching,
-            max_num_seqs=cfg.max_num_seqs,
-            seed=cfg.seed,
-            trust_remote_code=cfg.trust_remote_code,
-            **kwargs,
-        )
+        kwargs |= {
+            "model": model_path,
+            "max_model_len": cfg.max_model_len,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "enable_prefix_caching": cfg.enable_prefix_caching,
+            "max_num_seqs": cfg.max_num_seqs,
+            "seed": cfg.seed,
+            "trust_remote_code": cfg.trust_remote_code,
+        }
+        # One thread builds the engine and runs everything on it afterwards (see _EngineThread).
+        self._owner = _EngineThread(lambda: _build_llm(kwargs))
+        self.llm: Any = self._owner.llm
         self.tokenizer = self.llm.get_tokenizer()
-        self.threads = _torch_threads() if self.on_cpu else None  # what the kernels run on
+        # what the kernels run on (OpenMP's thread count is per thread: ask the owner)
+        self.threads = self._owner.call(_torch_threads) if self.on_cpu else None
         if self.threads is not None and cfg.cpu_threads not in (None, self.threads):
             # OpenMP sizes every thread from OMP_NUM_THREADS at process start (a stage's actors get it
             # from ray_env.engine_env); changing it afterwards breaks vLLM-CPU's attention.
@@ -115,7 +117,7 @@ class VLLMEngine:
                 os.environ.get("OMP_NUM_THREADS"),
             )
         self.stats = EngineStats()
-        self._loop: _EngineLoop | None = None
+        self._stepping = False  # agenerate has been used: its loop owns the scheduler from now on
 
     def kv_capacity(self) -> tuple[int, int] | None:
         """(tokens, block size) of the KV cache as the engine reports it after start, or None."""
@@ -159,15 +161,14 @@ class VLLMEngine:
     ) -> list[GenerationResult]:
         """Like `generate`, but the requests join the engine's running batch (continuous batching).
 
-        Every coroutine's requests go into one engine that a background thread steps; a call returns
+        Every coroutine's requests go into one engine that its owner thread steps; a call returns
         when its own requests finish, so other calls' sequences keep the engine full meanwhile.
         """
         if not prompts:
             return []
         plist = self._check(prompts, params)
-        if self._loop is None:
-            self._loop = _EngineLoop(self.llm.llm_engine)
-        outs = await self._loop.submit(
+        self._stepping = True
+        outs = await self._owner.submit(
             [list(p) for p in prompts], [self._params(sp) for sp in plist]
         )
         results = [self._convert(o) for o in outs]
@@ -181,17 +182,19 @@ class VLLMEngine:
 
         if not prompts:
             return []
-        if self._loop is not None:
-            raise RuntimeError("this engine is driven by agenerate's thread; use agenerate")
+        if self._stepping:
+            raise RuntimeError("this engine is driven by agenerate's loop; use agenerate")
         plist = self._check(prompts, params)
-        outs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
-            [self._params(sp) for sp in plist],
-            use_tqdm=False,
-        )
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        sps = [self._params(sp) for sp in plist]
+        outs = self._owner.call(lambda: self.llm.generate(inputs, sps, use_tqdm=False))
         results = [self._convert(o) for o in outs]
         self.stats.add(results)
         return results
+
+    def reset_prefix_cache(self) -> None:
+        """Empty the prefix cache (benchmarks that time cold and warm probes)."""
+        self._owner.call(self.llm.reset_prefix_cache)
 
     @staticmethod
     def _convert(out: Any) -> GenerationResult:
@@ -209,16 +212,15 @@ class VLLMEngine:
         """Drop the engine and free memory so the next stage (or Ray Train) gets the hardware."""
         import gc
 
-        if getattr(self, "_loop", None) is not None:
-            self._loop.stop()  # type: ignore[union-attr]
-            self._loop = None
+        owner = getattr(self, "_owner", None)
         llm = getattr(self, "llm", None)
-        if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            core = getattr(engine, "engine_core", None)
+        if owner is not None:
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            self.llm = None
+                owner.call(core.shutdown)
+            owner.stop()
+            self._owner = None
+        self.llm = None
         gc.collect()
         try:
             import torch
@@ -229,23 +231,47 @@ class VLLMEngine:
             pass
 
 
-class _EngineLoop:
-    """One thread owns a vLLM `LLMEngine`: it adds submitted requests and steps until they finish.
+def _build_llm(kwargs: dict[str, Any]) -> Any:
+    from vllm import LLM  # lazy: heavy, and _prepare_cpu_env must have run first
 
-    vLLM's offline `LLM.generate` returns only when its slowest sequence ends; here requests from any
-    number of coroutines join the running batch between steps (the V1 scheduler batches them
-    continuously), and each submission resolves its own future when its last request finishes.
-    Everything that touches the engine runs on this thread (vLLM's engine is not thread-safe).
+    return LLM(**kwargs)
+
+
+class _EngineThread:
+    """The one thread that builds a vLLM engine and does everything with it: `call` runs a function
+    here (construction, `LLM.generate`, shutdown), `submit` adds requests to the running batch.
+
+    One thread because of OpenMP on CPU: libgomp gives every thread that opens a parallel region its
+    own pool of workers, and once a process has more OpenMP threads than cores its workers stop
+    spinning at barriers and sleep on a futex instead, at every kernel of every step. An engine built
+    on one thread (its pool: 1 worker) and stepped on another (a second pool) puts 3 threads on 2
+    cores: 137 against 149 tokens/s, the host 14% idle against 5% (2026-12-06, diagnostics in
+    bench/results/2026-12-06-engine-thread.md). vLLM's engine is not thread-safe either.
+
+    For `submit`: vLLM's offline `LLM.generate` returns only when its slowest sequence ends; here
+    requests from any number of coroutines join the running batch between steps (the V1 scheduler
+    batches them continuously), and each submission resolves its own future when its last request
+    finishes.
     """
 
-    def __init__(self, llm_engine: Any):
-        self._engine = llm_engine
+    def __init__(self, build: Callable[[], Any]):
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._ids = itertools.count()
         self._pending: dict[str, tuple[_Submission, int]] = {}  # request id → (submission, index)
         self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="vllm-engine-loop", daemon=True)
+        self._engine: Any = None
+        ready: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._main, args=(build, ready), name="vllm-engine", daemon=True
+        )
         self._thread.start()
+        self.llm = ready.result()  # the build's own error if it failed (the thread has ended then)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() on this thread; its result or its error. Not while submitted requests run."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.put((fn, done))
+        return done.result()
 
     async def submit(self, prompts: list[list[int]], params: list[Any]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -258,10 +284,17 @@ class _EngineLoop:
         self._inbox.put(None)
         self._thread.join(timeout=30)
 
-    def _run(self) -> None:
+    def _main(self, build: Callable[[], Any], ready: concurrent.futures.Future[Any]) -> None:
+        try:
+            llm = build()
+        except BaseException as e:  # noqa: BLE001 - handed to the constructor's caller
+            ready.set_exception(e)
+            return
+        self._engine = getattr(llm, "llm_engine", None)
+        ready.set_result(llm)
         while not self._stopped:
             try:
-                self._admit(block=not self._pending)
+                self._take(block=not self._pending)
                 if self._pending:
                     self._step()
             except (
@@ -272,35 +305,40 @@ class _EngineLoop:
                 )
                 self._fail_all(e)
 
-    def _admit(self, block: bool) -> None:
+    def _take(self, block: bool) -> None:
+        """Everything in the inbox: calls run now, submissions' requests join the batch."""
+        while True:
+            try:
+                item = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            block = False
+            if item is None:
+                return
+            if isinstance(item, _Submission):
+                self._admit(item)
+            else:
+                _run_call(*item)
+
+    def _admit(self, sub: _Submission) -> None:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
-        while True:
-            try:
-                sub = self._inbox.get(block=block)
-            except queue.Empty:
-                return
-            block = False
-            if sub is None:
-                return
-            added: list[str] = []
-            try:
-                for i, (ids, sp) in enumerate(zip(sub.prompts, sub.params, strict=True)):
-                    assert isinstance(sp, SamplingParams)
-                    sp.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs come back
-                    rid = str(next(self._ids))
-                    self._engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), sp)
-                    self._pending[rid] = (sub, i)
-                    added.append(rid)
-            except (
-                Exception
-            ) as e:  # e.g. a bad sampling setting: this submission fails, others go on
-                self._engine.abort_request(added, internal=True)
-                for rid in added:
-                    self._pending.pop(rid, None)
-                sub.fail(e)
+        added: list[str] = []
+        try:
+            for i, (ids, sp) in enumerate(zip(sub.prompts, sub.params, strict=True)):
+                assert isinstance(sp, SamplingParams)
+                sp.output_kind = RequestOutputKind.FINAL_ONLY  # only finished outputs come back
+                rid = str(next(self._ids))
+                self._engine.add_request(rid, TokensPrompt(prompt_token_ids=ids), sp)
+                self._pending[rid] = (sub, i)
+                added.append(rid)
+        except Exception as e:  # e.g. a bad sampling setting: this submission fails, others go on
+            self._engine.abort_request(added, internal=True)
+            for rid in added:
+                self._pending.pop(rid, None)
+            sub.fail(e)
 
     def _step(self) -> None:
         for out in self._engine.step():
@@ -318,6 +356,13 @@ class _EngineLoop:
         self._pending.clear()
         for s in subs.values():
             s.fail(e)
+
+
+def _run_call(fn: Callable[[], Any], done: concurrent.futures.Future[Any]) -> None:
+    try:
+        done.set_result(fn())
+    except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+        done.set_exception(e)
 
 
 class _Submission:
