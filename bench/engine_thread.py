@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.worker_niceness import _child, plain_arm
+from bench.worker_niceness import child_env, plain_arm, stage_arm
 
 PAIRS = 3
 MAX_STEAL = 0.03
@@ -44,16 +43,16 @@ GOAL = 0.95
 
 def verdict(arms: list[dict[str, Any]]) -> dict[str, Any]:
     """Design 5's rule over arms in run order (stage, plain, stage, plain, ...)."""
-    pairs = []
+    pairs: list[dict[str, Any]] = []
+    good: list[float] = []  # the ratios of the valid pairs
     for stage, plain in zip(arms[0::2], arms[1::2], strict=False):
-        valid = max(stage.get("steal", 1.0), plain.get("steal", 1.0)) < MAX_STEAL
-        ratio = (
-            stage["tokens_per_s"] / plain["tokens_per_s"]
-            if stage.get("tokens_per_s") and plain.get("tokens_per_s")
-            else None
-        )
-        pairs.append({"ratio": round(ratio, 3) if ratio else None, "valid": valid and bool(ratio)})
-    good = [p["ratio"] for p in pairs if p["valid"]]
+        ratio = None
+        if stage.get("tokens_per_s") and plain.get("tokens_per_s"):
+            ratio = round(stage["tokens_per_s"] / plain["tokens_per_s"], 3)
+        valid = ratio is not None and max(stage["steal"], plain["steal"]) < MAX_STEAL
+        pairs.append({"ratio": ratio, "valid": valid})
+        if valid and ratio is not None:
+            good.append(ratio)
     mean = round(sum(good) / len(good), 3) if good else None
     return {
         "pairs": pairs,
@@ -67,15 +66,12 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_worker_niceness")
-    }
+    env = child_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench-thread-"))
     arms: list[dict[str, Any]] = []
     for i in range(PAIRS):
         run_dir = tmp / f"stage-{i}"
-        argv = ["bench.worker_niceness", "child", str(run_dir), str(args.prompts)]
-        arms.append({"arm": "stage", **_child(argv, env, "STAGE")})
+        arms.append(stage_arm("stage", run_dir, args.prompts, env))
         print(json.dumps(arms[-1]), flush=True)
         arms.append(plain_arm(run_dir, env))  # the prompts this stage arm wrote
         print(json.dumps(arms[-1]), flush=True)

@@ -99,6 +99,19 @@ def stage_child(run_dir: str, prompts: int) -> None:
     print("STAGE " + json.dumps(out), flush=True)
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment without the variables that an arm sets for itself."""
+    return {
+        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_worker_niceness")
+    }
+
+
+def stage_arm(name: str, run_dir: Path, prompts: int, env: dict[str, str]) -> dict[str, Any]:
+    """The teacher stage (`stage_child`) in a fresh child process with its own local Ray."""
+    argv = ["bench.worker_niceness", "child", str(run_dir), str(prompts)]
+    return {"arm": name, **_child(argv, env, "STAGE")}
+
+
 def plain_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     """A plain vLLM process (scale bench `bare-child`) over the prompts and seeds of the stage arm
     that wrote `problems_dir`, in a fresh child process."""
@@ -116,9 +129,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=128)
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    base = {
-        k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "RAY_worker_niceness")
-    }
+    base = child_env()
     tmp = Path(tempfile.mkdtemp(prefix="bench-nice-"))
     problems_dir = tmp / "nice15-0"
     arms: list[dict[str, Any]] = []
@@ -129,17 +140,7 @@ def main() -> None:
 
     for i, (name, nice) in enumerate(order):
         run_dir = tmp / f"{name}-{i}"
-        env = {**base, "RAY_worker_niceness": nice}
-        arms.append(
-            {
-                "arm": name,
-                **_child(
-                    ["bench.worker_niceness", "child", str(run_dir), str(args.prompts)],
-                    env,
-                    "STAGE",
-                ),
-            }
-        )
+        arms.append(stage_arm(name, run_dir, args.prompts, {**base, "RAY_worker_niceness": nice}))
         print(json.dumps(arms[-1]), flush=True)
         if i == 0:  # the plain process needs the problems the first arm wrote
             arms.insert(0, bare())
