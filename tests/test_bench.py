@@ -280,6 +280,30 @@ def test_engine_thread_verdict_pairs_neighbours_and_drops_stolen_pairs():
     assert verdict([arm(90), arm(100), arm(92), arm(100)])["goal_met"] is False
 
 
+def test_lean_ray_verdict_needs_two_clean_triplets_and_a_gain_in_each():
+    from bench.lean_ray import verdict
+
+    def arm(tps, steal=0.01):
+        return {"tokens_per_s": tps, "steal": steal}
+
+    # default, lean, plain x3: the middle triplet's plain arm ran under 5% steal
+    got = verdict(
+        [arm(90), arm(96), arm(100), arm(90), arm(99), arm(100, 0.05)]
+        + [arm(92), arm(95), arm(100)]
+    )
+    assert [t["valid"] for t in got["triplets"]] == [True, False, True]
+    assert got["mean_lean_plain"] == 0.955 and got["goal_met"] is True
+    assert got["mean_lean_default"] == 1.05 and got["adopt_lean"] is True
+    # a mean gain with one triplet losing does not adopt; a lean mean under 0.95 does not meet the goal
+    mixed = verdict([arm(90), arm(99), arm(100), arm(95), arm(94), arm(100)])
+    assert mixed["mean_lean_default"] == 1.044 and mixed["adopt_lean"] is False
+    assert mixed["mean_lean_plain"] == 0.965 and mixed["goal_met"] is True
+    assert verdict([arm(90), arm(93), arm(100), arm(90), arm(94), arm(100)])["goal_met"] is False
+    # a failed arm (no tokens/s) never makes a valid triplet; one valid triplet is not enough
+    lone = verdict([arm(90), {"error": "x"}, arm(100), arm(90), arm(99), arm(100)])
+    assert lone["goal_met"] is False and lone["adopt_lean"] is False
+
+
 def test_generation_span_is_the_union_of_overlapping_part_windows():
     from bench.scale_bench import generation_span
 
