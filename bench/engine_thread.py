@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.worker_niceness import child_env, plain_arm, stage_arm
+from bench.worker_niceness import child_env, plain_arm, report, stage_arm
 
 PAIRS = 3
 MAX_STEAL = 0.03
@@ -75,15 +75,9 @@ def main() -> None:
         print(json.dumps(arms[-1]), flush=True)
         arms.append(plain_arm(run_dir, env))  # the prompts this stage arm wrote
         print(json.dumps(arms[-1]), flush=True)
-    out = {
-        "design": "bench/engine_thread.py docstring (design 5)",
-        "prompts": args.prompts,
-        "arms": arms,
-        **verdict(arms),
-    }
-    print(json.dumps({k: v for k, v in out.items() if k != "arms"}), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    report(
+        "bench/engine_thread.py docstring (design 5)", args.prompts, arms, verdict(arms), args.out
+    )
 
 
 if __name__ == "__main__":

@@ -124,6 +124,16 @@ def plain_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     return {"arm": "plain", **_child(argv, env, "BARE")}
 
 
+def report(
+    design: str, prompts: int, arms: list[dict[str, Any]], verdict: dict[str, Any], out: str
+) -> None:
+    """Print a design's verdict and write its arms and verdict to `out` (JSON) when given."""
+    result = {"design": design, "prompts": prompts, "arms": arms, **verdict}
+    print(json.dumps({k: v for k, v in result.items() if k != "arms"}), flush=True)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=128)

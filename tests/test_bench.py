@@ -263,6 +263,21 @@ def test_worker_niceness_cpu_shares_come_from_proc_stat_deltas():
     assert _share(before, after) == {"idle": 0.2727, "steal": 0.0909}
 
 
+def test_design_report_prints_the_verdict_and_writes_arms_and_verdict(tmp_path, capsys):
+    import json
+
+    from bench.worker_niceness import report
+
+    out = tmp_path / "r.json"
+    report("design x", 8, [{"arm": "plain", "tokens_per_s": 1.0}], {"goal_met": False}, str(out))
+    assert json.loads(capsys.readouterr().out) == {
+        "design": "design x",
+        "prompts": 8,
+        "goal_met": False,
+    }
+    assert json.loads(out.read_text())["arms"] == [{"arm": "plain", "tokens_per_s": 1.0}]
+
+
 def test_engine_thread_verdict_pairs_neighbours_and_drops_stolen_pairs():
     from bench.engine_thread import verdict
 
