@@ -319,6 +319,29 @@ def test_lean_ray_verdict_needs_two_clean_triplets_and_a_gain_in_each():
     assert lone["goal_met"] is False and lone["adopt_lean"] is False
 
 
+def test_background_load_verdict_reads_the_ratio_against_both_predictions():
+    from bench.background_load import verdict
+
+    def plain(tps, steal=0.01):
+        return {"tokens_per_s": tps, "steal": steal}
+
+    def loaded(tps, share=0.05, steal=0.01):
+        return {"tokens_per_s": tps, "steal": steal, "load_share": share}
+
+    # load 5% of the host: CPU share only predicts 0.95, twice the CPU 0.90
+    doubled = verdict([plain(100), loaded(90), plain(100), loaded(91)])
+    assert doubled["mean_ratio"] == 0.905 and doubled["supports"] == "about twice the CPU"
+    assert doubled["predicted_share_only"] == 0.95 and doubled["predicted_doubled"] == 0.9
+    assert verdict([plain(100), loaded(95), plain(100), loaded(94)])["supports"] == "CPU share only"
+    assert (
+        verdict([plain(100), loaded(92.5), plain(100), loaded(92.5)])["supports"] == "inconclusive"
+    )
+    # a stolen pair or a failed arm does not count; one valid pair is too few
+    few = verdict([plain(100), loaded(90, steal=0.1), plain(100), {"error": "x"}])
+    assert few["supports"] == "too few valid pairs"
+    assert [p["valid"] for p in few["pairs"]] == [False, False]
+
+
 def test_generation_span_is_the_union_of_overlapping_part_windows():
     from bench.scale_bench import generation_span
 
