@@ -31,14 +31,13 @@ Run: python -m bench.background_load PROBLEMS_RUN_DIR [--out bench/results/<date
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.worker_niceness import _cpu_times, child_env, plain_arm, report
+from bench.worker_niceness import _cpu_times, child_env, plain_arm, report, shown
 
 LOADERS = 8
 PERIOD_S = 0.010
@@ -46,6 +45,7 @@ BUSY_S = 0.00008
 PAIRS = 2
 MAX_STEAL = 0.03
 TOLERANCE = 0.015
+HZ = os.sysconf("SC_CLK_TCK")  # /proc's clock ticks per second
 
 
 def _loader(stop: Any) -> None:
@@ -60,12 +60,11 @@ def _loader(stop: Any) -> None:
 
 
 def _cpu_seconds(pids: list[int]) -> float:
-    hz = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
-    return total / hz
+    return total / HZ
 
 
 def loaded_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
@@ -84,12 +83,11 @@ def loaded_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
             p.join(timeout=5)
     wall = time.perf_counter() - t0
     host_ticks = sum(_cpu_times()) - host0
-    hz = os.sysconf("SC_CLK_TCK")
     return {
         **arm,
         "arm": "plain+load",
         "load_cpu_s": round(load_s, 2),
-        "load_share": round(load_s / (host_ticks / hz), 4) if host_ticks else None,
+        "load_share": round(load_s / (host_ticks / HZ), 4) if host_ticks else None,
         "wall_s": round(wall, 1),
     }
 
@@ -138,10 +136,8 @@ def main() -> None:
     problems = Path(args.problems_run_dir)
     arms: list[dict[str, Any]] = []
     for _ in range(PAIRS):
-        arms.append(plain_arm(problems, env))
-        print(json.dumps(arms[-1]), flush=True)
-        arms.append(loaded_arm(problems, env))
-        print(json.dumps(arms[-1]), flush=True)
+        arms.append(shown(plain_arm(problems, env)))
+        arms.append(shown(loaded_arm(problems, env)))
     report("bench/background_load.py docstring (design 7)", 128, arms, verdict(arms), args.out)
 
 

@@ -28,13 +28,9 @@ Run: python -m bench.engine_thread [--prompts 128] [--out bench/results/<date>-e
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from bench.worker_niceness import child_env, plain_arm, report, stage_arm
+from bench.worker_niceness import design_args, plain_arm, report, shown, stage_arm
 
 PAIRS = 3
 MAX_STEAL = 0.03
@@ -62,19 +58,12 @@ def verdict(arms: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
-    env = child_env()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-thread-"))
+    args, env, tmp = design_args("bench-thread-")
     arms: list[dict[str, Any]] = []
     for i in range(PAIRS):
         run_dir = tmp / f"stage-{i}"
-        arms.append(stage_arm("stage", run_dir, args.prompts, env))
-        print(json.dumps(arms[-1]), flush=True)
-        arms.append(plain_arm(run_dir, env))  # the prompts this stage arm wrote
-        print(json.dumps(arms[-1]), flush=True)
+        arms.append(shown(stage_arm("stage", run_dir, args.prompts, env)))
+        arms.append(shown(plain_arm(run_dir, env)))  # the prompts this stage arm wrote
     report(
         "bench/engine_thread.py docstring (design 5)", args.prompts, arms, verdict(arms), args.out
     )

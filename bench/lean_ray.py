@@ -36,15 +36,12 @@ Run: python -m bench.lean_ray [--prompts 128] [--out bench/results/<date>-lean-r
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.worker_niceness import _child, child_env, plain_arm, report, stage_arm
+from bench.worker_niceness import _child, design_args, plain_arm, report, shown, stage_arm
 
 TRIPLETS = 3
 MAX_STEAL = 0.03
@@ -107,21 +104,13 @@ def lean_child(run_dir: str, prompts: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
-    env = child_env()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-lean-"))
+    args, env, tmp = design_args("bench-lean-")
     arms: list[dict[str, Any]] = []
     for i in range(TRIPLETS):
         run_dir = tmp / f"default-{i}"
-        arms.append(stage_arm("default", run_dir, args.prompts, env))
-        print(json.dumps(arms[-1]), flush=True)
-        arms.append(lean_arm(tmp / f"lean-{i}", args.prompts, env))
-        print(json.dumps(arms[-1]), flush=True)
-        arms.append(plain_arm(run_dir, env))  # the prompts the default arm wrote
-        print(json.dumps(arms[-1]), flush=True)
+        arms.append(shown(stage_arm("default", run_dir, args.prompts, env)))
+        arms.append(shown(lean_arm(tmp / f"lean-{i}", args.prompts, env)))
+        arms.append(shown(plain_arm(run_dir, env)))  # the prompts the default arm wrote
     report("bench/lean_ray.py docstring (design 6)", args.prompts, arms, verdict(arms), args.out)
 
 

@@ -124,6 +124,20 @@ def plain_arm(problems_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     return {"arm": "plain", **_child(argv, env, "BARE")}
 
 
+def shown(arm: dict[str, Any]) -> dict[str, Any]:
+    """`arm`, printed as one JSON line as soon as it has run (a long design shows its progress)."""
+    print(json.dumps(arm), flush=True)
+    return arm
+
+
+def design_args(prefix: str) -> tuple[argparse.Namespace, dict[str, str], Path]:
+    """A stage-vs-plain design's command line (--prompts, --out), the arms' environment, a scratch dir."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=128)
+    ap.add_argument("--out", default="")
+    return ap.parse_args(), child_env(), Path(tempfile.mkdtemp(prefix=prefix))
+
+
 def report(
     design: str, prompts: int, arms: list[dict[str, Any]], verdict: dict[str, Any], out: str
 ) -> None:
@@ -135,12 +149,7 @@ def report(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--out", default="")
-    args = ap.parse_args()
-    base = child_env()
-    tmp = Path(tempfile.mkdtemp(prefix="bench-nice-"))
+    args, base, tmp = design_args("bench-nice-")
     problems_dir = tmp / "nice15-0"
     arms: list[dict[str, Any]] = []
     order = [("nice15", "15"), ("nice0", "0"), ("nice15", "15"), ("nice0", "0")]
@@ -150,13 +159,12 @@ def main() -> None:
 
     for i, (name, nice) in enumerate(order):
         run_dir = tmp / f"{name}-{i}"
-        arms.append(stage_arm(name, run_dir, args.prompts, {**base, "RAY_worker_niceness": nice}))
-        print(json.dumps(arms[-1]), flush=True)
+        arms.append(
+            shown(stage_arm(name, run_dir, args.prompts, {**base, "RAY_worker_niceness": nice}))
+        )
         if i == 0:  # the plain process needs the problems the first arm wrote
-            arms.insert(0, bare())
-            print(json.dumps(arms[0]), flush=True)
-    arms.append(bare())
-    print(json.dumps(arms[-1]), flush=True)
+            arms.insert(0, shown(bare()))
+    arms.append(shown(bare()))
     out = {
         "design": "bench/worker_niceness.py docstring (design 4)",
         "prompts": args.prompts,
